@@ -1,0 +1,207 @@
+// Package batcher packs encoded CDP calls into batch request bodies that are
+// exactly as large as the bytes that will be sent, and never larger than
+// Customer.io's limit.
+//
+// A batch body is {"batch":[c1,c2,...]}. The Packer appends each call's bytes
+// directly into the body buffer, so the size it checks is the size of the
+// body: no re-encoding happens after a call has been measured. Batches are
+// closed when the next call would not fit, when they hold MaxCalls calls, or
+// (in Run) when their oldest call has waited FlushInterval.
+//
+// The package knows nothing of NATS or HTTP: each call carries an opaque item
+// of type T (the worker uses its JetStream message) that comes back with the
+// batch, in order.
+package batcher
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+)
+
+// MaxBatchBytes is Customer.io's limit on a batch request body, read the
+// strict way its own Go library does (maxBatchBytes = 500000). A larger
+// request is answered 200 and silently dropped.
+const MaxBatchBytes = 500000
+
+const (
+	bodyPrefix = `{"batch":[`
+	bodySuffix = `]}`
+	// Overhead is the size of an empty batch body.
+	Overhead = len(bodyPrefix) + len(bodySuffix)
+)
+
+// ErrCallTooLarge is returned for a call that cannot fit even in an empty
+// batch.
+var ErrCallTooLarge = errors.New("call does not fit in an empty batch")
+
+// Batch is a closed batch: its request body and one item per call, in the
+// order the calls appear in the body.
+type Batch[T any] struct {
+	body    []byte // complete body, suffix included
+	Items   []T
+	Created time.Time // when the first call was added
+}
+
+// Body returns the request body: {"batch":[...]}.
+func (b *Batch[T]) Body() []byte { return b.body }
+
+// Len returns the number of calls in the batch.
+func (b *Batch[T]) Len() int { return len(b.Items) }
+
+// Packer accumulates calls into one open batch. It is not safe for concurrent
+// use.
+type Packer[T any] struct {
+	maxBytes, maxCalls int
+	buf                []byte // open body without its suffix
+	items              []T
+	created            time.Time
+}
+
+// NewPacker returns a Packer that closes batches at maxBytes body bytes
+// (at most MaxBatchBytes) or maxCalls calls.
+func NewPacker[T any](maxBytes, maxCalls int) (*Packer[T], error) {
+	if maxBytes > MaxBatchBytes || maxBytes <= Overhead {
+		return nil, fmt.Errorf("batch max bytes %d out of range (%d, %d]", maxBytes, Overhead, MaxBatchBytes)
+	}
+	if maxCalls < 1 {
+		return nil, fmt.Errorf("batch max calls %d must be at least 1", maxCalls)
+	}
+	return &Packer[T]{maxBytes: maxBytes, maxCalls: maxCalls}, nil
+}
+
+// Add appends call to the open batch. When call does not fit there, the open
+// batch is closed and returned and call starts the next one. An open batch
+// that reaches the call cap is closed at once and returned too (in that case
+// the returned batch includes call). At most one batch is returned.
+func (p *Packer[T]) Add(call []byte, item T, now time.Time) (*Batch[T], error) {
+	if Overhead+len(call) > p.maxBytes {
+		return nil, fmt.Errorf("%w: %d bytes, batch limit %d", ErrCallTooLarge, len(call), p.maxBytes)
+	}
+	var closed *Batch[T]
+	if len(p.items) > 0 && len(p.buf)+1+len(call)+len(bodySuffix) > p.maxBytes {
+		closed = p.Flush()
+	}
+	if len(p.items) == 0 {
+		if p.buf == nil {
+			p.buf = make([]byte, 0, p.maxBytes)
+		}
+		p.buf = append(p.buf, bodyPrefix...)
+		p.created = now
+	} else {
+		p.buf = append(p.buf, ',')
+	}
+	p.buf = append(p.buf, call...)
+	p.items = append(p.items, item)
+	if closed == nil && len(p.items) >= p.maxCalls {
+		closed = p.Flush()
+	}
+	return closed, nil
+}
+
+// Flush closes and returns the open batch, or nil when it is empty.
+func (p *Packer[T]) Flush() *Batch[T] {
+	if len(p.items) == 0 {
+		return nil
+	}
+	b := &Batch[T]{body: append(p.buf, bodySuffix...), Items: p.items, Created: p.created}
+	// The closed batch owns its buffers; the next batch gets fresh ones so a
+	// batch in flight is never overwritten.
+	p.buf, p.items = nil, nil
+	return b
+}
+
+// Oldest returns when the first call of the open batch was added, and false
+// when the batch is empty.
+func (p *Packer[T]) Oldest() (time.Time, bool) {
+	return p.created, len(p.items) > 0
+}
+
+// Size returns the body size the open batch would have if flushed now.
+func (p *Packer[T]) Size() int {
+	if len(p.items) == 0 {
+		return 0
+	}
+	return len(p.buf) + len(bodySuffix)
+}
+
+// Call is one encoded call and the item it travels with.
+type Call[T any] struct {
+	Data []byte
+	Item T
+}
+
+// Batcher runs a Packer as a stage of a pipeline, adding the flush deadline.
+type Batcher[T any] struct {
+	packer   *Packer[T]
+	interval time.Duration
+}
+
+// New returns a Batcher; see NewPacker for maxBytes and maxCalls. A batch is
+// closed when its oldest call has waited interval.
+func New[T any](maxBytes, maxCalls int, interval time.Duration) (*Batcher[T], error) {
+	if interval <= 0 {
+		return nil, fmt.Errorf("flush interval %v must be positive", interval)
+	}
+	p, err := NewPacker[T](maxBytes, maxCalls)
+	if err != nil {
+		return nil, err
+	}
+	return &Batcher[T]{packer: p, interval: interval}, nil
+}
+
+// Run reads calls from in and sends closed batches to out until in is closed,
+// then flushes what is left and returns nil. Sends on out block, which is how
+// a slow consumer of batches slows the producer of calls. When ctx is done
+// Run returns ctx.Err() at once without sending the open batch: the caller
+// must treat every call it did not receive on out as undelivered.
+//
+// A call that cannot fit even alone is passed to reject and dropped from the
+// pipeline; reject must not block.
+func (b *Batcher[T]) Run(ctx context.Context, in <-chan Call[T], out chan<- *Batch[T], reject func(Call[T], error)) error {
+	timer := time.NewTimer(time.Hour)
+	timer.Stop()
+	send := func(batch *Batch[T]) error {
+		timer.Stop()
+		select {
+		case out <- batch:
+			return nil
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+	for {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case c, ok := <-in:
+			if !ok {
+				if batch := b.packer.Flush(); batch != nil {
+					return send(batch)
+				}
+				return nil
+			}
+			wasEmpty := b.packer.Size() == 0
+			closed, err := b.packer.Add(c.Data, c.Item, time.Now())
+			if err != nil {
+				reject(c, err)
+				continue
+			}
+			if closed != nil {
+				if err := send(closed); err != nil {
+					return err
+				}
+			}
+			if oldest, ok := b.packer.Oldest(); ok && (wasEmpty || closed != nil) {
+				timer.Reset(time.Until(oldest.Add(b.interval)))
+			}
+		case <-timer.C:
+			if batch := b.packer.Flush(); batch != nil {
+				if err := send(batch); err != nil {
+					return err
+				}
+			}
+		}
+	}
+}
