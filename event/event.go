@@ -54,16 +54,15 @@ func ParseType(s string) Type {
 	return Unknown
 }
 
-// TypeOfSubject returns the call type of a message published on subject: the
-// token after "cio." ("cio.track" and "cio.track.eu" are both Track). It
-// returns Unknown for any other subject.
+// Subject returns the subject calls of type t are published on: "cio.track".
+func (t Type) Subject() string { return SubjectPrefix + t.String() }
+
+// TypeOfSubject returns the call type of a message published on subject
+// ("cio.track" → Track), or Unknown for any other subject.
 func TypeOfSubject(subject string) Type {
 	rest, ok := strings.CutPrefix(subject, SubjectPrefix)
 	if !ok {
 		return Unknown
-	}
-	if i := strings.IndexByte(rest, '.'); i >= 0 {
-		rest = rest[:i]
 	}
 	return ParseType(rest)
 }

@@ -18,7 +18,7 @@ func TestTypeOfSubject(t *testing.T) {
 		{"cio.screen", Screen},
 		{"cio.group", Group},
 		{"cio.alias", Alias},
-		{"cio.track.eu", Track},
+		{"cio.track.eu", Unknown},
 		{"cio.broadcast", Unknown},
 		{"cio.", Unknown},
 		{"track", Unknown},
