@@ -1,0 +1,195 @@
+// Package sink speaks Customer.io's HTTP APIs. It knows nothing of NATS: it
+// sends request bodies it is given and reports each outcome as a value the
+// caller can classify (see StatusError and TransportError), never by string.
+package sink
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+)
+
+// maxErrorBody bounds how much of an error response is kept: enough for an
+// operator to read Customer.io's message, not enough to bloat a log line or a
+// dead-letter header.
+const maxErrorBody = 512
+
+// StatusError is an answer from Customer.io other than 2xx.
+type StatusError struct {
+	API        string // "cdp", "track" or "app"
+	Status     int
+	RetryAfter time.Duration // from the Retry-After header; 0 when absent
+	Body       string        // trimmed response body
+}
+
+func (e *StatusError) Error() string {
+	msg := fmt.Sprintf("customer.io %s API answered %d %s", e.API, e.Status, http.StatusText(e.Status))
+	if e.Body != "" {
+		msg += ": " + e.Body
+	}
+	return msg
+}
+
+// Retryable reports whether the same request may succeed later: rate limits,
+// timeouts and server errors.
+func (e *StatusError) Retryable() bool {
+	return e.Status == http.StatusTooManyRequests || e.Status == http.StatusRequestTimeout || e.Status >= 500
+}
+
+// TransportError is a failure to get any answer: connection refused or
+// reset, DNS, TLS, timeout. The request may or may not have been processed.
+type TransportError struct {
+	API string
+	Err error
+}
+
+func (e *TransportError) Error() string {
+	return fmt.Sprintf("customer.io %s API unreachable: %v", e.API, e.Err)
+}
+
+func (e *TransportError) Unwrap() error { return e.Err }
+
+// Retryable is always true: nothing was answered.
+func (e *TransportError) Retryable() bool { return true }
+
+// IsRetryable reports whether err is a failure that may succeed if the
+// request is sent again.
+func IsRetryable(err error) bool {
+	var r interface{ Retryable() bool }
+	return errors.As(err, &r) && r.Retryable()
+}
+
+// NewHTTPClient returns the one client the worker uses: connections kept
+// warm for conns concurrent requests, each request bounded by timeout.
+func NewHTTPClient(conns int, timeout time.Duration) *http.Client {
+	t := http.DefaultTransport.(*http.Transport).Clone()
+	t.MaxIdleConns = 2 * conns
+	t.MaxIdleConnsPerHost = 2 * conns
+	t.IdleConnTimeout = 90 * time.Second
+	t.TLSHandshakeTimeout = 10 * time.Second
+	t.ResponseHeaderTimeout = timeout
+	t.DialContext = (&net.Dialer{Timeout: 10 * time.Second, KeepAlive: 30 * time.Second}).DialContext
+	t.ForceAttemptHTTP2 = true
+	return &http.Client{Transport: t, Timeout: timeout}
+}
+
+// CDP sends batch requests to Customer.io's Data Pipelines API.
+type CDP struct {
+	endpoint  string
+	apiKey    func() string
+	userAgent string
+	client    *http.Client
+}
+
+// CDPOptions configures a CDP client.
+type CDPOptions struct {
+	URL       string        // base URL, e.g. https://cdp.customer.io/v1
+	APIKey    func() string // called per request, so a rotated key is picked up
+	UserAgent string
+	Client    *http.Client
+}
+
+// NewCDP returns a client that posts to {URL}/batch.
+func NewCDP(opts CDPOptions) (*CDP, error) {
+	if opts.URL == "" || opts.APIKey == nil || opts.Client == nil {
+		return nil, errors.New("sink: CDP needs a URL, an API key and an HTTP client")
+	}
+	return &CDP{
+		endpoint:  strings.TrimRight(opts.URL, "/") + "/batch",
+		apiKey:    opts.APIKey,
+		userAgent: opts.UserAgent,
+		client:    opts.Client,
+	}, nil
+}
+
+// SendBatch posts one batch body. It returns nil on 2xx, a *StatusError for
+// any other answer and a *TransportError when no answer came.
+func (c *CDP) SendBatch(ctx context.Context, body []byte) error {
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, c.endpoint, bytes.NewReader(body))
+	if err != nil {
+		return fmt.Errorf("building CDP request: %w", err)
+	}
+	req.SetBasicAuth(c.apiKey(), "")
+	req.Header.Set("Content-Type", "application/json")
+	req.Header.Set("User-Agent", c.userAgent)
+	return do(c.client, req, "cdp")
+}
+
+// do sends req and turns its outcome into nil, *StatusError or
+// *TransportError. The response body is drained so the connection is reused.
+func do(client *http.Client, req *http.Request, api string) error {
+	resp, err := client.Do(req)
+	if err != nil {
+		if ctxErr := req.Context().Err(); ctxErr != nil {
+			return fmt.Errorf("customer.io %s request: %w", api, ctxErr)
+		}
+		return &TransportError{API: api, Err: err}
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode >= 200 && resp.StatusCode < 300 {
+		_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, 64<<10))
+		return nil
+	}
+	b, _ := io.ReadAll(io.LimitReader(resp.Body, maxErrorBody+1))
+	_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, 64<<10))
+	msg := strings.TrimSpace(strings.ToValidUTF8(string(b), "?"))
+	if len(msg) > maxErrorBody {
+		msg = msg[:maxErrorBody] + "…"
+	}
+	return &StatusError{
+		API:        api,
+		Status:     resp.StatusCode,
+		RetryAfter: ParseRetryAfter(resp.Header.Get("Retry-After"), time.Now()),
+		Body:       msg,
+	}
+}
+
+// ParseRetryAfter reads a Retry-After value, either delay-seconds or an HTTP
+// date, relative to now. It returns 0 when v is empty, malformed or past.
+func ParseRetryAfter(v string, now time.Time) time.Duration {
+	v = strings.TrimSpace(v)
+	if v == "" {
+		return 0
+	}
+	if secs, err := strconv.ParseInt(v, 10, 64); err == nil {
+		if secs <= 0 {
+			return 0
+		}
+		return time.Duration(min(secs, int64(24*time.Hour/time.Second))) * time.Second
+	}
+	if t, err := http.ParseTime(v); err == nil {
+		if d := t.Sub(now); d > 0 {
+			return d
+		}
+	}
+	return 0
+}
+
+// DryRun stands in for Customer.io when no API key is configured: it writes
+// each batch body it is given as one line (NDJSON) and reports success.
+type DryRun struct {
+	mu sync.Mutex
+	w  io.Writer
+}
+
+// NewDryRun returns a DryRun writing to w.
+func NewDryRun(w io.Writer) *DryRun { return &DryRun{w: w} }
+
+// SendBatch writes body and a newline. Batch bodies hold compacted JSON, so
+// they never contain a newline of their own.
+func (d *DryRun) SendBatch(_ context.Context, body []byte) error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if _, err := d.w.Write(append(body[:len(body):len(body)], '\n')); err != nil {
+		return fmt.Errorf("dry-run sink: %w", err)
+	}
+	return nil
+}

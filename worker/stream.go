@@ -1,0 +1,118 @@
+package worker
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"strconv"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/cio-relay/cio-relay/event"
+)
+
+// StreamSubjects is what the stream captures: every subject under "cio.".
+const StreamSubjects = "cio.>"
+
+// filterSubjects is what the consumer takes: the batchable call subjects.
+// Other subjects under cio.> stay in the stream for the consumers that handle
+// them; nothing is consumed that this worker cannot deliver.
+func filterSubjects() []string {
+	s := make([]string, 0, len(event.Types))
+	for _, t := range event.Types {
+		s = append(s, t.Subject())
+	}
+	return s
+}
+
+// streamConfig is the stream the worker creates when it manages streams.
+// Limits retention keeps messages for other consumers and for replay after
+// an outage; seven days is longer than any plausible Customer.io outage.
+func (w *Worker) streamConfig() jetstream.StreamConfig {
+	return jetstream.StreamConfig{
+		Name:        w.opts.Stream,
+		Description: "Customer.io calls for cio-relay",
+		Subjects:    []string{StreamSubjects},
+		Storage:     jetstream.FileStorage,
+		Retention:   jetstream.LimitsPolicy,
+		MaxAge:      7 * 24 * time.Hour,
+		Duplicates:  2 * time.Minute,
+		Discard:     jetstream.DiscardOld,
+	}
+}
+
+// consumerConfig is the durable pull consumer every replica shares.
+// MaxDeliver is unlimited: whether a failing message is given up on is the
+// worker's decision, taken with a reason, never a silent drop by the server.
+func (w *Worker) consumerConfig() jetstream.ConsumerConfig {
+	return jetstream.ConsumerConfig{
+		Durable:        w.opts.Consumer,
+		Description:    "cio-relay delivery to Customer.io",
+		AckPolicy:      jetstream.AckExplicitPolicy,
+		AckWait:        w.opts.AckWait,
+		MaxDeliver:     -1,
+		MaxAckPending:  w.opts.MaxAckPending,
+		FilterSubjects: filterSubjects(),
+		DeliverPolicy:  jetstream.DeliverAllPolicy,
+	}
+}
+
+// bind returns the consumer to pull from and the prefix of derived
+// messageIds. When ManageStreams is set it creates or updates the stream and
+// consumer; otherwise it only looks them up and says what is missing.
+func (w *Worker) bind(ctx context.Context) (jetstream.Consumer, string, error) {
+	stream, err := w.js.Stream(ctx, w.opts.Stream)
+	switch {
+	case errors.Is(err, jetstream.ErrStreamNotFound) && w.opts.ManageStreams:
+		stream, err = w.js.CreateStream(ctx, w.streamConfig())
+		if err != nil {
+			return nil, "", fmt.Errorf("creating stream %s: %w", w.opts.Stream, err)
+		}
+		w.log.Info("created stream", "stream", w.opts.Stream, "subjects", StreamSubjects)
+	case errors.Is(err, jetstream.ErrStreamNotFound):
+		return nil, "", fmt.Errorf("stream %s not found and RELAY_MANAGE_STREAMS=false: create it with subjects %q (file storage), or let cio-relay manage it", w.opts.Stream, StreamSubjects)
+	case err != nil:
+		return nil, "", fmt.Errorf("looking up stream %s: %w", w.opts.Stream, err)
+	}
+
+	info := stream.CachedInfo()
+	if !slices.Contains(info.Config.Subjects, StreamSubjects) {
+		if !w.opts.ManageStreams {
+			return nil, "", fmt.Errorf("stream %s has subjects %q, not %q, and RELAY_MANAGE_STREAMS=false", w.opts.Stream, info.Config.Subjects, StreamSubjects)
+		}
+		cfg := info.Config
+		cfg.Subjects = append(cfg.Subjects, StreamSubjects)
+		if stream, err = w.js.UpdateStream(ctx, cfg); err != nil {
+			return nil, "", fmt.Errorf("adding subjects %q to stream %s: %w", StreamSubjects, w.opts.Stream, err)
+		}
+		info = stream.CachedInfo()
+		w.log.Info("updated stream subjects", "stream", w.opts.Stream, "subjects", info.Config.Subjects)
+	}
+
+	var cons jetstream.Consumer
+	if w.opts.ManageStreams {
+		cons, err = stream.CreateOrUpdateConsumer(ctx, w.consumerConfig())
+		if err != nil {
+			return nil, "", fmt.Errorf("creating or updating consumer %s on stream %s: %w", w.opts.Consumer, w.opts.Stream, err)
+		}
+	} else {
+		cons, err = stream.Consumer(ctx, w.opts.Consumer)
+		if errors.Is(err, jetstream.ErrConsumerNotFound) {
+			return nil, "", fmt.Errorf("consumer %s not found on stream %s and RELAY_MANAGE_STREAMS=false: create a durable pull consumer with explicit ack and filter subjects %q", w.opts.Consumer, w.opts.Stream, filterSubjects())
+		}
+		if err != nil {
+			return nil, "", fmt.Errorf("looking up consumer %s on stream %s: %w", w.opts.Consumer, w.opts.Stream, err)
+		}
+		if p := cons.CachedInfo().Config.AckPolicy; p != jetstream.AckExplicitPolicy {
+			return nil, "", fmt.Errorf("consumer %s has ack policy %v; cio-relay needs explicit acks", w.opts.Consumer, p)
+		}
+	}
+
+	// The stream's creation time makes derived ids unique across a stream
+	// deleted and created again, whose sequences restart at 1: Customer.io
+	// would otherwise drop new calls as duplicates of old ones.
+	prefix := w.opts.Stream + "-" + strconv.FormatInt(info.Created.Unix(), 36) + "-"
+	return cons, prefix, nil
+}
