@@ -1,0 +1,205 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/cio-relay/cio-relay/config"
+	"github.com/cio-relay/cio-relay/sink"
+	"github.com/cio-relay/cio-relay/worker"
+)
+
+// runWorker is the run subcommand.
+func runWorker(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) int {
+	cfg, err := config.Load(args, getenv)
+	if errors.Is(err, flag.ErrHelp) {
+		fmt.Fprint(stdout, config.Usage())
+		return 0
+	}
+	if err != nil {
+		fmt.Fprintf(stderr, "cio-relay: invalid configuration:\n%v\n", err)
+		return 2
+	}
+	log := newLogger(cfg.Ops, stderr)
+	log.Info("starting cio-relay", "version", version())
+	log.Debug("configuration\n" + cfg.Redacted())
+	if err := serve(ctx, cfg, log, stdout); err != nil {
+		log.Error("cio-relay stopped", "err", err)
+		return 1
+	}
+	return 0
+}
+
+// serve runs the worker with everything it needs until ctx is done.
+func serve(ctx context.Context, cfg *config.Config, log *slog.Logger, stdout io.Writer) error {
+	url, opts := cfg.NATS.URL, natsOptions(cfg, log)
+	if cfg.NATS.Embedded() {
+		srv, err := startEmbedded(cfg.Embedded, log)
+		if err != nil {
+			return err
+		}
+		defer srv.Shutdown()
+		url = srv.ClientURL()
+	}
+	nc, err := nats.Connect(url, opts...)
+	if err != nil {
+		return fmt.Errorf("connecting to NATS: %w", err)
+	}
+	defer nc.Close()
+	js, err := jetstream.New(nc)
+	if err != nil {
+		return fmt.Errorf("opening JetStream: %w", err)
+	}
+
+	sender, closeSender, err := newSender(cfg, log, stdout)
+	if err != nil {
+		return err
+	}
+	defer closeSender()
+
+	if cfg.Ops.HTTPAddr != "" {
+		stopHTTP, err := serveHTTP(cfg.Ops.HTTPAddr, nc, log)
+		if err != nil {
+			return err
+		}
+		defer stopHTTP()
+	}
+
+	w, err := worker.New(js, sender, worker.Options{
+		Stream:          cfg.Queue.Stream,
+		Consumer:        cfg.Queue.Consumer,
+		ManageStreams:   cfg.Queue.ManageStreams,
+		AckWait:         cfg.Queue.AckWait,
+		MaxAckPending:   cfg.Queue.MaxAckPending,
+		BatchMaxBytes:   cfg.Batch.MaxBytes,
+		BatchMaxCalls:   cfg.Batch.MaxCalls,
+		FlushInterval:   cfg.Batch.FlushInterval,
+		SendConcurrency: cfg.Send.Concurrency,
+		NakDelay:        cfg.Queue.NakDelay,
+		ShutdownTimeout: cfg.Ops.ShutdownTimeout,
+		Logger:          log,
+	})
+	if err != nil {
+		return err
+	}
+	return w.Run(ctx)
+}
+
+// newSender returns the CDP client, or the dry-run sink when no API key is
+// configured.
+func newSender(cfg *config.Config, log *slog.Logger, stdout io.Writer) (worker.Sender, func(), error) {
+	if cfg.DryRun() {
+		out, closeOut := stdout, func() {}
+		dest := "stdout"
+		if f := cfg.Send.DryRunFile; f != "" && f != "-" {
+			file, err := os.OpenFile(f, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+			if err != nil {
+				return nil, nil, fmt.Errorf("RELAY_DRY_RUN_FILE: %w", err)
+			}
+			out, closeOut, dest = file, func() { _ = file.Close() }, f
+		}
+		log.Warn("DRY RUN: CIO_CDP_API_KEY is not set, so nothing is sent to Customer.io; "+
+			"each batch that would have been sent is written as one NDJSON line", "to", dest)
+		return sink.NewDryRun(out), closeOut, nil
+	}
+	key := cfg.CIO.CDPAPIKey
+	cdp, err := sink.NewCDP(sink.CDPOptions{
+		URL:       cfg.CIO.CDPURL,
+		APIKey:    key.Reveal,
+		UserAgent: "cio-relay/" + version(),
+		Client:    sink.NewHTTPClient(cfg.Send.Concurrency, cfg.Send.HTTPTimeout),
+	})
+	if err != nil {
+		return nil, nil, err
+	}
+	log.Info("delivering to Customer.io", "cdp_url", cfg.CIO.CDPURL, "api_key", key.Source())
+	return cdp, func() {}, nil
+}
+
+// natsOptions turns the NATS settings into connection options. The client
+// reconnects forever: a worker that gives up on NATS does nothing useful.
+func natsOptions(cfg *config.Config, log *slog.Logger) []nats.Option {
+	n := cfg.NATS
+	opts := []nats.Option{
+		nats.Name("cio-relay " + version()),
+		nats.MaxReconnects(-1),
+		nats.ReconnectWait(time.Second),
+		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) {
+			if err != nil { // nil: a deliberate close
+				log.Warn("disconnected from NATS", "err", err)
+			}
+		}),
+		nats.ReconnectHandler(func(nc *nats.Conn) {
+			log.Info("reconnected to NATS", "server", nc.ConnectedUrlRedacted())
+		}),
+		nats.ErrorHandler(func(_ *nats.Conn, _ *nats.Subscription, err error) {
+			log.Warn("NATS error", "err", err)
+		}),
+	}
+	switch {
+	case n.Creds != "":
+		opts = append(opts, nats.UserCredentials(n.Creds))
+	case n.NKey != "":
+		opt, err := nats.NkeyOptionFromSeed(n.NKey)
+		if err != nil {
+			// The file was checked at load; report at connect time.
+			opts = append(opts, func(*nats.Options) error { return fmt.Errorf("NATS_NKEY: %w", err) })
+		} else {
+			opts = append(opts, opt)
+		}
+	case n.User != "":
+		opts = append(opts, nats.UserInfo(n.User, n.Password.Reveal()))
+	case n.Token.IsSet():
+		opts = append(opts, nats.Token(n.Token.Reveal()))
+	}
+	if n.CA != "" {
+		opts = append(opts, nats.RootCAs(n.CA))
+	}
+	if n.Cert != "" {
+		opts = append(opts, nats.ClientCert(n.Cert, n.Key))
+	}
+	return opts
+}
+
+// serveHTTP serves the health endpoints. It returns a function that stops the
+// listener.
+func serveHTTP(addr string, nc *nats.Conn, log *slog.Logger) (func(), error) {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
+		_, _ = io.WriteString(w, "ok\n")
+	})
+	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, _ *http.Request) {
+		if !nc.IsConnected() {
+			http.Error(w, "not connected to NATS", http.StatusServiceUnavailable)
+			return
+		}
+		_, _ = io.WriteString(w, "ok\n")
+	})
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, fmt.Errorf("RELAY_HTTP_ADDR: %w", err)
+	}
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+	go func() {
+		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			log.Error("HTTP server", "err", err)
+		}
+	}()
+	log.Info("serving health endpoints", "addr", ln.Addr().String())
+	return func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		defer cancel()
+		_ = srv.Shutdown(ctx)
+	}, nil
+}

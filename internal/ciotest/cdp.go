@@ -1,0 +1,267 @@
+package ciotest
+
+import (
+	"errors"
+	"fmt"
+	"mime"
+	"net/http"
+	"strings"
+	"unicode/utf8"
+)
+
+// Customer.io's CDP limits, read in bytes the strict way its own Go library
+// does (maxBatchBytes = 500000, maxMessageBytes = 32000): a stand-in that
+// read KB as 1024 would let a packer that overshoots by up to 2.4% pass.
+const (
+	MaxBatchBytes = 500_000 // a POST /v1/batch body
+	MaxCallBytes  = 32_000  // one call inside a batch, or a single-call request body
+)
+
+const batchPath = "/v1/batch"
+
+// cdpSingleTypes maps each single-call endpoint to the call type it implies.
+var cdpSingleTypes = map[string]string{
+	"/v1/identify": "identify",
+	"/v1/track":    "track",
+	"/v1/page":     "page",
+	"/v1/screen":   "screen",
+	"/v1/group":    "group",
+	"/v1/alias":    "alias",
+}
+
+func (s *Server) cdp(req *Request) response {
+	if req.Method != http.MethodPost {
+		return methodNotAllowed()
+	}
+	if !req.AuthOK {
+		return unauthorized(`Basic realm="cdp"`)
+	}
+	if err := checkJSONHeaders(req.Header); err != nil {
+		return reject(http.StatusBadRequest, "%v", err)
+	}
+	single := cdpSingleTypes[req.Path]
+	limit := MaxBatchBytes
+	if single != "" {
+		limit = MaxCallBytes
+	}
+	if req.BodyBytes > limit {
+		// Parsed only to record which calls were lost.
+		req.Calls, _, _ = parseCDP(req.Body, single)
+		return dropped("body is %d bytes, over the %d-byte limit", req.BodyBytes, limit)
+	}
+	if !utf8.Valid(req.Body) {
+		return reject(http.StatusBadRequest, "body is not valid UTF-8")
+	}
+	calls, problems, err := parseCDP(req.Body, single)
+	if err != nil {
+		return reject(http.StatusBadRequest, "%v", err)
+	}
+	req.Calls = calls
+	if single == "" {
+		// Sizes are checked before content: Customer.io drops an over-limit
+		// request without reading it.
+		for i, c := range calls {
+			if c.Size > MaxCallBytes {
+				return dropped("%s is %d bytes, over the %d-byte limit", c.name(i), c.Size, MaxCallBytes)
+			}
+		}
+	}
+	for i, p := range problems {
+		if p == nil {
+			continue
+		}
+		if single != "" {
+			return reject(http.StatusBadRequest, "%v", p)
+		}
+		return reject(http.StatusBadRequest, "%s: %v", calls[i].name(i), p)
+	}
+	return accepted("{}")
+}
+
+// parseCDP reads a CDP body: a batch when single is "", else one call of the
+// type single. It returns the calls, one validation problem per call (nil
+// when valid), and err when the body as a whole is unusable.
+func parseCDP(body []byte, single string) ([]Call, []error, error) {
+	if err := checkJSON(body); err != nil {
+		return nil, nil, err
+	}
+	start := skipSpace(body, 0)
+	if body[start] != '{' {
+		return nil, nil, errors.New("body is not a JSON object")
+	}
+	if single != "" {
+		c, p := readCall(body[start:endOfValue(body, start)], single)
+		return []Call{c}, []error{p}, nil
+	}
+
+	var batch *span
+	twice := false
+	_ = eachMember(body, func(key []byte, v span) { // an object, so no error
+		if string(key) == "batch" { // sentAt, context, messageId…: allowed, not read
+			twice = batch != nil
+			batch = &v
+		}
+	})
+	switch {
+	case twice:
+		return nil, nil, errors.New(`"batch" appears more than once`)
+	case batch == nil:
+		return nil, nil, errors.New(`no "batch" array`)
+	}
+	elems, err := elements(body[batch.start:batch.end])
+	if err != nil {
+		return nil, nil, fmt.Errorf(`"batch" is %w`, err)
+	}
+	if len(elems) == 0 {
+		return nil, nil, errors.New(`"batch" is empty`)
+	}
+	calls := make([]Call, len(elems))
+	problems := make([]error, len(elems))
+	for i, e := range elems {
+		calls[i], problems[i] = readCall(body[batch.start+e.start:batch.start+e.end], "")
+	}
+	return calls, problems, nil
+}
+
+// name identifies the call at index i of a batch in an error.
+func (c *Call) name(i int) string {
+	if c.MessageID == "" {
+		return fmt.Sprintf("batch[%d]", i)
+	}
+	return fmt.Sprintf("batch[%d] (messageId %q)", i, c.MessageID)
+}
+
+// callFields holds the raw values of the members Customer.io reads; nil
+// means absent.
+type callFields struct {
+	typ, messageID, userID, anonymousID, event, name, groupID, previousID []byte
+}
+
+// readCall builds the record of the call raw, valid JSON, and validates
+// it. implied is the type a single-call endpoint implies, "" in a batch.
+func readCall(raw []byte, implied string) (Call, error) {
+	c := Call{Raw: raw, Size: len(raw), Type: implied}
+	var f callFields
+	var dup string
+	err := eachMember(raw, func(key []byte, v span) {
+		var dst *[]byte
+		switch string(key) {
+		case "type":
+			dst = &f.typ
+		case "messageId":
+			dst = &f.messageID
+		case "userId":
+			dst = &f.userID
+		case "anonymousId":
+			dst = &f.anonymousID
+		case "event":
+			dst = &f.event
+		case "name":
+			dst = &f.name
+		case "groupId":
+			dst = &f.groupID
+		case "previousId":
+			dst = &f.previousID
+		default:
+			return
+		}
+		if *dst != nil && dup == "" {
+			dup = string(key)
+		}
+		*dst = raw[v.start:v.end]
+	})
+	if err != nil {
+		return c, fmt.Errorf("call is %w", err)
+	}
+	c.MessageID, _ = stringValue(f.messageID)
+	c.UserID = idValue(f.userID)
+	if t, ok := stringValue(f.typ); ok {
+		c.Type = t
+	}
+
+	if dup != "" {
+		// Which copy wins depends on the parser, so no answer is right.
+		return c, fmt.Errorf("%s appears more than once", dup)
+	}
+	return c, f.validate(implied)
+}
+
+// validate applies Customer.io's documented rules for each call type.
+func (f *callFields) validate(implied string) error {
+	typ := implied
+	switch {
+	case f.typ == nil && implied == "":
+		return errors.New("missing type")
+	case f.typ != nil:
+		t, ok := stringValue(f.typ)
+		if !ok {
+			return fmt.Errorf("type must be a string, not %s", jsonKind(f.typ))
+		}
+		if implied != "" && t != implied {
+			return fmt.Errorf("type %q sent to the %s endpoint", t, implied)
+		}
+		typ = t
+	}
+	if f.messageID != nil && jsonKind(f.messageID) != "string" {
+		return fmt.Errorf("messageId must be a string, not %s", jsonKind(f.messageID))
+	}
+	user := isID(f.userID) || isID(f.anonymousID)
+	switch typ {
+	case "identify", "page":
+		if !user {
+			return fmt.Errorf("%s needs userId or anonymousId", typ)
+		}
+	case "track":
+		if !user {
+			return errors.New("track needs userId or anonymousId")
+		}
+		if !isNonEmptyString(f.event) {
+			return errors.New("track needs event, a non-empty string")
+		}
+	case "screen":
+		if !user {
+			return errors.New("screen needs userId or anonymousId")
+		}
+		if !isNonEmptyString(f.name) {
+			return errors.New("screen needs name, a non-empty string")
+		}
+	case "group":
+		if !isID(f.groupID) {
+			return errors.New("group needs groupId")
+		}
+		if !user {
+			return errors.New("group needs userId or anonymousId")
+		}
+	case "alias":
+		if !isID(f.userID) {
+			return errors.New("alias needs userId")
+		}
+		if !isID(f.previousID) {
+			return errors.New("alias needs previousId")
+		}
+	default:
+		return fmt.Errorf("unknown type %q", typ)
+	}
+	return nil
+}
+
+// checkJSONHeaders insists on a JSON body sent as is. Customer.io documents
+// JSON bodies; a client that labels them otherwise or compresses them is
+// relying on leniency the stand-in does not assume.
+func checkJSONHeaders(h http.Header) error {
+	ct := h.Values("Content-Type")
+	if len(ct) != 1 {
+		return errors.New("Content-Type must be application/json")
+	}
+	mt, params, err := mime.ParseMediaType(ct[0])
+	if err != nil || mt != "application/json" {
+		return fmt.Errorf("Content-Type must be application/json, not %q", ct[0])
+	}
+	if cs, ok := params["charset"]; ok && !strings.EqualFold(cs, "utf-8") {
+		return fmt.Errorf("charset must be utf-8, not %q", cs)
+	}
+	if ce := h.Get("Content-Encoding"); ce != "" && !strings.EqualFold(ce, "identity") {
+		return fmt.Errorf("Content-Encoding %q is not supported", ce)
+	}
+	return nil
+}

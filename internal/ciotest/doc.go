@@ -1,0 +1,95 @@
+// Package ciotest is a stand-in for Customer.io's HTTP APIs, for tests that
+// cannot reach the real service.
+//
+// It is not a mock that accepts anything: it keeps the documented behaviour
+// of the three Customer.io APIs cio-relay calls and records everything it
+// receives, so an end-to-end
+// test that publishes tens of thousands of events can count exactly what
+// arrived, what was lost and why. [NewServer] starts one on 127.0.0.1 for
+// the length of a test; point the relay at [Server.CDPURL],
+// [Server.TrackURL] and [Server.AppURL].
+//
+// # CDP (Data Pipelines) API
+//
+// POST /v1/batch takes {"batch":[call,…]} (other top-level members such as
+// sentAt, context and messageId are allowed and ignored); POST
+// /v1/{identify,track,page,screen,group,alias} take one call. Auth is HTTP
+// Basic with the API key as user and a blank password.
+//
+// The size limits are enforced as Customer.io enforces them, in bytes read
+// strictly ([MaxBatchBytes] = 500,000 for a batch body, [MaxCallBytes] =
+// 32,000 for each call as its bytes appear in the batch array, and for a
+// single-call body): an over-limit request is answered 200 and nothing in it
+// is delivered. That silent 200 is the point: a packing bug shows up as
+// calls missing from [Server.Delivered], and [Request.Calls] of the dropped
+// request names them.
+//
+// A request that passes the limits is rejected with 400, and nothing in it
+// delivered, when the body is not valid UTF-8 or not valid JSON, or when any
+// call breaks Customer.io's rules: type missing or unknown;
+// identify/track/page/screen without userId or anonymousId; track without
+// event; screen without name; group without groupId or without userId or
+// anonymousId; alias without userId or previousId. Identifiers may be
+// non-empty strings or numbers; event and name must be non-empty strings. A
+// call without messageId is accepted, as Customer.io accepts it, and counted
+// in [Stats.CallsWithoutMessageID].
+//
+// # Track API
+//
+// POST /api/v1/customers/{identifier}/suppress and /unsuppress, Basic auth
+// with the site id and Track API key. The identifier is taken from the
+// escaped path and unescaped once, so one containing "/", "+", "@" or any
+// Unicode arrives exactly as the client meant it; see [Server.Suppressions].
+//
+// # App API
+//
+// POST /v1/campaigns/{broadcast_id}/triggers, Bearer auth with the App API
+// key. The id must be a positive integer (else 404); the body a JSON object
+// with at most one of recipients, ids, emails, per_user_data and
+// data_file_url (else 400). One trigger per broadcast is accepted in any
+// [BroadcastInterval] (10 s), measured with Options.Now; another within it
+// is answered 429 with Retry-After giving the whole seconds left, rounded
+// up, and does not restart the interval. Other broadcasts are unaffected.
+// An accepted trigger is answered {"id":n} with n increasing from 1; see
+// [Server.Triggers].
+//
+// # Stricter than Customer.io
+//
+// Where the documentation is silent the stand-in refuses rather than
+// guesses, so a test passing here does not rely on leniency:
+//
+//   - Every body read as JSON must be sent with Content-Type
+//     application/json (charset, if given, utf-8) and without
+//     Content-Encoding (400).
+//   - A batch must contain at least one call, and "batch" must appear once
+//     (400).
+//   - A call naming one of type, messageId, userId, anonymousId, event,
+//     name, groupId or previousId twice is rejected (400): which copy wins
+//     depends on the parser. messageId, when present, must be a string.
+//   - A single-call endpoint accepts a call without type, taking it from
+//     the path, but rejects one whose type disagrees (400).
+//   - Trigger bodies: each audience field must have its documented shape
+//     (ids, emails and per_user_data non-empty arrays, data_file_url an
+//     http(s) URL, data and recipients objects, the *_ignore_missing and
+//     email_add_duplicates flags booleans), and an audience field set to
+//     null counts as given.
+//   - A request that is both over a size limit and invalid is answered as
+//     over the limit (200, dropped): the limit is checked first, as the
+//     real service drops such requests before reading them.
+//
+// Not modelled: the Track API's fair-use rate limit, trigger processing
+// (422 for unknown recipients), gzip bodies, and any endpoint not named
+// above (404). Use Options.Fault to inject 429s, 5xx answers, delays and
+// connection resets.
+//
+// Error bodies are {"meta":{"error":"…"}}, the shape the Track and App APIs
+// use; clients should treat them as opaque text.
+//
+// # Records
+//
+// Every request is recorded ([Server.Requests]) with its outcome, status,
+// body and, for CDP, its parsed calls. Calls keep their exact bytes as
+// slices of the request body, so a million calls cost their own bytes plus a
+// small record each. [Server.WaitDelivered] blocks until a number of calls
+// have been delivered, for tests that must not poll.
+package ciotest

@@ -1,0 +1,37 @@
+// Package natstest gives a test a real NATS server with JetStream.
+//
+// Anything in cio-relay that acks, naks or dead-letters is tested against a
+// real server, not a fake: the interesting failures (redelivery after a
+// restart, a publish while the server is down) only happen in a real one.
+// [Start] returns a [Server] that belongs to one test: it listens on
+// 127.0.0.1 only, keeps its JetStream store on disk, and is removed by
+// t.Cleanup. [Server.Restart] stops it and starts it again on the same port
+// with the same store, so a test can check what survives a restart;
+// [Server.Stop] leaves it down for tests of NATS-down behaviour.
+//
+// # Where the server runs
+//
+// The environment variable CIO_RELAY_NATS chooses how the server is run:
+//
+//   - "container": in a Docker container through testcontainers-go, with host
+//     networking. The test fails if no Docker engine answers; it never falls
+//     back, so CI can insist on the path it pays for.
+//   - "inprocess": an embedded nats-server (github.com/nats-io/nats-server/v2)
+//     in the test binary, with its store under t.TempDir().
+//   - "" or "auto": the container when a Docker engine answers and the image
+//     is already present locally, else in-process. Auto mode does not pull:
+//     on a machine without a registry a pull would fail the test instead of
+//     falling back.
+//
+// CIO_RELAY_NATS_IMAGE names the image for the container path (default
+// nats:2.15.2, the version go.mod pins for the embedded server). .ci/run
+// builds cio-relay-nats:local from the pinned module, FROM scratch, so no
+// registry is needed. Where no registry is reachable, also set
+// TESTCONTAINERS_RYUK_DISABLED=true: the Ryuk reaper is an image too.
+//
+// Every Start logs which path it took and why, with t.Logf, and each
+// distinct choice is printed once per test binary on stderr, so a CI log
+// shows which server the tests really ran against.
+//
+// The server's own log is kept out of test output unless the test fails.
+package natstest

@@ -1,0 +1,129 @@
+package natstest
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats-server/v2/server"
+)
+
+// inProcessBackend runs nats-server inside the test binary.
+type inProcessBackend struct {
+	storeDir string
+	port     int // 0 until the first start picks one
+	srv      *server.Server
+	logs     *logBuffer
+}
+
+func newInProcessBackend(storeDir string) *inProcessBackend {
+	return &inProcessBackend{storeDir: storeDir, logs: &logBuffer{}}
+}
+
+func (b *inProcessBackend) start(ctx context.Context) (int, error) {
+	port := b.port
+	if port == 0 {
+		// Let the server bind a random port itself: unlike picking one and
+		// passing it on, nothing can take it in between.
+		port = server.RANDOM_PORT
+	}
+	opts := &server.Options{
+		Host:      host,
+		Port:      port,
+		JetStream: true,
+		StoreDir:  b.storeDir,
+		// The test binary owns its signals.
+		NoSigs: true,
+	}
+	srv, err := server.NewServer(opts)
+	if err != nil {
+		return 0, fmt.Errorf("configuring nats-server: %w", err)
+	}
+	srv.SetLoggerV2(b.logs, false, false, false)
+	srv.Start()
+
+	timeout := startTimeout
+	if deadline, ok := ctx.Deadline(); ok {
+		timeout = time.Until(deadline)
+	}
+	switch {
+	case !srv.ReadyForConnections(timeout):
+		err = fmt.Errorf("nats-server on %s port %d not ready for connections within %v", host, b.port, timeout)
+	case !srv.JetStreamEnabled():
+		// JetStream is enabled before the listener opens, so a ready server
+		// without it has failed to start JetStream; its log says why.
+		err = errors.New("nats-server started without JetStream")
+	}
+	if err != nil {
+		srv.Shutdown()
+		srv.WaitForShutdown()
+		return 0, err
+	}
+	b.srv = srv
+	b.port = srv.Addr().(*net.TCPAddr).Port
+	return b.port, nil
+}
+
+func (b *inProcessBackend) stop(context.Context) error {
+	if b.srv == nil {
+		return nil
+	}
+	b.srv.Shutdown()
+	b.srv.WaitForShutdown()
+	b.srv = nil
+	return nil
+}
+
+func (b *inProcessBackend) remove(ctx context.Context) error {
+	return b.stop(ctx)
+}
+
+func (b *inProcessBackend) log(context.Context) string {
+	return b.logs.String()
+}
+
+// maxLogBytes caps the log kept for a failed test: enough for a start, a
+// few restarts and their warnings, without a chatty server filling memory.
+const maxLogBytes = 1 << 20
+
+// logBuffer is a server.Logger that keeps the log in memory, so that it is
+// shown only when a test fails.
+type logBuffer struct {
+	mu      sync.Mutex
+	buf     bytes.Buffer
+	dropped int
+}
+
+var _ server.Logger = (*logBuffer)(nil)
+
+func (l *logBuffer) printf(level, format string, v ...any) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.buf.Len() >= maxLogBytes {
+		l.dropped++
+		return
+	}
+	l.buf.WriteString(level)
+	fmt.Fprintf(&l.buf, format, v...)
+	l.buf.WriteByte('\n')
+}
+
+func (l *logBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.dropped > 0 {
+		return fmt.Sprintf("%s[%d more lines dropped]\n", l.buf.String(), l.dropped)
+	}
+	return l.buf.String()
+}
+
+func (l *logBuffer) Noticef(format string, v ...any) { l.printf("[INF] ", format, v...) }
+func (l *logBuffer) Warnf(format string, v ...any)   { l.printf("[WRN] ", format, v...) }
+func (l *logBuffer) Fatalf(format string, v ...any)  { l.printf("[FTL] ", format, v...) }
+func (l *logBuffer) Errorf(format string, v ...any)  { l.printf("[ERR] ", format, v...) }
+func (l *logBuffer) Debugf(format string, v ...any)  { l.printf("[DBG] ", format, v...) }
+func (l *logBuffer) Tracef(format string, v ...any)  { l.printf("[TRC] ", format, v...) }

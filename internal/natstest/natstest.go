@@ -1,0 +1,246 @@
+package natstest
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"os"
+	"strconv"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+// Kinds of server, as returned by [Server.Kind].
+const (
+	KindContainer = "container"
+	KindInProcess = "in-process"
+)
+
+const (
+	envMode      = "CIO_RELAY_NATS"
+	envImage     = "CIO_RELAY_NATS_IMAGE"
+	defaultImage = "nats:2.15.2"
+
+	// host is the only address the server listens on and tests dial.
+	host = "127.0.0.1"
+
+	// startTimeout bounds one start or restart. A JetStream server with a
+	// small store is ready in well under a second; the margin is for a
+	// loaded 2-core CI machine creating a container.
+	startTimeout = 60 * time.Second
+
+	// stopTimeout is how long a server gets to shut down cleanly (flushing
+	// its store) before it is killed.
+	stopTimeout = 10 * time.Second
+)
+
+// Server is a running NATS server with JetStream for one test.
+//
+// Its methods are meant to be called from the test's goroutine, not
+// concurrently.
+type Server struct {
+	kind    string
+	port    int
+	running bool
+	b       backend
+}
+
+// backend is one way of running nats-server.
+type backend interface {
+	// start starts the server and returns once it accepts connections. The
+	// first start picks the port; later ones reuse it and the store.
+	start(ctx context.Context) (port int, err error)
+	// stop shuts the server down cleanly, keeping its store.
+	stop(ctx context.Context) error
+	// remove releases everything the backend holds; the server must not be
+	// started again.
+	remove(ctx context.Context) error
+	// log returns the server's output, for a failed test.
+	log(ctx context.Context) string
+}
+
+// Start starts a NATS server with JetStream for t and registers t.Cleanup
+// to remove it. The test fails if the server cannot be started.
+func Start(t testing.TB) *Server {
+	t.Helper()
+	kind, reason := choose(t)
+	announce(t, kind, reason)
+
+	s := &Server{kind: kind}
+	switch kind {
+	case KindContainer:
+		s.b = newContainerBackend(t, imageName())
+	default:
+		s.b = newInProcessBackend(t.TempDir())
+	}
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), startTimeout)
+		defer cancel()
+		// The server's log explains most failures, a failed start included,
+		// and is noise otherwise.
+		if t.Failed() {
+			if out := s.b.log(ctx); out != "" {
+				t.Logf("NATS: %s server log:\n%s", s.kind, out)
+			}
+		}
+		if err := s.b.remove(ctx); err != nil {
+			t.Errorf("NATS: removing %s server: %v", s.kind, err)
+		}
+	})
+	s.start(t)
+	return s
+}
+
+// URL returns the client URL, nats://127.0.0.1:PORT.
+func (s *Server) URL() string {
+	return "nats://" + net.JoinHostPort(host, strconv.Itoa(s.port))
+}
+
+// Kind returns how the server runs: [KindContainer] or [KindInProcess].
+func (s *Server) Kind() string { return s.kind }
+
+// Restart stops the server if it is running and starts it again on the same
+// port with the same JetStream store. It returns once the server accepts
+// connections.
+func (s *Server) Restart(t testing.TB) {
+	t.Helper()
+	if s.running {
+		s.Stop(t)
+	}
+	s.start(t)
+}
+
+// Stop shuts the server down cleanly, keeping its JetStream store, and
+// leaves it down until [Server.Restart].
+func (s *Server) Stop(t testing.TB) {
+	t.Helper()
+	if !s.running {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), stopTimeout+5*time.Second)
+	defer cancel()
+	if err := s.b.stop(ctx); err != nil {
+		t.Fatalf("NATS: stopping %s server at %s: %v", s.kind, s.URL(), err)
+	}
+	s.running = false
+}
+
+func (s *Server) start(t testing.TB) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), startTimeout)
+	defer cancel()
+	began := time.Now()
+	port, err := s.b.start(ctx)
+	if err != nil {
+		t.Fatalf("NATS: starting %s server: %v", s.kind, err)
+	}
+	s.port = port
+	s.running = true
+	t.Logf("NATS: %s server ready at %s in %v", s.kind, s.URL(), time.Since(began).Round(time.Millisecond))
+}
+
+// choose picks the backend from CIO_RELAY_NATS and says why.
+func choose(t testing.TB) (kind, reason string) {
+	t.Helper()
+	switch mode := os.Getenv(envMode); mode {
+	case "container":
+		engine, err := probeDocker()
+		if err != nil {
+			t.Fatalf("NATS: %s=container but no Docker engine is reachable (it never falls back to in-process): %v", envMode, err)
+		}
+		return KindContainer, fmt.Sprintf("%s=container; %s", envMode, engine)
+	case "inprocess":
+		return KindInProcess, envMode + "=inprocess"
+	case "", "auto":
+		engine, err := probeDocker()
+		if err != nil {
+			return KindInProcess, fmt.Sprintf("auto: no Docker engine reachable: %v", err)
+		}
+		image := imageName()
+		if err := imagePresent(image); err != nil {
+			return KindInProcess, fmt.Sprintf("auto: %s, but image %s is not present locally and auto mode does not pull (build it with .ci/run, or set %s=container to pull): %v",
+				engine, image, envMode, err)
+		}
+		return KindContainer, fmt.Sprintf("auto: %s, image %s present", engine, image)
+	default:
+		t.Fatalf("NATS: %s=%q is not one of container, inprocess, auto", envMode, mode)
+		return "", ""
+	}
+}
+
+func imageName() string {
+	if image := os.Getenv(envImage); image != "" {
+		return image
+	}
+	return defaultImage
+}
+
+// announced holds the choices already printed on stderr, so a test binary
+// says once, not once per test, which server it runs against.
+var announced sync.Map
+
+func announce(t testing.TB, kind, reason string) {
+	t.Helper()
+	line := fmt.Sprintf("NATS: %s nats-server (%s)", kind, reason)
+	t.Log(line)
+	if _, loaded := announced.LoadOrStore(line, true); !loaded {
+		fmt.Fprintln(os.Stderr, "natstest: "+line)
+	}
+}
+
+// freePort returns a port on 127.0.0.1 that nothing listens on right now.
+// Another process may take it before the server binds it; the container
+// backend retries with a new port when that happens.
+func freePort() (int, error) {
+	l, err := net.Listen("tcp", net.JoinHostPort(host, "0"))
+	if err != nil {
+		return 0, fmt.Errorf("finding a free port: %w", err)
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port, nil
+}
+
+// pollInterval is how often readiness is checked while a server starts.
+const pollInterval = 50 * time.Millisecond
+
+// waitJetStream returns once a client can connect to url and JetStream
+// answers, or when ctx is done. alive reports a server that has died, so a
+// crash fails at once instead of at the deadline.
+func waitJetStream(ctx context.Context, url string, alive func(context.Context) error) error {
+	tick := time.NewTicker(pollInterval)
+	defer tick.Stop()
+	for {
+		err := pingJetStream(ctx, url)
+		if err == nil {
+			return nil
+		}
+		if aliveErr := alive(ctx); aliveErr != nil {
+			return aliveErr
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("waiting for JetStream at %s: %w (last error: %v)", url, ctx.Err(), err)
+		case <-tick.C:
+		}
+	}
+}
+
+func pingJetStream(ctx context.Context, url string) error {
+	nc, err := nats.Connect(url, nats.Timeout(time.Second), nats.NoReconnect(), nats.Name("natstest readiness"))
+	if err != nil {
+		return err
+	}
+	defer nc.Close()
+	js, err := jetstream.New(nc)
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(ctx, time.Second)
+	defer cancel()
+	_, err = js.AccountInfo(ctx)
+	return err
+}

@@ -1,0 +1,148 @@
+package sink_test
+
+import (
+	"context"
+	"errors"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/cio-relay/cio-relay/internal/ciotest"
+	"github.com/cio-relay/cio-relay/sink"
+)
+
+func newCDP(t *testing.T, s *ciotest.Server, key string) *sink.CDP {
+	t.Helper()
+	c, err := sink.NewCDP(sink.CDPOptions{
+		URL:       s.CDPURL(),
+		APIKey:    func() string { return key },
+		UserAgent: "cio-relay/test",
+		Client:    sink.NewHTTPClient(2, 5*time.Second),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
+const body = `{"batch":[{"type":"track","messageId":"m1","userId":"u","event":"e <&>"}]}`
+
+func TestSendBatchDelivers(t *testing.T) {
+	s := ciotest.NewServer(t, ciotest.Options{CDPKey: "k"})
+	if err := newCDP(t, s, "k").SendBatch(context.Background(), []byte(body)); err != nil {
+		t.Fatalf("SendBatch: %v", err)
+	}
+	d := s.Delivered()
+	if len(d) != 1 || d[0].MessageID != "m1" {
+		t.Fatalf("delivered %+v", d)
+	}
+	req := s.Requests()[0]
+	if ua := req.Header.Get("User-Agent"); ua != "cio-relay/test" {
+		t.Errorf("User-Agent = %q", ua)
+	}
+	if ct := req.Header.Get("Content-Type"); ct != "application/json" {
+		t.Errorf("Content-Type = %q", ct)
+	}
+	if req.Path != "/v1/batch" {
+		t.Errorf("path = %q, want /v1/batch", req.Path)
+	}
+}
+
+func TestSendBatchErrors(t *testing.T) {
+	past := time.Now().Add(-time.Hour).UTC().Format(http.TimeFormat)
+	tests := []struct {
+		name       string
+		key        string
+		fault      *ciotest.Fault
+		status     int // 0: transport error
+		retryable  bool
+		retryAfter time.Duration
+		bodyHas    string
+	}{
+		{name: "wrong key", key: "nope", status: 401, retryable: false},
+		{name: "rate limited", key: "k", fault: &ciotest.Fault{Status: 429, RetryAfter: "7"}, status: 429, retryable: true, retryAfter: 7 * time.Second},
+		{name: "retry-after in the past", key: "k", fault: &ciotest.Fault{Status: 429, RetryAfter: past}, status: 429, retryable: true},
+		{name: "server error", key: "k", fault: &ciotest.Fault{Status: 502, Body: "bad gateway"}, status: 502, retryable: true, bodyHas: "bad gateway"},
+		{name: "bad request", key: "k", fault: &ciotest.Fault{Status: 400, Body: strings.Repeat("x", 5000)}, status: 400, retryable: false, bodyHas: "xxx"},
+		{name: "connection reset", key: "k", fault: &ciotest.Fault{Reset: true}, retryable: true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			s := ciotest.NewServer(t, ciotest.Options{CDPKey: "k", Fault: func(*ciotest.Request) *ciotest.Fault { return tt.fault }})
+			err := newCDP(t, s, tt.key).SendBatch(context.Background(), []byte(body))
+			if err == nil {
+				t.Fatal("SendBatch succeeded")
+			}
+			if got := sink.IsRetryable(err); got != tt.retryable {
+				t.Errorf("IsRetryable = %v, want %v (%v)", got, tt.retryable, err)
+			}
+			var se *sink.StatusError
+			var te *sink.TransportError
+			switch {
+			case tt.status == 0:
+				if !errors.As(err, &te) {
+					t.Fatalf("error %v is not a *TransportError", err)
+				}
+			case !errors.As(err, &se):
+				t.Fatalf("error %v is not a *StatusError", err)
+			default:
+				if se.Status != tt.status || se.RetryAfter != tt.retryAfter {
+					t.Errorf("status %d retry-after %v, want %d %v", se.Status, se.RetryAfter, tt.status, tt.retryAfter)
+				}
+				if !strings.Contains(se.Body, tt.bodyHas) || len(se.Body) > 600 {
+					t.Errorf("body %q (%d bytes): want it to contain %q and be trimmed", se.Body[:min(len(se.Body), 80)], len(se.Body), tt.bodyHas)
+				}
+			}
+			if strings.Contains(err.Error(), tt.key) && tt.key != "k" {
+				t.Errorf("error reveals the API key: %v", err)
+			}
+		})
+	}
+}
+
+func TestSendBatchCancelled(t *testing.T) {
+	s := ciotest.NewServer(t, ciotest.Options{CDPKey: "k"})
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	err := newCDP(t, s, "k").SendBatch(ctx, []byte(body))
+	if !errors.Is(err, context.Canceled) {
+		t.Fatalf("SendBatch on a cancelled context = %v, want context.Canceled", err)
+	}
+}
+
+func TestParseRetryAfter(t *testing.T) {
+	now := time.Date(2026, 11, 29, 12, 0, 0, 0, time.UTC)
+	tests := []struct {
+		in   string
+		want time.Duration
+	}{
+		{"", 0},
+		{"0", 0},
+		{"-5", 0},
+		{"12", 12 * time.Second},
+		{" 3 ", 3 * time.Second},
+		{"999999999", 24 * time.Hour},
+		{"soon", 0},
+		{"Sun, 29 Nov 2026 12:00:30 GMT", 30 * time.Second},
+		{"Sun, 29 Nov 2026 11:00:00 GMT", 0},
+	}
+	for _, tt := range tests {
+		if got := sink.ParseRetryAfter(tt.in, now); got != tt.want {
+			t.Errorf("ParseRetryAfter(%q) = %v, want %v", tt.in, got, tt.want)
+		}
+	}
+}
+
+func TestDryRunWritesOneLinePerBatch(t *testing.T) {
+	var b strings.Builder
+	d := sink.NewDryRun(&b)
+	for range 2 {
+		if err := d.SendBatch(context.Background(), []byte(body)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if want := body + "\n" + body + "\n"; b.String() != want {
+		t.Fatalf("dry run wrote %q", b.String())
+	}
+}
