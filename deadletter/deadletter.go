@@ -1,0 +1,211 @@
+// Package deadletter defines the dead-letter stream: what a dead-lettered
+// message looks like, how the worker writes one and how operators' tools read
+// one back.
+//
+// A dead-lettered message keeps its original body byte for byte. Its subject
+// is the original one under "dlq." (cio.track → dlq.cio.track), and its
+// headers say why it was given up on and where it came from (see the Header
+// constants). The original messageId travels in HeaderMessageID so a replay
+// is de-duplicated by Customer.io even when the id was derived from the
+// original stream sequence.
+package deadletter
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+// SubjectPrefix is prepended to a message's subject when it is dead-lettered.
+const SubjectPrefix = "dlq."
+
+// StreamSubjects is what the dead-letter stream captures.
+const StreamSubjects = "dlq.cio.>"
+
+// Headers of a dead-lettered message.
+const (
+	HeaderReason       = "Cio-Relay-Reason"        // why: invalid_json, rejected, retries_exhausted, …
+	HeaderStatus       = "Cio-Relay-Status"        // HTTP status Customer.io answered, when there was one
+	HeaderError        = "Cio-Relay-Error"         // trimmed detail: validation error or response body
+	HeaderDeliveries   = "Cio-Relay-Deliveries"    // how many times JetStream delivered it
+	HeaderStream       = "Cio-Relay-Stream"        // original stream
+	HeaderStreamSeq    = "Cio-Relay-Stream-Seq"    // original stream sequence
+	HeaderFirstSeen    = "Cio-Relay-First-Seen"    // when it was published to the original stream (RFC 3339)
+	HeaderDeadLettered = "Cio-Relay-Dead-Lettered" // when it was dead-lettered (RFC 3339)
+	HeaderVersion      = "Cio-Relay-Version"       // worker version that dead-lettered it
+	HeaderMessageID    = "Cio-Relay-Message-Id"    // the call's messageId, given or derived
+	// HeaderReplayedFrom is set on a message replayed from the dead-letter
+	// stream: the dead-letter sequence it came from.
+	HeaderReplayedFrom = "Cio-Relay-Replayed-From"
+)
+
+// maxDetail bounds HeaderError: enough to act on, small enough for a header.
+const maxDetail = 1024
+
+// Reasons for dead-lettering beyond the validation reasons of package event.
+const (
+	ReasonRejected         = "rejected"          // Customer.io rejected the call on its own (4xx)
+	ReasonRetriesExhausted = "retries_exhausted" // transient failures on every one of RELAY_MAX_DELIVER deliveries
+	ReasonNotConfigured    = "not_configured"    // no credentials for this kind of call
+)
+
+// Record is what the worker knows when it gives up on a message.
+type Record struct {
+	Reason       string
+	Status       int // 0 when no HTTP answer is involved
+	Detail       string
+	Deliveries   uint64
+	Stream       string
+	StreamSeq    uint64
+	FirstSeen    time.Time
+	MessageID    string
+	Version      string
+	DeadLettered time.Time
+}
+
+// Subject returns the dead-letter subject for an original subject.
+func Subject(original string) string { return SubjectPrefix + original }
+
+// OriginalSubject returns the subject a dead-lettered message came from.
+func OriginalSubject(dlqSubject string) string {
+	return strings.TrimPrefix(dlqSubject, SubjectPrefix)
+}
+
+// Msg builds the dead-letter message for an original message's subject,
+// headers and body. Original headers are kept, except JetStream's own
+// (Nats-*), which would steer the dead-letter publish.
+func Msg(subject string, header nats.Header, body []byte, r Record) *nats.Msg {
+	m := nats.NewMsg(Subject(subject))
+	for k, vs := range header {
+		if strings.HasPrefix(k, "Nats-") {
+			continue
+		}
+		for _, v := range vs {
+			m.Header.Add(k, v)
+		}
+	}
+	m.Data = body
+	m.Header.Set(HeaderReason, r.Reason)
+	if r.Status != 0 {
+		m.Header.Set(HeaderStatus, strconv.Itoa(r.Status))
+	}
+	if r.Detail != "" {
+		m.Header.Set(HeaderError, headerSafe(r.Detail))
+	}
+	m.Header.Set(HeaderDeliveries, strconv.FormatUint(r.Deliveries, 10))
+	m.Header.Set(HeaderStream, r.Stream)
+	m.Header.Set(HeaderStreamSeq, strconv.FormatUint(r.StreamSeq, 10))
+	if !r.FirstSeen.IsZero() {
+		m.Header.Set(HeaderFirstSeen, r.FirstSeen.UTC().Format(time.RFC3339Nano))
+	}
+	dl := r.DeadLettered
+	if dl.IsZero() {
+		dl = time.Now()
+	}
+	m.Header.Set(HeaderDeadLettered, dl.UTC().Format(time.RFC3339Nano))
+	if r.Version != "" {
+		m.Header.Set(HeaderVersion, r.Version)
+	}
+	if r.MessageID != "" {
+		m.Header.Set(HeaderMessageID, r.MessageID)
+	}
+	// A crash between this publish and the original's ack redelivers the
+	// original, which is dead-lettered again: the same id within the
+	// stream's duplicate window makes JetStream drop the second copy.
+	m.Header.Set(jetstream.MsgIDHeader, fmt.Sprintf("dlq-%s-%d", r.Stream, r.StreamSeq))
+	return m
+}
+
+// headerSafe makes s fit in a NATS header value: one line, bounded.
+func headerSafe(s string) string {
+	s = strings.Map(func(r rune) rune {
+		if r == '\r' || r == '\n' || r < 0x20 {
+			return ' '
+		}
+		return r
+	}, strings.ToValidUTF8(s, "?"))
+	if len(s) > maxDetail {
+		cut := maxDetail
+		for cut > 0 && s[cut]&0xC0 == 0x80 {
+			cut--
+		}
+		s = s[:cut] + "…"
+	}
+	return s
+}
+
+// Publish writes the dead-letter message and waits for JetStream's PubAck.
+// Only then may the original be acked: a crash in between leaves a
+// duplicate in the dead-letter stream, never a loss.
+func Publish(ctx context.Context, js jetstream.JetStream, m *nats.Msg) error {
+	if _, err := js.PublishMsg(ctx, m); err != nil {
+		return fmt.Errorf("publishing to dead-letter subject %s: %w", m.Subject, err)
+	}
+	return nil
+}
+
+// ParseRecord reads the dead-letter headers back.
+func ParseRecord(h nats.Header) (Record, error) {
+	var r Record
+	r.Reason = h.Get(HeaderReason)
+	if r.Reason == "" {
+		return r, errors.New("not a dead-lettered message: no " + HeaderReason + " header")
+	}
+	r.Detail = h.Get(HeaderError)
+	r.Stream = h.Get(HeaderStream)
+	r.MessageID = h.Get(HeaderMessageID)
+	r.Version = h.Get(HeaderVersion)
+	var errs []error
+	if v := h.Get(HeaderStatus); v != "" {
+		n, err := strconv.Atoi(v)
+		errs = append(errs, err)
+		r.Status = n
+	}
+	if v := h.Get(HeaderDeliveries); v != "" {
+		n, err := strconv.ParseUint(v, 10, 64)
+		errs = append(errs, err)
+		r.Deliveries = n
+	}
+	if v := h.Get(HeaderStreamSeq); v != "" {
+		n, err := strconv.ParseUint(v, 10, 64)
+		errs = append(errs, err)
+		r.StreamSeq = n
+	}
+	if v := h.Get(HeaderFirstSeen); v != "" {
+		t, err := time.Parse(time.RFC3339Nano, v)
+		errs = append(errs, err)
+		r.FirstSeen = t
+	}
+	if v := h.Get(HeaderDeadLettered); v != "" {
+		t, err := time.Parse(time.RFC3339Nano, v)
+		errs = append(errs, err)
+		r.DeadLettered = t
+	}
+	if err := errors.Join(errs...); err != nil {
+		return r, fmt.Errorf("malformed dead-letter headers: %w", err)
+	}
+	return r, nil
+}
+
+// StreamConfig is the dead-letter stream cio-relay creates when it manages
+// streams: file storage, kept 30 days, large, and a duplicate window that
+// covers a worker restart between a dead-letter publish and its ack.
+func StreamConfig(name string, maxAge time.Duration, maxBytes int64) jetstream.StreamConfig {
+	return jetstream.StreamConfig{
+		Name:        name,
+		Description: "cio-relay dead letters: calls that cannot be delivered, with the reason",
+		Subjects:    []string{StreamSubjects},
+		Storage:     jetstream.FileStorage,
+		Retention:   jetstream.LimitsPolicy,
+		MaxAge:      maxAge,
+		MaxBytes:    maxBytes,
+		Discard:     jetstream.DiscardOld,
+		Duplicates:  10 * time.Minute,
+	}
+}
