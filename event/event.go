@@ -287,23 +287,32 @@ func scanObject(c []byte) (fields, error) {
 			k, _ := stringValue(c[kStart:kEnd])
 			key = []byte(k)
 		}
+		var slot *[]byte
 		switch string(key) {
 		case "type":
-			f.typ = val
+			slot = &f.typ
 		case "userId":
-			f.userID = val
+			slot = &f.userID
 		case "anonymousId":
-			f.anonymousID = val
+			slot = &f.anonymousID
 		case "event":
-			f.event = val
+			slot = &f.event
 		case "name":
-			f.name = val
+			slot = &f.name
 		case "groupId":
-			f.groupID = val
+			slot = &f.groupID
 		case "previousId":
-			f.previousID = val
+			slot = &f.previousID
 		case "messageId":
-			f.messageID = val
+			slot = &f.messageID
+		}
+		if slot != nil {
+			if *slot != nil {
+				// Parsers disagree on which of two values wins; a call
+				// whose meaning depends on that is rejected.
+				return f, invalid(ReasonInvalidField, "field %q appears more than once", key)
+			}
+			*slot = val
 		}
 		i = vEnd
 		if c[i] != ',' {

@@ -111,6 +111,8 @@ func TestPrepareInvalid(t *testing.T) {
 		{"alias without userId", Alias, `{"anonymousId":"a","previousId":"p"}`, ReasonMissingUser},
 		{"alias without previousId", Alias, `{"userId":"u"}`, ReasonMissingPrevious},
 		{"too large", Track, big, ReasonTooLarge},
+		{"repeated userId", Track, `{"userId":"a","event":"e","userId":"b"}`, ReasonInvalidField},
+		{"repeated type", Track, `{"type":"track","userId":"a","event":"e","type":"track"}`, ReasonInvalidField},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -51,13 +51,14 @@ func (s *Server) app(req *Request) response {
 		return reject(http.StatusBadRequest, "%v", err)
 	}
 
-	// Only an accepted trigger starts the broadcast's 10 seconds, and the
-	// check and the start happen under one lock, so concurrent triggers
-	// cannot both get through.
+	// Only an accepted trigger starts the broadcast's 10 seconds. The clock
+	// is read, checked and the start set under one lock, so concurrent
+	// triggers cannot both get through, nor see time run backwards.
 	resp := accepted("")
 	resp.commit = func(r *response) {
+		now := s.opts.Now()
 		if last, seen := s.lastTrigger[id]; seen {
-			if wait := BroadcastInterval - req.Time.Sub(last); wait > 0 {
+			if wait := BroadcastInterval - now.Sub(last); wait > 0 {
 				secs := int64((wait + time.Second - 1) / time.Second)
 				*r = reject(http.StatusTooManyRequests,
 					"broadcast %d may be triggered once every %v; retry in %v", id, BroadcastInterval, wait)
@@ -66,9 +67,9 @@ func (s *Server) app(req *Request) response {
 				return
 			}
 		}
-		s.lastTrigger[id] = req.Time
+		s.lastTrigger[id] = now
 		tid := int64(len(s.triggers) + 1)
-		s.triggers = append(s.triggers, Trigger{BroadcastID: id, TriggerID: tid, Body: req.Body, Time: req.Time})
+		s.triggers = append(s.triggers, Trigger{BroadcastID: id, TriggerID: tid, Body: req.Body, Time: now})
 		r.body = fmt.Appendf(nil, `{"id":%d}`, tid)
 	}
 	return resp

@@ -29,6 +29,12 @@ var cdpSingleTypes = map[string]string{
 	"/v1/alias":    "alias",
 }
 
+// callTypes holds each call type's name once.
+var callTypes = map[string]string{
+	"identify": "identify", "track": "track", "page": "page",
+	"screen": "screen", "group": "group", "alias": "alias",
+}
+
 func (s *Server) cdp(req *Request) response {
 	if req.Method != http.MethodPost {
 		return methodNotAllowed()
@@ -177,6 +183,9 @@ func readCall(raw []byte, implied string) (Call, error) {
 	c.UserID = idValue(f.userID)
 	if t, ok := stringValue(f.typ); ok {
 		c.Type = t
+		if known, ok := callTypes[t]; ok {
+			c.Type = known // shared, rather than one copy per call
+		}
 	}
 
 	if dup != "" {

@@ -180,8 +180,8 @@ func stringValue(raw []byte) (string, bool) {
 
 // isNonEmptyString reports whether raw is a JSON string other than "".
 func isNonEmptyString(raw []byte) bool {
-	s, ok := stringValue(raw)
-	return ok && s != ""
+	// Any character, escaped or not, makes the decoded string non-empty.
+	return jsonKind(raw) == "string" && len(raw) > 2
 }
 
 // isID reports whether raw is an identifier Customer.io accepts for userId,

@@ -29,12 +29,14 @@ type Options struct {
 	// AppKey is the App API's Bearer token.
 	AppKey string
 	// Now is the clock for the broadcast rate limit and for every recorded
-	// time; default time.Now.
+	// time; default time.Now. It is called under the Server's lock, so it
+	// must not call the Server.
 	Now func() time.Time
 	// Fault, when set, is consulted for every request once its body has
-	// been read, before any other handling. A non-nil Fault is applied
-	// instead of the normal answer. It is called concurrently and must not
-	// modify the Request it is given.
+	// been read, before any other handling; the Request has everything but
+	// Status, Outcome, Reason and Calls. A non-nil Fault is applied instead
+	// of the normal answer. Fault is called concurrently and must not
+	// modify the Request.
 	Fault func(r *Request) *Fault
 }
 
@@ -131,11 +133,11 @@ type Trigger struct {
 // tell how they were packed.
 type Stats struct {
 	Requests                 int
-	ByStatus                 map[int]int     // status 0: connection reset by a fault
-	ByOutcome                map[Outcome]int //
-	BatchesAccepted          int             // accepted POST /v1/batch requests
-	CallsAccepted            int             // calls delivered, from batches and single-call endpoints
-	CallsWithoutMessageID    int             // delivered calls with no (or an empty) messageId
+	ByStatus                 map[int]int // status 0: connection reset by a fault
+	ByOutcome                map[Outcome]int
+	BatchesAccepted          int // accepted POST /v1/batch requests
+	CallsAccepted            int // calls delivered, from batches and single-call endpoints
+	CallsWithoutMessageID    int // delivered calls with no (or an empty) messageId
 	RequestsDroppedOverLimit int
 	CallsDroppedOverLimit    int // calls parsed from requests dropped over a limit
 	RateLimited              int // broadcast triggers answered 429
