@@ -110,9 +110,21 @@ type Preparer struct {
 // ID is the messageId a call gets when its body has none: Prefix followed by
 // the decimal Seq. Derived from the stream and sequence of the NATS message,
 // it is the same on every redelivery, so Customer.io de-duplicates it.
+//
+// Override, when set, is used as is instead: a call replayed from the
+// dead-letter stream keeps the id it was first derived with.
 type ID struct {
-	Prefix string
-	Seq    uint64
+	Prefix   string
+	Seq      uint64
+	Override string
+}
+
+// String returns the id.
+func (id ID) String() string {
+	if id.Override != "" {
+		return id.Override
+	}
+	return id.Prefix + strconv.FormatUint(id.Seq, 10)
 }
 
 // Prepare appends to dst the wire form of body, published as a call of type
@@ -161,10 +173,17 @@ func (p *Preparer) Prepare(dst []byte, t Type, body []byte, id ID) ([]byte, erro
 	if f.messageID == nil {
 		// The prefix comes from a stream name, which JetStream restricts to
 		// characters that need no escaping in a JSON string.
-		dst = append(dst, `"messageId":"`...)
-		dst = append(dst, id.Prefix...)
-		dst = strconv.AppendUint(dst, id.Seq, 10)
-		dst = append(dst, '"')
+		dst = append(dst, `"messageId":`...)
+		if id.Override != "" {
+			// Read from a header: any text, so encode it as JSON.
+			q, _ := json.Marshal(id.Override) // a string always encodes
+			dst = append(dst, q...)
+		} else {
+			dst = append(dst, '"')
+			dst = append(dst, id.Prefix...)
+			dst = strconv.AppendUint(dst, id.Seq, 10)
+			dst = append(dst, '"')
+		}
 		sep()
 	}
 	dst = append(dst, c[1:]...)

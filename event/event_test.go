@@ -76,6 +76,18 @@ func TestPrepareValid(t *testing.T) {
 	}
 }
 
+func TestPrepareOverrideID(t *testing.T) {
+	var p Preparer
+	got, err := p.Prepare(nil, Track, []byte(`{"userId":"u","event":"e"}`), ID{Prefix: "x-", Seq: 1, Override: "id \"quoted\" <&>"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var m struct{ MessageID string }
+	if err := json.Unmarshal(got, &m); err != nil || m.MessageID != `id "quoted" <&>` {
+		t.Fatalf("messageId = %q (%v) in %s", m.MessageID, err, got)
+	}
+}
+
 func TestPrepareInvalid(t *testing.T) {
 	big := `{"userId":"u","event":"e","properties":{"p":"` + strings.Repeat("x", MaxCallBytes) + `"}}`
 	tests := []struct {

@@ -380,7 +380,8 @@ func TestNothingAckedWithoutA2xx(t *testing.T) {
 			return &ciotest.Fault{Status: 503, Body: `{"error":"unavailable"}`}
 		}
 	}})
-	e.startWorker(t, worker.Options{FlushInterval: 20 * time.Millisecond, NakDelay: 50 * time.Millisecond, AckWait: 5 * time.Second})
+	e.startWorker(t, worker.Options{FlushInterval: 20 * time.Millisecond, NakDelay: 50 * time.Millisecond, AckWait: 5 * time.Second,
+		RetryMaxElapsed: worker.NoRetry})
 
 	r := rand.New(rand.NewPCG(1, 1))
 	var msgs []published

@@ -193,3 +193,74 @@ func (d *DryRun) SendBatch(_ context.Context, body []byte) error {
 	}
 	return nil
 }
+
+// Class is what a caller should do about the outcome of a request.
+type Class int
+
+// Classes of outcome.
+const (
+	// Delivered: a 2xx.
+	Delivered Class = iota
+	// Retry: the same request may succeed later (429, 408, 5xx, no answer).
+	Retry
+	// Pause: a configuration problem (401, 403: the key; 404, 405: the
+	// URL). Nothing is wrong with the data, so nothing may be dead-lettered;
+	// the caller stops and probes until it is fixed.
+	Pause
+	// Reject: Customer.io refused the request itself (400, 413, 422 and any
+	// other 4xx): one or more of its calls are bad.
+	Reject
+	// Cancelled: the caller's context ended before an answer.
+	Cancelled
+)
+
+func (c Class) String() string {
+	switch c {
+	case Delivered:
+		return "delivered"
+	case Retry:
+		return "retry"
+	case Pause:
+		return "pause"
+	case Reject:
+		return "reject"
+	case Cancelled:
+		return "cancelled"
+	}
+	return "unknown"
+}
+
+// Classify maps the error of a send to its Class.
+func Classify(err error) Class {
+	if err == nil {
+		return Delivered
+	}
+	var se *StatusError
+	if errors.As(err, &se) {
+		switch {
+		case se.Retryable():
+			return Retry
+		case se.Status == http.StatusUnauthorized, se.Status == http.StatusForbidden,
+			se.Status == http.StatusNotFound, se.Status == http.StatusMethodNotAllowed:
+			return Pause
+		default:
+			return Reject
+		}
+	}
+	if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
+		var te *TransportError
+		if !errors.As(err, &te) {
+			return Cancelled
+		}
+	}
+	return Retry
+}
+
+// StatusOf returns the HTTP status in err, or 0.
+func StatusOf(err error) int {
+	var se *StatusError
+	if errors.As(err, &se) {
+		return se.Status
+	}
+	return 0
+}

@@ -10,6 +10,7 @@ import (
 
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/cio-relay/cio-relay/deadletter"
 	"github.com/cio-relay/cio-relay/event"
 )
 
@@ -110,9 +111,35 @@ func (w *Worker) bind(ctx context.Context) (jetstream.Consumer, string, error) {
 		}
 	}
 
+	if err := w.bindDLQ(ctx); err != nil {
+		return nil, "", err
+	}
+
 	// The stream's creation time makes derived ids unique across a stream
 	// deleted and created again, whose sequences restart at 1: Customer.io
 	// would otherwise drop new calls as duplicates of old ones.
 	prefix := w.opts.Stream + "-" + strconv.FormatInt(info.Created.Unix(), 36) + "-"
 	return cons, prefix, nil
+}
+
+// bindDLQ makes sure the dead-letter stream exists: created when cio-relay
+// manages streams, required otherwise. Without it a call that cannot be
+// delivered would have nowhere to go, so the worker does not start.
+func (w *Worker) bindDLQ(ctx context.Context) error {
+	_, err := w.js.Stream(ctx, w.opts.DLQStream)
+	switch {
+	case err == nil:
+		return nil
+	case errors.Is(err, jetstream.ErrStreamNotFound) && w.opts.ManageStreams:
+		if _, err := w.js.CreateStream(ctx, deadletter.StreamConfig(w.opts.DLQStream, w.opts.DLQMaxAge, -1)); err != nil {
+			return fmt.Errorf("creating dead-letter stream %s: %w", w.opts.DLQStream, err)
+		}
+		w.log.Info("created dead-letter stream", "stream", w.opts.DLQStream, "subjects", deadletter.StreamSubjects,
+			"max_age", w.opts.DLQMaxAge.String())
+		return nil
+	case errors.Is(err, jetstream.ErrStreamNotFound):
+		return fmt.Errorf("dead-letter stream %s not found and RELAY_MANAGE_STREAMS=false: create it with subjects %q (file storage, duplicate window ≥ 10m)", w.opts.DLQStream, deadletter.StreamSubjects)
+	default:
+		return fmt.Errorf("looking up dead-letter stream %s: %w", w.opts.DLQStream, err)
+	}
 }

@@ -7,48 +7,83 @@ import (
 	"log/slog"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/cio-relay/cio-relay/batcher"
+	"github.com/cio-relay/cio-relay/deadletter"
 	"github.com/cio-relay/cio-relay/event"
 )
 
 // Sender delivers one CDP batch body. A nil error means Customer.io accepted
-// it (2xx).
+// it (2xx); other errors are classified with sink.Classify.
 type Sender interface {
 	SendBatch(ctx context.Context, body []byte) error
 }
 
-// Options configures a Worker. Zero values take the defaults noted.
+// Options configures a Worker. Zero values take the defaults noted; they
+// match config's, which is where an operator sets them.
 type Options struct {
 	Stream          string        // stream name; default "CIO"
 	Consumer        string        // durable consumer name; default "cio-relay"
-	ManageStreams   bool          // create/update the stream and consumer at start
+	DLQStream       string        // dead-letter stream name; default "CIO_DLQ"
+	DLQMaxAge       time.Duration // dead-letter retention; default 30 days
+	ManageStreams   bool          // create/update the streams and consumer at start
 	AckWait         time.Duration // default 30s
 	MaxAckPending   int           // default 20000
+	MaxDeliver      int           // deliveries before a transiently failing call is dead-lettered; default 20
 	BatchMaxBytes   int           // default and maximum batcher.MaxBatchBytes
 	BatchMaxCalls   int           // default 2000
 	FlushInterval   time.Duration // default 1s
 	SendConcurrency int           // batches in flight at once; default 4
-	NakDelay        time.Duration // redelivery delay after a failed send; default 30s
-	ShutdownTimeout time.Duration // time to finish in-flight sends after ctx is done; default 25s
-	Logger          *slog.Logger  // default: discard
+	NakDelay        time.Duration // base redelivery delay after a failed send; default 30s
+	// Retries of one batch within one delivery: exponential backoff with
+	// jitter from RetryInitial up to RetryMaxInterval, for at most
+	// RetryMaxElapsed (0: no retry, nak at once). Defaults 500ms, 30s, 2m.
+	RetryInitial     time.Duration
+	RetryMaxInterval time.Duration
+	RetryMaxElapsed  time.Duration
+	// ProbeInterval is how often a paused worker (401/403/404 from
+	// Customer.io) tries again; default RetryMaxInterval.
+	ProbeInterval   time.Duration
+	ShutdownTimeout time.Duration         // time to finish in-flight sends after ctx is done; default 25s
+	Version         string                // recorded on dead letters
+	Logger          *slog.Logger          // default: discard
+	Registerer      prometheus.Registerer // default: none
 }
 
+// DefaultRetryMaxElapsed is RetryMaxElapsed's default; set RetryMaxElapsed
+// to NoRetry for none.
+const (
+	DefaultRetryMaxElapsed = 2 * time.Minute
+	NoRetry                = time.Duration(-1)
+)
+
 func (o *Options) setDefaults() {
+	def := func(d *time.Duration, v time.Duration) {
+		if *d == 0 {
+			*d = v
+		}
+	}
 	if o.Stream == "" {
 		o.Stream = "CIO"
 	}
 	if o.Consumer == "" {
 		o.Consumer = "cio-relay"
 	}
-	if o.AckWait == 0 {
-		o.AckWait = 30 * time.Second
+	if o.DLQStream == "" {
+		o.DLQStream = "CIO_DLQ"
 	}
+	def(&o.DLQMaxAge, 30*24*time.Hour)
+	def(&o.AckWait, 30*time.Second)
 	if o.MaxAckPending == 0 {
 		o.MaxAckPending = 20000
+	}
+	if o.MaxDeliver == 0 {
+		o.MaxDeliver = 20
 	}
 	if o.BatchMaxBytes == 0 {
 		o.BatchMaxBytes = batcher.MaxBatchBytes
@@ -56,17 +91,18 @@ func (o *Options) setDefaults() {
 	if o.BatchMaxCalls == 0 {
 		o.BatchMaxCalls = 2000
 	}
-	if o.FlushInterval == 0 {
-		o.FlushInterval = time.Second
-	}
+	def(&o.FlushInterval, time.Second)
 	if o.SendConcurrency == 0 {
 		o.SendConcurrency = 4
 	}
-	if o.NakDelay == 0 {
-		o.NakDelay = 30 * time.Second
-	}
-	if o.ShutdownTimeout == 0 {
-		o.ShutdownTimeout = 25 * time.Second
+	def(&o.NakDelay, 30*time.Second)
+	def(&o.RetryInitial, 500*time.Millisecond)
+	def(&o.RetryMaxInterval, 30*time.Second)
+	def(&o.RetryMaxElapsed, DefaultRetryMaxElapsed)
+	def(&o.ProbeInterval, o.RetryMaxInterval)
+	def(&o.ShutdownTimeout, 25*time.Second)
+	if o.Version == "" {
+		o.Version = "dev"
 	}
 	if o.Logger == nil {
 		o.Logger = slog.New(slog.DiscardHandler)
@@ -75,8 +111,13 @@ func (o *Options) setDefaults() {
 
 func (o *Options) validate() error {
 	var errs []error
-	if strings.ContainsAny(o.Stream, "\"\\ \t\r\n.*>") {
-		errs = append(errs, fmt.Errorf("stream name %q contains a character JetStream or a messageId cannot carry", o.Stream))
+	for _, name := range []string{o.Stream, o.DLQStream} {
+		if strings.ContainsAny(name, "\"\\ \t\r\n.*>") {
+			errs = append(errs, fmt.Errorf("stream name %q contains a character JetStream or a messageId cannot carry", name))
+		}
+	}
+	if o.Stream == o.DLQStream {
+		errs = append(errs, fmt.Errorf("stream and dead-letter stream are both %q", o.Stream))
 	}
 	if o.FlushInterval > o.AckWait/2 {
 		errs = append(errs, fmt.Errorf("flush interval %v must be at most half the ack wait %v", o.FlushInterval, o.AckWait))
@@ -87,6 +128,9 @@ func (o *Options) validate() error {
 	if o.AckWait < 3*time.Millisecond {
 		errs = append(errs, fmt.Errorf("ack wait %v too short", o.AckWait))
 	}
+	if o.MaxDeliver < 1 {
+		errs = append(errs, fmt.Errorf("max deliver %d must be at least 1", o.MaxDeliver))
+	}
 	return errors.Join(errs...)
 }
 
@@ -96,6 +140,9 @@ type Worker struct {
 	sender Sender
 	opts   Options
 	log    *slog.Logger
+	m      *metrics
+	pause  pauseState
+	ready  atomic.Bool // consumer bound and consuming
 }
 
 // New returns a Worker; it does not touch JetStream until Run.
@@ -104,11 +151,40 @@ func New(js jetstream.JetStream, sender Sender, opts Options) (*Worker, error) {
 	if err := opts.validate(); err != nil {
 		return nil, fmt.Errorf("worker options: %w", err)
 	}
-	if _, err := batcher.NewPacker[jetstream.Msg](opts.BatchMaxBytes, opts.BatchMaxCalls); err != nil {
+	if _, err := batcher.NewPacker[*held](opts.BatchMaxBytes, opts.BatchMaxCalls); err != nil {
 		return nil, fmt.Errorf("worker options: %w", err)
 	}
-	return &Worker{js: js, sender: sender, opts: opts, log: opts.Logger}, nil
+	w := &Worker{js: js, sender: sender, opts: opts, log: opts.Logger, m: newMetrics(opts.Registerer)}
+	w.pause.init(w.m, w.log, opts.ProbeInterval)
+	return w, nil
 }
+
+// Ready reports whether the worker is bound to its consumer and consuming,
+// and not paused on a configuration error from Customer.io. With the reason
+// when it is not.
+func (w *Worker) Ready() (bool, string) {
+	if !w.ready.Load() {
+		return false, "consumer not bound"
+	}
+	if p, why := w.pause.paused(); p {
+		return false, why
+	}
+	return true, ""
+}
+
+// held is one message in the worker's hands, from receipt until settled.
+type held struct {
+	msg        jetstream.Msg
+	call       []byte     // wire bytes
+	typ        event.Type // Unknown for a message that never became a call
+	id         event.ID   // the messageId it gets when its body has none
+	seq        uint64     // stream sequence
+	deliveries uint64
+	published  time.Time
+}
+
+// InProgress extends the message's ack deadline.
+func (h *held) InProgress() error { return h.msg.InProgress() }
 
 // Run binds the consumer and delivers until ctx is done. Then it stops
 // pulling, flushes the open batch and lets in-flight sends finish for up to
@@ -119,7 +195,7 @@ func (w *Worker) Run(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	b, err := batcher.New[jetstream.Msg](w.opts.BatchMaxBytes, w.opts.BatchMaxCalls, w.opts.FlushInterval)
+	b, err := batcher.New[*held](w.opts.BatchMaxBytes, w.opts.BatchMaxCalls, w.opts.FlushInterval)
 	if err != nil {
 		return err
 	}
@@ -130,26 +206,29 @@ func (w *Worker) Run(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("consuming from %s/%s: %w", w.opts.Stream, w.opts.Consumer, err)
 	}
-	w.log.Info("consuming", "stream", w.opts.Stream, "consumer", w.opts.Consumer,
+	w.ready.Store(true)
+	defer w.ready.Store(false)
+	w.log.Info("consuming", "stream", w.opts.Stream, "consumer", w.opts.Consumer, "dlq_stream", w.opts.DLQStream,
 		"batch_max_bytes", w.opts.BatchMaxBytes, "batch_max_calls", w.opts.BatchMaxCalls,
 		"flush_interval", w.opts.FlushInterval.String(), "send_concurrency", w.opts.SendConcurrency)
 
 	// sendCtx outlives ctx by ShutdownTimeout so in-flight batches can finish.
 	sendCtx, cancelSend := context.WithCancel(context.WithoutCancel(ctx))
 	defer cancelSend()
-	leaseCtx, stopLeases := context.WithCancel(context.WithoutCancel(ctx))
-	defer stopLeases()
+	bgCtx, stopBackground := context.WithCancel(context.WithoutCancel(ctx))
+	defer stopBackground()
 
-	held := newLeases[jetstream.Msg]()
-	calls := make(chan batcher.Call[jetstream.Msg])
-	batches := make(chan *batcher.Batch[jetstream.Msg])
+	leases := newLeases[*held]()
+	calls := make(chan batcher.Call[*held])
+	batches := make(chan *batcher.Batch[*held])
 
 	var wg sync.WaitGroup
 	wg.Go(func() {
-		held.run(leaseCtx, w.opts.AckWait/3, func(err error) {
+		leases.run(bgCtx, w.opts.AckWait/3, func(err error) {
 			w.log.Warn("extending ack deadline failed", "err", err)
 		})
 	})
+	wg.Go(func() { w.sampleConsumer(bgCtx, cons, leases) })
 	stopped := make(chan struct{})
 	wg.Go(func() {
 		select {
@@ -161,7 +240,7 @@ func (w *Worker) Run(ctx context.Context) error {
 			defer timer.Stop()
 			select {
 			case <-timer.C:
-				w.log.Warn("shutdown timeout reached; nakking what is left", "timeout", w.opts.ShutdownTimeout)
+				w.log.Warn("shutdown timeout reached; nakking what is left", "timeout", w.opts.ShutdownTimeout.String())
 				cancelSend()
 			case <-stopped:
 			}
@@ -172,33 +251,34 @@ func (w *Worker) Run(ctx context.Context) error {
 	var pipe sync.WaitGroup
 	pipe.Go(func() {
 		defer close(calls)
-		w.read(iter, idPrefix, held, calls)
+		w.read(sendCtx, iter, idPrefix, leases, calls)
 	})
 	pipe.Go(func() {
 		defer close(batches)
 		// The batcher's context is never cancelled: it ends when the reader
 		// closes calls, and its last batch reaches a sender, which nakks it
 		// at once if the shutdown timeout has passed.
-		_ = b.Run(context.Background(), calls, batches, func(c batcher.Call[jetstream.Msg], err error) {
-			w.settleInvalid(c.Item, event.ReasonTooLarge, err.Error(), held)
+		_ = b.Run(context.Background(), calls, batches, func(c batcher.Call[*held], err error) {
+			w.deadLetter(sendCtx, c.Item, string(event.ReasonTooLarge), 0, err.Error())
+			leases.remove(c.Item)
 		})
 	})
-	pipe.Go(func() { w.dispatch(sendCtx, batches, held) })
+	pipe.Go(func() { w.dispatch(sendCtx, batches, leases) })
 	pipe.Wait()
 
 	close(stopped)
-	stopLeases()
+	stopBackground()
 	wg.Wait()
 	if ctx.Err() != nil {
-		w.log.Info("stopped", "reason", context.Cause(ctx))
+		w.log.Info("stopped", "reason", context.Cause(ctx).Error())
 		return nil
 	}
 	return errors.New("message iterator closed unexpectedly")
 }
 
 // read pulls messages until the iterator is closed and sends each valid call
-// on calls; invalid ones are settled at once.
-func (w *Worker) read(iter jetstream.MessagesContext, idPrefix string, held *leases[jetstream.Msg], calls chan<- batcher.Call[jetstream.Msg]) {
+// on calls; invalid ones are dead-lettered at once.
+func (w *Worker) read(ctx context.Context, iter jetstream.MessagesContext, idPrefix string, leases *leases[*held], calls chan<- batcher.Call[*held]) {
 	var prep event.Preparer
 	for {
 		msg, err := iter.Next()
@@ -208,72 +288,73 @@ func (w *Worker) read(iter jetstream.MessagesContext, idPrefix string, held *lea
 			}
 			return
 		}
-		held.add(msg, time.Now())
 		meta, err := msg.Metadata()
 		if err != nil {
-			// Not a JetStream message: nothing to derive an id from, and
-			// nothing to ack either.
+			// Not a JetStream message: nothing to ack and nothing to
+			// derive an id from.
 			w.log.Error("message without JetStream metadata", "subject", msg.Subject(), "err", err)
-			held.remove(msg)
 			continue
 		}
-		call, err := prep.Prepare(nil, event.TypeOfSubject(msg.Subject()), msg.Data(), event.ID{Prefix: idPrefix, Seq: meta.Sequence.Stream})
+		h := &held{msg: msg, typ: event.TypeOfSubject(msg.Subject()), seq: meta.Sequence.Stream,
+			deliveries: meta.NumDelivered, published: meta.Timestamp,
+			id: event.ID{Prefix: idPrefix, Seq: meta.Sequence.Stream}}
+		if hdr := msg.Headers(); hdr != nil {
+			h.id.Override = hdr.Get(deadletter.HeaderMessageID)
+		}
+		w.m.consumed.WithLabelValues(h.typ.String()).Inc()
+		if h.deliveries > 1 {
+			w.m.redeliveries.Inc()
+		}
+		leases.add(h, time.Now())
+		h.call, err = prep.Prepare(nil, h.typ, msg.Data(), h.id)
 		if err != nil {
+			reason := string(event.ReasonInvalidJSON)
 			var ie *event.InvalidError
-			reason := event.ReasonInvalidJSON
 			if errors.As(err, &ie) {
-				reason = ie.Reason
+				reason = string(ie.Reason)
 			}
-			w.settleInvalid(msg, reason, err.Error(), held)
+			w.deadLetter(ctx, h, reason, 0, err.Error())
+			leases.remove(h)
 			continue
 		}
-		calls <- batcher.Call[jetstream.Msg]{Data: call, Item: msg}
+		calls <- batcher.Call[*held]{Data: h.call, Item: h}
 	}
 }
 
-// settleInvalid gives up on a message that can never be delivered.
-func (w *Worker) settleInvalid(msg jetstream.Msg, reason event.Reason, detail string, held *leases[jetstream.Msg]) {
-	defer held.remove(msg)
-	w.log.Warn("invalid call terminated", "subject", msg.Subject(), "reason", string(reason), "detail", detail)
-	if err := msg.TermWithReason(string(reason)); err != nil {
-		w.log.Error("terminating invalid message", "subject", msg.Subject(), "err", err)
+// sampleConsumer keeps the consumer and held-message gauges current.
+func (w *Worker) sampleConsumer(ctx context.Context, cons jetstream.Consumer, leases *leases[*held]) {
+	t := time.NewTicker(5 * time.Second)
+	defer t.Stop()
+	for {
+		w.m.held.Set(float64(leases.len()))
+		infoCtx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		if info, err := cons.Info(infoCtx); err == nil {
+			w.m.pending.Set(float64(info.NumPending))
+			w.m.ackPending.Set(float64(info.NumAckPending))
+		}
+		cancel()
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
 	}
 }
 
 // dispatch runs up to SendConcurrency deliveries at once. While all are busy
 // it does not receive, which stops the batcher and, through it, the reader.
-func (w *Worker) dispatch(ctx context.Context, batches <-chan *batcher.Batch[jetstream.Msg], held *leases[jetstream.Msg]) {
+func (w *Worker) dispatch(ctx context.Context, batches <-chan *batcher.Batch[*held], leases *leases[*held]) {
 	sem := make(chan struct{}, w.opts.SendConcurrency)
 	var wg sync.WaitGroup
 	for batch := range batches {
 		sem <- struct{}{}
 		wg.Go(func() {
 			defer func() { <-sem }()
-			w.deliver(ctx, batch, held)
+			w.m.inFlight.Inc()
+			defer w.m.inFlight.Dec()
+			defer leases.remove(batch.Items...)
+			w.send(ctx, batch.Items, batch.Body())
 		})
 	}
 	wg.Wait()
-}
-
-// deliver sends one batch and settles its messages by the outcome.
-func (w *Worker) deliver(ctx context.Context, batch *batcher.Batch[jetstream.Msg], held *leases[jetstream.Msg]) {
-	defer held.remove(batch.Items...)
-	start := time.Now()
-	err := w.sender.SendBatch(ctx, batch.Body())
-	if err != nil {
-		w.log.Warn("batch not delivered; nakking for redelivery", "calls", batch.Len(), "bytes", len(batch.Body()),
-			"err", err, "nak_delay", w.opts.NakDelay)
-		for _, m := range batch.Items {
-			if err := m.NakWithDelay(w.opts.NakDelay); err != nil {
-				w.log.Error("nak failed; message will be redelivered after its ack wait", "err", err)
-			}
-		}
-		return
-	}
-	for _, m := range batch.Items {
-		if err := m.Ack(); err != nil {
-			w.log.Error("ack failed; message will be redelivered and de-duplicated by messageId", "err", err)
-		}
-	}
-	w.log.Debug("batch delivered", "calls", batch.Len(), "bytes", len(batch.Body()), "took", time.Since(start))
 }

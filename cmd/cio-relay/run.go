@@ -10,10 +10,14 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"sync"
 	"time"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/cio-relay/cio-relay/config"
 	"github.com/cio-relay/cio-relay/sink"
@@ -68,32 +72,69 @@ func serve(ctx context.Context, cfg *config.Config, log *slog.Logger, stdout io.
 	}
 	defer closeSender()
 
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	retryMaxElapsed := cfg.Send.RetryMaxElapsed
+	if retryMaxElapsed == 0 {
+		retryMaxElapsed = worker.NoRetry
+	}
+	w, err := worker.New(js, sender, worker.Options{
+		Stream:           cfg.Queue.Stream,
+		Consumer:         cfg.Queue.Consumer,
+		DLQStream:        cfg.Queue.DLQStream,
+		ManageStreams:    cfg.Queue.ManageStreams,
+		AckWait:          cfg.Queue.AckWait,
+		MaxAckPending:    cfg.Queue.MaxAckPending,
+		MaxDeliver:       cfg.Queue.MaxDeliver,
+		BatchMaxBytes:    cfg.Batch.MaxBytes,
+		BatchMaxCalls:    cfg.Batch.MaxCalls,
+		FlushInterval:    cfg.Batch.FlushInterval,
+		SendConcurrency:  cfg.Send.Concurrency,
+		NakDelay:         cfg.Queue.NakDelay,
+		RetryInitial:     cfg.Send.RetryInitialInterval,
+		RetryMaxInterval: cfg.Send.RetryMaxInterval,
+		RetryMaxElapsed:  retryMaxElapsed,
+		ShutdownTimeout:  cfg.Ops.ShutdownTimeout,
+		Version:          version(),
+		Logger:           log,
+		Registerer:       reg,
+	})
+	if err != nil {
+		return err
+	}
 	if cfg.Ops.HTTPAddr != "" {
-		stopHTTP, err := serveHTTP(cfg.Ops.HTTPAddr, nc, log)
+		stopHTTP, err := serveHTTP(cfg.Ops.HTTPAddr, reg, func() (bool, string) {
+			if !nc.IsConnected() {
+				return false, "not connected to NATS"
+			}
+			return w.Ready()
+		}, log)
 		if err != nil {
 			return err
 		}
 		defer stopHTTP()
 	}
-
-	w, err := worker.New(js, sender, worker.Options{
-		Stream:          cfg.Queue.Stream,
-		Consumer:        cfg.Queue.Consumer,
-		ManageStreams:   cfg.Queue.ManageStreams,
-		AckWait:         cfg.Queue.AckWait,
-		MaxAckPending:   cfg.Queue.MaxAckPending,
-		BatchMaxBytes:   cfg.Batch.MaxBytes,
-		BatchMaxCalls:   cfg.Batch.MaxCalls,
-		FlushInterval:   cfg.Batch.FlushInterval,
-		SendConcurrency: cfg.Send.Concurrency,
-		NakDelay:        cfg.Queue.NakDelay,
-		ShutdownTimeout: cfg.Ops.ShutdownTimeout,
-		Logger:          log,
-	})
-	if err != nil {
-		return err
-	}
 	return w.Run(ctx)
+}
+
+// secretFunc returns the current value of s. A secret read from a file is
+// read again on each call (a few microseconds, a few hundred times a second
+// at most), so a key rotated in a mounted Kubernetes secret is used without a
+// restart. If the file cannot be read the last good value is kept.
+func secretFunc(s config.Secret, log *slog.Logger) func() string {
+	var mu sync.Mutex
+	current := s
+	return func() string {
+		mu.Lock()
+		defer mu.Unlock()
+		next, err := current.Reload()
+		if err != nil {
+			log.Warn("re-reading secret failed; keeping the previous value", "source", current.Source(), "err", err)
+			return current.Reveal()
+		}
+		current = next
+		return current.Reveal()
+	}
 }
 
 // newSender returns the CDP client, or the dry-run sink when no API key is
@@ -116,7 +157,7 @@ func newSender(cfg *config.Config, log *slog.Logger, stdout io.Writer) (worker.S
 	key := cfg.CIO.CDPAPIKey
 	cdp, err := sink.NewCDP(sink.CDPOptions{
 		URL:       cfg.CIO.CDPURL,
-		APIKey:    key.Reveal,
+		APIKey:    secretFunc(key, log),
 		UserAgent: "cio-relay/" + version(),
 		Client:    sink.NewHTTPClient(cfg.Send.Concurrency, cfg.Send.HTTPTimeout),
 	})
@@ -172,16 +213,18 @@ func natsOptions(cfg *config.Config, log *slog.Logger) []nats.Option {
 	return opts
 }
 
-// serveHTTP serves the health endpoints. It returns a function that stops the
-// listener.
-func serveHTTP(addr string, nc *nats.Conn, log *slog.Logger) (func(), error) {
+// serveHTTP serves /metrics, /healthz (the process answers) and /readyz
+// (ready reports true: NATS connected, consumer bound, not paused). It
+// returns a function that stops the listener.
+func serveHTTP(addr string, reg *prometheus.Registry, ready func() (bool, string), log *slog.Logger) (func(), error) {
 	mux := http.NewServeMux()
+	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
 		_, _ = io.WriteString(w, "ok\n")
 	})
 	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, _ *http.Request) {
-		if !nc.IsConnected() {
-			http.Error(w, "not connected to NATS", http.StatusServiceUnavailable)
+		if ok, why := ready(); !ok {
+			http.Error(w, why, http.StatusServiceUnavailable)
 			return
 		}
 		_, _ = io.WriteString(w, "ok\n")
@@ -196,7 +239,7 @@ func serveHTTP(addr string, nc *nats.Conn, log *slog.Logger) (func(), error) {
 			log.Error("HTTP server", "err", err)
 		}
 	}()
-	log.Info("serving health endpoints", "addr", ln.Addr().String())
+	log.Info("serving metrics and health", "addr", ln.Addr().String())
 	return func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 		defer cancel()

@@ -52,7 +52,7 @@ func (b *inProcessBackend) start(ctx context.Context) (int, error) {
 	}
 	switch {
 	case !srv.ReadyForConnections(timeout):
-		err = fmt.Errorf("nats-server on %s port %d not ready for connections within %v", host, b.port, timeout)
+		err = fmt.Errorf("nats-server not ready for connections within %v", timeout)
 	case !srv.JetStreamEnabled():
 		// JetStream is enabled before the listener opens, so a ready server
 		// without it has failed to start JetStream; its log says why.

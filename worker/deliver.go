@@ -1,0 +1,301 @@
+package worker
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/cenkalti/backoff/v4"
+
+	"github.com/cio-relay/cio-relay/deadletter"
+	"github.com/cio-relay/cio-relay/sink"
+)
+
+// send delivers calls, whose batch body is body, and settles every one of
+// them by the outcome:
+//
+//   - 2xx: ack all.
+//   - 429, 408, 5xx, no answer: retry the same body with exponential backoff
+//     and jitter, waiting at least Retry-After; when the retry budget is spent,
+//     nak with a delay (JetStream redelivers later), or dead-letter with
+//     retries_exhausted the calls already delivered MaxDeliver times.
+//   - 401, 403, 404, 405: a configuration problem, not bad data: hold the
+//     batch, pause (see pauseState) and probe with it until it goes through.
+//   - any other 4xx: some call is bad. Split the batch in halves and send each,
+//     so good calls are delivered and only a call rejected on its own is
+//     dead-lettered (rejected).
+//   - ctx done (shutdown timeout): nak at once for another replica.
+func (w *Worker) send(ctx context.Context, calls []*held, body []byte) {
+	bo := backoff.NewExponentialBackOff(
+		backoff.WithInitialInterval(w.opts.RetryInitial),
+		backoff.WithMaxInterval(w.opts.RetryMaxInterval),
+		backoff.WithMaxElapsedTime(max(w.opts.RetryMaxElapsed, 0)),
+		backoff.WithRandomizationFactor(0.5),
+	)
+	paused := false
+	defer func() {
+		if paused {
+			w.pause.leave()
+		}
+	}()
+	for {
+		start := time.Now()
+		err := w.sender.SendBatch(ctx, body)
+		w.observe(start, err)
+		class := sink.Classify(err)
+		if paused && class != sink.Pause {
+			paused = false
+			w.pause.leave()
+		}
+		switch class {
+		case sink.Delivered:
+			w.m.batches.WithLabelValues("delivered").Inc()
+			w.m.batchBytes.Observe(float64(len(body)))
+			w.m.batchCalls.Observe(float64(len(calls)))
+			for _, h := range calls {
+				w.m.delivered.WithLabelValues(h.typ.String()).Inc()
+				w.settle(h, "ack", h.msg.Ack())
+			}
+			w.log.Debug("batch delivered", "calls", len(calls), "bytes", len(body), "took", time.Since(start).String())
+			return
+
+		case sink.Cancelled:
+			w.m.batches.WithLabelValues("nakked").Inc()
+			w.m.shutdownNaked.Add(float64(len(calls)))
+			for _, h := range calls {
+				w.settle(h, "nak", h.msg.Nak())
+			}
+			return
+
+		case sink.Pause:
+			if !paused {
+				paused = true
+				w.pause.enter(err)
+			}
+			w.m.batches.WithLabelValues("paused").Inc()
+			if !sleep(ctx, w.opts.ProbeInterval) {
+				continue // the next send sees ctx done and nakks
+			}
+
+		case sink.Reject:
+			if len(calls) == 1 {
+				w.m.batches.WithLabelValues("rejected").Inc()
+				w.deadLetter(ctx, calls[0], deadletter.ReasonRejected, sink.StatusOf(err), err.Error())
+				return
+			}
+			w.m.batches.WithLabelValues("split").Inc()
+			w.log.Info("batch rejected; splitting it to find the bad calls", "calls", len(calls), "status", sink.StatusOf(err))
+			half := len(calls) / 2
+			w.send(ctx, calls[:half], batchBody(calls[:half]))
+			w.send(ctx, calls[half:], batchBody(calls[half:]))
+			return
+
+		case sink.Retry:
+			wait := bo.NextBackOff()
+			var se *sink.StatusError
+			if errors.As(err, &se) && se.RetryAfter > 0 && wait != backoff.Stop {
+				if se.RetryAfter > bo.MaxElapsedTime-bo.GetElapsedTime() {
+					wait = backoff.Stop // honouring it would overrun the budget
+				} else {
+					wait = max(wait, se.RetryAfter)
+				}
+			}
+			if w.opts.RetryMaxElapsed < 0 || wait == backoff.Stop {
+				w.giveUp(ctx, calls, err)
+				return
+			}
+			w.m.retries.WithLabelValues(retryReason(err)).Inc()
+			w.m.batches.WithLabelValues("retried").Inc()
+			w.log.Warn("batch failed; retrying", "calls", len(calls), "err", err, "wait", wait.String())
+			if !sleep(ctx, wait) {
+				continue // the next send sees ctx done and nakks
+			}
+		}
+	}
+}
+
+// giveUp ends this delivery's attempts after transient failures: a call
+// delivered MaxDeliver times is dead-lettered; the others are nakked with a
+// delay that grows with their delivery count (NakDelay × deliveries, at most
+// ten times NakDelay), so an outage is ridden out without a hot loop.
+func (w *Worker) giveUp(ctx context.Context, calls []*held, err error) {
+	w.m.batches.WithLabelValues("nakked").Inc()
+	status := sink.StatusOf(err)
+	exhausted := 0
+	for _, h := range calls {
+		if h.deliveries >= uint64(w.opts.MaxDeliver) {
+			exhausted++
+			w.deadLetter(ctx, h, deadletter.ReasonRetriesExhausted, status,
+				fmt.Sprintf("delivery %d of %d failed: %v", h.deliveries, w.opts.MaxDeliver, err))
+			continue
+		}
+		w.settle(h, "nak", h.msg.NakWithDelay(w.nakDelay(h.deliveries)))
+	}
+	w.log.Warn("batch not delivered; nakked for redelivery", "calls", len(calls)-exhausted,
+		"dead_lettered", exhausted, "err", err)
+}
+
+func (w *Worker) nakDelay(deliveries uint64) time.Duration {
+	return w.opts.NakDelay * time.Duration(min(max(deliveries, 1), 10))
+}
+
+// deadLetter writes h to the dead-letter stream, waits for the PubAck, and
+// only then terminates the original. If the dead-letter publish fails the
+// original is nakked, so it comes back and is dead-lettered then: never lost.
+func (w *Worker) deadLetter(ctx context.Context, h *held, reason string, status int, detail string) {
+	m := deadletter.Msg(h.msg.Subject(), h.msg.Headers(), h.msg.Data(), deadletter.Record{
+		Reason:     reason,
+		Status:     status,
+		Detail:     detail,
+		Deliveries: h.deliveries,
+		Stream:     w.opts.Stream,
+		StreamSeq:  h.seq,
+		FirstSeen:  h.published,
+		MessageID:  h.id.String(),
+		Version:    w.opts.Version,
+	})
+	// The publish gets its own bound: at shutdown ctx may be done, and a
+	// dead letter that can still be written should be.
+	pubCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+	defer cancel()
+	if err := deadletter.Publish(pubCtx, w.js, m); err != nil {
+		w.log.Error("dead-letter publish failed; nakking the message to try again", "reason", reason, "stream_seq", h.seq, "err", err)
+		w.settle(h, "nak", h.msg.NakWithDelay(w.opts.NakDelay))
+		return
+	}
+	w.m.deadLetters.WithLabelValues(reason).Inc()
+	w.log.Warn("dead-lettered", "reason", reason, "status", status, "subject", h.msg.Subject(),
+		"stream_seq", h.seq, "deliveries", h.deliveries, "detail", truncate(detail, 300))
+	w.settle(h, "term", h.msg.TermWithReason(reason))
+}
+
+// settle records the failure of an ack, nak or term. Nothing more can be
+// done: the message is redelivered after its ack wait and Customer.io
+// de-duplicates it by messageId.
+func (w *Worker) settle(h *held, what string, err error) {
+	if err != nil {
+		w.m.acksFailed.Inc()
+		w.log.Error(what+" failed; the message will be redelivered", "stream_seq", h.seq, "err", err)
+	}
+}
+
+// observe records one request's duration and status class.
+func (w *Worker) observe(start time.Time, err error) {
+	class := "2xx"
+	if err != nil {
+		class = "error"
+		if s := sink.StatusOf(err); s != 0 {
+			class = strconv.Itoa(s/100) + "xx"
+		}
+	}
+	w.m.requestTime.WithLabelValues("cdp", class).Observe(time.Since(start).Seconds())
+}
+
+func retryReason(err error) string {
+	switch s := sink.StatusOf(err); {
+	case s == 429:
+		return "status_429"
+	case s == 408:
+		return "status_408"
+	case s >= 500:
+		return "status_5xx"
+	}
+	return "transport"
+}
+
+// batchBody builds the body of a batch of calls: they already fit together,
+// so any subset fits too.
+func batchBody(calls []*held) []byte {
+	n := len(`{"batch":[]}`) + len(calls)
+	for _, h := range calls {
+		n += len(h.call)
+	}
+	b := make([]byte, 0, n)
+	b = append(b, `{"batch":[`...)
+	for i, h := range calls {
+		if i > 0 {
+			b = append(b, ',')
+		}
+		b = append(b, h.call...)
+	}
+	return append(b, `]}`...)
+}
+
+// sleep waits d or until ctx is done; it reports whether d passed.
+func sleep(ctx context.Context, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return true
+	case <-ctx.Done():
+		return false
+	}
+}
+
+func truncate(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	return s[:n] + "…"
+}
+
+// pauseState is shared by all senders: delivery is paused while any of them
+// holds a batch that got a configuration error. It is logged at error level
+// once per probe interval, exposed as a metric and through Ready.
+type pauseState struct {
+	mu      sync.Mutex
+	m       *metrics
+	log     *slog.Logger
+	every   time.Duration
+	holders int
+	since   time.Time
+	lastLog time.Time
+	lastErr string
+}
+
+func (p *pauseState) init(m *metrics, log *slog.Logger, every time.Duration) {
+	p.m, p.log, p.every = m, log, every
+}
+
+func (p *pauseState) enter(err error) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	now := time.Now()
+	if p.holders == 0 {
+		p.since = now
+	}
+	p.holders++
+	p.lastErr = err.Error()
+	p.m.authPaused.WithLabelValues("cdp").Set(1)
+	if now.Sub(p.lastLog) >= p.every {
+		p.lastLog = now
+		p.log.Error("delivery PAUSED: Customer.io refused the credentials or URL; nothing is dead-lettered, "+
+			"retrying every probe interval (fix CIO_CDP_API_KEY / CIO_CDP_URL; a rotated key file is picked up without restart)",
+			"err", err, "probe_interval", p.every.String(), "paused_for", now.Sub(p.since).Round(time.Second).String())
+	}
+}
+
+func (p *pauseState) leave() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.holders--
+	if p.holders == 0 {
+		p.m.authPaused.WithLabelValues("cdp").Set(0)
+		p.log.Info("delivery resumed", "paused_for", time.Since(p.since).Round(time.Millisecond).String())
+		p.lastLog = time.Time{}
+	}
+}
+
+func (p *pauseState) paused() (bool, string) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.holders > 0 {
+		return true, "paused: " + p.lastErr
+	}
+	return false, ""
+}
