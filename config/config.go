@@ -50,7 +50,8 @@ type Queue struct {
 	Stream        string
 	Consumer      string
 	DLQStream     string
-	ManageStreams bool // create or update the streams and consumer at start
+	DLQMaxAge     time.Duration // retention of a dead-letter stream cio-relay creates
+	ManageStreams bool          // create or update the streams and consumer at start
 	AckWait       time.Duration
 	MaxAckPending int
 	MaxDeliver    int

@@ -56,7 +56,7 @@ func TestLoadDefaults(t *testing.T) {
 		NATS:     NATS{},
 		Embedded: Embedded{DataDir: "./data", Listen: "127.0.0.1:4222"},
 		Queue: Queue{
-			Stream: "CIO", Consumer: "cio-relay", DLQStream: "CIO_DLQ", ManageStreams: true,
+			Stream: "CIO", Consumer: "cio-relay", DLQStream: "CIO_DLQ", DLQMaxAge: 720 * time.Hour, ManageStreams: true,
 			AckWait: 30 * time.Second, MaxAckPending: 20000, MaxDeliver: 20, NakDelay: 30 * time.Second,
 		},
 		Batch: Batch{MaxBytes: 500000, MaxCalls: 2000, FlushInterval: time.Second},
@@ -199,6 +199,7 @@ func TestLoadRejects(t *testing.T) {
 		{"retry initial interval zero", map[string]string{"RELAY_RETRY_INITIAL_INTERVAL": "0s"}, nil, "RELAY_RETRY_INITIAL_INTERVAL:", "greater than 0"},
 		{"retry initial over max", map[string]string{"RELAY_RETRY_INITIAL_INTERVAL": "1m"}, nil, "RELAY_RETRY_INITIAL_INTERVAL:", "at most RELAY_RETRY_MAX_INTERVAL (30s), got 1m0s"},
 		{"nak delay negative", map[string]string{"RELAY_NAK_DELAY": "-1s"}, nil, "RELAY_NAK_DELAY:", "not be negative"},
+		{"dlq max age too short", map[string]string{"RELAY_DLQ_MAX_AGE": "10m"}, nil, "RELAY_DLQ_MAX_AGE:", "at least 1h"},
 		{"shutdown timeout zero", map[string]string{"RELAY_SHUTDOWN_TIMEOUT": "0s"}, nil, "RELAY_SHUTDOWN_TIMEOUT:", "greater than 0"},
 		{"http addr without port", map[string]string{"RELAY_HTTP_ADDR": "9090"}, nil, "RELAY_HTTP_ADDR:", `or "off"`},
 		{"log format", map[string]string{"RELAY_LOG_FORMAT": "xml"}, nil, "RELAY_LOG_FORMAT:", "auto, text, json"},

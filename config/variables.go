@@ -71,6 +71,10 @@ func (c *Config) variables() []variable {
 			{name: "RELAY_DLQ_STREAM", def: "CIO_DLQ", value: stringField(&c.Queue.DLQStream, streamName),
 				help: "Stream that receives events Customer.io rejected or that failed RELAY_MAX_DELIVER times; " +
 					"must differ from RELAY_STREAM."},
+			// Long enough to notice, investigate and replay after a holiday.
+			{name: "RELAY_DLQ_MAX_AGE", def: "720h", value: durationField(&c.Queue.DLQMaxAge,
+				atLeast(time.Hour, "dead letters must outlive the time it takes an operator to act on them")),
+				help: "How long RELAY_DLQ_STREAM keeps a dead letter when cio-relay creates the stream. At least 1h."},
 			{name: "RELAY_MANAGE_STREAMS", def: "true", value: boolField(&c.Queue.ManageStreams),
 				help: "Create or update the streams and the consumer at start (true/false, 1/0, yes/no). " +
 					"Set false when they are managed elsewhere, such as by Terraform or NACK."},
@@ -93,7 +97,8 @@ func (c *Config) variables() []variable {
 			// Long enough for a brief outage or a 429 to clear, short next to
 			// the hour RELAY_MAX_DELIVER allows.
 			{name: "RELAY_NAK_DELAY", def: "30s", value: durationField(&c.Queue.NakDelay, nonNegative[time.Duration]()),
-				help: "How long JetStream waits before delivering again the events of a batch that failed to send."},
+				help: "How long JetStream waits before delivering again the events of a batch that failed to send, " +
+					"times the event's delivery count, at most 10×: 30s, 60s, … 5m."},
 		}},
 		{"Batching and sending", []variable{
 			// Customer.io answers 200 but drops an over-limit batch, so the

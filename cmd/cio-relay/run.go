@@ -82,6 +82,7 @@ func serve(ctx context.Context, cfg *config.Config, log *slog.Logger, stdout io.
 		Stream:           cfg.Queue.Stream,
 		Consumer:         cfg.Queue.Consumer,
 		DLQStream:        cfg.Queue.DLQStream,
+		DLQMaxAge:        cfg.Queue.DLQMaxAge,
 		ManageStreams:    cfg.Queue.ManageStreams,
 		AckWait:          cfg.Queue.AckWait,
 		MaxAckPending:    cfg.Queue.MaxAckPending,
