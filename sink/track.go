@@ -1,0 +1,200 @@
+package sink
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"strings"
+	"unicode"
+	"unicode/utf8"
+
+	"github.com/cio-relay/cio-relay/event"
+)
+
+// MaxIdentifierBytes bounds a suppression identifier. Customer.io
+// documents no limit on the path parameter itself; an identifier is the
+// value of a person's id or email attribute, and "value for attribute …
+// cannot be longer than 1000 bytes"
+// (https://docs.customer.io/journeys/invalid-api-requests/). The 150-byte
+// figure on the same page is for attribute names, not values.
+const MaxIdentifierBytes = 1000
+
+// ReasonInvalidIdentifier labels a suppression whose identifier cannot be
+// sent. Syntax faults of the body use event's reasons (invalid_json,
+// invalid_utf8).
+const ReasonInvalidIdentifier = event.Reason("invalid_identifier")
+
+// Track sends suppressions to Customer.io's Track API.
+type Track struct {
+	endpoint  string // {URL}/customers/
+	siteID    string
+	apiKey    func() string
+	userAgent string
+	client    *http.Client
+}
+
+// TrackOptions configures a Track client.
+type TrackOptions struct {
+	URL       string        // base URL, e.g. https://track.customer.io/api/v1
+	SiteID    string        // the Basic auth user
+	APIKey    func() string // the Track API key, Basic auth password; called per request, so a rotated key is picked up
+	UserAgent string
+	Client    *http.Client
+}
+
+// NewTrack returns a client for {URL}/customers/{identifier}/suppress and
+// /unsuppress.
+func NewTrack(opts TrackOptions) (*Track, error) {
+	if opts.URL == "" || opts.SiteID == "" || opts.APIKey == nil || opts.Client == nil {
+		return nil, errors.New("sink: Track needs a URL, a site id, an API key and an HTTP client")
+	}
+	return &Track{
+		endpoint:  strings.TrimRight(opts.URL, "/") + "/customers/",
+		siteID:    opts.SiteID,
+		apiKey:    opts.APIKey,
+		userAgent: opts.UserAgent,
+		client:    opts.Client,
+	}, nil
+}
+
+// Suppress deletes the person identifier names and stops the identifier
+// from being added again. It cannot be undone for the person's data. It
+// returns nil on 2xx, a *StatusError or *TransportError from the request,
+// and an *event.InvalidError, without sending anything, for an identifier
+// that ParseSuppression would refuse.
+func (t *Track) Suppress(ctx context.Context, identifier string) error {
+	return t.post(ctx, identifier, "suppress")
+}
+
+// Unsuppress lets identifier be added again; it restores no data. Errors
+// are as for Suppress.
+func (t *Track) Unsuppress(ctx context.Context, identifier string) error {
+	return t.post(ctx, identifier, "unsuppress")
+}
+
+func (t *Track) post(ctx context.Context, identifier, action string) error {
+	if err := checkIdentifier(identifier); err != nil {
+		return err
+	}
+	u := t.endpoint + escapeIdentifier(identifier) + "/" + action
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, u, nil)
+	if err != nil {
+		return fmt.Errorf("building Track %s request: %w", action, err)
+	}
+	req.SetBasicAuth(t.siteID, t.apiKey())
+	req.Header.Set("User-Agent", t.userAgent)
+	if err := do(t.client, req, "track"); err != nil {
+		// The hash, not the identifier: it is usually an email address.
+		return fmt.Errorf("%s of identifier %s: %w", action, HashIdentifier(identifier), err)
+	}
+	return nil
+}
+
+// escapeIdentifier makes identifier one path segment. url.PathEscape
+// leaves "+" as it is, which is correct, but a server that decodes paths
+// the way it decodes forms reads it as a space, and suppressing "a b@x.io"
+// instead of "a+b@x.io" would silently fail a deletion request; "%2B" means
+// "+" to every decoder.
+func escapeIdentifier(identifier string) string {
+	return strings.ReplaceAll(url.PathEscape(identifier), "+", "%2B")
+}
+
+// ParseSuppression reads the body of a suppress or unsuppress message,
+// {"identifier":"…"}, and returns the identifier: a customer id, an email
+// address or a cio_-prefixed Customer.io id. Other members are ignored. A
+// body that can never succeed is an *event.InvalidError: invalid_utf8,
+// invalid_json, or ReasonInvalidIdentifier when identifier is missing,
+// repeated, not a string, blank, longer than MaxIdentifierBytes, contains
+// a control character, or is "." or "..".
+func ParseSuppression(body []byte) (string, error) {
+	if !utf8.Valid(body) {
+		return "", &event.InvalidError{Reason: event.ReasonInvalidUTF8, Detail: "body is not valid UTF-8"}
+	}
+	dec := json.NewDecoder(bytes.NewReader(body))
+	syntax := func(err error) error {
+		return &event.InvalidError{Reason: event.ReasonInvalidJSON, Detail: err.Error()}
+	}
+	if tok, err := dec.Token(); err != nil {
+		return "", syntax(err)
+	} else if d, ok := tok.(json.Delim); !ok || d != '{' {
+		return "", &event.InvalidError{Reason: event.ReasonInvalidJSON, Detail: "body must be a JSON object"}
+	}
+	var raw json.RawMessage
+	n := 0
+	for dec.More() {
+		tok, err := dec.Token()
+		if err != nil {
+			return "", syntax(err)
+		}
+		var v json.RawMessage
+		if err := dec.Decode(&v); err != nil {
+			return "", syntax(err)
+		}
+		if tok == "identifier" {
+			raw = v
+			n++
+		}
+	}
+	if _, err := dec.Token(); err != nil {
+		return "", syntax(err)
+	}
+	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
+		return "", &event.InvalidError{Reason: event.ReasonInvalidJSON, Detail: "data after the object"}
+	}
+	var id string
+	switch {
+	case n == 0:
+		return "", invalidIdentifier("identifier is required")
+	case n > 1:
+		// Which copy Customer.io would act on depends on the parser; for
+		// an irreversible deletion, neither.
+		return "", invalidIdentifier("identifier appears more than once")
+	case len(raw) == 0 || raw[0] != '"' || json.Unmarshal(raw, &id) != nil:
+		return "", invalidIdentifier("identifier must be a string")
+	}
+	if err := checkIdentifier(id); err != nil {
+		return "", err
+	}
+	return id, nil
+}
+
+// checkIdentifier refuses identifiers that cannot name one person in one
+// path segment.
+func checkIdentifier(id string) error {
+	switch {
+	case strings.TrimSpace(id) == "":
+		return invalidIdentifier("identifier must not be blank")
+	case len(id) > MaxIdentifierBytes:
+		return invalidIdentifier(fmt.Sprintf("identifier is %d bytes, longer than %d", len(id), MaxIdentifierBytes))
+	case !utf8.ValidString(id):
+		return invalidIdentifier("identifier is not valid UTF-8")
+	case strings.ContainsFunc(id, unicode.IsControl):
+		return invalidIdentifier("identifier contains a control character")
+	case id == "." || id == "..":
+		// Dot segments are removed by URL normalisation (RFC 3986 §5.2.4),
+		// escaped or not, so the request would reach another endpoint.
+		return invalidIdentifier(fmt.Sprintf("identifier %q is a dot segment", id))
+	}
+	return nil
+}
+
+func invalidIdentifier(detail string) error {
+	return &event.InvalidError{Reason: ReasonInvalidIdentifier, Detail: detail}
+}
+
+// HashIdentifier returns a short, stable stand-in for an identifier in
+// logs and dead-letter details: the first 16 hex digits of its SHA-256.
+// It lets an operator match a log line to a known person without the log
+// holding an email address. It is pseudonymous, not anonymous: anyone
+// holding a candidate identifier can hash it and compare.
+func HashIdentifier(id string) string {
+	sum := sha256.Sum256([]byte(id))
+	return hex.EncodeToString(sum[:8])
+}
