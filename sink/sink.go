@@ -126,30 +126,8 @@ func (c *CDP) SendBatch(ctx context.Context, body []byte) error {
 // do sends req and turns its outcome into nil, *StatusError or
 // *TransportError. The response body is drained so the connection is reused.
 func do(client *http.Client, req *http.Request, api string) error {
-	resp, err := client.Do(req)
-	if err != nil {
-		if ctxErr := req.Context().Err(); ctxErr != nil {
-			return fmt.Errorf("customer.io %s request: %w", api, ctxErr)
-		}
-		return &TransportError{API: api, Err: err}
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode >= 200 && resp.StatusCode < 300 {
-		_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, 64<<10))
-		return nil
-	}
-	b, _ := io.ReadAll(io.LimitReader(resp.Body, maxErrorBody+1))
-	_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, 64<<10))
-	msg := strings.TrimSpace(strings.ToValidUTF8(string(b), "?"))
-	if len(msg) > maxErrorBody {
-		msg = msg[:maxErrorBody] + "…"
-	}
-	return &StatusError{
-		API:        api,
-		Status:     resp.StatusCode,
-		RetryAfter: ParseRetryAfter(resp.Header.Get("Retry-After"), time.Now()),
-		Body:       msg,
-	}
+	_, err := doRead(client, req, api)
+	return err
 }
 
 // ParseRetryAfter reads a Retry-After value, either delay-seconds or an HTTP
