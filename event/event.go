@@ -381,3 +381,23 @@ func endOfValue(c []byte, i int) int {
 		return j
 	}
 }
+
+// MessageIDOf returns the messageId a body carries, if it is a JSON object
+// with a non-empty string messageId. It is for the rare paths (dead-lettering)
+// that need the id without preparing the call.
+func MessageIDOf(body []byte) (string, bool) {
+	var buf bytes.Buffer
+	if !utf8.Valid(body) || json.Compact(&buf, body) != nil {
+		return "", false
+	}
+	c := buf.Bytes()
+	if len(c) == 0 || c[0] != '{' {
+		return "", false
+	}
+	f, err := scanObject(c)
+	if err != nil || f.messageID == nil {
+		return "", false
+	}
+	s, ok := stringValue(f.messageID)
+	return s, ok && s != ""
+}

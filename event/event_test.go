@@ -88,6 +88,29 @@ func TestPrepareOverrideID(t *testing.T) {
 	}
 }
 
+func TestMessageIDOf(t *testing.T) {
+	tests := []struct {
+		body string
+		want string
+		ok   bool
+	}{
+		{`{"messageId":"m-1","userId":"u"}`, "m-1", true},
+		{` { "messageId" : "a\"b" } `, `a"b`, true},
+		{`{"userId":"u"}`, "", false},
+		{`{"messageId":""}`, "", false},
+		{`{"messageId":7}`, "", false},
+		{`{"MessageId":"m"}`, "", false},
+		{`not json`, "", false},
+		{`["messageId"]`, "", false},
+	}
+	for _, tt := range tests {
+		got, ok := MessageIDOf([]byte(tt.body))
+		if got != tt.want || ok != tt.ok {
+			t.Errorf("MessageIDOf(%s) = %q, %v; want %q, %v", tt.body, got, ok, tt.want, tt.ok)
+		}
+	}
+}
+
 func TestPrepareInvalid(t *testing.T) {
 	big := `{"userId":"u","event":"e","properties":{"p":"` + strings.Repeat("x", MaxCallBytes) + `"}}`
 	tests := []struct {

@@ -12,24 +12,65 @@ import (
 	"github.com/cenkalti/backoff/v4"
 
 	"github.com/cio-relay/cio-relay/deadletter"
+	"github.com/cio-relay/cio-relay/event"
 	"github.com/cio-relay/cio-relay/sink"
 )
 
 // send delivers calls, whose batch body is body, and settles every one of
-// them by the outcome:
+// them by the outcome (see attempt for retries and pauses):
 //
 //   - 2xx: ack all.
-//   - 429, 408, 5xx, no answer: retry the same body with exponential backoff
-//     and jitter, waiting at least Retry-After; when the retry budget is spent,
-//     nak with a delay (JetStream redelivers later), or dead-letter with
-//     retries_exhausted the calls already delivered MaxDeliver times.
-//   - 401, 403, 404, 405: a configuration problem, not bad data: hold the
-//     batch, pause (see pauseState) and probe with it until it goes through.
+//   - retries spent: nak with a delay, or dead-letter with retries_exhausted
+//     the calls already delivered MaxDeliver times (giveUp).
 //   - any other 4xx: some call is bad. Split the batch in halves and send each,
 //     so good calls are delivered and only a call rejected on its own is
 //     dead-lettered (rejected).
 //   - ctx done (shutdown timeout): nak at once for another replica.
 func (w *Worker) send(ctx context.Context, calls []*held, body []byte) {
+	err := w.attempt(ctx, "cdp", &w.pause, 0, func(ctx context.Context) error {
+		return w.sender.SendBatch(ctx, body)
+	})
+	switch sink.Classify(err) {
+	case sink.Delivered:
+		w.m.batches.WithLabelValues("delivered").Inc()
+		w.m.batchBytes.Observe(float64(len(body)))
+		w.m.batchCalls.Observe(float64(len(calls)))
+		for _, h := range calls {
+			w.m.delivered.WithLabelValues(h.typ.String()).Inc()
+			w.settle(h, "ack", h.msg.Ack())
+		}
+	case sink.Reject:
+		if len(calls) == 1 {
+			w.m.batches.WithLabelValues("rejected").Inc()
+			w.deadLetter(ctx, calls[0], deadletter.ReasonRejected, sink.StatusOf(err), err.Error())
+			return
+		}
+		w.m.batches.WithLabelValues("split").Inc()
+		w.log.Info("batch rejected; splitting it to find the bad calls", "calls", len(calls), "status", sink.StatusOf(err))
+		half := len(calls) / 2
+		w.send(ctx, calls[:half], batchBody(calls[:half]))
+		w.send(ctx, calls[half:], batchBody(calls[half:]))
+	case sink.Retry:
+		w.m.batches.WithLabelValues("nakked").Inc()
+		w.giveUp(ctx, calls, err)
+	default: // sink.Cancelled
+		w.m.batches.WithLabelValues("nakked").Inc()
+		w.nakNow(calls)
+	}
+}
+
+// attempt calls try until it succeeds, is rejected, is cancelled or has
+// used its retry budget, and returns its last error:
+//
+//   - 429, 408, 5xx, no answer: try again with exponential backoff and
+//     jitter, waiting at least Retry-After and at least minWait (an API's own
+//     pacing); nil error... the last error is returned once RetryMaxElapsed
+//     is spent.
+//   - 401, 403, 404, 405: a configuration problem, not bad data: hold on,
+//     pause (see pauseState) and probe every ProbeInterval until it passes.
+//
+// Every request's duration and status class is recorded under api.
+func (w *Worker) attempt(ctx context.Context, api string, pause *pauseState, minWait time.Duration, try func(context.Context) error) error {
 	bo := backoff.NewExponentialBackOff(
 		backoff.WithInitialInterval(w.opts.RetryInitial),
 		backoff.WithMaxInterval(w.opts.RetryMaxInterval),
@@ -39,63 +80,31 @@ func (w *Worker) send(ctx context.Context, calls []*held, body []byte) {
 	paused := false
 	defer func() {
 		if paused {
-			w.pause.leave()
+			pause.leave()
 		}
 	}()
 	for {
 		start := time.Now()
-		err := w.sender.SendBatch(ctx, body)
-		w.observe(start, err)
+		err := try(ctx)
+		w.observe(api, start, err)
 		class := sink.Classify(err)
 		if paused && class != sink.Pause {
 			paused = false
-			w.pause.leave()
+			pause.leave()
 		}
+		var wait time.Duration
 		switch class {
-		case sink.Delivered:
-			w.m.batches.WithLabelValues("delivered").Inc()
-			w.m.batchBytes.Observe(float64(len(body)))
-			w.m.batchCalls.Observe(float64(len(calls)))
-			for _, h := range calls {
-				w.m.delivered.WithLabelValues(h.typ.String()).Inc()
-				w.settle(h, "ack", h.msg.Ack())
-			}
-			w.log.Debug("batch delivered", "calls", len(calls), "bytes", len(body), "took", time.Since(start).String())
-			return
-
-		case sink.Cancelled:
-			w.m.batches.WithLabelValues("nakked").Inc()
-			w.m.shutdownNaked.Add(float64(len(calls)))
-			for _, h := range calls {
-				w.settle(h, "nak", h.msg.Nak())
-			}
-			return
-
 		case sink.Pause:
 			if !paused {
 				paused = true
-				w.pause.enter(err)
+				pause.enter(err)
 			}
-			w.m.batches.WithLabelValues("paused").Inc()
-			if !sleep(ctx, w.opts.ProbeInterval) {
-				continue // the next send sees ctx done and nakks
+			if api == "cdp" {
+				w.m.batches.WithLabelValues("paused").Inc()
 			}
-
-		case sink.Reject:
-			if len(calls) == 1 {
-				w.m.batches.WithLabelValues("rejected").Inc()
-				w.deadLetter(ctx, calls[0], deadletter.ReasonRejected, sink.StatusOf(err), err.Error())
-				return
-			}
-			w.m.batches.WithLabelValues("split").Inc()
-			w.log.Info("batch rejected; splitting it to find the bad calls", "calls", len(calls), "status", sink.StatusOf(err))
-			half := len(calls) / 2
-			w.send(ctx, calls[:half], batchBody(calls[:half]))
-			w.send(ctx, calls[half:], batchBody(calls[half:]))
-			return
-
+			wait = max(w.opts.ProbeInterval, minWait)
 		case sink.Retry:
-			wait := bo.NextBackOff()
+			wait = bo.NextBackOff()
 			var se *sink.StatusError
 			if errors.As(err, &se) && se.RetryAfter > 0 && wait != backoff.Stop {
 				if se.RetryAfter > bo.MaxElapsedTime-bo.GetElapsedTime() {
@@ -105,16 +114,29 @@ func (w *Worker) send(ctx context.Context, calls []*held, body []byte) {
 				}
 			}
 			if w.opts.RetryMaxElapsed < 0 || wait == backoff.Stop {
-				w.giveUp(ctx, calls, err)
-				return
+				return err
 			}
+			wait = max(wait, minWait)
 			w.m.retries.WithLabelValues(retryReason(err)).Inc()
-			w.m.batches.WithLabelValues("retried").Inc()
-			w.log.Warn("batch failed; retrying", "calls", len(calls), "err", err, "wait", wait.String())
-			if !sleep(ctx, wait) {
-				continue // the next send sees ctx done and nakks
+			if api == "cdp" {
+				w.m.batches.WithLabelValues("retried").Inc()
 			}
+			w.log.Warn("request failed; retrying", "api", api, "err", err, "wait", wait.String())
+		default:
+			return err
 		}
+		if !sleep(ctx, wait) {
+			return fmt.Errorf("gave up at shutdown: %w", context.Cause(ctx))
+		}
+	}
+}
+
+// nakNow hands messages back for immediate redelivery: at shutdown, so
+// another replica takes them.
+func (w *Worker) nakNow(calls []*held) {
+	w.m.shutdownNaked.Add(float64(len(calls)))
+	for _, h := range calls {
+		w.settle(h, "nak", h.msg.Nak())
 	}
 }
 
@@ -123,7 +145,6 @@ func (w *Worker) send(ctx context.Context, calls []*held, body []byte) {
 // delay that grows with their delivery count (NakDelay × deliveries, at most
 // ten times NakDelay), so an outage is ridden out without a hot loop.
 func (w *Worker) giveUp(ctx context.Context, calls []*held, err error) {
-	w.m.batches.WithLabelValues("nakked").Inc()
 	status := sink.StatusOf(err)
 	exhausted := 0
 	for _, h := range calls {
@@ -147,6 +168,12 @@ func (w *Worker) nakDelay(deliveries uint64) time.Duration {
 // only then terminates the original. If the dead-letter publish fails the
 // original is nakked, so it comes back and is dead-lettered then: never lost.
 func (w *Worker) deadLetter(ctx context.Context, h *held, reason string, status int, detail string) {
+	// The id the call was (or would have been) sent with: its own, or the
+	// derived one, which a replay must keep.
+	messageID := h.id.String()
+	if id, ok := event.MessageIDOf(h.msg.Data()); ok {
+		messageID = id
+	}
 	m := deadletter.Msg(h.msg.Subject(), h.msg.Headers(), h.msg.Data(), deadletter.Record{
 		Reason:     reason,
 		Status:     status,
@@ -155,7 +182,7 @@ func (w *Worker) deadLetter(ctx context.Context, h *held, reason string, status 
 		Stream:     w.opts.Stream,
 		StreamSeq:  h.seq,
 		FirstSeen:  h.published,
-		MessageID:  h.id.String(),
+		MessageID:  messageID,
 		Version:    w.opts.Version,
 	})
 	// The publish gets its own bound: at shutdown ctx may be done, and a
@@ -184,7 +211,7 @@ func (w *Worker) settle(h *held, what string, err error) {
 }
 
 // observe records one request's duration and status class.
-func (w *Worker) observe(start time.Time, err error) {
+func (w *Worker) observe(api string, start time.Time, err error) {
 	class := "2xx"
 	if err != nil {
 		class = "error"
@@ -192,7 +219,7 @@ func (w *Worker) observe(start time.Time, err error) {
 			class = strconv.Itoa(s/100) + "xx"
 		}
 	}
-	w.m.requestTime.WithLabelValues("cdp", class).Observe(time.Since(start).Seconds())
+	w.m.requestTime.WithLabelValues(api, class).Observe(time.Since(start).Seconds())
 }
 
 func retryReason(err error) string {
@@ -244,11 +271,14 @@ func truncate(s string, n int) string {
 	return s[:n] + "…"
 }
 
-// pauseState is shared by all senders: delivery is paused while any of them
-// holds a batch that got a configuration error. It is logged at error level
-// once per probe interval, exposed as a metric and through Ready.
+// pauseState is shared by all senders of one API: delivery is paused while
+// any of them holds work that got a configuration error. It is logged at
+// error level once per probe interval, exposed as a metric and through
+// Ready.
 type pauseState struct {
 	mu      sync.Mutex
+	api     string // label and log field
+	fix     string // what to check, for the log
 	m       *metrics
 	log     *slog.Logger
 	every   time.Duration
@@ -258,8 +288,9 @@ type pauseState struct {
 	lastErr string
 }
 
-func (p *pauseState) init(m *metrics, log *slog.Logger, every time.Duration) {
-	p.m, p.log, p.every = m, log, every
+func (p *pauseState) init(api, fix string, m *metrics, log *slog.Logger, every time.Duration) {
+	p.api, p.fix, p.m, p.log, p.every = api, fix, m, log, every
+	m.authPaused.WithLabelValues(api).Set(0)
 }
 
 func (p *pauseState) enter(err error) {
@@ -271,12 +302,13 @@ func (p *pauseState) enter(err error) {
 	}
 	p.holders++
 	p.lastErr = err.Error()
-	p.m.authPaused.WithLabelValues("cdp").Set(1)
+	p.m.authPaused.WithLabelValues(p.api).Set(1)
 	if now.Sub(p.lastLog) >= p.every {
 		p.lastLog = now
 		p.log.Error("delivery PAUSED: Customer.io refused the credentials or URL; nothing is dead-lettered, "+
-			"retrying every probe interval (fix CIO_CDP_API_KEY / CIO_CDP_URL; a rotated key file is picked up without restart)",
-			"err", err, "probe_interval", p.every.String(), "paused_for", now.Sub(p.since).Round(time.Second).String())
+			"retrying every probe interval; a rotated key file is picked up without restart",
+			"api", p.api, "check", p.fix, "err", err, "probe_interval", p.every.String(),
+			"paused_for", now.Sub(p.since).Round(time.Second).String())
 	}
 }
 
@@ -285,8 +317,8 @@ func (p *pauseState) leave() {
 	defer p.mu.Unlock()
 	p.holders--
 	if p.holders == 0 {
-		p.m.authPaused.WithLabelValues("cdp").Set(0)
-		p.log.Info("delivery resumed", "paused_for", time.Since(p.since).Round(time.Millisecond).String())
+		p.m.authPaused.WithLabelValues(p.api).Set(0)
+		p.log.Info("delivery resumed", "api", p.api, "paused_for", time.Since(p.since).Round(time.Millisecond).String())
 		p.lastLog = time.Time{}
 	}
 }
@@ -295,7 +327,7 @@ func (p *pauseState) paused() (bool, string) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if p.holders > 0 {
-		return true, "paused: " + p.lastErr
+		return true, p.api + " paused: " + p.lastErr
 	}
 	return false, ""
 }

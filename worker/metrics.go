@@ -23,6 +23,10 @@ type metrics struct {
 	ackPending    prometheus.Gauge         //
 	redeliveries  prometheus.Counter       //
 	shutdownNaked prometheus.Counter       //
+	direct        *prometheus.CounterVec   // api, outcome
+	coalesced     prometheus.Counter       //
+	suppressions  *prometheus.CounterVec   // action
+	pacingWait    prometheus.Histogram     //
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -78,11 +82,24 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		shutdownNaked: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "cio_relay_shutdown_nakked_total", Help: "Messages nakked at shutdown because their batch could not finish in time.",
 		}),
+		direct: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "cio_relay_direct_calls_total", Help: "Direct calls (App API triggers, Track API suppressions) by API and outcome: delivered, rejected, nakked.",
+		}, []string{"api", "outcome"}),
+		coalesced: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "cio_relay_broadcast_triggers_coalesced_total", Help: "Trigger messages delivered inside another trigger's request (requests saved).",
+		}),
+		suppressions: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "cio_relay_suppressions_total", Help: "Suppressions and unsuppressions Customer.io accepted, by action.",
+		}, []string{"action"}),
+		pacingWait: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name: "cio_relay_broadcast_pacing_wait_seconds", Help: "Time a broadcast trigger waited for its turn (10s per broadcast) before its request was sent.",
+			Buckets: []float64{0.01, 0.1, 1, 2.5, 5, 10, 20, 30, 60, 120, 300},
+		}),
 	}
 	if reg != nil {
 		reg.MustRegister(m.consumed, m.delivered, m.batches, m.batchBytes, m.batchCalls, m.requestTime,
 			m.retries, m.deadLetters, m.inFlight, m.acksFailed, m.authPaused, m.held, m.pending, m.ackPending,
-			m.redeliveries, m.shutdownNaked)
+			m.redeliveries, m.shutdownNaked, m.direct, m.coalesced, m.suppressions, m.pacingWait)
 	}
 	return m
 }

@@ -16,6 +16,7 @@ import (
 	"github.com/cio-relay/cio-relay/batcher"
 	"github.com/cio-relay/cio-relay/deadletter"
 	"github.com/cio-relay/cio-relay/event"
+	"github.com/cio-relay/cio-relay/trigger"
 )
 
 // Sender delivers one CDP batch body. A nil error means Customer.io accepted
@@ -48,11 +49,16 @@ type Options struct {
 	RetryMaxElapsed  time.Duration
 	// ProbeInterval is how often a paused worker (401/403/404 from
 	// Customer.io) tries again; default RetryMaxInterval.
-	ProbeInterval   time.Duration
-	ShutdownTimeout time.Duration         // time to finish in-flight sends after ctx is done; default 25s
-	Version         string                // recorded on dead letters
-	Logger          *slog.Logger          // default: discard
-	Registerer      prometheus.Registerer // default: none
+	ProbeInterval time.Duration
+	// Direct calls: a nil App or Track leaves its subjects unconsumed.
+	App               Triggerer
+	Track             Suppressor
+	BroadcastInterval time.Duration         // Customer.io's pacing per broadcast; default trigger.Interval (10s)
+	DirectConcurrency int                   // suppressions in flight at once; default 4
+	ShutdownTimeout   time.Duration         // time to finish in-flight sends after ctx is done; default 25s
+	Version           string                // recorded on dead letters
+	Logger            *slog.Logger          // default: discard
+	Registerer        prometheus.Registerer // default: none
 }
 
 // DefaultRetryMaxElapsed is RetryMaxElapsed's default; set RetryMaxElapsed
@@ -101,6 +107,10 @@ func (o *Options) setDefaults() {
 	def(&o.RetryMaxElapsed, DefaultRetryMaxElapsed)
 	def(&o.ProbeInterval, o.RetryMaxInterval)
 	def(&o.ShutdownTimeout, 25*time.Second)
+	def(&o.BroadcastInterval, trigger.Interval)
+	if o.DirectConcurrency == 0 {
+		o.DirectConcurrency = 4
+	}
 	if o.Version == "" {
 		o.Version = "dev"
 	}
@@ -141,8 +151,9 @@ type Worker struct {
 	opts   Options
 	log    *slog.Logger
 	m      *metrics
-	pause  pauseState
-	ready  atomic.Bool // consumer bound and consuming
+	// One pause per API: a bad App API key must not stop CDP delivery.
+	pause, appPause, trackPause pauseState
+	ready                       atomic.Bool // consumer bound and consuming
 }
 
 // New returns a Worker; it does not touch JetStream until Run.
@@ -155,7 +166,9 @@ func New(js jetstream.JetStream, sender Sender, opts Options) (*Worker, error) {
 		return nil, fmt.Errorf("worker options: %w", err)
 	}
 	w := &Worker{js: js, sender: sender, opts: opts, log: opts.Logger, m: newMetrics(opts.Registerer)}
-	w.pause.init(w.m, w.log, opts.ProbeInterval)
+	w.pause.init("cdp", "CIO_CDP_API_KEY, CIO_CDP_URL", w.m, w.log, opts.ProbeInterval)
+	w.appPause.init("app", "CIO_APP_API_KEY, CIO_APP_URL", w.m, w.log, opts.ProbeInterval)
+	w.trackPause.init("track", "CIO_SITE_ID, CIO_TRACK_API_KEY, CIO_TRACK_URL", w.m, w.log, opts.ProbeInterval)
 	return w, nil
 }
 
@@ -166,8 +179,10 @@ func (w *Worker) Ready() (bool, string) {
 	if !w.ready.Load() {
 		return false, "consumer not bound"
 	}
-	if p, why := w.pause.paused(); p {
-		return false, why
+	for _, p := range []*pauseState{&w.pause, &w.appPause, &w.trackPause} {
+		if paused, why := p.paused(); paused {
+			return false, why
+		}
 	}
 	return true, ""
 }
@@ -181,6 +196,9 @@ type held struct {
 	seq        uint64     // stream sequence
 	deliveries uint64
 	published  time.Time
+	received   time.Time
+	identifier string           // suppressions
+	trigger    *trigger.Request // broadcast triggers
 }
 
 // InProgress extends the message's ack deadline.
@@ -205,6 +223,26 @@ func (w *Worker) Run(ctx context.Context) error {
 	iter, err := cons.Messages(jetstream.PullMaxMessages(min(w.opts.BatchMaxCalls, 1000, w.opts.MaxAckPending)))
 	if err != nil {
 		return fmt.Errorf("consuming from %s/%s: %w", w.opts.Stream, w.opts.Consumer, err)
+	}
+	var directIter jetstream.MessagesContext
+	if subjects := w.directSubjects(); len(subjects) > 0 {
+		dc, err := w.bindDirect(ctx, subjects)
+		if err != nil {
+			return err
+		}
+		// Direct calls are few and slow (one trigger per broadcast per
+		// 10s): pull little ahead.
+		if directIter, err = dc.Messages(jetstream.PullMaxMessages(100)); err != nil {
+			return fmt.Errorf("consuming direct calls: %w", err)
+		}
+	}
+	if w.opts.App == nil {
+		w.log.Warn("broadcast triggers not configured (CIO_APP_API_KEY unset): messages on " + SubjectBroadcast +
+			" stay in the stream, unconsumed, until a worker with the key runs")
+	}
+	if w.opts.Track == nil {
+		w.log.Warn("suppressions not configured (CIO_SITE_ID/CIO_TRACK_API_KEY unset): messages on " + SubjectSuppress +
+			" and " + SubjectUnsuppress + " stay in the stream, unconsumed, until a worker with the credentials runs")
 	}
 	w.ready.Store(true)
 	defer w.ready.Store(false)
@@ -236,6 +274,9 @@ func (w *Worker) Run(ctx context.Context) error {
 			// Drain: stop pulling but hand out what is already buffered,
 			// so it is delivered or nakked rather than left to time out.
 			iter.Drain()
+			if directIter != nil {
+				directIter.Drain()
+			}
 			timer := time.NewTimer(w.opts.ShutdownTimeout)
 			defer timer.Stop()
 			select {
@@ -264,6 +305,9 @@ func (w *Worker) Run(ctx context.Context) error {
 		})
 	})
 	pipe.Go(func() { w.dispatch(sendCtx, batches, leases) })
+	if directIter != nil {
+		pipe.Go(func() { w.runDirect(sendCtx, directIter, leases) })
+	}
 	pipe.Wait()
 
 	close(stopped)
@@ -288,37 +332,58 @@ func (w *Worker) read(ctx context.Context, iter jetstream.MessagesContext, idPre
 			}
 			return
 		}
-		meta, err := msg.Metadata()
-		if err != nil {
-			// Not a JetStream message: nothing to ack and nothing to
-			// derive an id from.
-			w.log.Error("message without JetStream metadata", "subject", msg.Subject(), "err", err)
+		h, ok := w.hold(msg, idPrefix, leases)
+		if !ok {
 			continue
 		}
-		h := &held{msg: msg, typ: event.TypeOfSubject(msg.Subject()), seq: meta.Sequence.Stream,
-			deliveries: meta.NumDelivered, published: meta.Timestamp,
-			id: event.ID{Prefix: idPrefix, Seq: meta.Sequence.Stream}}
-		if hdr := msg.Headers(); hdr != nil {
-			h.id.Override = hdr.Get(deadletter.HeaderMessageID)
-		}
-		w.m.consumed.WithLabelValues(h.typ.String()).Inc()
-		if h.deliveries > 1 {
-			w.m.redeliveries.Inc()
-		}
-		leases.add(h, time.Now())
 		h.call, err = prep.Prepare(nil, h.typ, msg.Data(), h.id)
 		if err != nil {
-			reason := string(event.ReasonInvalidJSON)
-			var ie *event.InvalidError
-			if errors.As(err, &ie) {
-				reason = string(ie.Reason)
-			}
-			w.deadLetter(ctx, h, reason, 0, err.Error())
-			leases.remove(h)
+			w.rejectInput(ctx, h, err, leases)
 			continue
 		}
 		calls <- batcher.Call[*held]{Data: h.call, Item: h}
 	}
+}
+
+// hold takes a message into the worker's hands: reads its metadata, counts
+// it and starts extending its ack deadline.
+func (w *Worker) hold(msg jetstream.Msg, idPrefix string, leases *leases[*held]) (*held, bool) {
+	meta, err := msg.Metadata()
+	if err != nil {
+		// Not a JetStream message: nothing to ack and nothing to derive an
+		// id from.
+		w.log.Error("message without JetStream metadata", "subject", msg.Subject(), "err", err)
+		return nil, false
+	}
+	now := time.Now()
+	h := &held{msg: msg, typ: event.TypeOfSubject(msg.Subject()), seq: meta.Sequence.Stream,
+		deliveries: meta.NumDelivered, published: meta.Timestamp, received: now,
+		id: event.ID{Prefix: idPrefix, Seq: meta.Sequence.Stream}}
+	if hdr := msg.Headers(); hdr != nil {
+		h.id.Override = hdr.Get(deadletter.HeaderMessageID)
+	}
+	label := h.typ.String()
+	if h.typ == event.Unknown {
+		label = msg.Subject() // the direct consumer's subjects: a fixed, small set
+	}
+	w.m.consumed.WithLabelValues(label).Inc()
+	if h.deliveries > 1 {
+		w.m.redeliveries.Inc()
+	}
+	leases.add(h, now)
+	return h, true
+}
+
+// rejectInput dead-letters a message whose body can never be delivered, with
+// the validation error's reason.
+func (w *Worker) rejectInput(ctx context.Context, h *held, err error, leases *leases[*held]) {
+	reason := string(event.ReasonInvalidJSON)
+	var ie *event.InvalidError
+	if errors.As(err, &ie) {
+		reason = string(ie.Reason)
+	}
+	w.deadLetter(ctx, h, reason, 0, err.Error())
+	leases.remove(h)
 }
 
 // sampleConsumer keeps the consumer and held-message gauges current.

@@ -72,6 +72,11 @@ func serve(ctx context.Context, cfg *config.Config, log *slog.Logger, stdout io.
 	}
 	defer closeSender()
 
+	app, track, err := newDirect(cfg, log)
+	if err != nil {
+		return err
+	}
+
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	retryMaxElapsed := cfg.Send.RetryMaxElapsed
@@ -95,6 +100,8 @@ func serve(ctx context.Context, cfg *config.Config, log *slog.Logger, stdout io.
 		RetryInitial:     cfg.Send.RetryInitialInterval,
 		RetryMaxInterval: cfg.Send.RetryMaxInterval,
 		RetryMaxElapsed:  retryMaxElapsed,
+		App:              app,
+		Track:            track,
 		ShutdownTimeout:  cfg.Ops.ShutdownTimeout,
 		Version:          version(),
 		Logger:           log,
@@ -167,6 +174,35 @@ func newSender(cfg *config.Config, log *slog.Logger, stdout io.Writer) (worker.S
 	}
 	log.Info("delivering to Customer.io", "cdp_url", cfg.CIO.CDPURL, "api_key", key.Source())
 	return cdp, func() {}, nil
+}
+
+// newDirect returns the App and Track API clients for the direct calls; each
+// is nil when its credentials are unset, which leaves its subjects
+// unconsumed.
+func newDirect(cfg *config.Config, log *slog.Logger) (worker.Triggerer, worker.Suppressor, error) {
+	var (
+		app   worker.Triggerer
+		track worker.Suppressor
+	)
+	client := sink.NewHTTPClient(cfg.Send.Concurrency, cfg.Send.HTTPTimeout)
+	ua := "cio-relay/" + version()
+	if key := cfg.CIO.AppAPIKey; key.IsSet() {
+		a, err := sink.NewApp(sink.AppOptions{URL: cfg.CIO.AppURL, APIKey: secretFunc(key, log), UserAgent: ua, Client: client})
+		if err != nil {
+			return nil, nil, err
+		}
+		app = a
+		log.Info("broadcast triggers enabled", "app_url", cfg.CIO.AppURL, "api_key", key.Source())
+	}
+	if key := cfg.CIO.TrackAPIKey; key.IsSet() {
+		t, err := sink.NewTrack(sink.TrackOptions{URL: cfg.CIO.TrackURL, SiteID: cfg.CIO.SiteID, APIKey: secretFunc(key, log), UserAgent: ua, Client: client})
+		if err != nil {
+			return nil, nil, err
+		}
+		track = t
+		log.Info("suppressions enabled", "track_url", cfg.CIO.TrackURL, "api_key", key.Source())
+	}
+	return app, track, nil
 }
 
 // natsOptions turns the NATS settings into connection options. The client

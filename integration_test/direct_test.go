@@ -1,0 +1,206 @@
+package integration_test
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"slices"
+	"sort"
+	"testing"
+	"time"
+
+	"github.com/cio-relay/cio-relay/deadletter"
+	"github.com/cio-relay/cio-relay/internal/ciotest"
+	"github.com/cio-relay/cio-relay/sink"
+	"github.com/cio-relay/cio-relay/worker"
+)
+
+// speedup makes the stand-in's clock run this many times faster than the
+// wall clock, so Customer.io's 10-second pacing per broadcast is exercised
+// in a second of test time. The worker paces at 10s/speedup.
+const speedup = 10
+
+// TestDirectCalls sends a burst of 50 broadcast triggers across 3 broadcasts,
+// two invalid triggers and suppressions with tricky identifiers through real
+// NATS and the worker, against the stand-in's App and Track APIs.
+func TestDirectCalls(t *testing.T) {
+	base := time.Now()
+	scaled := func() time.Time { return base.Add(time.Since(base) * speedup) }
+	e := newEnv(t, ciotest.Options{AppKey: "app-key", SiteID: "site-1", TrackKey: "track-key", Now: scaled})
+
+	client := sink.NewHTTPClient(4, 5*time.Second)
+	app, err := sink.NewApp(sink.AppOptions{URL: e.cio.AppURL(), APIKey: func() string { return "app-key" }, UserAgent: "test", Client: client})
+	if err != nil {
+		t.Fatal(err)
+	}
+	track, err := sink.NewTrack(sink.TrackOptions{URL: e.cio.TrackURL(), SiteID: "site-1", APIKey: func() string { return "track-key" }, UserAgent: "test", Client: client})
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.startWorker(t, worker.Options{
+		App: app, Track: track,
+		BroadcastInterval: trigger10s / speedup,
+		FlushInterval:     20 * time.Millisecond,
+		RetryInitial:      10 * time.Millisecond, RetryMaxInterval: 100 * time.Millisecond,
+	})
+
+	// 50 triggers: most coalescable (same data, ignore-missing set), some
+	// with their own data (never merged), some by email.
+	want := map[int64][]string{} // broadcast → every recipient that must be triggered
+	var msgs []published
+	for i := range 50 {
+		b := int64(1 + i%3)
+		var body string
+		switch {
+		case i%10 == 9:
+			body = fmt.Sprintf(`{"broadcast_id":%d,"ids":["u-%d"],"id_ignore_missing":true,"data":{"n":%d}}`, b, i, i)
+			want[b] = append(want[b], fmt.Sprintf("u-%d", i))
+		case i%7 == 0:
+			body = fmt.Sprintf(`{"broadcast_id":%d,"emails":["p%d@x.io"],"email_ignore_missing":true,"data":{"promo":"<b>&"}}`, b, i)
+			want[b] = append(want[b], fmt.Sprintf("p%d@x.io", i))
+		default:
+			body = fmt.Sprintf(`{"broadcast_id":%d,"ids":["u-%d"],"id_ignore_missing":true,"data":{"promo":"<b>&"}}`, b, i)
+			want[b] = append(want[b], fmt.Sprintf("u-%d", i))
+		}
+		msgs = append(msgs, published{subject: worker.SubjectBroadcast, body: []byte(body), key: fmt.Sprintf("t-%d", i), valid: true})
+	}
+	invalid := []published{
+		{subject: worker.SubjectBroadcast, body: []byte(`{"broadcast_id":1,"data":{}}`), key: "no-audience"},
+		{subject: worker.SubjectBroadcast, body: []byte(`{"broadcast_id":2,"ids":["a"],"emails":["a@x.io"]}`), key: "two-audiences"},
+	}
+	supps := []struct{ subject, id string }{
+		{worker.SubjectSuppress, "a+b@x.io"},
+		{worker.SubjectUnsuppress, "ünï/cödé"},
+		{worker.SubjectSuppress, "cio_abc123"},
+	}
+	for _, s := range supps {
+		body, _ := json.Marshal(map[string]string{"identifier": s.id})
+		msgs = append(msgs, published{subject: s.subject, body: body, valid: true})
+	}
+	msgs = append(msgs, invalid...)
+	e.publishAll(t, msgs)
+
+	// Every recipient triggered: wait for the stand-in to have seen them all.
+	waitFor(t, 60*time.Second, "all 50 triggers to reach the stand-in", func() bool {
+		n := 0
+		for _, tr := range e.cio.Triggers() {
+			n += len(recipients(t, tr.Body))
+		}
+		return n >= 50
+	})
+	waitFor(t, 30*time.Second, "the direct consumer to settle everything", func() bool {
+		c, err := e.js.Consumer(context.Background(), "CIO", "cio-relay-direct")
+		if err != nil {
+			return false
+		}
+		info, err := c.Info(context.Background())
+		return err == nil && info.NumPending == 0 && info.NumAckPending == 0
+	})
+
+	got := map[int64][]string{}
+	last := map[int64]time.Time{}
+	var maxWait time.Duration
+	for _, tr := range e.cio.Triggers() {
+		if prev, ok := last[tr.BroadcastID]; ok {
+			gap := tr.Time.Sub(prev)
+			if gap < trigger10s {
+				t.Errorf("broadcast %d called twice within %v (stand-in clock)", tr.BroadcastID, gap)
+			}
+			maxWait = max(maxWait, gap)
+		}
+		last[tr.BroadcastID] = tr.Time
+		got[tr.BroadcastID] = append(got[tr.BroadcastID], recipients(t, tr.Body)...)
+	}
+	for b, w := range want {
+		g := slices.Clone(got[b])
+		sort.Strings(g)
+		sort.Strings(w)
+		if !slices.Equal(g, w) {
+			t.Errorf("broadcast %d triggered for %v, want each of %v exactly once", b, g, w)
+		}
+	}
+	st := e.cio.Stats()
+	requests := len(e.cio.Triggers())
+	if requests >= 50 {
+		t.Errorf("%d trigger requests for 50 triggers: nothing was coalesced", requests)
+	}
+	t.Logf("50 triggers across 3 broadcasts: %d requests, %d answered 429, longest gap between requests of one broadcast %v (stand-in clock)",
+		requests, st.RateLimited, maxWait)
+
+	reasons, dead := dlqReasons(t, e)
+	if reasons["audience"] != 2 || dead != 2 {
+		t.Errorf("dead letters by reason %v, want exactly the 2 invalid audiences", reasons)
+	}
+	if n := len(e.cio.Triggers()); n == 0 {
+		t.Fatal("no triggers")
+	}
+
+	var gotSupps []string
+	for _, s := range e.cio.Suppressions() {
+		gotSupps = append(gotSupps, s.Action+" "+s.Identifier)
+	}
+	var wantSupps []string
+	for _, s := range supps {
+		action := "suppress"
+		if s.subject == worker.SubjectUnsuppress {
+			action = "unsuppress"
+		}
+		wantSupps = append(wantSupps, action+" "+s.id)
+	}
+	sort.Strings(gotSupps)
+	sort.Strings(wantSupps)
+	if !slices.Equal(gotSupps, wantSupps) {
+		t.Errorf("suppressions %q, want %q", gotSupps, wantSupps)
+	}
+}
+
+const trigger10s = 10 * time.Second
+
+// recipients returns the ids or emails a trigger body names.
+func recipients(t *testing.T, body []byte) []string {
+	t.Helper()
+	var b struct {
+		IDs    []json.RawMessage `json:"ids"`
+		Emails []string          `json:"emails"`
+	}
+	if err := json.Unmarshal(body, &b); err != nil {
+		t.Fatalf("trigger body: %v", err)
+	}
+	out := slices.Clone(b.Emails)
+	for _, id := range b.IDs {
+		var s string
+		if json.Unmarshal(id, &s) != nil {
+			s = string(id)
+		}
+		out = append(out, s)
+	}
+	return out
+}
+
+// dlqReasons counts the dead-letter stream's messages by reason.
+func dlqReasons(t *testing.T, e *env) (map[string]int, int) {
+	t.Helper()
+	ctx := context.Background()
+	s, err := e.js.Stream(ctx, "CIO_DLQ")
+	if err != nil {
+		t.Fatalf("dead-letter stream: %v", err)
+	}
+	info, err := s.Info(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	reasons, n := map[string]int{}, 0
+	for seq := info.State.FirstSeq; info.State.Msgs > 0 && seq <= info.State.LastSeq; seq++ {
+		m, err := s.GetMsg(ctx, seq)
+		if err != nil {
+			continue // deleted
+		}
+		r, err := deadletter.ParseRecord(m.Header)
+		if err != nil {
+			t.Fatalf("dead letter %d: %v", seq, err)
+		}
+		reasons[r.Reason]++
+		n++
+	}
+	return reasons, n
+}
