@@ -88,14 +88,16 @@ func TestDirectCalls(t *testing.T) {
 		}
 		return n >= 50
 	})
-	waitFor(t, 30*time.Second, "the direct consumer to settle everything", func() bool {
-		c, err := e.js.Consumer(context.Background(), "CIO", "cio-relay-direct")
-		if err != nil {
-			return false
-		}
-		info, err := c.Info(context.Background())
-		return err == nil && info.NumPending == 0 && info.NumAckPending == 0
-	})
+	for _, name := range []string{"cio-relay-broadcast", "cio-relay-suppress"} {
+		waitFor(t, 30*time.Second, name+" to settle everything", func() bool {
+			c, err := e.js.Consumer(context.Background(), "CIO", name)
+			if err != nil {
+				return false
+			}
+			info, err := c.Info(context.Background())
+			return err == nil && info.NumPending == 0 && info.NumAckPending == 0
+		})
+	}
 
 	got := map[int64][]string{}
 	last := map[int64]time.Time{}

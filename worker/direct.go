@@ -34,24 +34,35 @@ type Suppressor interface {
 	Unsuppress(ctx context.Context, identifier string) error
 }
 
-// directSubjects are the subjects the direct consumer takes: only those whose
-// API has credentials. The others stay in the stream, unconsumed, until a
-// worker with credentials runs: nothing is dropped for want of a key.
-func (w *Worker) directSubjects() []string {
-	var s []string
+// directConsumer is one durable consumer of direct calls.
+type directConsumer struct {
+	name     string
+	subjects []string
+}
+
+// directConsumers are the consumers of direct calls, one per API that has
+// credentials: RELAY_CONSUMER with "-broadcast" or "-suppress" appended.
+// Separate from the batch consumer, a broadcast waiting for its 10-second
+// turn never holds up batches; separate from each other, replicas configured
+// with different credentials never rewrite each other's filters, so one
+// replica alone can be given the App API key (strict pacing). An API without
+// credentials has no consumer: its messages stay in the stream, unconsumed,
+// until a worker with credentials runs. Nothing is dropped for want of a key.
+func (w *Worker) directConsumers() []directConsumer {
+	var cs []directConsumer
 	if w.opts.App != nil {
-		s = append(s, SubjectBroadcast)
+		cs = append(cs, directConsumer{w.opts.Consumer + "-broadcast", []string{SubjectBroadcast}})
 	}
 	if w.opts.Track != nil {
-		s = append(s, SubjectSuppress, SubjectUnsuppress)
+		cs = append(cs, directConsumer{w.opts.Consumer + "-suppress", []string{SubjectSuppress, SubjectUnsuppress}})
 	}
-	return s
+	return cs
 }
 
 // runDirect consumes direct calls until iter is drained: suppressions go to a
 // small pool of senders; triggers go through the pacer, which releases at
 // most one request per broadcast per trigger.Interval and coalesces what
-// waits. It never blocks batch delivery: it has its own consumer.
+// waits.
 func (w *Worker) runDirect(ctx context.Context, iter jetstream.MessagesContext, leases *leases[*held]) {
 	pacer, err := trigger.NewPacer[*held](trigger.PacerOptions{Interval: w.opts.BroadcastInterval})
 	if err != nil {

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"slices"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -144,32 +145,28 @@ func (w *Worker) bindDLQ(ctx context.Context) error {
 	}
 }
 
-// bindDirect creates, updates or looks up the consumer of direct calls:
-// RELAY_CONSUMER with "-direct" appended. It is separate from the batch
-// consumer so a broadcast waiting for its 10-second turn never holds up
-// batches, and so one replica can be given the direct calls alone.
-func (w *Worker) bindDirect(ctx context.Context, subjects []string) (jetstream.Consumer, error) {
-	name := w.opts.Consumer + "-direct"
+// bindDirect creates, updates or looks up one consumer of direct calls.
+func (w *Worker) bindDirect(ctx context.Context, dc directConsumer) (jetstream.Consumer, error) {
 	if w.opts.ManageStreams {
 		cfg := w.consumerConfig()
-		cfg.Durable = name
-		cfg.Description = "cio-relay direct calls: broadcast triggers and suppressions"
-		cfg.FilterSubjects = subjects
+		cfg.Durable = dc.name
+		cfg.Description = "cio-relay direct calls: " + strings.Join(dc.subjects, ", ")
+		cfg.FilterSubjects = dc.subjects
 		// Triggers wait for their broadcast's turn; keep the bound small so
 		// they are not all handed to one replica.
 		cfg.MaxAckPending = 1000
 		cons, err := w.js.CreateOrUpdateConsumer(ctx, w.opts.Stream, cfg)
 		if err != nil {
-			return nil, fmt.Errorf("creating or updating consumer %s on stream %s: %w", name, w.opts.Stream, err)
+			return nil, fmt.Errorf("creating or updating consumer %s on stream %s: %w", dc.name, w.opts.Stream, err)
 		}
 		return cons, nil
 	}
-	cons, err := w.js.Consumer(ctx, w.opts.Stream, name)
+	cons, err := w.js.Consumer(ctx, w.opts.Stream, dc.name)
 	if errors.Is(err, jetstream.ErrConsumerNotFound) {
-		return nil, fmt.Errorf("consumer %s not found on stream %s and RELAY_MANAGE_STREAMS=false: create a durable pull consumer with explicit ack and filter subjects %q", name, w.opts.Stream, subjects)
+		return nil, fmt.Errorf("consumer %s not found on stream %s and RELAY_MANAGE_STREAMS=false: create a durable pull consumer with explicit ack and filter subjects %q", dc.name, w.opts.Stream, dc.subjects)
 	}
 	if err != nil {
-		return nil, fmt.Errorf("looking up consumer %s on stream %s: %w", name, w.opts.Stream, err)
+		return nil, fmt.Errorf("looking up consumer %s on stream %s: %w", dc.name, w.opts.Stream, err)
 	}
 	return cons, nil
 }

@@ -224,17 +224,19 @@ func (w *Worker) Run(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("consuming from %s/%s: %w", w.opts.Stream, w.opts.Consumer, err)
 	}
-	var directIter jetstream.MessagesContext
-	if subjects := w.directSubjects(); len(subjects) > 0 {
-		dc, err := w.bindDirect(ctx, subjects)
+	var directIters []jetstream.MessagesContext
+	for _, dc := range w.directConsumers() {
+		cons, err := w.bindDirect(ctx, dc)
 		if err != nil {
 			return err
 		}
 		// Direct calls are few and slow (one trigger per broadcast per
 		// 10s): pull little ahead.
-		if directIter, err = dc.Messages(jetstream.PullMaxMessages(100)); err != nil {
-			return fmt.Errorf("consuming direct calls: %w", err)
+		it, err := cons.Messages(jetstream.PullMaxMessages(100))
+		if err != nil {
+			return fmt.Errorf("consuming from %s/%s: %w", w.opts.Stream, dc.name, err)
 		}
+		directIters = append(directIters, it)
 	}
 	if w.opts.App == nil {
 		w.log.Warn("broadcast triggers not configured (CIO_APP_API_KEY unset): messages on " + SubjectBroadcast +
@@ -274,8 +276,8 @@ func (w *Worker) Run(ctx context.Context) error {
 			// Drain: stop pulling but hand out what is already buffered,
 			// so it is delivered or nakked rather than left to time out.
 			iter.Drain()
-			if directIter != nil {
-				directIter.Drain()
+			for _, it := range directIters {
+				it.Drain()
 			}
 			timer := time.NewTimer(w.opts.ShutdownTimeout)
 			defer timer.Stop()
@@ -305,8 +307,8 @@ func (w *Worker) Run(ctx context.Context) error {
 		})
 	})
 	pipe.Go(func() { w.dispatch(sendCtx, batches, leases) })
-	if directIter != nil {
-		pipe.Go(func() { w.runDirect(sendCtx, directIter, leases) })
+	for _, it := range directIters {
+		pipe.Go(func() { w.runDirect(sendCtx, it, leases) })
 	}
 	pipe.Wait()
 
