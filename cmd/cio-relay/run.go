@@ -56,11 +56,16 @@ func serve(ctx context.Context, cfg *config.Config, log *slog.Logger, stdout io.
 		defer srv.Shutdown()
 		url = srv.ClientURL()
 	}
+	// A pod that starts before NATS waits for it instead of crash-looping.
+	opts = append(opts, nats.RetryOnFailedConnect(true))
 	nc, err := nats.Connect(url, opts...)
 	if err != nil {
 		return fmt.Errorf("connecting to NATS: %w", err)
 	}
 	defer nc.Close()
+	if err := waitConnected(ctx, nc, log); err != nil {
+		return err
+	}
 	js, err := jetstream.New(nc)
 	if err != nil {
 		return fmt.Errorf("opening JetStream: %w", err)
@@ -143,6 +148,27 @@ func secretFunc(s config.Secret, log *slog.Logger) func() string {
 		current = next
 		return current.Reveal()
 	}
+}
+
+// waitConnected returns once nc is connected, logging every 10s meanwhile,
+// or when ctx is done.
+func waitConnected(ctx context.Context, nc *nats.Conn, log *slog.Logger) error {
+	tick := time.NewTicker(100 * time.Millisecond)
+	defer tick.Stop()
+	start := time.Now()
+	lastLog := start
+	for !nc.IsConnected() {
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("waiting for NATS: %w", context.Cause(ctx))
+		case now := <-tick.C:
+			if now.Sub(lastLog) >= 10*time.Second {
+				lastLog = now
+				log.Warn("waiting for NATS", "servers", nc.Servers(), "waited", now.Sub(start).Round(time.Second).String(), "err", nc.LastError())
+			}
+		}
+	}
+	return nil
 }
 
 // newSender returns the CDP client, or the dry-run sink when no API key is
