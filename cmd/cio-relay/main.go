@@ -4,6 +4,8 @@
 // Usage:
 //
 //	cio-relay [run] [flags]   run the worker (the default)
+//	cio-relay dlq COMMAND     inspect, replay and purge the dead-letter stream
+//	cio-relay publish [FILE]  publish NDJSON calls to the queue
 //	cio-relay version         print the version
 //
 // Every setting is an environment variable with a matching flag; run
@@ -37,6 +39,10 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	switch cmd {
 	case "run":
 		return runWorker(ctx, args, getenv, stdout, stderr)
+	case "dlq":
+		return runDLQ(ctx, args, getenv, os.Stdin, stdout, stderr)
+	case "publish":
+		return runPublish(ctx, args, getenv, os.Stdin, stdout, stderr)
 	case "version":
 		fmt.Fprintln(stdout, "cio-relay", version())
 		return 0
@@ -53,6 +59,8 @@ const usage = `cio-relay delivers customer events from NATS JetStream to Custome
 
 Commands:
   run       run the worker (default); "cio-relay run -h" lists every setting
+  dlq       inspect, replay and purge the dead-letter stream ("cio-relay dlq -h")
+  publish   publish NDJSON calls to the queue ("cio-relay publish -h")
   version   print the version
   help      print this help
 `

@@ -1,0 +1,187 @@
+package main
+
+import (
+	"bytes"
+	"encoding/json"
+	"log/slog"
+	"net"
+	"net/url"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/cio-relay/cio-relay/config"
+	"github.com/cio-relay/cio-relay/deadletter"
+)
+
+// seedDLQ creates the CIO and CIO_DLQ streams and dead-letters one call
+// per reason, on cio.track.
+func seedDLQ(t *testing.T, js jetstream.JetStream, reasons ...string) {
+	t.Helper()
+	ctx := t.Context()
+	if _, err := js.CreateStream(ctx, jetstream.StreamConfig{Name: "CIO", Subjects: []string{"cio.>"}, Duplicates: 2 * time.Minute}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := js.CreateStream(ctx, deadletter.StreamConfig("CIO_DLQ", time.Hour, -1)); err != nil {
+		t.Fatal(err)
+	}
+	for i, r := range reasons {
+		m := deadletter.Msg("cio.track", nil, []byte(`{"userId":"u","event":"`+r+`"}`),
+			deadletter.Record{Reason: r, Stream: "CIO", StreamSeq: uint64(i + 1)})
+		if err := deadletter.Publish(ctx, js, m); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// runDLQFor runs cio-relay dlq with the environment vars.
+func runDLQFor(t *testing.T, vars map[string]string, stdin string, args ...string) (code int, stdout, stderr string) {
+	t.Helper()
+	var out, errOut bytes.Buffer
+	code = runDLQ(t.Context(), args, env(vars), strings.NewReader(stdin), &out, &errOut)
+	t.Logf("cio-relay dlq %s → %d\nstdout:\n%sstderr:\n%s", strings.Join(args, " "), code, out.String(), errOut.String())
+	return code, out.String(), errOut.String()
+}
+
+// jsonTotal reads the total of dlq stats --json.
+func jsonTotal(t *testing.T, out string) int {
+	t.Helper()
+	var s struct{ Total int }
+	if err := json.Unmarshal([]byte(out), &s); err != nil {
+		t.Fatalf("stats --json: %v: %q", err, out)
+	}
+	return s.Total
+}
+
+func TestRunDLQ(t *testing.T) {
+	e := newNATSEnv(t)
+	seedDLQ(t, e.js, "rejected", "rejected", "invalid_json")
+	url := e.srv.URL()
+	tests := []struct {
+		name     string
+		vars     map[string]string
+		stdin    string
+		args     []string
+		wantCode int
+		wantOut  string
+		wantErr  string
+	}{
+		{"stats", map[string]string{"NATS_URL": url}, "", []string{"stats"}, 0, "CIO_DLQ: 3 dead letters", ""},
+		{"list, NATS_URL as a flag", nil, "", []string{"list", "--reason", "invalid_json", "-nats-url", url}, 0, "invalid_json", ""},
+		{"other dead-letter stream", map[string]string{"NATS_URL": url, "RELAY_DLQ_STREAM": "DLQ2"}, "", []string{"stats"}, 1, "", "dead-letter stream DLQ2 not found"},
+		{"replay", map[string]string{"NATS_URL": url}, "", []string{"replay", "--reason", "rejected"}, 0, "matched 2, replayed 2, failed 0, skipped 0", ""},
+		{"purge declined", map[string]string{"NATS_URL": url}, "no\n", []string{"purge"}, 1, "", "Delete 1 messages from CIO_DLQ? [y/N] nothing deleted"},
+		{"purge", map[string]string{"NATS_URL": url}, "", []string{"purge", "--yes"}, 0, "deleted 1 of 1", ""},
+		{"help", nil, "", []string{"-h"}, 0, "Usage: cio-relay dlq COMMAND", ""},
+		{"no command", nil, "", nil, 2, "", "missing command"},
+		{"bad flag value", nil, "", []string{"list", "--limit", "x"}, 2, "", `invalid value "x" for flag -limit`},
+		{"unknown setting", nil, "", []string{"list", "-nats-urll", url}, 2, "", "invalid configuration"},
+		{"no server", map[string]string{"NATS_URL": "nats://" + unusedAddr(t)}, "", []string{"stats"}, 1, "", "connecting to NATS (NATS_URL)"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			code, out, errOut := runDLQFor(t, tt.vars, tt.stdin, tt.args...)
+			if code != tt.wantCode || !strings.Contains(out, tt.wantOut) || !strings.Contains(errOut, tt.wantErr) {
+				t.Errorf("exit code %d, stdout %q, stderr %q; want %d, %q, %q", code, out, errOut, tt.wantCode, tt.wantOut, tt.wantErr)
+			}
+		})
+	}
+}
+
+// unusedAddr returns a loopback address nothing listens on (nothing did a
+// moment ago).
+func unusedAddr(t *testing.T) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := l.Addr().String()
+	l.Close()
+	return addr
+}
+
+// withDataDir runs fn against JetStream on the data directory dir, as the
+// worker's embedded server would hold it.
+func withDataDir(t *testing.T, dir string, fn func(js jetstream.JetStream)) {
+	t.Helper()
+	srv, err := openDataDir(config.Embedded{DataDir: dir}, "test", slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() {
+		srv.Shutdown()
+		srv.WaitForShutdown()
+	}()
+	nc, err := nats.Connect(srv.ClientURL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fn(js)
+}
+
+// TestRunDLQEmbedded: with NATS_URL unset, the tools use the worker's
+// embedded server when it runs, and its data directory when it does not.
+func TestRunDLQEmbedded(t *testing.T) {
+	e := newNATSEnv(t)
+	seedDLQ(t, e.js, "rejected")
+	u, err := url.Parse(e.srv.URL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	stopped := t.TempDir()
+	withDataDir(t, stopped, func(js jetstream.JetStream) { seedDLQ(t, js, "rejected", "retries_exhausted") })
+
+	tests := []struct {
+		name      string
+		vars      map[string]string
+		wantCode  int
+		wantTotal int
+		wantErr   string
+	}{
+		{"worker running", map[string]string{"RELAY_EMBEDDED_LISTEN": u.Host}, 0, 1, ""},
+		{"worker running, listening on all interfaces", map[string]string{"RELAY_EMBEDDED_LISTEN": ":" + u.Port()}, 0, 1, ""},
+		{"worker stopped", map[string]string{"RELAY_EMBEDDED_LISTEN": unusedAddr(t), "RELAY_DATA_DIR": stopped}, 0, 2, "opened its data directory"},
+		{"worker stopped, no data directory", map[string]string{"RELAY_EMBEDDED_LISTEN": unusedAddr(t), "RELAY_DATA_DIR": filepath.Join(stopped, "none")},
+			1, 0, "is not a directory to open instead"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			code, out, errOut := runDLQFor(t, tt.vars, "", "stats", "--json")
+			if code != tt.wantCode || !strings.Contains(errOut, tt.wantErr) {
+				t.Fatalf("exit code %d, stderr %q; want %d and %q", code, errOut, tt.wantCode, tt.wantErr)
+			}
+			if code == 0 && jsonTotal(t, out) != tt.wantTotal {
+				t.Errorf("total %d; want %d", jsonTotal(t, out), tt.wantTotal)
+			}
+		})
+	}
+
+	// Published with the worker stopped, a call waits in the data
+	// directory for the worker.
+	var out, errOut bytes.Buffer
+	vars := map[string]string{"RELAY_EMBEDDED_LISTEN": unusedAddr(t), "RELAY_DATA_DIR": stopped}
+	code := runPublish(t.Context(), nil, env(vars), strings.NewReader(`{"type":"track","userId":"u","event":"Later","messageId":"m-later"}`), &out, &errOut)
+	if code != 0 || !strings.Contains(out.String(), "published 1,") {
+		t.Fatalf("publish: exit code %d, stdout %q, stderr %q", code, out.String(), errOut.String())
+	}
+	withDataDir(t, stopped, func(js jetstream.JetStream) {
+		m, err := js.Stream(t.Context(), "CIO")
+		if err != nil {
+			t.Fatal(err)
+		}
+		got, err := m.GetLastMsgForSubject(t.Context(), "cio.track")
+		if err != nil || got.Header.Get(jetstream.MsgIDHeader) != "m-later" {
+			t.Errorf("CIO in the data directory: %v, %v; want the published call", got, err)
+		}
+	})
+}

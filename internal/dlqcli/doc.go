@@ -1,0 +1,26 @@
+// Package dlqcli is the logic of "cio-relay dlq": it lists, shows, counts,
+// replays and purges the messages of the dead-letter stream (CIO_DLQ, whose
+// message format package deadletter defines).
+//
+// # Model
+//
+// A command reads the dead-letter stream as a walk: an ephemeral consumer
+// (no acks, in memory, removed at the end) fetched a batch at a time, so a
+// stream of 100k messages is never held in memory at once. The walk filters
+// by original subject on the server (cio.track is read as dlq.cio.track) and
+// by reason and time on the client, and it ends at the stream's last
+// sequence when it began: a message that a replay sends back and the worker
+// dead-letters again is not met twice in one run.
+//
+// A replay re-publishes a dead letter's original body to its original
+// subject, waits for the PubAck and only then deletes it from the
+// dead-letter stream. Its Nats-Msg-Id is derived from the dead-letter
+// sequence, so a replay stopped between the publish and the delete and then
+// run again is de-duplicated by JetStream instead of delivered twice; and a
+// cancelled replay finishes the message in hand before it stops.
+//
+// The command line is parsed by [Parse], which hands the flags it does not
+// know back to the caller for the connection settings, and run by
+// [Command.Run] against an [Env]: a JetStream client and the writers and
+// reader to use, so the whole command can be tested against a real server.
+package dlqcli
