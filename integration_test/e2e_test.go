@@ -9,13 +9,19 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 	"math/rand/v2"
+	"net/http"
+	"net/http/httptest"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/cio-relay/cio-relay/batcher"
 	"github.com/cio-relay/cio-relay/event"
@@ -230,7 +236,8 @@ func mix(r *rand.Rand) event.Type {
 // that the consumer ends with nothing pending.
 func TestEndToEnd(t *testing.T) {
 	e := newEnv(t, ciotest.Options{})
-	e.startWorker(t, worker.Options{FlushInterval: 200 * time.Millisecond, AckWait: 10 * time.Second})
+	reg := prometheus.NewRegistry()
+	e.startWorker(t, worker.Options{FlushInterval: 200 * time.Millisecond, AckWait: 10 * time.Second, Registerer: reg})
 
 	r := rand.New(rand.NewPCG(7, 11))
 	var msgs []published
@@ -365,6 +372,75 @@ func TestEndToEnd(t *testing.T) {
 	if fill < 0.80 {
 		t.Errorf("mean batch fill %.1f%%, want at least 80%%", 100*fill)
 	}
+
+	// The metrics an operator scrapes must agree with what Customer.io got.
+	invalid := len(msgs) - wantValid
+	m := scrape(t, reg)
+	for _, c := range []struct {
+		series string
+		want   float64
+	}{
+		{"cio_relay_calls_delivered_total", float64(st.CallsAccepted)},
+		{`cio_relay_batches_total{outcome="delivered"}`, float64(st.BatchesAccepted)},
+		{"cio_relay_batch_calls_count", float64(st.BatchesAccepted)},
+		{"cio_relay_batch_bytes_sum", float64(bodyBytes)},
+		{"cio_relay_dead_letters_total", float64(invalid)},
+		{"cio_relay_messages_consumed_total", float64(len(msgs))},
+		{`cio_relay_request_duration_seconds_count{api="cdp",status_class="2xx"}`, float64(st.BatchesAccepted)},
+		{"cio_relay_batches_in_flight", 0},
+	} {
+		if got := m.sum(c.series); got != c.want {
+			t.Errorf("metric %s = %v, want %v", c.series, got, c.want)
+		}
+	}
+}
+
+// metricsText is a scraped Prometheus text exposition.
+type metricsText map[string]float64 // series (name{labels}) → value
+
+// scrape serves reg over HTTP exactly as the worker's /metrics does and
+// parses what a Prometheus server would read.
+func scrape(t *testing.T, reg *prometheus.Registry) metricsText {
+	t.Helper()
+	srv := httptest.NewServer(promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+	defer srv.Close()
+	resp, err := http.Get(srv.URL)
+	if err != nil {
+		t.Fatalf("scraping metrics: %v", err)
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := metricsText{}
+	for _, line := range strings.Split(string(body), "\n") {
+		if line == "" || strings.HasPrefix(line, "#") {
+			continue
+		}
+		i := strings.LastIndexByte(line, ' ')
+		v, err := strconv.ParseFloat(line[i+1:], 64)
+		if err != nil {
+			t.Fatalf("metrics line %q: %v", line, err)
+		}
+		m[line[:i]] = v
+	}
+	return m
+}
+
+// sum adds every series whose name is name (any labels), or returns the one
+// series named exactly when name carries labels.
+func (m metricsText) sum(name string) float64 {
+	if strings.Contains(name, "{") {
+		return m[name]
+	}
+	total := 0.0
+	for series, v := range m {
+		if series == name || strings.HasPrefix(series, name+"{") {
+			total += v
+		}
+	}
+	return total
 }
 
 // TestNothingAckedWithoutA2xx answers every batch with 503 and checks that
