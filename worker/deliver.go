@@ -36,7 +36,7 @@ func (w *Worker) send(ctx context.Context, calls []*held, body []byte) {
 		w.m.batchBytes.Observe(float64(len(body)))
 		w.m.batchCalls.Observe(float64(len(calls)))
 		for _, h := range calls {
-			w.m.delivered.WithLabelValues(h.typ.String()).Inc()
+			w.m.deliveredByType.inc(h.typ)
 			w.settle(h, "ack", h.msg.Ack())
 		}
 	case sink.Reject:

@@ -2,6 +2,8 @@ package worker
 
 import (
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/cio-relay/cio-relay/event"
 )
 
 // metrics are the worker's Prometheus metrics. Labels take values from small
@@ -27,6 +29,26 @@ type metrics struct {
 	coalesced     prometheus.Counter       //
 	suppressions  *prometheus.CounterVec   // action
 	pacingWait    prometheus.Histogram     //
+
+	consumedByType, deliveredByType *byType
+}
+
+// byType holds one labelled child per call type, so the hot path does not
+// hash label values for every message.
+type byType [event.Alias + 1]prometheus.Counter
+
+func newByType(v *prometheus.CounterVec) *byType {
+	var b byType
+	for t := range b {
+		b[t] = v.WithLabelValues(event.Type(t).String())
+	}
+	return &b
+}
+
+func (b *byType) inc(t event.Type) {
+	if int(t) < len(b) {
+		b[t].Inc()
+	}
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -96,6 +118,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Buckets: []float64{0.01, 0.1, 1, 2.5, 5, 10, 20, 30, 60, 120, 300},
 		}),
 	}
+	m.consumedByType, m.deliveredByType = newByType(m.consumed), newByType(m.delivered)
 	if reg != nil {
 		reg.MustRegister(m.consumed, m.delivered, m.batches, m.batchBytes, m.batchCalls, m.requestTime,
 			m.retries, m.deadLetters, m.inFlight, m.acksFailed, m.authPaused, m.held, m.pending, m.ackPending,

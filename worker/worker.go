@@ -326,6 +326,9 @@ func (w *Worker) Run(ctx context.Context) error {
 // on calls; invalid ones are dead-lettered at once.
 func (w *Worker) read(ctx context.Context, iter jetstream.MessagesContext, idPrefix string, leases *leases[*held], calls chan<- batcher.Call[*held]) {
 	var prep event.Preparer
+	// Calls are prepared into a slab shared by many calls rather than one
+	// allocation each; a slab is released when the last batch using it is.
+	var slab []byte
 	for {
 		msg, err := iter.Next()
 		if err != nil {
@@ -338,7 +341,13 @@ func (w *Worker) read(ctx context.Context, iter jetstream.MessagesContext, idPre
 		if !ok {
 			continue
 		}
-		h.call, err = prep.Prepare(nil, h.typ, msg.Data(), h.id)
+		// Compaction only shrinks a body; what Prepare inserts is short.
+		if need := len(msg.Data()) + 128 + len(h.id.Override); cap(slab)-len(slab) < need {
+			slab = make([]byte, 0, max(slabSize, need))
+		}
+		start := len(slab)
+		slab, err = prep.Prepare(slab, h.typ, msg.Data(), h.id)
+		h.call = slab[start:len(slab):len(slab)]
 		if err != nil {
 			w.rejectInput(ctx, h, err, leases)
 			continue
@@ -346,6 +355,10 @@ func (w *Worker) read(ctx context.Context, iter jetstream.MessagesContext, idPre
 		calls <- batcher.Call[*held]{Data: h.call, Item: h}
 	}
 }
+
+// slabSize is the size of the buffers calls are prepared into: a few
+// hundred typical calls each.
+const slabSize = 256 << 10
 
 // hold takes a message into the worker's hands: reads its metadata, counts
 // it and starts extending its ack deadline.
@@ -364,11 +377,12 @@ func (w *Worker) hold(msg jetstream.Msg, idPrefix string, leases *leases[*held])
 	if hdr := msg.Headers(); hdr != nil {
 		h.id.Override = hdr.Get(deadletter.HeaderMessageID)
 	}
-	label := h.typ.String()
 	if h.typ == event.Unknown {
-		label = msg.Subject() // the direct consumer's subjects: a fixed, small set
+		// The direct consumers' subjects: a fixed, small set.
+		w.m.consumed.WithLabelValues(msg.Subject()).Inc()
+	} else {
+		w.m.consumedByType.inc(h.typ)
 	}
-	w.m.consumed.WithLabelValues(label).Inc()
 	if h.deliveries > 1 {
 		w.m.redeliveries.Inc()
 	}
