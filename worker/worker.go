@@ -265,7 +265,11 @@ func (w *Worker) Run(ctx context.Context) error {
 	var wg sync.WaitGroup
 	wg.Go(func() {
 		leases.run(bgCtx, w.opts.AckWait/3, func(err error) {
-			w.log.Warn("extending ack deadline failed", "err", err)
+			// A message settled between the keeper's snapshot and its
+			// InProgress is no one's concern.
+			if !errors.Is(err, jetstream.ErrMsgAlreadyAckd) {
+				w.log.Warn("extending ack deadline failed", "err", err)
+			}
 		})
 	})
 	wg.Go(func() { w.sampleConsumer(bgCtx, cons, leases) })
