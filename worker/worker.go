@@ -319,6 +319,13 @@ func (w *Worker) Run(ctx context.Context) error {
 	close(stopped)
 	stopBackground()
 	wg.Wait()
+	// Acks and naks are buffered publishes: make sure the server has them
+	// before the process goes away.
+	if nc := w.js.Conn(); nc != nil {
+		if err := nc.FlushTimeout(5 * time.Second); err != nil {
+			w.log.Warn("flushing acks at shutdown", "err", err)
+		}
+	}
 	if ctx.Err() != nil {
 		w.log.Info("stopped", "reason", context.Cause(ctx).Error())
 		return nil

@@ -19,6 +19,11 @@ type Fault struct {
 	Reset bool
 	// Delay is waited first, before the answer or the reset.
 	Delay time.Duration
+	// Slow makes the Fault only a Delay: the request is then handled
+	// normally (a slow Customer.io, not a failing one). Other fields are
+	// ignored. A client that gives up during the delay is recorded as a
+	// fault with status 0, and nothing is applied.
+	Slow bool
 }
 
 // fault applies f to a request instead of handling it. The request is

@@ -338,8 +338,23 @@ func (s *Server) serve(w http.ResponseWriter, r *http.Request) {
 	if s.opts.Fault != nil {
 		probe := req
 		if f := s.opts.Fault(&probe); f != nil {
-			s.fault(w, r, &req, f)
-			return
+			if !f.Slow {
+				s.fault(w, r, &req, f)
+				return
+			}
+			// Slow: wait, then answer as Customer.io would.
+			t := time.NewTimer(f.Delay)
+			defer t.Stop()
+			select {
+			case <-t.C:
+			case <-r.Context().Done():
+				s.mu.Lock()
+				s.recordLocked(&req, 0, OutcomeFault, "client gave up while the answer was delayed")
+				s.mu.Unlock()
+				return
+			case <-s.done:
+				return
+			}
 		}
 	}
 	var resp response

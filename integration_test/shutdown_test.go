@@ -1,0 +1,121 @@
+package integration_test
+
+import (
+	"context"
+	"fmt"
+	"math/rand/v2"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/cio-relay/cio-relay/event"
+	"github.com/cio-relay/cio-relay/internal/ciotest"
+	"github.com/cio-relay/cio-relay/sink"
+	"github.com/cio-relay/cio-relay/worker"
+)
+
+// TestShutdown stops a worker while Customer.io is slow and batches are in
+// flight. Run must return nil within the shutdown timeout; at that moment no
+// message may be held (each is acked or nakked, none left to its ack wait),
+// and every acked message must be one the stand-in accepted. A second worker
+// then delivers the rest: every call exactly once overall.
+func TestShutdown(t *testing.T) {
+	tests := []struct {
+		name     string
+		delay    time.Duration // how long the stand-in takes to answer
+		shutdown time.Duration // RELAY_SHUTDOWN_TIMEOUT
+	}{
+		// In-flight sends finish within the timeout and are acked.
+		{"sends finish", 300 * time.Millisecond, 5 * time.Second},
+		// In-flight sends outlast the timeout and are nakked.
+		{"sends cut off", 20 * time.Second, 300 * time.Millisecond},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			release := make(chan struct{}) // closed: Customer.io is fast again
+			var arrived atomic.Int32
+			e := newEnv(t, ciotest.Options{Fault: func(*ciotest.Request) *ciotest.Fault {
+				arrived.Add(1)
+				select {
+				case <-release:
+					return nil
+				default:
+					return &ciotest.Fault{Delay: tt.delay, Slow: true}
+				}
+			}})
+
+			cdp, err := sink.NewCDP(sink.CDPOptions{URL: e.cio.CDPURL(), APIKey: func() string { return cdpKey },
+				UserAgent: "test", Client: sink.NewHTTPClient(4, time.Minute)})
+			if err != nil {
+				t.Fatal(err)
+			}
+			opts := worker.Options{ManageStreams: true, BatchMaxCalls: 10, SendConcurrency: 2,
+				FlushInterval: 20 * time.Millisecond, ShutdownTimeout: tt.shutdown, AckWait: time.Minute}
+			w, err := worker.New(e.js, cdp, opts)
+			if err != nil {
+				t.Fatal(err)
+			}
+			ctx, cancel := context.WithCancel(context.Background())
+			done := make(chan error, 1)
+			go func() { done <- w.Run(ctx) }()
+			waitFor(t, 10*time.Second, "consumer", func() bool {
+				_, err := e.js.Consumer(context.Background(), "CIO", "cio-relay")
+				return err == nil
+			})
+
+			r := rand.New(rand.NewPCG(5, 5))
+			var msgs []published
+			for i := range 100 {
+				key := fmt.Sprintf("s-%03d", i)
+				msgs = append(msgs, published{subject: "cio.track", body: makeCall(r, event.Track, key, 300, true), key: key, valid: true})
+			}
+			e.publishAll(t, msgs)
+			// Both senders busy: batches are in flight.
+			waitFor(t, 10*time.Second, "two requests in flight", func() bool { return arrived.Load() >= 2 })
+
+			stopped := time.Now()
+			cancel()
+			select {
+			case err := <-done:
+				if err != nil {
+					t.Fatalf("Run = %v, want nil after a shutdown", err)
+				}
+			case <-time.After(tt.shutdown + 5*time.Second):
+				t.Fatalf("Run did not return within the %v shutdown timeout", tt.shutdown)
+			}
+			took := time.Since(stopped)
+
+			// A nakked message stays ack-pending on the server until it is
+			// redelivered, so what tells a nak from a message left to its
+			// ack wait is how soon the next worker gets it (below).
+			info := consumerInfo(t, e.js)
+			delivered := len(e.cio.Delivered())
+			acked := 100 - int(info.NumPending) - info.NumAckPending
+			t.Logf("shutdown took %v: %d delivered, %d acked, %d nakked, %d never pulled",
+				took.Round(time.Millisecond), delivered, acked, info.NumAckPending, info.NumPending)
+			if acked != delivered {
+				t.Errorf("%d acked but %d delivered: an ack without delivery, or a delivery left unacked", acked, delivered)
+			}
+
+			// The rest goes out with the next worker, each call exactly once,
+			// well before the one-minute ack wait: nothing was left held.
+			close(release)
+			e.startWorker(t, worker.Options{FlushInterval: 20 * time.Millisecond})
+			wctx, wcancel := context.WithTimeout(context.Background(), 20*time.Second)
+			defer wcancel()
+			if err := e.cio.WaitDelivered(wctx, 100); err != nil {
+				t.Fatalf("after restart: %v", err)
+			}
+			seen := map[string]int{}
+			for _, c := range e.cio.Delivered() {
+				seen[c.MessageID]++
+			}
+			for _, m := range msgs {
+				if seen[m.key] != 1 {
+					t.Errorf("%s delivered %d times", m.key, seen[m.key])
+				}
+			}
+		})
+	}
+}
