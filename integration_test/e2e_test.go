@@ -64,40 +64,7 @@ func newEnv(t *testing.T, opts ciotest.Options) *env {
 // and fails the test if Run returns an error.
 func (e *env) startWorker(t *testing.T, opts worker.Options) {
 	t.Helper()
-	cdp, err := sink.NewCDP(sink.CDPOptions{
-		URL:       e.cio.CDPURL(),
-		APIKey:    func() string { return cdpKey },
-		UserAgent: "cio-relay/test",
-		Client:    sink.NewHTTPClient(8, 10*time.Second),
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	opts.ManageStreams = true
-	w, err := worker.New(e.js, cdp, opts)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- w.Run(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		select {
-		case err := <-done:
-			if err != nil {
-				t.Errorf("worker.Run: %v", err)
-			}
-		case <-time.After(30 * time.Second):
-			t.Errorf("worker did not stop within 30s")
-		}
-	})
-	// The worker creates the stream; publishing before it exists would
-	// fail, so wait for the consumer to appear.
-	waitFor(t, 10*time.Second, "consumer to be created", func() bool {
-		_, err := e.js.Consumer(context.Background(), "CIO", "cio-relay")
-		return err == nil
-	})
+	e.runWorker(t, opts, 0)
 }
 
 // waitFor polls cond until it holds. It is for state that has no event to

@@ -32,10 +32,11 @@ func fastOptions() worker.Options {
 	}
 }
 
-// runWorker is startWorker with what failure tests need besides: its own
-// metrics registry, the Worker itself (for Ready) and a chosen HTTP client
-// timeout. It runs until the test ends and fails the test if Run returns an
-// error.
+// runWorker runs a worker delivering to the stand-in until the test ends,
+// and fails the test if Run returns an error. It returns the Worker (for
+// Ready) and its metrics registry: opts.Registerer if that is a
+// *prometheus.Registry, a new one otherwise. clientTimeout bounds each HTTP
+// request (0: 10s).
 func (e *env) runWorker(t *testing.T, opts worker.Options, clientTimeout time.Duration) (*worker.Worker, *prometheus.Registry) {
 	t.Helper()
 	if clientTimeout == 0 {
@@ -50,8 +51,11 @@ func (e *env) runWorker(t *testing.T, opts worker.Options, clientTimeout time.Du
 	if err != nil {
 		t.Fatal(err)
 	}
-	reg := prometheus.NewRegistry()
-	opts.Registerer = reg
+	reg, ok := opts.Registerer.(*prometheus.Registry)
+	if !ok {
+		reg = prometheus.NewRegistry()
+		opts.Registerer = reg
+	}
 	opts.ManageStreams = true
 	w, err := worker.New(e.js, cdp, opts)
 	if err != nil {
