@@ -6,6 +6,7 @@
 //	cio-relay [run] [flags]   run the worker (the default)
 //	cio-relay dlq COMMAND     inspect, replay and purge the dead-letter stream
 //	cio-relay publish [FILE]  publish NDJSON calls to the queue
+//	cio-relay bench           measure throughput, batch fill and latency
 //	cio-relay version         print the version
 //
 // Every setting is an environment variable with a matching flag; run
@@ -43,6 +44,8 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		return runDLQ(ctx, args, getenv, os.Stdin, stdout, stderr)
 	case "publish":
 		return runPublish(ctx, args, getenv, os.Stdin, stdout, stderr)
+	case "bench":
+		return runBench(ctx, args, getenv, stdout, stderr)
 	case "version":
 		fmt.Fprintln(stdout, "cio-relay", version())
 		return 0
@@ -61,6 +64,7 @@ Commands:
   run       run the worker (default); "cio-relay run -h" lists every setting
   dlq       inspect, replay and purge the dead-letter stream ("cio-relay dlq -h")
   publish   publish NDJSON calls to the queue ("cio-relay publish -h")
+  bench     measure throughput, batch fill and latency on this machine ("cio-relay bench -h")
   version   print the version
   help      print this help
 `

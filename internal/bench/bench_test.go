@@ -1,0 +1,251 @@
+package bench
+
+import (
+	"bytes"
+	"context"
+	"net/http"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/cio-relay/cio-relay/batcher"
+	"github.com/cio-relay/cio-relay/event"
+)
+
+// TestBenchSmall runs every phase on a small backlog, so CI covers the bench
+// code: Run fails unless every call arrives exactly as published.
+func TestBenchSmall(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts a NATS server and the worker")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	var progress bytes.Buffer
+	r, err := Run(ctx, Config{
+		Events:          5_000,
+		StoreDir:        t.TempDir(),
+		LatencyRate:     2_000,
+		LatencyDuration: time.Second,
+		StallTimeout:    30 * time.Second,
+		Progress:        &progress,
+	})
+	if err != nil {
+		t.Fatalf("Run: %v\n%s", err, progress.String())
+	}
+	if r.Batches.DistinctArrived != 5_000 || r.Batches.Duplicates != 0 || r.Batches.UnknownIDs != 0 {
+		t.Errorf("backlog: %+v", r.Batches)
+	}
+	if over := r.Batches.OverLimit + r.Latency.Batches.OverLimit; over != 0 {
+		t.Errorf("%d over-limit requests", over)
+	}
+	if r.Batches.BadAuth+r.Batches.BadRequests != 0 {
+		t.Errorf("bad requests: %+v", r.Batches)
+	}
+	if r.Batches.MeanFill <= 0.8 {
+		t.Errorf("mean fill %.3f, want > 0.8", r.Batches.MeanFill)
+	}
+	if r.Bare.Events != 5_000 || r.Bare.EventsPerSec <= 0 || r.Worker.EventsPerSec <= 0 || r.Ratio <= 0 {
+		t.Errorf("rates: bare %+v, worker %+v, ratio %v", r.Bare, r.Worker, r.Ratio)
+	}
+	if l := r.Latency; l.Events != 2_000 || l.P50 <= 0 || l.P99 < l.P50 || l.Max < l.P99 || l.Max > 10 {
+		t.Errorf("latency: %+v", l)
+	}
+	var table, js bytes.Buffer
+	if err := r.WriteTable(&table); err != nil {
+		t.Fatal(err)
+	}
+	if err := r.WriteJSON(&js); err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{"bare consumer", "cio-relay", "latency", "mean fill", "GOMAXPROCS"} {
+		if !strings.Contains(table.String(), want) {
+			t.Errorf("table lacks %q:\n%s", want, table.String())
+		}
+	}
+	t.Logf("\n%s", table.String())
+}
+
+// BenchmarkEndToEnd runs the bench on 50,000 events per iteration (go test
+// -bench EndToEnd -benchtime 1x ./internal/bench).
+func BenchmarkEndToEnd(b *testing.B) {
+	var rate, bare, fill, allocs, cpu float64
+	for b.Loop() {
+		r, err := Run(context.Background(), Config{
+			Events:          50_000,
+			StoreDir:        b.TempDir(),
+			LatencyDuration: -1,
+		})
+		if err != nil {
+			b.Fatal(err)
+		}
+		rate += r.WorkerBacklogRate
+		bare += r.Bare.EventsPerSec
+		fill += r.Batches.MeanFill
+		allocs += r.Worker.AllocsPerEv
+		cpu += r.Worker.CPUSecondsPerMillion
+	}
+	n := float64(b.N)
+	b.ReportMetric(rate/n, "events/s")
+	b.ReportMetric(bare/n, "bare-events/s")
+	b.ReportMetric(rate/bare, "ratio")
+	b.ReportMetric(100*fill/n, "fill%")
+	b.ReportMetric(allocs/n, "allocs/event")
+	b.ReportMetric(cpu/n, "CPU-s/Mevent")
+}
+
+func TestGenerator(t *testing.T) {
+	const n = 20_000
+	g := newGenerator(7, "gen-")
+	var prep event.Preparer
+	counts := map[event.Type]int{}
+	var big, total int
+	for i := range n {
+		subject, body := g.next(i)
+		typ := event.TypeOfSubject(subject)
+		counts[typ]++
+		total += len(body)
+		if len(body) > sizeBody {
+			big++
+		}
+		if len(body) > sizeTail+100 {
+			t.Fatalf("call %d is %d bytes", i, len(body))
+		}
+		wire, err := prep.Prepare(nil, typ, body, event.ID{Prefix: "unused-", Seq: uint64(i)})
+		if err != nil {
+			t.Fatalf("call %d (%s) invalid: %v\n%s", i, subject, err, body)
+		}
+		if len(wire) > event.MaxCallBytes {
+			t.Fatalf("call %d is %d bytes on the wire", i, len(wire))
+		}
+		if want := `"messageId":"gen-` + strconv.Itoa(i) + `"`; !bytes.Contains(wire, []byte(want)) {
+			t.Fatalf("call %d lacks %s", i, want)
+		}
+	}
+	for _, m := range mix {
+		got := 100 * float64(counts[m.typ]) / n
+		if got < float64(m.pct)-1.5 || got > float64(m.pct)+1.5 {
+			t.Errorf("%s: %.1f%% of calls, want about %d%%", m.typ, got, m.pct)
+		}
+	}
+	if got := 100 * float64(big) / n; got < 0.5 || got > 2 {
+		t.Errorf("%.2f%% of calls over %d bytes, want about %d%%", got, sizeBody, tailPerCents)
+	}
+	if mean := total / n; mean < 900 || mean > 2000 {
+		t.Errorf("mean body %d bytes", mean)
+	}
+
+	// The same seed gives the same calls.
+	a, b := newGenerator(3, "x-"), newGenerator(3, "x-")
+	for i := range 100 {
+		sa, ba := a.next(i)
+		sb, bb := b.next(i)
+		if sa != sb || !bytes.Equal(ba, bb) {
+			t.Fatalf("call %d differs between two generators of one seed", i)
+		}
+	}
+}
+
+func TestScanBatch(t *testing.T) {
+	body := `{"batch":[{"type":"track","messageId":"m-1","properties":{"messageId":"inner","s":"a\"b\\","a":[1,{"x":"]}"}]}},` +
+		`{"note":"messageId","userId":7,"messageId":"m-2"},{"userId":"u"}]}`
+	calls, ids, err := scanBatch([]byte(body), nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(calls) != 3 {
+		t.Fatalf("%d calls", len(calls))
+	}
+	var gotIDs []string
+	for i, id := range ids {
+		gotIDs = append(gotIDs, body[id.start:id.end])
+		if c := body[calls[i].start:calls[i].end]; c[0] != '{' || c[len(c)-1] != '}' {
+			t.Errorf("call %d is %q", i, c)
+		}
+	}
+	if strings.Join(gotIDs, ",") != "m-1,m-2," {
+		t.Errorf("ids %q", gotIDs)
+	}
+	if _, _, err := scanBatch([]byte(`{"batch":[]}`), nil, nil); err != nil {
+		t.Errorf("empty batch: %v", err)
+	}
+	for _, bad := range []string{``, `{"batch":[}`, `{"batch":[{"a":1}`, `{"batch":[{"a":"1}]}`, `{"batch":[{"a":1}x]}`, `[{"a":1}]`, `{"batch":[1]}`} {
+		if _, _, err := scanBatch([]byte(bad), nil, nil); err == nil {
+			t.Errorf("%q: no error", bad)
+		}
+	}
+}
+
+func TestStandIn(t *testing.T) {
+	si := newStandIn("key")
+	defer si.Close()
+	tr := newTracker("p-", 3, true)
+	si.track(tr)
+	post := func(key, body string) int {
+		t.Helper()
+		req, _ := http.NewRequest(http.MethodPost, si.URL()+"/batch", strings.NewReader(body))
+		req.SetBasicAuth(key, "")
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		return resp.StatusCode
+	}
+	call := func(id string, pad int) string {
+		return `{"userId":"u","messageId":"` + id + `","p":"` + strings.Repeat("x", pad) + `"}`
+	}
+
+	if got := post("wrong", `{"batch":[]}`); got != http.StatusUnauthorized {
+		t.Errorf("wrong key: %d", got)
+	}
+	if got := post("key", `{"batch":[`+call("p-0", 10)+`,`+call("p-1", 10)+`,`+call("p-0", 10)+`]}`); got != http.StatusOK {
+		t.Errorf("valid batch: %d", got)
+	}
+	// A call one byte over 32,000: the whole request is dropped with a 200.
+	long := call("p-2", 0)
+	long = call("p-2", event.MaxCallBytes+1-len(long))
+	if got := post("key", `{"batch":[`+long+`]}`); got != http.StatusOK {
+		t.Errorf("over-limit call: %d", got)
+	}
+	// A body one byte over 500,000.
+	var sb strings.Builder
+	sb.WriteString(`{"batch":[`)
+	for i := 0; sb.Len() < batcher.MaxBatchBytes; i++ {
+		if i > 0 {
+			sb.WriteByte(',')
+		}
+		sb.WriteString(call("p-2", 20_000))
+	}
+	over := sb.String()[:batcher.MaxBatchBytes-1] + "]}"
+	if got := post("key", over); got != http.StatusOK {
+		t.Errorf("over-limit body: %d", got)
+	}
+	if got := post("key", `{"batch":[{"a":]}`); got != http.StatusBadRequest {
+		t.Errorf("malformed: %d", got)
+	}
+
+	s := tr.stats()
+	want := BatchStats{Requests: 5, Calls: 3, Short: 3, OverLimit: 2, CallsOverLimit: 1, Duplicates: 1, BadAuth: 1,
+		BadRequests: 1, DistinctArrived: 2}
+	s.BodyBytes, s.MeanFill, s.MeanCalls = 0, 0, 0
+	if s != want {
+		t.Errorf("stats\n got %+v\nwant %+v", s, want)
+	}
+	if tr.arrived[0].Load() == 0 || tr.arrived[1].Load() == 0 || tr.arrived[2].Load() != 0 {
+		t.Errorf("arrival times %d %d %d", tr.arrived[0].Load(), tr.arrived[1].Load(), tr.arrived[2].Load())
+	}
+	select {
+	case <-tr.done:
+		t.Error("done before every call arrived")
+	default:
+	}
+}
+
+func TestThousands(t *testing.T) {
+	for n, want := range map[int64]string{0: "0", 999: "999", 1000: "1,000", 1234567: "1,234,567", -1234: "-1,234"} {
+		if got := thousands(n); got != want {
+			t.Errorf("thousands(%d) = %q, want %q", n, got, want)
+		}
+	}
+}
