@@ -104,7 +104,7 @@ func invalid(r Reason, format string, args ...any) *InvalidError {
 // ready to use; it keeps a scratch buffer between calls, so it is not safe
 // for concurrent use.
 type Preparer struct {
-	scratch bytes.Buffer
+	scratch []byte
 }
 
 // ID is the messageId a call gets when its body has none: Prefix followed by
@@ -137,11 +137,13 @@ func (p *Preparer) Prepare(dst []byte, t Type, body []byte, id ID) ([]byte, erro
 	if !utf8.Valid(body) {
 		return dst, invalid(ReasonInvalidUTF8, "body is not valid UTF-8")
 	}
-	p.scratch.Reset()
-	if err := json.Compact(&p.scratch, body); err != nil {
-		return dst, invalid(ReasonInvalidJSON, "%v", err)
+	c, err := appendCompact(p.scratch[:0], body)
+	if err != nil {
+		// Rare: let encoding/json say where and why.
+		var b bytes.Buffer
+		return dst, invalid(ReasonInvalidJSON, "%v", json.Compact(&b, body))
 	}
-	c := p.scratch.Bytes()
+	p.scratch = c
 	if len(c) == 0 || c[0] != '{' {
 		return dst, invalid(ReasonInvalidJSON, "body must be a JSON object")
 	}
@@ -200,7 +202,7 @@ type fields struct {
 }
 
 func (f *fields) validate(t Type) error {
-	if f.typ != nil {
+	if f.typ != nil && !stringIs(f.typ, t.String()) {
 		s, ok := stringValue(f.typ)
 		if !ok {
 			return invalid(ReasonInvalidField, "type must be a string")
@@ -209,10 +211,8 @@ func (f *fields) validate(t Type) error {
 			return invalid(ReasonTypeMismatch, "type %q disagrees with the subject's %q", truncate(s), t)
 		}
 	}
-	if f.messageID != nil {
-		if s, ok := stringValue(f.messageID); !ok || s == "" {
-			return invalid(ReasonInvalidField, "messageId must be a non-empty string (omit it to have one derived)")
-		}
+	if f.messageID != nil && !isNonEmptyString(f.messageID) {
+		return invalid(ReasonInvalidField, "messageId must be a non-empty string (omit it to have one derived)")
 	}
 	hasUser := isID(f.userID)
 	switch t {
@@ -258,9 +258,16 @@ func isID(raw []byte) bool {
 	return isNonEmptyString(raw)
 }
 
+// isNonEmptyString reports whether raw, a valid JSON value, is a string
+// other than "": any escape decodes to at least one character.
 func isNonEmptyString(raw []byte) bool {
-	s, ok := stringValue(raw)
-	return ok && s != ""
+	return len(raw) > 2 && raw[0] == '"'
+}
+
+// stringIs reports whether raw, a valid JSON value, is a string written
+// without escapes as s; without allocating.
+func stringIs(raw []byte, s string) bool {
+	return len(raw) == len(s)+2 && raw[0] == '"' && string(raw[1:len(raw)-1]) == s
 }
 
 // stringValue decodes raw when it is a JSON string.

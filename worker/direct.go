@@ -83,6 +83,7 @@ func (w *Worker) runDirect(ctx context.Context, iter jetstream.MessagesContext, 
 	readerDone := make(chan struct{})
 	wg.Go(func() { w.pace(ctx, pacer, work, room, readerDone, leases) })
 
+	var helds []held // carved one by one, as in read
 	for {
 		msg, err := iter.Next()
 		if err != nil {
@@ -91,7 +92,7 @@ func (w *Worker) runDirect(ctx context.Context, iter jetstream.MessagesContext, 
 			}
 			break
 		}
-		h, ok := w.hold(msg, "", leases)
+		h, ok := w.hold(msg, "", leases, &helds)
 		if !ok {
 			continue
 		}

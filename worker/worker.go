@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -340,6 +341,7 @@ func (w *Worker) read(ctx context.Context, iter jetstream.MessagesContext, idPre
 	// Calls are prepared into a slab shared by many calls rather than one
 	// allocation each; a slab is released when the last batch using it is.
 	var slab []byte
+	var helds []held // carved one by one: one allocation per heldSlab messages
 	for {
 		msg, err := iter.Next()
 		if err != nil {
@@ -348,7 +350,7 @@ func (w *Worker) read(ctx context.Context, iter jetstream.MessagesContext, idPre
 			}
 			return
 		}
-		h, ok := w.hold(msg, idPrefix, leases)
+		h, ok := w.hold(msg, idPrefix, leases, &helds)
 		if !ok {
 			continue
 		}
@@ -373,18 +375,27 @@ const slabSize = 256 << 10
 
 // hold takes a message into the worker's hands: reads its metadata, counts
 // it and starts extending its ack deadline.
-func (w *Worker) hold(msg jetstream.Msg, idPrefix string, leases *leases[*held]) (*held, bool) {
-	meta, err := msg.Metadata()
-	if err != nil {
-		// Not a JetStream message: nothing to ack and nothing to derive an
-		// id from.
-		w.log.Error("message without JetStream metadata", "subject", msg.Subject(), "err", err)
-		return nil, false
+func (w *Worker) hold(msg jetstream.Msg, idPrefix string, leases *leases[*held], slab *[]held) (*held, bool) {
+	seq, deliveries, ts, ok := parseAckReply(msg.Reply())
+	if !ok {
+		meta, err := msg.Metadata()
+		if err != nil {
+			// Not a JetStream message: nothing to ack and nothing to derive an
+			// id from.
+			w.log.Error("message without JetStream metadata", "subject", msg.Subject(), "err", err)
+			return nil, false
+		}
+		seq, deliveries, ts = meta.Sequence.Stream, meta.NumDelivered, meta.Timestamp.UnixNano()
 	}
 	now := time.Now()
-	h := &held{msg: msg, typ: event.TypeOfSubject(msg.Subject()), seq: meta.Sequence.Stream,
-		deliveries: meta.NumDelivered, published: meta.Timestamp, received: now,
-		id: event.ID{Prefix: idPrefix, Seq: meta.Sequence.Stream}}
+	if len(*slab) == 0 {
+		*slab = make([]held, heldSlab)
+	}
+	h := &(*slab)[0]
+	*slab = (*slab)[1:]
+	*h = held{msg: msg, typ: event.TypeOfSubject(msg.Subject()), seq: seq,
+		deliveries: deliveries, published: time.Unix(0, ts), received: now,
+		id: event.ID{Prefix: idPrefix, Seq: seq}}
 	if hdr := msg.Headers(); hdr != nil {
 		h.id.Override = hdr.Get(deadletter.HeaderMessageID)
 	}
@@ -449,4 +460,51 @@ func (w *Worker) dispatch(ctx context.Context, batches <-chan *batcher.Batch[*he
 		})
 	}
 	wg.Wait()
+}
+
+// heldSlab is how many helds one allocation holds.
+const heldSlab = 256
+
+// parseAckReply reads the stream sequence, delivery count and timestamp
+// from a JetStream ack subject without allocating:
+// $JS.ACK.<stream>.<consumer>.<delivered>.<sseq>.<cseq>.<ts>.<pending> or,
+// with domain and account hash, $JS.ACK.<domain>.<hash>.<stream>.… .<rand>.
+func parseAckReply(reply string) (seq, delivered uint64, ts int64, ok bool) {
+	const prefix = "$JS.ACK."
+	if !strings.HasPrefix(reply, prefix) {
+		return 0, 0, 0, false
+	}
+	var tok [12]string
+	n := 0
+	rest := reply
+	for n < len(tok) {
+		i := strings.IndexByte(rest, '.')
+		if i < 0 {
+			tok[n] = rest
+			n++
+			break
+		}
+		tok[n] = rest[:i]
+		n++
+		rest = rest[i+1:]
+		if n == len(tok) && rest != "" {
+			return 0, 0, 0, false
+		}
+	}
+	var off int
+	switch {
+	case n == 9:
+		off = 4
+	case n >= 11:
+		off = 6
+	default:
+		return 0, 0, 0, false
+	}
+	d, err1 := strconv.ParseUint(tok[off], 10, 64)
+	s, err2 := strconv.ParseUint(tok[off+1], 10, 64)
+	t, err3 := strconv.ParseInt(tok[off+3], 10, 64)
+	if err1 != nil || err2 != nil || err3 != nil {
+		return 0, 0, 0, false
+	}
+	return s, d, t, true
 }
