@@ -3,7 +3,6 @@ package worker
 import (
 	"context"
 	"errors"
-	"fmt"
 	"sync"
 	"time"
 
@@ -63,11 +62,7 @@ func (w *Worker) directConsumers() []directConsumer {
 // small pool of senders; triggers go through the pacer, which releases at
 // most one request per broadcast per trigger.Interval and coalesces what
 // waits.
-func (w *Worker) runDirect(ctx context.Context, iter jetstream.MessagesContext, leases *leases[*held]) {
-	pacer, err := trigger.NewPacer[*held](trigger.PacerOptions{Interval: w.opts.BroadcastInterval})
-	if err != nil {
-		panic(fmt.Sprintf("trigger pacer with checked options: %v", err)) // options are validated in New
-	}
+func (w *Worker) runDirect(ctx context.Context, iter jetstream.MessagesContext, pacer *trigger.Pacer[*held], leases *leases[*held]) {
 	var wg sync.WaitGroup
 	suppressions := make(chan *held)
 	for range w.opts.DirectConcurrency {

@@ -139,6 +139,9 @@ func (o *Options) validate() error {
 	if o.AckWait < 3*time.Millisecond {
 		errs = append(errs, fmt.Errorf("ack wait %v too short", o.AckWait))
 	}
+	if o.BroadcastInterval < 0 || o.DirectConcurrency < 1 {
+		errs = append(errs, fmt.Errorf("broadcast interval %v and direct concurrency %d must be positive", o.BroadcastInterval, o.DirectConcurrency))
+	}
 	if o.MaxDeliver < 1 {
 		errs = append(errs, fmt.Errorf("max deliver %d must be at least 1", o.MaxDeliver))
 	}
@@ -226,7 +229,13 @@ func (w *Worker) Run(ctx context.Context) error {
 		return fmt.Errorf("consuming from %s/%s: %w", w.opts.Stream, w.opts.Consumer, err)
 	}
 	var directIters []jetstream.MessagesContext
+	var pacers []*trigger.Pacer[*held]
 	for _, dc := range w.directConsumers() {
+		pacer, err := trigger.NewPacer[*held](trigger.PacerOptions{Interval: w.opts.BroadcastInterval})
+		if err != nil {
+			return fmt.Errorf("broadcast pacing: %w", err)
+		}
+		pacers = append(pacers, pacer)
 		cons, err := w.bindDirect(ctx, dc)
 		if err != nil {
 			return err
@@ -312,8 +321,8 @@ func (w *Worker) Run(ctx context.Context) error {
 		})
 	})
 	pipe.Go(func() { w.dispatch(sendCtx, batches, leases) })
-	for _, it := range directIters {
-		pipe.Go(func() { w.runDirect(sendCtx, it, leases) })
+	for i, it := range directIters {
+		pipe.Go(func() { w.runDirect(sendCtx, it, pacers[i], leases) })
 	}
 	pipe.Wait()
 
