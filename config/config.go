@@ -72,6 +72,7 @@ type Send struct {
 	RetryInitialInterval time.Duration
 	RetryMaxInterval     time.Duration
 	RetryMaxElapsed      time.Duration // 0: no retry in-process, NAK at once
+	DryRun               bool          // asked for a dry run explicitly
 	DryRunFile           string        // dry-run sink output; "" is stdout
 }
 
@@ -95,9 +96,21 @@ type CIO struct {
 	TrackAPIKey Secret // unset: suppressions are not configured
 }
 
-// DryRun reports whether no CDP API key is set, in which case the worker
-// writes the calls it would send to Send.DryRunFile instead of sending them.
-func (c *Config) DryRun() bool { return !c.CIO.CDPAPIKey.IsSet() }
+// DryRun reports whether the worker writes the batches it would send to
+// Send.DryRunFile instead of sending them: asked for with RELAY_DRY_RUN, or
+// no CDP API key is set.
+func (c *Config) DryRun() bool { return c.Send.DryRun || !c.CIO.CDPAPIKey.IsSet() }
+
+// CheckRun returns the problems that only matter to the run command: a
+// worker on a real NATS without a CDP key must have asked for a dry run,
+// or it would ack and discard every event.
+func (c *Config) CheckRun() error {
+	if !c.NATS.Embedded() && !c.CIO.CDPAPIKey.IsSet() && !c.Send.DryRun {
+		return errors.New("CIO_CDP_API_KEY: not set (nor CIO_CDP_API_KEY_FILE) while NATS_URL is set; " +
+			"set the key, or RELAY_DRY_RUN=true to print batches instead of delivering them")
+	}
+	return nil
+}
 
 // Load reads the settings from args (the flags after the subcommand) and
 // getenv (os.Getenv in production; nil means os.Getenv), applies defaults

@@ -610,3 +610,34 @@ func TestEveryVariable(t *testing.T) {
 		}
 	}
 }
+
+func TestCheckRunRefusesASilentDryRun(t *testing.T) {
+	const url = "nats://127.0.0.1:4222"
+	tests := []struct {
+		name    string
+		env     map[string]string
+		wantErr bool
+		dryRun  bool
+	}{
+		{"embedded server without a key: dry run", nil, false, true},
+		{"real NATS without a key: refused", map[string]string{"NATS_URL": url}, true, true},
+		{"real NATS, dry run asked for", map[string]string{"NATS_URL": url, "RELAY_DRY_RUN": "true"}, false, true},
+		{"real NATS with a key", map[string]string{"NATS_URL": url, "CIO_CDP_API_KEY": "k"}, false, false},
+		{"key and dry run asked for", map[string]string{"NATS_URL": url, "CIO_CDP_API_KEY": "k", "RELAY_DRY_RUN": "yes"}, false, true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			c := mustLoad(t, nil, tt.env)
+			err := c.CheckRun()
+			if (err != nil) != tt.wantErr {
+				t.Fatalf("CheckRun = %v, want error %v", err, tt.wantErr)
+			}
+			if err != nil && !strings.Contains(err.Error(), "CIO_CDP_API_KEY") {
+				t.Errorf("error %q does not name CIO_CDP_API_KEY", err)
+			}
+			if c.DryRun() != tt.dryRun {
+				t.Errorf("DryRun = %v, want %v", c.DryRun(), tt.dryRun)
+			}
+		})
+	}
+}

@@ -134,6 +134,12 @@ func (c *Config) variables() []variable {
 			{name: "RELAY_RETRY_MAX_ELAPSED", def: "2m", value: durationField(&c.Send.RetryMaxElapsed, nonNegative[time.Duration]()),
 				help: "How long a failed request is retried in-process before its events are NAKed for redelivery " +
 					"after RELAY_NAK_DELAY. 0 NAKs at once."},
+			// A Deployment that lost its key must not quietly ack and print
+			// every event: outside the embedded default, a dry run is asked
+			// for by name.
+			{name: "RELAY_DRY_RUN", def: "false", value: boolField(&c.Send.DryRun),
+				help: "Print batches instead of sending them, even with NATS_URL set. Without NATS_URL, a missing " +
+					"CIO_CDP_API_KEY means a dry run anyway; with NATS_URL, a missing key is an error unless this is true."},
 			{name: "RELAY_DRY_RUN_FILE", value: stringField(&c.Send.DryRunFile, stdoutOrPath).showing(showStdout),
 				help: "Where the dry run (no CIO_CDP_API_KEY) writes the calls it would send. Unset or -: standard output."},
 		}},

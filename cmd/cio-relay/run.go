@@ -31,6 +31,9 @@ func runWorker(ctx context.Context, args []string, getenv func(string) string, s
 		fmt.Fprint(stdout, config.Usage())
 		return 0
 	}
+	if err == nil {
+		err = cfg.CheckRun()
+	}
 	if err != nil {
 		fmt.Fprintf(stderr, "cio-relay: invalid configuration:\n%v\n", err)
 		return 2
@@ -184,8 +187,8 @@ func newSender(cfg *config.Config, log *slog.Logger, stdout io.Writer) (worker.S
 			}
 			out, closeOut, dest = file, func() { _ = file.Close() }, f
 		}
-		log.Warn("DRY RUN: CIO_CDP_API_KEY is not set, so nothing is sent to Customer.io; "+
-			"each batch that would have been sent is written as one NDJSON line", "to", dest)
+		log.Warn("DRY RUN: nothing is sent to Customer.io (RELAY_DRY_RUN=true, or no CIO_CDP_API_KEY with the embedded server); "+
+			"each batch that would have been sent is written as one NDJSON line, and its events are acked", "to", dest)
 		return sink.NewDryRun(out), closeOut, nil
 	}
 	key := cfg.CIO.CDPAPIKey
