@@ -3,7 +3,9 @@ package integration_test
 import (
 	"context"
 	"fmt"
+	"io"
 	"math/rand/v2"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -117,5 +119,43 @@ func TestShutdown(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// TestConsumerDeletedStopsRun deletes the worker's consumer under it (an
+// operator's `nats consumer rm`, Terraform recreating it): Run must return
+// the failure, so the process restarts and binds again, rather than idle
+// while reporting ready.
+func TestConsumerDeletedStopsRun(t *testing.T) {
+	e := newEnv(t, ciotest.Options{})
+	app, err := sink.NewApp(sink.AppOptions{URL: e.cio.AppURL(), APIKey: func() string { return "k" }, UserAgent: "test",
+		Client: sink.NewHTTPClient(1, time.Second)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	w, err := worker.New(e.js, sink.NewDryRun(io.Discard), worker.Options{ManageStreams: true, App: app, ShutdownTimeout: time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	done := make(chan error, 1)
+	go func() { done <- w.Run(ctx) }()
+	waitFor(t, 10*time.Second, "the worker to be ready", func() bool { ok, _ := w.Ready(); return ok })
+
+	if err := e.js.DeleteConsumer(context.Background(), "CIO", "cio-relay"); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-done:
+		if err == nil || !strings.Contains(err.Error(), "cio-relay") {
+			t.Fatalf("Run = %v, want an error naming the consumer", err)
+		}
+		if ok, _ := w.Ready(); ok {
+			t.Error("Ready after Run failed")
+		}
+	case <-time.After(15 * time.Second):
+		ok, why := w.Ready()
+		t.Fatalf("Run still running 15s after its consumer was deleted; Ready = %v %q", ok, why)
 	}
 }

@@ -3,6 +3,7 @@ package worker
 import (
 	"context"
 	"errors"
+	"fmt"
 	"sync"
 	"time"
 
@@ -62,7 +63,7 @@ func (w *Worker) directConsumers() []directConsumer {
 // small pool of senders; triggers go through the pacer, which releases at
 // most one request per broadcast per trigger.Interval and coalesces what
 // waits.
-func (w *Worker) runDirect(ctx context.Context, iter jetstream.MessagesContext, pacer *trigger.Pacer[*held], leases *leases[*held]) {
+func (w *Worker) runDirect(ctx context.Context, iter jetstream.MessagesContext, idPrefix string, pacer *trigger.Pacer[*held], leases *leases[*held], fail func(error)) {
 	var wg sync.WaitGroup
 	suppressions := make(chan *held)
 	for range w.opts.DirectConcurrency {
@@ -83,11 +84,12 @@ func (w *Worker) runDirect(ctx context.Context, iter jetstream.MessagesContext, 
 		msg, err := iter.Next()
 		if err != nil {
 			if !errors.Is(err, jetstream.ErrMsgIteratorClosed) {
-				w.log.Error("pulling direct calls", "err", err)
+				w.log.Error("pulling direct calls failed; stopping", "err", err)
+				fail(fmt.Errorf("pulling direct calls: %w", err))
 			}
 			break
 		}
-		h, ok := w.hold(msg, "", leases, &helds)
+		h, ok := w.hold(msg, idPrefix, leases, &helds)
 		if !ok {
 			continue
 		}

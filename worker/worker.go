@@ -228,6 +228,9 @@ func (w *Worker) Run(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("consuming from %s/%s: %w", w.opts.Stream, w.opts.Consumer, err)
 	}
+	// Whatever path Run leaves by, no pull subscription is left holding
+	// messages until their ack wait ends.
+	defer iter.Stop()
 	var directIters []jetstream.MessagesContext
 	var pacers []*trigger.Pacer[*held]
 	for _, dc := range w.directConsumers() {
@@ -246,6 +249,7 @@ func (w *Worker) Run(ctx context.Context) error {
 		if err != nil {
 			return fmt.Errorf("consuming from %s/%s: %w", w.opts.Stream, dc.name, err)
 		}
+		defer it.Stop()
 		directIters = append(directIters, it)
 	}
 	if w.opts.App == nil {
@@ -283,10 +287,17 @@ func (w *Worker) Run(ctx context.Context) error {
 		})
 	})
 	wg.Go(func() { w.sampleConsumer(bgCtx, cons, leases) })
+	// stop ends when ctx does, or when a reader's consumer fails (deleted,
+	// say): then everything winds down as for a shutdown and Run returns
+	// the failure, so the process restarts instead of idling as "ready".
+	stop, stopAll := context.WithCancelCause(ctx)
+	defer stopAll(nil)
+	fail := func(err error) { stopAll(err) }
 	stopped := make(chan struct{})
 	wg.Go(func() {
 		select {
-		case <-ctx.Done():
+		case <-stop.Done():
+			w.ready.Store(false)
 			// Drain: stop pulling but hand out what is already buffered,
 			// so it is delivered or nakked rather than left to time out.
 			iter.Drain()
@@ -299,6 +310,12 @@ func (w *Worker) Run(ctx context.Context) error {
 			case <-timer.C:
 				w.log.Warn("shutdown timeout reached; nakking what is left", "timeout", w.opts.ShutdownTimeout.String())
 				cancelSend()
+				// A drain waiting on an unreachable server must not
+				// outlast the timeout either.
+				iter.Stop()
+				for _, it := range directIters {
+					it.Stop()
+				}
 			case <-stopped:
 			}
 		case <-stopped:
@@ -308,7 +325,7 @@ func (w *Worker) Run(ctx context.Context) error {
 	var pipe sync.WaitGroup
 	pipe.Go(func() {
 		defer close(calls)
-		w.read(sendCtx, iter, idPrefix, leases, calls)
+		w.read(sendCtx, iter, idPrefix, leases, calls, fail)
 	})
 	pipe.Go(func() {
 		defer close(batches)
@@ -322,7 +339,7 @@ func (w *Worker) Run(ctx context.Context) error {
 	})
 	pipe.Go(func() { w.dispatch(sendCtx, batches, leases) })
 	for i, it := range directIters {
-		pipe.Go(func() { w.runDirect(sendCtx, it, pacers[i], leases) })
+		pipe.Go(func() { w.runDirect(sendCtx, it, idPrefix, pacers[i], leases, fail) })
 	}
 	pipe.Wait()
 
@@ -340,12 +357,12 @@ func (w *Worker) Run(ctx context.Context) error {
 		w.log.Info("stopped", "reason", context.Cause(ctx).Error())
 		return nil
 	}
-	return errors.New("message iterator closed unexpectedly")
+	return context.Cause(stop)
 }
 
 // read pulls messages until the iterator is closed and sends each valid call
 // on calls; invalid ones are dead-lettered at once.
-func (w *Worker) read(ctx context.Context, iter jetstream.MessagesContext, idPrefix string, leases *leases[*held], calls chan<- batcher.Call[*held]) {
+func (w *Worker) read(ctx context.Context, iter jetstream.MessagesContext, idPrefix string, leases *leases[*held], calls chan<- batcher.Call[*held], fail func(error)) {
 	var prep event.Preparer
 	// Calls are prepared into a slab shared by many calls rather than one
 	// allocation each; a slab is released when the last batch using it is.
@@ -355,7 +372,8 @@ func (w *Worker) read(ctx context.Context, iter jetstream.MessagesContext, idPre
 		msg, err := iter.Next()
 		if err != nil {
 			if !errors.Is(err, jetstream.ErrMsgIteratorClosed) {
-				w.log.Error("pulling messages", "err", err)
+				w.log.Error("pulling messages failed; stopping", "consumer", w.opts.Consumer, "err", err)
+				fail(fmt.Errorf("pulling from consumer %s: %w", w.opts.Consumer, err))
 			}
 			return
 		}
