@@ -52,7 +52,7 @@ const maxDetail = 1024
 const (
 	ReasonRejected         = "rejected"          // Customer.io rejected the call on its own (4xx)
 	ReasonRetriesExhausted = "retries_exhausted" // transient failures on every one of RELAY_MAX_DELIVER deliveries
-	ReasonNotConfigured    = "not_configured"    // no credentials for this kind of call
+	ReasonAmbiguous        = "ambiguous"         // a broadcast trigger that may have been sent: never retried blindly
 )
 
 // Record is what the worker knows when it gives up on a message.

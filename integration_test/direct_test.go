@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"slices"
 	"sort"
+	"strings"
 	"testing"
 	"time"
 
@@ -210,4 +211,51 @@ func dlqReasons(t *testing.T, e *env) (map[string]int, int) {
 		n++
 	}
 	return reasons, n
+}
+
+// TestTriggerNeverSentTwice: a trigger whose request may have reached
+// Customer.io (connection reset after sending) is dead-lettered as ambiguous
+// after one request, never retried; a trigger for a broadcast Customer.io
+// does not know (404) is dead-lettered as rejected, and nothing pauses.
+func TestTriggerNeverSentTwice(t *testing.T) {
+	e := newEnv(t, ciotest.Options{AppKey: "app-key", Fault: func(r *ciotest.Request) *ciotest.Fault {
+		switch {
+		case strings.Contains(r.Path, "/campaigns/1/"):
+			return &ciotest.Fault{Reset: true}
+		case strings.Contains(r.Path, "/campaigns/2/"):
+			return &ciotest.Fault{Status: 404, Body: `{"meta":{"error":"not found"}}`}
+		}
+		return nil
+	}})
+	app, err := sink.NewApp(sink.AppOptions{URL: e.cio.AppURL(), APIKey: func() string { return "app-key" }, UserAgent: "test",
+		Client: sink.NewHTTPClient(2, 5*time.Second)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	w, _ := e.runWorker(t, worker.Options{App: app, BroadcastInterval: 10 * time.Millisecond,
+		RetryInitial: 10 * time.Millisecond, RetryMaxInterval: 50 * time.Millisecond}, 0)
+	e.publishAll(t, []published{
+		{subject: worker.SubjectBroadcast, body: []byte(`{"broadcast_id":1,"ids":["a"]}`)},
+		{subject: worker.SubjectBroadcast, body: []byte(`{"broadcast_id":2,"ids":["b"]}`)},
+	})
+	waitFor(t, 20*time.Second, "both triggers dead-lettered", func() bool {
+		_, n := dlqReasons(t, e)
+		return n == 2
+	})
+	reasons, _ := dlqReasons(t, e)
+	if reasons["ambiguous"] != 1 || reasons["rejected"] != 1 {
+		t.Errorf("dead letters by reason %v, want one ambiguous and one rejected", reasons)
+	}
+	perBroadcast := map[string]int{}
+	for _, r := range e.cio.Requests() {
+		perBroadcast[r.Path]++
+	}
+	for path, n := range perBroadcast {
+		if n != 1 {
+			t.Errorf("%s requested %d times, want once", path, n)
+		}
+	}
+	if ok, why := w.Ready(); !ok {
+		t.Errorf("worker not ready after a 404 for an unknown broadcast: %s", why)
+	}
 }

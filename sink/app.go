@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/url"
 	"strconv"
 	"strings"
 	"time"
@@ -98,6 +99,12 @@ func doRead(client *http.Client, req *http.Request, api string) ([]byte, error) 
 	if err != nil {
 		if ctxErr := req.Context().Err(); ctxErr != nil {
 			return nil, fmt.Errorf("customer.io %s request: %w", api, ctxErr)
+		}
+		// The URL can carry data (a suppressed person's email in the path):
+		// keep the operation and the cause, not the URL.
+		var ue *url.Error
+		if errors.As(err, &ue) {
+			err = fmt.Errorf("%s request: %w", ue.Op, ue.Err)
 		}
 		return nil, &TransportError{API: api, Err: err}
 	}

@@ -3,6 +3,7 @@ package sink_test
 import (
 	"context"
 	"errors"
+	"net"
 	"net/http"
 	"strings"
 	"testing"
@@ -311,3 +312,28 @@ func TestNewDirectClientsNeedOptions(t *testing.T) {
 }
 
 func second[T any](_ T, err error) error { return err }
+
+// TestTrackErrorsNeverCarryTheIdentifier: an unreachable Track API must not
+// put the identifier (often an email) in the error, which is logged and
+// written to dead-letter headers.
+func TestTrackErrorsNeverCarryTheIdentifier(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	ln.Close() // nothing listens: connection refused
+	tr, err := sink.NewTrack(sink.TrackOptions{URL: "http://" + addr + "/api/v1", SiteID: "site", APIKey: func() string { return "k" },
+		Client: &http.Client{Timeout: time.Second}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = tr.Suppress(context.Background(), "jane.doe@example.com")
+	var te *sink.TransportError
+	if !errors.As(err, &te) {
+		t.Fatalf("Suppress = %v, want a *TransportError", err)
+	}
+	if strings.Contains(err.Error(), "jane.doe") {
+		t.Errorf("error reveals the identifier: %v", err)
+	}
+}

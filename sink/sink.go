@@ -218,6 +218,10 @@ func Classify(err error) Class {
 		switch {
 		case se.Retryable():
 			return Retry
+		case se.Status == http.StatusNotFound && se.API == "app":
+			// The App API answers 404 for a broadcast that does not
+			// exist: the trigger's data is wrong, not the configuration.
+			return Reject
 		case se.Status == http.StatusUnauthorized, se.Status == http.StatusForbidden,
 			se.Status == http.StatusNotFound, se.Status == http.StatusMethodNotAllowed:
 			return Pause
@@ -232,6 +236,19 @@ func Classify(err error) Class {
 		}
 	}
 	return Retry
+}
+
+// MaybeDelivered reports whether err leaves open that the request reached
+// Customer.io and was acted on: a transport failure other than failing to
+// connect (a timeout or reset after the request was written). Sending such a
+// request again may do its work twice.
+func MaybeDelivered(err error) bool {
+	var te *TransportError
+	if !errors.As(err, &te) {
+		return false
+	}
+	var op *net.OpError
+	return !errors.As(te.Err, &op) || op.Op != "dial"
 }
 
 // StatusOf returns the HTTP status in err, or 0.

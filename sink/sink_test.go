@@ -3,6 +3,8 @@ package sink_test
 import (
 	"context"
 	"errors"
+	"fmt"
+	"net"
 	"net/http"
 	"strings"
 	"testing"
@@ -144,5 +146,38 @@ func TestDryRunWritesOneLinePerBatch(t *testing.T) {
 	}
 	if want := body + "\n" + body + "\n"; b.String() != want {
 		t.Fatalf("dry run wrote %q", b.String())
+	}
+}
+
+func TestClassify(t *testing.T) {
+	dial := &sink.TransportError{API: "app", Err: &net.OpError{Op: "dial", Err: errors.New("connection refused")}}
+	reset := &sink.TransportError{API: "app", Err: &net.OpError{Op: "read", Err: errors.New("connection reset by peer")}}
+	tests := []struct {
+		name  string
+		err   error
+		class sink.Class
+		maybe bool // MaybeDelivered
+	}{
+		{"ok", nil, sink.Delivered, false},
+		{"429", &sink.StatusError{API: "cdp", Status: 429}, sink.Retry, false},
+		{"503", &sink.StatusError{API: "cdp", Status: 503}, sink.Retry, false},
+		{"408", &sink.StatusError{API: "cdp", Status: 408}, sink.Retry, false},
+		{"401", &sink.StatusError{API: "cdp", Status: 401}, sink.Pause, false},
+		{"403", &sink.StatusError{API: "track", Status: 403}, sink.Pause, false},
+		{"404 from CDP: the URL", &sink.StatusError{API: "cdp", Status: 404}, sink.Pause, false},
+		{"404 from the App API: no such broadcast", &sink.StatusError{API: "app", Status: 404}, sink.Reject, false},
+		{"400", &sink.StatusError{API: "cdp", Status: 400}, sink.Reject, false},
+		{"422", &sink.StatusError{API: "app", Status: 422}, sink.Reject, false},
+		{"connect failed", dial, sink.Retry, false},
+		{"reset after sending", reset, sink.Retry, true},
+		{"cancelled", fmt.Errorf("x: %w", context.Canceled), sink.Cancelled, false},
+	}
+	for _, tt := range tests {
+		if got := sink.Classify(tt.err); got != tt.class {
+			t.Errorf("%s: Classify = %v, want %v", tt.name, got, tt.class)
+		}
+		if got := sink.MaybeDelivered(tt.err); got != tt.maybe {
+			t.Errorf("%s: MaybeDelivered = %v, want %v", tt.name, got, tt.maybe)
+		}
 	}
 }

@@ -27,7 +27,7 @@ import (
 //     dead-lettered (rejected).
 //   - ctx done (shutdown timeout): nak at once for another replica.
 func (w *Worker) send(ctx context.Context, calls []*held, body []byte) {
-	err := w.attempt(ctx, "cdp", &w.pause, 0, func(ctx context.Context) error {
+	err := w.attempt(ctx, "cdp", &w.pause, 0, nil, func(ctx context.Context) error {
 		return w.sender.SendBatch(ctx, body)
 	})
 	switch sink.Classify(err) {
@@ -64,13 +64,13 @@ func (w *Worker) send(ctx context.Context, calls []*held, body []byte) {
 //
 //   - 429, 408, 5xx, no answer: try again with exponential backoff and
 //     jitter, waiting at least Retry-After and at least minWait (an API's own
-//     pacing); nil error... the last error is returned once RetryMaxElapsed
-//     is spent.
+//     pacing); the last error is returned once RetryMaxElapsed is spent, or
+//     at once when stop says that error must not be retried.
 //   - 401, 403, 404, 405: a configuration problem, not bad data: hold on,
 //     pause (see pauseState) and probe every ProbeInterval until it passes.
 //
 // Every request's duration and status class is recorded under api.
-func (w *Worker) attempt(ctx context.Context, api string, pause *pauseState, minWait time.Duration, try func(context.Context) error) error {
+func (w *Worker) attempt(ctx context.Context, api string, pause *pauseState, minWait time.Duration, stop func(error) bool, try func(context.Context) error) error {
 	bo := backoff.NewExponentialBackOff(
 		backoff.WithInitialInterval(w.opts.RetryInitial),
 		backoff.WithMaxInterval(w.opts.RetryMaxInterval),
@@ -104,6 +104,9 @@ func (w *Worker) attempt(ctx context.Context, api string, pause *pauseState, min
 			}
 			wait = max(w.opts.ProbeInterval, minWait)
 		case sink.Retry:
+			if stop != nil && stop(err) {
+				return err
+			}
 			wait = bo.NextBackOff()
 			var se *sink.StatusError
 			if errors.As(err, &se) && se.RetryAfter > 0 && wait != backoff.Stop {

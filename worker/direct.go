@@ -188,11 +188,23 @@ func (w *Worker) pace(ctx context.Context, p *trigger.Pacer[*held], work, room c
 // long as the budget lasts and is never a reason to dead-letter on its own.
 func (w *Worker) sendTrigger(ctx context.Context, b *trigger.Batch[*held]) {
 	var triggerID int64
-	err := w.attempt(ctx, "app", &w.appPause, w.opts.BroadcastInterval, func(ctx context.Context) error {
+	// A trigger has no idempotency key: one that may have reached Customer.io
+	// (a timeout or reset after sending) is never sent again, as that could
+	// message its whole audience twice. It is dead-lettered as ambiguous for
+	// an operator to check against the broadcast's triggers.
+	err := w.attempt(ctx, "app", &w.appPause, w.opts.BroadcastInterval, sink.MaybeDelivered, func(ctx context.Context) error {
 		var err error
 		triggerID, err = w.opts.App.Trigger(ctx, b.BroadcastID, b.Body)
 		return err
 	})
+	if sink.MaybeDelivered(err) {
+		w.m.direct.WithLabelValues("app", "ambiguous").Inc()
+		for _, h := range b.Items {
+			w.deadLetter(ctx, h, deadletter.ReasonAmbiguous, 0,
+				fmt.Sprintf("broadcast %d: request may have reached Customer.io, not retried: %v", b.BroadcastID, err))
+		}
+		return
+	}
 	switch sink.Classify(err) {
 	case sink.Delivered:
 		w.m.direct.WithLabelValues("app", "delivered").Inc()
@@ -237,7 +249,7 @@ func (w *Worker) suppress(ctx context.Context, h *held) {
 	if h.msg.Subject() == SubjectUnsuppress {
 		action, call = "unsuppress", w.opts.Track.Unsuppress
 	}
-	err := w.attempt(ctx, "track", &w.trackPause, 0, func(ctx context.Context) error {
+	err := w.attempt(ctx, "track", &w.trackPause, 0, nil, func(ctx context.Context) error {
 		return call(ctx, h.identifier)
 	})
 	switch sink.Classify(err) {
