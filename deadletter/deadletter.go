@@ -57,14 +57,19 @@ const (
 
 // Record is what the worker knows when it gives up on a message.
 type Record struct {
-	Reason       string
-	Status       int // 0 when no HTTP answer is involved
-	Detail       string
-	Deliveries   uint64
-	Stream       string
-	StreamSeq    uint64
-	FirstSeen    time.Time
-	MessageID    string
+	Reason     string
+	Status     int // 0 when no HTTP answer is involved
+	Detail     string
+	Deliveries uint64
+	Stream     string
+	StreamSeq  uint64
+	FirstSeen  time.Time
+	MessageID  string
+	// Origin names the original message uniquely, even across a stream
+	// deleted and created again: {stream}-{creation time}-{sequence}. It
+	// makes the dead letter's Nats-Msg-Id; empty falls back to stream and
+	// sequence.
+	Origin       string
 	Version      string
 	DeadLettered time.Time
 }
@@ -118,8 +123,31 @@ func Msg(subject string, header nats.Header, body []byte, r Record) *nats.Msg {
 	// A crash between this publish and the original's ack redelivers the
 	// original, which is dead-lettered again: the same id within the
 	// stream's duplicate window makes JetStream drop the second copy.
-	m.Header.Set(jetstream.MsgIDHeader, fmt.Sprintf("dlq-%s-%d", r.Stream, r.StreamSeq))
+	origin := r.Origin
+	if origin == "" {
+		origin = fmt.Sprintf("%s-%d", r.Stream, r.StreamSeq)
+	}
+	m.Header.Set(jetstream.MsgIDHeader, "dlq-"+origin)
 	return m
+}
+
+// HeaderBodyOmitted marks a dead letter whose body (and original headers)
+// would not fit in a NATS message next to the dead-letter headers: the body
+// stays in the original stream at Cio-Relay-Stream-Seq until its retention
+// ends, and the value says how large it was.
+const HeaderBodyOmitted = "Cio-Relay-Body-Omitted"
+
+// Stub returns m without the original headers and body, for when m is too
+// large to publish: what cannot fit is named, never silently dropped.
+func Stub(m *nats.Msg) *nats.Msg {
+	s := nats.NewMsg(m.Subject)
+	for k, vs := range m.Header {
+		if strings.HasPrefix(k, "Cio-Relay-") || k == jetstream.MsgIDHeader {
+			s.Header[k] = vs
+		}
+	}
+	s.Header.Set(HeaderBodyOmitted, fmt.Sprintf("%d bytes; read it from the original stream at the sequence above", len(m.Data)))
+	return s
 }
 
 // headerSafe makes s fit in a NATS header value: one line, bounded.

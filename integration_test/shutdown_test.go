@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/cio-relay/cio-relay/deadletter"
 	"github.com/cio-relay/cio-relay/event"
 	"github.com/cio-relay/cio-relay/internal/ciotest"
 	"github.com/cio-relay/cio-relay/sink"
@@ -158,4 +159,23 @@ func TestConsumerDeletedStopsRun(t *testing.T) {
 		ok, why := w.Ready()
 		t.Fatalf("Run still running 15s after its consumer was deleted; Ready = %v %q", ok, why)
 	}
+}
+
+// TestDeadLetterNearMaxPayload: a call too large for Customer.io whose body
+// is so close to NATS's payload limit that the dead-letter headers push it
+// over must still end in the dead-letter stream (without its body, which
+// stays in the original stream), not be nakked forever.
+func TestDeadLetterNearMaxPayload(t *testing.T) {
+	e := newEnv(t, ciotest.Options{})
+	e.startWorker(t, worker.Options{NakDelay: 50 * time.Millisecond})
+	limit := int(e.nc.MaxPayload())
+	body := `{"userId":"u","event":"e","properties":{"x":"` + strings.Repeat("a", limit-200) + `"}}`
+	e.publishAll(t, []published{{subject: "cio.track", body: []byte(body)}})
+	waitFor(t, 20*time.Second, "the dead letter", func() bool { _, n := dlqReasons(t, e); return n == 1 })
+	d := readDLQ(t, e.js)[0]
+	if d.Record.Reason != "too_large" || d.Header.Get(deadletter.HeaderBodyOmitted) == "" || len(d.Data) != 0 {
+		t.Errorf("dead letter reason %q, omitted %q, body %d bytes; want too_large, omitted, no body",
+			d.Record.Reason, d.Header.Get(deadletter.HeaderBodyOmitted), len(d.Data))
+	}
+	waitSettled(t, e.js, 10*time.Second)
 }

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/cenkalti/backoff/v4"
+	"github.com/nats-io/nats.go"
 
 	"github.com/cio-relay/cio-relay/deadletter"
 	"github.com/cio-relay/cio-relay/event"
@@ -186,13 +187,23 @@ func (w *Worker) deadLetter(ctx context.Context, h *held, reason string, status 
 		StreamSeq:  h.seq,
 		FirstSeen:  h.published,
 		MessageID:  messageID,
+		Origin:     h.id.Prefix + strconv.FormatUint(h.seq, 10),
 		Version:    w.opts.Version,
 	})
 	// The publish gets its own bound: at shutdown ctx may be done, and a
 	// dead letter that can still be written should be.
 	pubCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
 	defer cancel()
-	if err := deadletter.Publish(pubCtx, w.js, m); err != nil {
+	err := deadletter.Publish(pubCtx, w.js, m)
+	if errors.Is(err, nats.ErrMaxPayload) {
+		// The body is near NATS's payload limit and the dead-letter headers
+		// push it over: publish the record without it rather than retry
+		// forever. The original stays in its stream at the recorded
+		// sequence.
+		w.log.Warn("dead letter too large for NATS; writing it without the body", "stream_seq", h.seq, "bytes", len(m.Data))
+		err = deadletter.Publish(pubCtx, w.js, deadletter.Stub(m))
+	}
+	if err != nil {
 		w.log.Error("dead-letter publish failed; nakking the message to try again", "reason", reason, "stream_seq", h.seq, "err", err)
 		w.settle(h, "nak", h.msg.NakWithDelay(w.opts.NakDelay))
 		return

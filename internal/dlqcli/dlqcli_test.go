@@ -637,9 +637,13 @@ func checkReplayed(t *testing.T, msgs []*jetstream.RawStreamMsg, want []uint64) 
 			"X-Trace":                     {"trace-" + strconv.FormatUint(seq, 10)},
 			deadletter.HeaderMessageID:    {"mid-" + strconv.FormatUint(seq, 10)},
 			deadletter.HeaderReplayedFrom: {strconv.FormatUint(seq, 10)},
-			jetstream.MsgIDHeader:         {"replay-CIO_DLQ-" + strconv.FormatUint(seq, 10)},
+			// Stream, sequence and the time the dead letter was stored.
+			jetstream.MsgIDHeader: {m.Header.Get(jetstream.MsgIDHeader)},
 			// The replay refuses to land in any stream but CIO.
 			jetstream.ExpectedStreamHeader: {"CIO"},
+		}
+		if id := m.Header.Get(jetstream.MsgIDHeader); !strings.HasPrefix(id, "replay-CIO_DLQ-"+strconv.FormatUint(seq, 10)+"-") {
+			t.Errorf("replay of %d: Nats-Msg-Id %q", seq, id)
 		}
 		if fmt.Sprint(m.Header) != fmt.Sprint(wantHeader) {
 			t.Errorf("replay of %d: headers\n %v\nwant\n %v", seq, m.Header, wantHeader)

@@ -54,16 +54,18 @@ func replayMsg(l *Letter, dlqStream string) *nats.Msg {
 		}
 	}
 	m.Header.Set(deadletter.HeaderReplayedFrom, strconv.FormatUint(l.Seq, 10))
-	m.Header.Set(jetstream.MsgIDHeader, ReplayMsgID(dlqStream, l.Seq))
+	m.Header.Set(jetstream.MsgIDHeader, ReplayMsgID(dlqStream, l.Seq, l.Stored))
 	m.Data = l.Body
 	return m
 }
 
-// ReplayMsgID is the Nats-Msg-Id of the replay of dead letter seq: the
-// same on every run, so a message published by a replay that stopped before
-// deleting it is dropped by JetStream when the replay runs again.
-func ReplayMsgID(dlqStream string, seq uint64) string {
-	return "replay-" + dlqStream + "-" + strconv.FormatUint(seq, 10)
+// ReplayMsgID is the Nats-Msg-Id of the replay of dead letter seq, stored at
+// stored: the same on every run, so a message published by a replay that
+// stopped before deleting it is dropped by JetStream when the replay runs
+// again. The stored time keeps it unique when the dead-letter stream is
+// recreated and its sequences start again at 1.
+func ReplayMsgID(dlqStream string, seq uint64, stored time.Time) string {
+	return "replay-" + dlqStream + "-" + strconv.FormatUint(seq, 10) + "-" + strconv.FormatInt(stored.UnixNano(), 36)
 }
 
 // outcome is what became of one message.
