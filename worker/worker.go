@@ -224,7 +224,7 @@ func (w *Worker) Run(ctx context.Context) error {
 	// Pull about one batch's worth ahead: enough to keep the batcher busy,
 	// little enough that messages waiting in the client's buffer do not
 	// outlive their ack deadline when Customer.io slows down.
-	iter, err := cons.Messages(jetstream.PullMaxMessages(min(w.opts.BatchMaxCalls, 1000, w.opts.MaxAckPending)))
+	iter, err := cons.Messages(jetstream.PullMaxMessages(w.pullAhead()))
 	if err != nil {
 		return fmt.Errorf("consuming from %s/%s: %w", w.opts.Stream, w.opts.Consumer, err)
 	}
@@ -368,6 +368,7 @@ func (w *Worker) read(ctx context.Context, iter jetstream.MessagesContext, idPre
 	// allocation each; a slab is released when the last batch using it is.
 	var slab []byte
 	var helds []held // carved one by one: one allocation per heldSlab messages
+	stale := 0       // buffered messages to extend at once after a long block
 	for {
 		msg, err := iter.Next()
 		if err != nil {
@@ -392,8 +393,28 @@ func (w *Worker) read(ctx context.Context, iter jetstream.MessagesContext, idPre
 			w.rejectInput(ctx, h, err, leases)
 			continue
 		}
+		if stale > 0 {
+			// Waited in the client's buffer while the pipeline was
+			// blocked: extend its deadline now, before it expires.
+			stale--
+			if err := h.msg.InProgress(); err != nil && !errors.Is(err, jetstream.ErrMsgAlreadyAckd) {
+				w.log.Warn("extending ack deadline failed", "err", err)
+			}
+		}
+		blocked := time.Now()
 		calls <- batcher.Call[*held]{Data: h.call, Item: h}
+		if time.Since(blocked) > w.opts.AckWait/6 {
+			// The messages nats.go buffered meanwhile have no lease yet.
+			stale = w.pullAhead()
+		}
 	}
+}
+
+// pullAhead is how many messages nats.go may buffer ahead of the reader:
+// about one batch, enough to keep the batcher busy, few enough that they
+// pass through well within their ack wait.
+func (w *Worker) pullAhead() int {
+	return min(w.opts.BatchMaxCalls, 1000, w.opts.MaxAckPending)
 }
 
 // slabSize is the size of the buffers calls are prepared into: a few
@@ -435,7 +456,9 @@ func (w *Worker) hold(msg jetstream.Msg, idPrefix string, leases *leases[*held],
 	if h.deliveries > 1 {
 		w.m.redeliveries.Inc()
 	}
-	leases.add(h, now)
+	// Due at the keeper's next round: the message may already have waited
+	// in the client's buffer for part of its ack wait.
+	leases.add(h, time.Time{})
 	return h, true
 }
 
