@@ -10,6 +10,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go/jetstream"
+
 	"github.com/cio-relay/cio-relay/deadletter"
 	"github.com/cio-relay/cio-relay/event"
 	"github.com/cio-relay/cio-relay/internal/ciotest"
@@ -216,5 +218,44 @@ func TestSlowCustomerIOCausesNoRedelivery(t *testing.T) {
 	t.Logf("%d calls over %d slow batches: %d sent twice, %v redelivered", len(msgs), len(e.cio.Requests()), dups, redelivered)
 	if dups != 0 || redelivered != 0 {
 		t.Errorf("%d calls sent twice and %v messages redelivered while Customer.io was slow; want 0", dups, redelivered)
+	}
+}
+
+// TestBindChecksConsumersItDoesNotManage: with RELAY_MANAGE_STREAMS=false the
+// worker refuses a consumer that would lose messages (ack none, or a finite
+// MaxDeliver that stops redelivery before the worker can dead-letter).
+func TestBindChecksConsumersItDoesNotManage(t *testing.T) {
+	tests := []struct {
+		name string
+		cfg  jetstream.ConsumerConfig
+		want string
+	}{
+		{"ack none", jetstream.ConsumerConfig{AckPolicy: jetstream.AckNonePolicy, MaxDeliver: -1}, "explicit acks"},
+		{"finite MaxDeliver", jetstream.ConsumerConfig{AckPolicy: jetstream.AckExplicitPolicy, MaxDeliver: 5}, "MaxDeliver 5"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			e := newEnv(t, ciotest.Options{})
+			ctx := context.Background()
+			if _, err := e.js.CreateStream(ctx, jetstream.StreamConfig{Name: "CIO", Subjects: []string{"cio.>"}}); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := e.js.CreateStream(ctx, deadletter.StreamConfig("CIO_DLQ", time.Hour, -1)); err != nil {
+				t.Fatal(err)
+			}
+			tt.cfg.Durable = "cio-relay"
+			if _, err := e.js.CreateConsumer(ctx, "CIO", tt.cfg); err != nil {
+				t.Fatal(err)
+			}
+			w, err := worker.New(e.js, sink.NewDryRun(io.Discard), worker.Options{ManageStreams: false})
+			if err != nil {
+				t.Fatal(err)
+			}
+			runCtx, cancel := context.WithTimeout(ctx, 10*time.Second)
+			defer cancel()
+			if err := w.Run(runCtx); err == nil || !strings.Contains(err.Error(), tt.want) {
+				t.Fatalf("Run = %v, want an error mentioning %q", err, tt.want)
+			}
+		})
 	}
 }

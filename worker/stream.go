@@ -107,8 +107,8 @@ func (w *Worker) bind(ctx context.Context) (jetstream.Consumer, string, error) {
 		if err != nil {
 			return nil, "", fmt.Errorf("looking up consumer %s on stream %s: %w", w.opts.Consumer, w.opts.Stream, err)
 		}
-		if p := cons.CachedInfo().Config.AckPolicy; p != jetstream.AckExplicitPolicy {
-			return nil, "", fmt.Errorf("consumer %s has ack policy %v; cio-relay needs explicit acks", w.opts.Consumer, p)
+		if err := w.checkBound(cons); err != nil {
+			return nil, "", err
 		}
 	}
 
@@ -168,5 +168,31 @@ func (w *Worker) bindDirect(ctx context.Context, dc directConsumer) (jetstream.C
 	if err != nil {
 		return nil, fmt.Errorf("looking up consumer %s on stream %s: %w", dc.name, w.opts.Stream, err)
 	}
+	if err := w.checkBound(cons); err != nil {
+		return nil, err
+	}
 	return cons, nil
+}
+
+// checkBound checks a consumer someone else created: it must use explicit
+// acks (anything else loses a failed message), and must not give up on a
+// message on its own before the worker can dead-letter it with a reason
+// (MaxDeliver unlimited or above RELAY_MAX_DELIVER). Its AckWait is the one
+// that counts, so the lease keeper follows it.
+func (w *Worker) checkBound(cons jetstream.Consumer) error {
+	cfg := cons.CachedInfo().Config
+	name := cons.CachedInfo().Name
+	if cfg.AckPolicy != jetstream.AckExplicitPolicy {
+		return fmt.Errorf("consumer %s has ack policy %v; cio-relay needs explicit acks", name, cfg.AckPolicy)
+	}
+	if cfg.MaxDeliver != -1 && cfg.MaxDeliver <= w.opts.MaxDeliver {
+		return fmt.Errorf("consumer %s has MaxDeliver %d: JetStream would stop redelivering a message silently; "+
+			"set it to -1 (cio-relay dead-letters after RELAY_MAX_DELIVER=%d with a reason)", name, cfg.MaxDeliver, w.opts.MaxDeliver)
+	}
+	if cfg.AckWait > 0 && cfg.AckWait != w.opts.AckWait {
+		w.log.Warn("consumer's ack wait differs from RELAY_ACK_WAIT; extending leases by the shorter", "consumer", name,
+			"consumer_ack_wait", cfg.AckWait.String(), "relay_ack_wait", w.opts.AckWait.String())
+		w.opts.AckWait = min(w.opts.AckWait, cfg.AckWait)
+	}
+	return nil
 }
