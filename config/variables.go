@@ -89,8 +89,9 @@ func (c *Config) variables() []variable {
 				help: "Most unacknowledged events JetStream hands the worker at once. At least " +
 					"RELAY_BATCH_MAX_CALLS × (RELAY_SEND_CONCURRENCY + 1): the batches in flight and the one filling."},
 			// With the other defaults, each delivery is retried for up to 2m
-			// and then delayed 30s: 20 deliveries ride out most of an hour
-			// of Customer.io failing before an event is dead-lettered.
+			// and then delayed 30s × the delivery count (at most 5m): 20
+			// deliveries ride out about two hours of Customer.io failing
+			// before an event is dead-lettered.
 			{name: "RELAY_MAX_DELIVER", def: "20", value: intField(&c.Queue.MaxDeliver,
 				atLeast(2, "an event must be retried at least once before it is dead-lettered")),
 				help: "Deliveries of an event before it is moved to RELAY_DLQ_STREAM. At least 2."},
