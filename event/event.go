@@ -393,11 +393,13 @@ func endOfValue(c []byte, i int) int {
 // with a non-empty string messageId. It is for the rare paths (dead-lettering)
 // that need the id without preparing the call.
 func MessageIDOf(body []byte) (string, bool) {
-	var buf bytes.Buffer
-	if !utf8.Valid(body) || json.Compact(&buf, body) != nil {
+	if !utf8.Valid(body) {
 		return "", false
 	}
-	c := buf.Bytes()
+	c, err := appendCompact(nil, body)
+	if err != nil {
+		return "", false
+	}
 	if len(c) == 0 || c[0] != '{' {
 		return "", false
 	}
