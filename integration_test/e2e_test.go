@@ -48,15 +48,7 @@ func newEnv(t *testing.T, opts ciotest.Options) *env {
 		opts.CDPKey = cdpKey
 	}
 	cio := ciotest.NewServer(t, opts)
-	nc, err := nats.Connect(srv.URL(), nats.MaxReconnects(-1))
-	if err != nil {
-		t.Fatalf("connecting to NATS: %v", err)
-	}
-	t.Cleanup(nc.Close)
-	js, err := jetstream.New(nc)
-	if err != nil {
-		t.Fatal(err)
-	}
+	nc, js := srv.Connect(t)
 	return &env{nats: srv, cio: cio, nc: nc, js: js}
 }
 

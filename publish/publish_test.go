@@ -9,7 +9,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/cio-relay/cio-relay/event"
@@ -20,16 +19,7 @@ import (
 // cio.> like the worker's.
 func newJS(t *testing.T, stream string) (jetstream.JetStream, jetstream.Stream) {
 	t.Helper()
-	srv := natstest.Start(t)
-	nc, err := nats.Connect(srv.URL())
-	if err != nil {
-		t.Fatalf("connecting to NATS: %v", err)
-	}
-	t.Cleanup(nc.Close)
-	js, err := jetstream.New(nc)
-	if err != nil {
-		t.Fatal(err)
-	}
+	_, js := natstest.Start(t).Connect(t)
 	if stream == "" {
 		return js, nil
 	}

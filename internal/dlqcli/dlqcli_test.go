@@ -70,16 +70,7 @@ type fixture struct {
 // letters in CIO_DLQ as the worker would.
 func newFixture(t *testing.T) *fixture {
 	t.Helper()
-	srv := natstest.Start(t)
-	nc, err := nats.Connect(srv.URL())
-	if err != nil {
-		t.Fatalf("connecting to NATS: %v", err)
-	}
-	t.Cleanup(nc.Close)
-	js, err := jetstream.New(nc)
-	if err != nil {
-		t.Fatal(err)
-	}
+	_, js := natstest.Start(t).Connect(t)
 	ctx := t.Context()
 	cio, err := js.CreateStream(ctx, jetstream.StreamConfig{
 		Name: "CIO", Subjects: []string{"cio.>"}, Storage: jetstream.FileStorage, Duplicates: 2 * time.Minute,

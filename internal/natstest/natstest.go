@@ -100,6 +100,22 @@ func (s *Server) URL() string {
 	return "nats://" + net.JoinHostPort(host, strconv.Itoa(s.port))
 }
 
+// Connect returns a client of the server, closed when the test ends. It
+// reconnects forever, so it survives Restart.
+func (s *Server) Connect(t testing.TB) (*nats.Conn, jetstream.JetStream) {
+	t.Helper()
+	nc, err := nats.Connect(s.URL(), nats.MaxReconnects(-1))
+	if err != nil {
+		t.Fatalf("connecting to NATS: %v", err)
+	}
+	t.Cleanup(nc.Close)
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatalf("opening JetStream: %v", err)
+	}
+	return nc, js
+}
+
 // Kind returns how the server runs: [KindContainer] or [KindInProcess].
 func (s *Server) Kind() string { return s.kind }
 
