@@ -18,10 +18,10 @@ import (
 // StreamSubjects is what the stream captures: every subject under "cio.".
 const StreamSubjects = "cio.>"
 
-// filterSubjects is what the consumer takes: the batchable call subjects.
-// Other subjects under cio.> stay in the stream for the consumers that handle
-// them; nothing is consumed that this worker cannot deliver.
-func filterSubjects() []string {
+// FilterSubjects is what the batch consumer takes: the batchable call
+// subjects. Other subjects under cio.> stay in the stream for the consumers
+// that handle them; nothing is consumed that this worker cannot deliver.
+func FilterSubjects() []string {
 	s := make([]string, 0, len(event.Types))
 	for _, t := range event.Types {
 		s = append(s, t.Subject())
@@ -29,12 +29,12 @@ func filterSubjects() []string {
 	return s
 }
 
-// streamConfig is the stream the worker creates when it manages streams.
+// StreamConfig is the stream the worker creates when it manages streams.
 // Limits retention keeps messages for other consumers and for replay after
 // an outage; seven days is longer than any plausible Customer.io outage.
-func (w *Worker) streamConfig() jetstream.StreamConfig {
+func StreamConfig(name string) jetstream.StreamConfig {
 	return jetstream.StreamConfig{
-		Name:        w.opts.Stream,
+		Name:        name,
 		Description: "Customer.io calls for cio-relay",
 		Subjects:    []string{StreamSubjects},
 		Storage:     jetstream.FileStorage,
@@ -56,7 +56,7 @@ func (w *Worker) consumerConfig() jetstream.ConsumerConfig {
 		AckWait:        w.opts.AckWait,
 		MaxDeliver:     -1,
 		MaxAckPending:  w.opts.MaxAckPending,
-		FilterSubjects: filterSubjects(),
+		FilterSubjects: FilterSubjects(),
 		DeliverPolicy:  jetstream.DeliverAllPolicy,
 	}
 }
@@ -68,7 +68,7 @@ func (w *Worker) bind(ctx context.Context) (jetstream.Consumer, string, error) {
 	stream, err := w.js.Stream(ctx, w.opts.Stream)
 	switch {
 	case errors.Is(err, jetstream.ErrStreamNotFound) && w.opts.ManageStreams:
-		stream, err = w.js.CreateStream(ctx, w.streamConfig())
+		stream, err = w.js.CreateStream(ctx, StreamConfig(w.opts.Stream))
 		if err != nil {
 			return nil, "", fmt.Errorf("creating stream %s: %w", w.opts.Stream, err)
 		}
@@ -102,7 +102,7 @@ func (w *Worker) bind(ctx context.Context) (jetstream.Consumer, string, error) {
 	} else {
 		cons, err = stream.Consumer(ctx, w.opts.Consumer)
 		if errors.Is(err, jetstream.ErrConsumerNotFound) {
-			return nil, "", fmt.Errorf("consumer %s not found on stream %s and RELAY_MANAGE_STREAMS=false: create a durable pull consumer with explicit ack and filter subjects %q", w.opts.Consumer, w.opts.Stream, filterSubjects())
+			return nil, "", fmt.Errorf("consumer %s not found on stream %s and RELAY_MANAGE_STREAMS=false: create a durable pull consumer with explicit ack and filter subjects %q", w.opts.Consumer, w.opts.Stream, FilterSubjects())
 		}
 		if err != nil {
 			return nil, "", fmt.Errorf("looking up consumer %s on stream %s: %w", w.opts.Consumer, w.opts.Stream, err)

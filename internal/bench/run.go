@@ -18,7 +18,6 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
-	"github.com/cio-relay/cio-relay/event"
 	"github.com/cio-relay/cio-relay/sink"
 	"github.com/cio-relay/cio-relay/worker"
 )
@@ -186,7 +185,7 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 		return nil, err
 	}
 
-	streamCfg := streamConfig(cfg.Stream)
+	streamCfg := worker.StreamConfig(cfg.Stream)
 	if _, err := pubJS.Stream(ctx, cfg.Stream); err == nil {
 		return nil, fmt.Errorf("stream %s already exists: the bench needs it empty; delete it or choose another with --stream", cfg.Stream)
 	}
@@ -364,31 +363,6 @@ func (r *Result) workerPhase(ctx context.Context, si *standIn, wr *runningWorker
 	return nil
 }
 
-// streamConfig is the stream the worker creates when it manages streams
-// (worker.streamConfig, which is unexported): the bench creates it before
-// the worker starts so the backlog is published into the real thing.
-func streamConfig(name string) jetstream.StreamConfig {
-	return jetstream.StreamConfig{
-		Name:        name,
-		Description: "Customer.io calls for cio-relay",
-		Subjects:    []string{worker.StreamSubjects},
-		Storage:     jetstream.FileStorage,
-		Retention:   jetstream.LimitsPolicy,
-		MaxAge:      7 * 24 * time.Hour,
-		Duplicates:  2 * time.Minute,
-		Discard:     jetstream.DiscardOld,
-	}
-}
-
-// filterSubjects are the worker consumer's filter subjects.
-func filterSubjects() []string {
-	s := make([]string, 0, len(event.Types))
-	for _, t := range event.Types {
-		s = append(s, t.Subject())
-	}
-	return s
-}
-
 func startServer(dir string) (*server.Server, string, error) {
 	if dir == "" {
 		var err error
@@ -440,7 +414,7 @@ func runBare(ctx context.Context, url string, cfg Config) (Phase, error) {
 		AckWait:        30 * time.Second,
 		MaxDeliver:     -1,
 		MaxAckPending:  20_000,
-		FilterSubjects: filterSubjects(),
+		FilterSubjects: worker.FilterSubjects(),
 		DeliverPolicy:  jetstream.DeliverAllPolicy,
 	})
 	if err != nil {
