@@ -259,3 +259,31 @@ func TestBindChecksConsumersItDoesNotManage(t *testing.T) {
 		})
 	}
 }
+
+// TestShutdownWhileNATSDown: SIGTERM while NATS is unreachable must still end
+// within the shutdown timeout (Kubernetes kills the pod soon after).
+func TestShutdownWhileNATSDown(t *testing.T) {
+	e := newEnv(t, ciotest.Options{})
+	w, err := worker.New(e.js, sink.NewDryRun(io.Discard), worker.Options{ManageStreams: true, ShutdownTimeout: time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- w.Run(ctx) }()
+	waitFor(t, 10*time.Second, "the worker to be ready", func() bool { ok, _ := w.Ready(); return ok })
+	e.nats.Stop(t)
+	waitFor(t, 10*time.Second, "the client to notice", func() bool { return !e.nc.IsConnected() })
+
+	start := time.Now()
+	cancel()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("Run = %v, want nil", err)
+		}
+		t.Logf("Run returned %v after SIGTERM with NATS down (shutdown timeout 1s)", time.Since(start).Round(time.Millisecond))
+	case <-time.After(4 * time.Second):
+		t.Fatal("Run still running 4s after SIGTERM with NATS down; shutdown timeout is 1s")
+	}
+}

@@ -81,9 +81,9 @@ func (w *Worker) runDirect(ctx context.Context, iter jetstream.MessagesContext, 
 
 	var helds []held // carved one by one, as in read
 	for {
-		msg, err := iter.Next()
+		msg, err := iter.Next(jetstream.NextContext(ctx))
 		if err != nil {
-			if !errors.Is(err, jetstream.ErrMsgIteratorClosed) {
+			if !errors.Is(err, jetstream.ErrMsgIteratorClosed) && ctx.Err() == nil {
 				w.log.Error("pulling direct calls failed; stopping", "err", err)
 				fail(fmt.Errorf("pulling direct calls: %w", err))
 			}

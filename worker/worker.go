@@ -348,7 +348,7 @@ func (w *Worker) Run(ctx context.Context) error {
 	wg.Wait()
 	// Acks and naks are buffered publishes: make sure the server has them
 	// before the process goes away.
-	if nc := w.js.Conn(); nc != nil {
+	if nc := w.js.Conn(); nc != nil && nc.IsConnected() {
 		if err := nc.FlushTimeout(5 * time.Second); err != nil {
 			w.log.Warn("flushing acks at shutdown", "err", err)
 		}
@@ -370,9 +370,11 @@ func (w *Worker) read(ctx context.Context, iter jetstream.MessagesContext, idPre
 	var helds []held // carved one by one: one allocation per heldSlab messages
 	stale := 0       // buffered messages to extend at once after a long block
 	for {
-		msg, err := iter.Next()
+		// ctx ends at the shutdown timeout: a drain waiting on an
+		// unreachable server must not hold the reader past it.
+		msg, err := iter.Next(jetstream.NextContext(ctx))
 		if err != nil {
-			if !errors.Is(err, jetstream.ErrMsgIteratorClosed) {
+			if !errors.Is(err, jetstream.ErrMsgIteratorClosed) && ctx.Err() == nil {
 				w.log.Error("pulling messages failed; stopping", "consumer", w.opts.Consumer, "err", err)
 				fail(fmt.Errorf("pulling from consumer %s: %w", w.opts.Consumer, err))
 			}
