@@ -63,7 +63,7 @@ func (w *Worker) directConsumers() []directConsumer {
 // small pool of senders; triggers go through the pacer, which releases at
 // most one request per broadcast per trigger.Interval and coalesces what
 // waits.
-func (w *Worker) runDirect(ctx context.Context, iter jetstream.MessagesContext, idPrefix string, pacer *trigger.Pacer[*held], leases *leases[*held], fail func(error)) {
+func (w *Worker) runDirect(ctx, nextCtx context.Context, iter jetstream.MessagesContext, idPrefix string, pacer *trigger.Pacer[*held], leases *leases[*held], fail func(error)) {
 	var wg sync.WaitGroup
 	suppressions := make(chan *held)
 	for range w.opts.DirectConcurrency {
@@ -81,9 +81,9 @@ func (w *Worker) runDirect(ctx context.Context, iter jetstream.MessagesContext, 
 
 	var helds []held // carved one by one, as in read
 	for {
-		msg, err := iter.Next(jetstream.NextContext(ctx))
+		msg, err := iter.Next(jetstream.NextContext(nextCtx))
 		if err != nil {
-			if !errors.Is(err, jetstream.ErrMsgIteratorClosed) && ctx.Err() == nil {
+			if !errors.Is(err, jetstream.ErrMsgIteratorClosed) && nextCtx.Err() == nil {
 				w.log.Error("pulling direct calls failed; stopping", "err", err)
 				fail(fmt.Errorf("pulling direct calls: %w", err))
 			}

@@ -293,6 +293,10 @@ func (w *Worker) Run(ctx context.Context) error {
 	stop, stopAll := context.WithCancelCause(ctx)
 	defer stopAll(nil)
 	fail := func(err error) { stopAll(err) }
+	// nextCtx bounds the readers' waits on JetStream: a drain waiting on
+	// an unreachable server must not hold them past the shutdown timeout.
+	nextCtx, cancelNext := context.WithCancel(context.WithoutCancel(ctx))
+	defer cancelNext()
 	stopped := make(chan struct{})
 	wg.Go(func() {
 		select {
@@ -310,11 +314,13 @@ func (w *Worker) Run(ctx context.Context) error {
 			case <-timer.C:
 				w.log.Warn("shutdown timeout reached; nakking what is left", "timeout", w.opts.ShutdownTimeout.String())
 				cancelSend()
-				// A drain waiting on an unreachable server must not
-				// outlast the timeout either.
-				iter.Stop()
-				for _, it := range directIters {
-					it.Stop()
+				// Connected, the drain ends by itself once the buffered
+				// messages are handed out (and nakked); give it a moment.
+				// Unreachable, it would wait for the server: stop now.
+				if nc := w.js.Conn(); nc != nil && nc.IsConnected() {
+					time.AfterFunc(2*time.Second, cancelNext) // harmless once Run has returned
+				} else {
+					cancelNext()
 				}
 			case <-stopped:
 			}
@@ -325,7 +331,7 @@ func (w *Worker) Run(ctx context.Context) error {
 	var pipe sync.WaitGroup
 	pipe.Go(func() {
 		defer close(calls)
-		w.read(sendCtx, iter, idPrefix, leases, calls, fail)
+		w.read(sendCtx, nextCtx, iter, idPrefix, leases, calls, fail)
 	})
 	pipe.Go(func() {
 		defer close(batches)
@@ -339,7 +345,7 @@ func (w *Worker) Run(ctx context.Context) error {
 	})
 	pipe.Go(func() { w.dispatch(sendCtx, batches, leases) })
 	for i, it := range directIters {
-		pipe.Go(func() { w.runDirect(sendCtx, it, idPrefix, pacers[i], leases, fail) })
+		pipe.Go(func() { w.runDirect(sendCtx, nextCtx, it, idPrefix, pacers[i], leases, fail) })
 	}
 	pipe.Wait()
 
@@ -362,7 +368,7 @@ func (w *Worker) Run(ctx context.Context) error {
 
 // read pulls messages until the iterator is closed and sends each valid call
 // on calls; invalid ones are dead-lettered at once.
-func (w *Worker) read(ctx context.Context, iter jetstream.MessagesContext, idPrefix string, leases *leases[*held], calls chan<- batcher.Call[*held], fail func(error)) {
+func (w *Worker) read(ctx, nextCtx context.Context, iter jetstream.MessagesContext, idPrefix string, leases *leases[*held], calls chan<- batcher.Call[*held], fail func(error)) {
 	var prep event.Preparer
 	// Calls are prepared into a slab shared by many calls rather than one
 	// allocation each; a slab is released when the last batch using it is.
@@ -370,11 +376,9 @@ func (w *Worker) read(ctx context.Context, iter jetstream.MessagesContext, idPre
 	var helds []held // carved one by one: one allocation per heldSlab messages
 	stale := 0       // buffered messages to extend at once after a long block
 	for {
-		// ctx ends at the shutdown timeout: a drain waiting on an
-		// unreachable server must not hold the reader past it.
-		msg, err := iter.Next(jetstream.NextContext(ctx))
+		msg, err := iter.Next(jetstream.NextContext(nextCtx))
 		if err != nil {
-			if !errors.Is(err, jetstream.ErrMsgIteratorClosed) && ctx.Err() == nil {
+			if !errors.Is(err, jetstream.ErrMsgIteratorClosed) && nextCtx.Err() == nil {
 				w.log.Error("pulling messages failed; stopping", "consumer", w.opts.Consumer, "err", err)
 				fail(fmt.Errorf("pulling from consumer %s: %w", w.opts.Consumer, err))
 			}
