@@ -85,6 +85,9 @@ func (w *Worker) attempt(ctx context.Context, api string, pause *pauseState, min
 		}
 	}()
 	for {
+		if ctx.Err() != nil {
+			return fmt.Errorf("%w: %w", errGaveUpBetweenTries, context.Cause(ctx))
+		}
 		start := time.Now()
 		err := try(ctx)
 		w.observe(api, start, err)
@@ -130,10 +133,15 @@ func (w *Worker) attempt(ctx context.Context, api string, pause *pauseState, min
 			return err
 		}
 		if !sleep(ctx, wait) {
-			return fmt.Errorf("gave up at shutdown: %w", context.Cause(ctx))
+			return fmt.Errorf("%w: %w", errGaveUpBetweenTries, context.Cause(ctx))
 		}
 	}
 }
+
+// errGaveUpBetweenTries marks a shutdown that came while attempt waited
+// between two requests: unlike one that cut a request off, nothing can have
+// reached Customer.io since the last answer.
+var errGaveUpBetweenTries = errors.New("shutdown between retries")
 
 // nakNow hands messages back for immediate redelivery: at shutdown, so
 // another replica takes them.

@@ -236,8 +236,17 @@ func (w *Worker) sendTrigger(ctx context.Context, b *trigger.Batch[*held]) {
 	case sink.Retry:
 		w.m.direct.WithLabelValues("app", "nakked").Inc()
 		w.giveUp(ctx, b.Items, err)
-	default:
-		w.nakNow(b.Items)
+	default: // sink.Cancelled: the shutdown timeout
+		if errors.Is(err, errGaveUpBetweenTries) {
+			w.nakNow(b.Items)
+			return
+		}
+		// The request was cut off in flight and may have been acted on.
+		w.m.direct.WithLabelValues("app", "ambiguous").Inc()
+		for _, h := range b.Items {
+			w.deadLetter(ctx, h, deadletter.ReasonAmbiguous, 0,
+				fmt.Sprintf("broadcast %d: request cut off at shutdown, may have reached Customer.io, not retried: %v", b.BroadcastID, err))
+		}
 	}
 }
 
