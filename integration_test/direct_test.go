@@ -4,9 +4,11 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 	"slices"
 	"sort"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -257,5 +259,39 @@ func TestTriggerNeverSentTwice(t *testing.T) {
 	}
 	if ok, why := w.Ready(); !ok {
 		t.Errorf("worker not ready after a 404 for an unknown broadcast: %s", why)
+	}
+}
+
+// TestTriggerCutOffAtShutdownIsAmbiguous: a trigger request still in flight
+// when the shutdown timeout ends may have been acted on; it is dead-lettered
+// as ambiguous rather than nakked for another replica to send again.
+func TestTriggerCutOffAtShutdownIsAmbiguous(t *testing.T) {
+	var arrived atomic.Int32
+	e := newEnv(t, ciotest.Options{AppKey: "app-key", Fault: func(*ciotest.Request) *ciotest.Fault {
+		arrived.Add(1)
+		return &ciotest.Fault{Delay: 30 * time.Second, Slow: true}
+	}})
+	app, err := sink.NewApp(sink.AppOptions{URL: e.cio.AppURL(), APIKey: func() string { return "app-key" }, UserAgent: "test",
+		Client: sink.NewHTTPClient(1, time.Minute)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	w, err := worker.New(e.js, sink.NewDryRun(io.Discard), worker.Options{ManageStreams: true, App: app, ShutdownTimeout: 300 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- w.Run(ctx) }()
+	waitFor(t, 10*time.Second, "the worker to be ready", func() bool { ok, _ := w.Ready(); return ok })
+	e.publishAll(t, []published{{subject: worker.SubjectBroadcast, body: []byte(`{"broadcast_id":5,"ids":["a"]}`)}})
+	waitFor(t, 10*time.Second, "the trigger request in flight", func() bool { return arrived.Load() == 1 })
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatalf("Run = %v", err)
+	}
+	reasons, n := dlqReasons(t, e)
+	if n != 1 || reasons["ambiguous"] != 1 {
+		t.Fatalf("dead letters %v, want the cut-off trigger as ambiguous", reasons)
 	}
 }
