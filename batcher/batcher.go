@@ -17,6 +17,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sync"
 	"time"
 )
 
@@ -42,6 +43,19 @@ type Batch[T any] struct {
 	body    []byte // complete body, suffix included
 	Items   []T
 	Created time.Time // when the first call was added
+	bodies  *sync.Pool
+}
+
+// Release hands the body's memory back to the Packer for a later batch.
+// Neither the batch's Body nor anything sliced from it may be used after.
+// Releasing is optional: a batch that is not released is garbage collected.
+func (b *Batch[T]) Release() {
+	if b.bodies == nil || b.body == nil {
+		return
+	}
+	buf := b.body[:0]
+	b.body = nil
+	b.bodies.Put(&buf)
 }
 
 // Body returns the request body: {"batch":[...]}.
@@ -54,9 +68,12 @@ func (b *Batch[T]) Len() int { return len(b.Items) }
 // use.
 type Packer[T any] struct {
 	maxBytes, maxCalls int
-	buf                []byte // open body without its suffix
-	items              []T
-	created            time.Time
+	// bodies recycles released batch bodies: each is maxBytes of capacity,
+	// and a busy worker closes a few a second.
+	bodies  *sync.Pool
+	buf     []byte // open body without its suffix
+	items   []T
+	created time.Time
 }
 
 // NewPacker returns a Packer that closes batches at maxBytes body bytes
@@ -68,7 +85,7 @@ func NewPacker[T any](maxBytes, maxCalls int) (*Packer[T], error) {
 	if maxCalls < 1 {
 		return nil, fmt.Errorf("batch max calls %d must be at least 1", maxCalls)
 	}
-	return &Packer[T]{maxBytes: maxBytes, maxCalls: maxCalls}, nil
+	return &Packer[T]{maxBytes: maxBytes, maxCalls: maxCalls, bodies: new(sync.Pool)}, nil
 }
 
 // Add appends call to the open batch. When call does not fit there, the open
@@ -85,7 +102,11 @@ func (p *Packer[T]) Add(call []byte, item T, now time.Time) (*Batch[T], error) {
 	}
 	if len(p.items) == 0 {
 		if p.buf == nil {
-			p.buf = make([]byte, 0, p.maxBytes)
+			if b, ok := p.bodies.Get().(*[]byte); ok && cap(*b) >= p.maxBytes {
+				p.buf = (*b)[:0]
+			} else {
+				p.buf = make([]byte, 0, p.maxBytes)
+			}
 		}
 		p.buf = append(p.buf, bodyPrefix...)
 		p.created = now
@@ -105,7 +126,7 @@ func (p *Packer[T]) Flush() *Batch[T] {
 	if len(p.items) == 0 {
 		return nil
 	}
-	b := &Batch[T]{body: append(p.buf, bodySuffix...), Items: p.items, Created: p.created}
+	b := &Batch[T]{body: append(p.buf, bodySuffix...), Items: p.items, Created: p.created, bodies: p.bodies}
 	// The closed batch owns its buffers; the next batch gets fresh ones so a
 	// batch in flight is never overwritten.
 	p.buf, p.items = nil, nil

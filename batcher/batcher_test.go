@@ -278,3 +278,46 @@ func BenchmarkPack(b *testing.B) {
 		b.ReportMetric(100*float64(filled)/float64(batches*MaxBatchBytes), "fill%")
 	}
 }
+
+// TestReleasedBodiesAreReusedSafely checks every batch's body as it closes,
+// then releases it, so later batches are built in recycled buffers: a stale
+// byte left in one would show as a body that is not its calls.
+func TestReleasedBodiesAreReusedSafely(t *testing.T) {
+	r := rand.New(rand.NewPCG(5, 6))
+	p, err := NewPacker[int](40000, 50)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var calls [][]byte
+	check := func(b *Batch[int]) {
+		var want bytes.Buffer
+		want.WriteString(`{"batch":[`)
+		for j, item := range b.Items {
+			if j > 0 {
+				want.WriteByte(',')
+			}
+			want.Write(calls[item])
+		}
+		want.WriteString(`]}`)
+		if !bytes.Equal(b.Body(), want.Bytes()) {
+			t.Fatalf("batch of calls %v: body is not its calls", b.Items)
+		}
+		b.Release()
+		if b.Body() != nil {
+			t.Fatal("Body still set after Release")
+		}
+	}
+	for i := range 5000 {
+		calls = append(calls, makeCall(i, 30+r.IntN(3000)))
+		b, err := p.Add(calls[i], i, time.Time{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if b != nil {
+			check(b)
+		}
+	}
+	if b := p.Flush(); b != nil {
+		check(b)
+	}
+}

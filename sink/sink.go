@@ -112,15 +112,43 @@ func NewCDP(opts CDPOptions) (*CDP, error) {
 
 // SendBatch posts one batch body. It returns nil on 2xx, a *StatusError for
 // any other answer and a *TransportError when no answer came.
+//
+// It returns only once the HTTP transport is done with body (net/http may
+// still be writing a request body after it has the response, and closes it
+// when done), so the caller may reuse body's memory as soon as it returns.
 func (c *CDP) SendBatch(ctx context.Context, body []byte) error {
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, c.endpoint, bytes.NewReader(body))
+	rb := &requestBody{Reader: bytes.NewReader(body), closed: make(chan struct{})}
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, c.endpoint, rb)
 	if err != nil {
 		return fmt.Errorf("building CDP request: %w", err)
 	}
+	req.ContentLength = int64(len(body))
 	req.SetBasicAuth(c.apiKey(), "")
 	req.Header.Set("Content-Type", "application/json")
 	req.Header.Set("User-Agent", c.userAgent)
-	return do(c.client, req, "cdp")
+	err = do(c.client, req, "cdp")
+	// The transport closes the body on every path, bounded by the client's
+	// timeout; the cap only guards against a transport that would not.
+	select {
+	case <-rb.closed:
+	case <-time.After(bodyCloseCap):
+	}
+	return err
+}
+
+// bodyCloseCap bounds the wait for the transport to close a request body.
+const bodyCloseCap = 2 * time.Minute
+
+// requestBody is a request body that tells when the transport has closed it.
+type requestBody struct {
+	*bytes.Reader
+	once   sync.Once
+	closed chan struct{}
+}
+
+func (b *requestBody) Close() error {
+	b.once.Do(func() { close(b.closed) })
+	return nil
 }
 
 // do sends req and turns its outcome into nil, *StatusError or

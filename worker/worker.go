@@ -21,7 +21,8 @@ import (
 )
 
 // Sender delivers one CDP batch body. A nil error means Customer.io accepted
-// it (2xx); other errors are classified with sink.Classify.
+// it (2xx); other errors are classified with sink.Classify. SendBatch must
+// not use body after it returns: the worker recycles its memory.
 type Sender interface {
 	SendBatch(ctx context.Context, body []byte) error
 }
@@ -318,7 +319,7 @@ func (w *Worker) Run(ctx context.Context) error {
 				// messages are handed out (and nakked); give it a moment.
 				// Unreachable, it would wait for the server: stop now.
 				if nc := w.js.Conn(); nc != nil && nc.IsConnected() {
-					time.AfterFunc(2*time.Second, cancelNext) // harmless once Run has returned
+					time.AfterFunc(5*time.Second, cancelNext) // harmless once Run has returned
 				} else {
 					cancelNext()
 				}
@@ -513,6 +514,9 @@ func (w *Worker) dispatch(ctx context.Context, batches <-chan *batcher.Batch[*he
 			defer w.m.inFlight.Dec()
 			defer leases.remove(batch.Items...)
 			w.send(ctx, batch.Items, batch.Body())
+			// The sender is done with the body (see Sender), and the calls
+			// point into the reader's slabs, not into it: recycle it.
+			batch.Release()
 		})
 	}
 	wg.Wait()
