@@ -71,14 +71,22 @@ func (o *Options) validate() error {
 	if o.MaxPending < 1 {
 		errs = append(errs, fmt.Errorf("MaxPending must be at least 1, got %d", o.MaxPending))
 	}
-	// The prefix is inserted into the call's JSON as it is, so it must need
-	// no escaping; the rest keeps ids easy to quote and grep.
-	if strings.ContainsFunc(o.IDPrefix, func(r rune) bool {
-		return !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || strings.ContainsRune("._:-", r))
-	}) {
-		errs = append(errs, fmt.Errorf("IDPrefix %q may hold only letters, digits and . _ : -", o.IDPrefix))
+	if err := CheckIDPrefix(o.IDPrefix); err != nil {
+		errs = append(errs, err)
 	}
 	return errors.Join(errs...)
+}
+
+// CheckIDPrefix reports whether p can start messageIds: the prefix is
+// inserted into the call's JSON as it is, so it must need no escaping; the
+// rest keeps ids easy to quote and grep.
+func CheckIDPrefix(p string) error {
+	if strings.ContainsFunc(p, func(r rune) bool {
+		return !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || strings.ContainsRune("._:-", r))
+	}) {
+		return fmt.Errorf("IDPrefix %q may hold only letters, digits and . _ : -", p)
+	}
+	return nil
 }
 
 // Publisher publishes calls to JetStream. It is safe for concurrent use;

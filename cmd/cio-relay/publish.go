@@ -26,7 +26,8 @@ Each call is checked as the worker checks it and published on cio.<type>,
 compacted, with "type" and "messageId" added when absent, and with
 Nats-Msg-Id set to its messageId, so JetStream drops a call published twice
 within the stream's duplicate window. A call without a messageId gets one
-made for this run. An invalid line is reported with its number and reason
+made for this run, or, with --id-prefix, one that is the same on every run
+of the same file. An invalid line is reported with its number and reason
 and skipped; the exit code is then 1.
 
 Flags:
@@ -35,6 +36,10 @@ Flags:
                     it each line's "type" field gives its type
   --strict          stop at the first invalid line
   --max-pending N   calls awaiting their PubAck at once (default 256)
+  --id-prefix P     messageIds made for calls without one are P-1, P-2, …
+                    in file order, so publishing the same file again (after
+                    an interruption, say) repeats them: JetStream and
+                    Customer.io drop the duplicates. Use a new P per file.
 
 NATS settings are those of the worker: the NATS_* environment variables or
 their flags (-nats-url ...; "cio-relay run -h" lists them), and RELAY_STREAM,
@@ -59,6 +64,7 @@ func runPublish(ctx context.Context, args []string, getenv func(string) string, 
 	typeName := fs.String("type", "", "")
 	strict := fs.Bool("strict", false, "")
 	maxPending := fs.Int("max-pending", publish.DefaultMaxPending, "")
+	idPrefix := fs.String("id-prefix", "", "")
 	usageErr := func(format string, args ...any) int {
 		fmt.Fprintf(stderr, "cio-relay publish: "+format+"\nRun \"cio-relay publish -h\" for usage.\n", args...)
 		return 2
@@ -82,6 +88,9 @@ func runPublish(ctx context.Context, args []string, getenv func(string) string, 
 		if t = event.ParseType(*typeName); t == event.Unknown {
 			return usageErr("--type: want identify, track, page, screen, group or alias, got %q", *typeName)
 		}
+	}
+	if err := publish.CheckIDPrefix(*idPrefix); err != nil {
+		return usageErr("--id-prefix: %v", err)
 	}
 	if *maxPending < 1 {
 		return usageErr("--max-pending: must be at least 1, got %d", *maxPending)
@@ -108,7 +117,11 @@ func runPublish(ctx context.Context, args []string, getenv func(string) string, 
 		return 1
 	}
 	defer disconnect()
-	p, err := publish.New(js, publish.Options{Stream: cfg.Queue.Stream, MaxPending: *maxPending})
+	opts := publish.Options{Stream: cfg.Queue.Stream, MaxPending: *maxPending}
+	if *idPrefix != "" {
+		opts.IDPrefix = *idPrefix + "-"
+	}
+	p, err := publish.New(js, opts)
 	if err != nil {
 		fmt.Fprintf(stderr, "cio-relay publish: %v\n", err)
 		return 1

@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"fmt"
 	"os"
 	"path/filepath"
 	"slices"
@@ -184,6 +185,34 @@ func TestRunPublishTwice(t *testing.T) {
 	}
 }
 
+// TestRunPublishIDPrefix: with --id-prefix, calls without a messageId get
+// the same ids on every run of the same file, so a second run stores
+// nothing new.
+func TestRunPublishIDPrefix(t *testing.T) {
+	e := newNATSEnv(t)
+	stream := e.cio(t)
+	vars := env(map[string]string{"NATS_URL": e.srv.URL()})
+	const noIDs = `{"type":"track","userId":"u-1","event":"A"}
+{"type":"track","userId":"u-1","event":"A"}
+{"type":"identify","userId":"u-2"}
+`
+	for run := 1; run <= 2; run++ {
+		var out, errOut bytes.Buffer
+		if code := runPublish(t.Context(), []string{"--id-prefix", "import-7"}, vars, strings.NewReader(noIDs), &out, &errOut); code != 0 {
+			t.Fatalf("run %d: exit %d: %s", run, code, errOut.String())
+		}
+	}
+	got := storedCalls(t, stream, 0)
+	if len(got) != 3 {
+		t.Fatalf("stream holds %d calls after two runs; want 3:\n%s", len(got), strings.Join(got, "\n"))
+	}
+	for i, c := range got {
+		if want := fmt.Sprintf(`"messageId":"import-7-%d"`, i+1); !strings.Contains(c, want) {
+			t.Errorf("call %d: %s; want %s", i+1, c, want)
+		}
+	}
+}
+
 func TestRunPublishUsage(t *testing.T) {
 	tests := []struct {
 		name     string
@@ -195,6 +224,7 @@ func TestRunPublishUsage(t *testing.T) {
 		{"bad type", []string{"--type", "purchase"}, 2, `--type: want identify, track, page, screen, group or alias, got "purchase"`},
 		{"two files", []string{"a", "b"}, 2, "want at most one FILE"},
 		{"bad max pending", []string{"--max-pending", "0"}, 2, "--max-pending: must be at least 1"},
+		{"bad id prefix", []string{"--id-prefix", "a b"}, 2, "IDPrefix"},
 		{"unknown setting", []string{"-nats-urll", "x"}, 2, "invalid configuration"},
 		{"no such file", []string{filepath.Join(t.TempDir(), "none.ndjson")}, 1, "no such file"},
 	}
