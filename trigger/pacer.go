@@ -66,7 +66,7 @@ func (o *PacerOptions) setDefaults() error {
 	if o.Interval == 0 {
 		o.Interval = Interval
 	} else if o.Interval < 0 {
-		errs = append(errs, fmt.Errorf("Interval %v must not be negative", o.Interval))
+		errs = append(errs, fmt.Errorf("option Interval %v must not be negative", o.Interval))
 	}
 	check("MaxPending", &o.MaxPending, DefaultMaxPending, 0)
 	check("MaxPendingBytes", &o.MaxPendingBytes, DefaultMaxPendingBytes, 0)
