@@ -22,11 +22,12 @@ fuzz: ## fuzz the parsers and the packer for 30s each
 bench: ## end-to-end benchmark: bare consumer vs cio-relay, 1M events
 	go run ./cmd/cio-relay bench
 
-ci: ## what CI runs: Docker, the NATS image, gofmt, vet, deploy check, tests in containers
+ci: ## what CI runs: Docker, the NATS image, gofmt, vet, staticcheck, deploy check, tests in containers
 	bash .ci/run
 
-vet: ## go vet
+vet: ## go vet and staticcheck
 	go vet ./...
+	go run honnef.co/go/tools/cmd/staticcheck@v0.8.2 ./...
 
 fmt: ## gofmt every file
 	gofmt -w $$(git ls-files '*.go')
