@@ -5,9 +5,11 @@ import (
 	"errors"
 	"net"
 	"net/http"
+	"net/url"
 	"strings"
 	"testing"
 	"time"
+	"unicode/utf8"
 
 	"github.com/cio-relay/cio-relay/event"
 	"github.com/cio-relay/cio-relay/internal/ciotest"
@@ -336,4 +338,30 @@ func TestTrackErrorsNeverCarryTheIdentifier(t *testing.T) {
 	if strings.Contains(err.Error(), "jane.doe") {
 		t.Errorf("error reveals the identifier: %v", err)
 	}
+}
+
+// FuzzParseSuppression: any body yields an identifier that can go in a URL
+// path and come back unchanged, or an *event.InvalidError; nothing panics.
+func FuzzParseSuppression(f *testing.F) {
+	for _, s := range []string{`{"identifier":"a+b@x.io"}`, `{"identifier":"ünï/cödé"}`, `{"identifier":"cio_abc"}`,
+		`{"identifier":""}`, `{"identifier":"."}`, `{"identifier":1}`, `{}`, `x`, "{\"identifier\":\"a\x01\"}"} {
+		f.Add([]byte(s))
+	}
+	f.Fuzz(func(t *testing.T, body []byte) {
+		id, err := sink.ParseSuppression(body)
+		if err != nil {
+			var ie *event.InvalidError
+			if !errors.As(err, &ie) || ie.Reason == "" {
+				t.Fatalf("error %v is not an *event.InvalidError with a reason", err)
+			}
+			return
+		}
+		if id == "" || len(id) > sink.MaxIdentifierBytes || !utf8.ValidString(id) {
+			t.Fatalf("accepted identifier %q", id)
+		}
+		back, err := url.PathUnescape(url.PathEscape(id))
+		if err != nil || back != id {
+			t.Fatalf("identifier %q does not survive path escaping: %q, %v", id, back, err)
+		}
+	})
 }

@@ -1,10 +1,12 @@
 package trigger_test
 
 import (
+	"encoding/json"
 	"errors"
 	"fmt"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/cio-relay/cio-relay/event"
 	"github.com/cio-relay/cio-relay/trigger"
@@ -152,4 +154,59 @@ func TestAudienceString(t *testing.T) {
 			t.Errorf("Audience(%d).String() = %q, want %q", a, got, want)
 		}
 	}
+}
+
+// FuzzParse: any body either parses into a request whose Body is a JSON
+// object without broadcast_id and with at most one audience, or fails with
+// an *event.InvalidError; nothing panics. Pacing the request works too.
+func FuzzParse(f *testing.F) {
+	for _, s := range []string{
+		`{"broadcast_id":7,"ids":["a","b"],"id_ignore_missing":true,"data":{"x":1}}`,
+		`{"broadcast_id":1,"emails":["A@x.io"],"email_ignore_missing":true}`,
+		`{"broadcast_id":2,"per_user_data":[{"id":"a","data":{}}]}`,
+		`{"broadcast_id":3,"data_file_url":"https://x.io/f.ndjson"}`,
+		`{"broadcast_id":4,"recipients":{"segment":{"id":3}}}`,
+		`{"broadcast_id":"5","ids":[1]}`, `{"broadcast_id":0}`, `{}`, `[]`, `nul`, "{\"broadcast_id\":1,\"ids\":[\"\xff\"]}",
+	} {
+		f.Add([]byte(s))
+	}
+	f.Fuzz(func(t *testing.T, body []byte) {
+		req, err := trigger.Parse(body)
+		if err != nil {
+			var ie *event.InvalidError
+			if !errors.As(err, &ie) || ie.Reason == "" {
+				t.Fatalf("Parse error %v is not an *event.InvalidError with a reason", err)
+			}
+			return
+		}
+		if req.BroadcastID <= 0 {
+			t.Fatalf("accepted broadcast_id %d", req.BroadcastID)
+		}
+		var m map[string]json.RawMessage
+		if err := json.Unmarshal(req.Body(), &m); err != nil {
+			t.Fatalf("Body is not a JSON object: %v\n%s", err, req.Body())
+		}
+		if _, ok := m["broadcast_id"]; ok {
+			t.Fatalf("Body carries broadcast_id: %s", req.Body())
+		}
+		audiences := 0
+		for _, k := range []string{"ids", "emails", "per_user_data", "data_file_url", "recipients"} {
+			if _, ok := m[k]; ok {
+				audiences++
+			}
+		}
+		if audiences != 1 {
+			t.Fatalf("Body has %d audiences: %s", audiences, req.Body())
+		}
+		p, err := trigger.NewPacer[int](trigger.PacerOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := p.Add(req, 1); err != nil {
+			t.Fatalf("Add: %v", err)
+		}
+		if got := p.Ready(time.Now()); len(got) != 1 || got[0].BroadcastID != req.BroadcastID {
+			t.Fatalf("Ready released %d batches for one trigger", len(got))
+		}
+	})
 }
