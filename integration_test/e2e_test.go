@@ -104,6 +104,20 @@ func (e *env) publishAll(t *testing.T, msgs []published) {
 	}
 }
 
+// checkExactlyOnce asserts that every valid message was delivered exactly
+// once and no invalid one at all; seen counts deliveries by key.
+func checkExactlyOnce(t *testing.T, msgs []published, seen map[string]int) {
+	t.Helper()
+	for _, m := range msgs {
+		switch n := seen[m.key]; {
+		case m.valid && n != 1:
+			t.Errorf("call %s delivered %d times, want exactly once", m.key, n)
+		case !m.valid && n != 0:
+			t.Errorf("invalid call %s delivered %d times", m.key, n)
+		}
+	}
+}
+
 // published is one message put on the stream, and what must come of it.
 type published struct {
 	subject string
@@ -302,14 +316,7 @@ func TestEndToEnd(t *testing.T) {
 		}
 		seen[f.UserID]++
 	}
-	for _, m := range msgs {
-		switch n := seen[m.key]; {
-		case m.valid && n != 1:
-			t.Errorf("call %s delivered %d times, want exactly once", m.key, n)
-		case !m.valid && n != 0:
-			t.Errorf("invalid call %s delivered %d times", m.key, n)
-		}
-	}
+	checkExactlyOnce(t, msgs, seen)
 
 	st := e.cio.Stats()
 	if st.RequestsDroppedOverLimit != 0 || st.CallsDroppedOverLimit != 0 {

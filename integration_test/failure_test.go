@@ -297,14 +297,7 @@ func TestBisectIsolatesBadCalls(t *testing.T) {
 	for _, c := range e.cio.Delivered() {
 		seen[c.MessageID]++
 	}
-	for _, m := range msgs {
-		switch got := seen[m.key]; {
-		case m.valid && got != 1:
-			t.Errorf("good call %s delivered %d times, want once", m.key, got)
-		case !m.valid && got != 0:
-			t.Errorf("bad call %s delivered %d times", m.key, got)
-		}
-	}
+	checkExactlyOnce(t, msgs, seen)
 	if len(seen) != n-len(bad) {
 		t.Errorf("%d distinct calls delivered, want %d", len(seen), n-len(bad))
 	}
