@@ -125,4 +125,3 @@ func (w *Worker) sendTrigger(ctx context.Context, b *trigger.Batch[*held]) {
 		}
 	}
 }
-

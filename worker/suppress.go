@@ -34,4 +34,3 @@ func (w *Worker) suppress(ctx context.Context, h *held) {
 		w.nakNow([]*held{h})
 	}
 }
-
