@@ -751,3 +751,61 @@ func BenchmarkBatch(b *testing.B) {
 	}
 	b.ReportMetric(float64(len(s.Delivered()))/b.Elapsed().Seconds(), "calls/s")
 }
+
+// TestFaultRedirect: a 3xx Fault with a Location sends a client to
+// MovedURL, which answers 200 to anything and delivers nothing: what a
+// client that follows redirects would take for success.
+func TestFaultRedirect(t *testing.T) {
+	for _, status := range []int{301, 302, 303, 307, 308} {
+		t.Run(strconv.Itoa(status), func(t *testing.T) {
+			var s *ciotest.Server
+			s = newServer(t, func(o *ciotest.Options) {
+				o.Fault = func(r *ciotest.Request) *ciotest.Fault {
+					if r.API != ciotest.APICDP {
+						return nil
+					}
+					return &ciotest.Fault{Status: status, Location: s.MovedURL() + "/v1/batch"}
+				}
+			})
+			noFollow := &http.Client{CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
+			resp, err := noFollow.Do(cdpRequest(t, s, "/batch", batch(trackCall(t, "r", 100))))
+			if err != nil {
+				t.Fatal(err)
+			}
+			resp.Body.Close()
+			if resp.StatusCode != status || resp.Header.Get("Location") != s.MovedURL()+"/v1/batch" {
+				t.Fatalf("answered %d Location %q, want %d to the moved URL", resp.StatusCode, resp.Header.Get("Location"), status)
+			}
+			// A client that follows lands on 200, GET or POST alike.
+			if a := postBatch(t, s, batch(trackCall(t, "f", 100))); a.status != http.StatusOK {
+				t.Fatalf("following the redirect: %d %s, want 200", a.status, a.body)
+			}
+			rs := s.Requests()
+			if last := rs[len(rs)-1]; last.API != ciotest.APIMoved || last.Outcome != ciotest.OutcomeMoved {
+				t.Errorf("last request %s/%s, want moved/moved", last.API, last.Outcome)
+			}
+			if d := s.Delivered(); len(d) != 0 {
+				t.Errorf("%d calls delivered through a redirect", len(d))
+			}
+		})
+	}
+}
+
+// TestFailCalls: the fault follows the call, not the request: any batch
+// holding it fails, any batch without it goes through.
+func TestFailCalls(t *testing.T) {
+	s := newServer(t, func(o *ciotest.Options) {
+		o.Fault = ciotest.FailCalls(ciotest.Fault{Status: 500, Body: "boom"}, "poison")
+	})
+	if a := postBatch(t, s, batch(trackCall(t, "a", 150), trackCall(t, "poison", 150))); a.status != 500 {
+		t.Errorf("batch with the call: %d, want 500", a.status)
+	}
+	if a := do(t, cdpRequest(t, s, "/track", trackCall(t, "poison", 150))); a.status != 500 {
+		t.Errorf("the call alone on /track: %d, want 500", a.status)
+	}
+	// Only the messageId counts, not the text appearing elsewhere.
+	other := []byte(`{"type":"track","messageId":"b","userId":"u","event":"e","properties":{"messageId":"poison"}}`)
+	if a := postBatch(t, s, batch(trackCall(t, "a", 100), other)); a.status != 200 {
+		t.Errorf("batch without the call: %d %s, want 200", a.status, a.body)
+	}
+}

@@ -61,6 +61,9 @@ const (
 	APICDP     API = "cdp"
 	APITrack   API = "track"
 	APIApp     API = "app"
+	// APIMoved is the target of redirects ([Server.MovedURL]): not
+	// Customer.io, it answers 200 to any request and applies nothing.
+	APIMoved API = "moved"
 )
 
 // Outcome is what the stand-in did with a request.
@@ -83,6 +86,9 @@ const (
 	OutcomeRateLimited Outcome = "rate_limited"
 	// OutcomeFault: Options.Fault chose the answer.
 	OutcomeFault Outcome = "fault"
+	// OutcomeMoved: a request to [Server.MovedURL], answered 200 and
+	// applied nowhere. A client that follows a redirect ends here.
+	OutcomeMoved Outcome = "moved"
 )
 
 // Request records one HTTP request the stand-in received. Body and the Raw
@@ -200,6 +206,15 @@ func (s *Server) TrackURL() string { return s.srv.URL + "/api/v1" }
 // AppURL is the base URL of the App API, like https://api.customer.io/v1.
 // It shares the /v1 prefix with CDPURL; requests are told apart by path.
 func (s *Server) AppURL() string { return s.srv.URL + "/v1" }
+
+// MovedURL is the base of a URL that answers 200 {} to any method and
+// path below it and does nothing: where a [Fault] with a 3xx Status and a
+// Location points, so a client that follows redirects is seen to "succeed"
+// without delivering anything. Its requests are recorded with API
+// [APIMoved] and Outcome [OutcomeMoved].
+func (s *Server) MovedURL() string { return s.srv.URL + movedPrefix }
+
+const movedPrefix = "/moved"
 
 // Requests returns every request received so far, in the order they were
 // answered.
@@ -365,6 +380,9 @@ func (s *Server) serve(w http.ResponseWriter, r *http.Request) {
 		resp = s.track(&req)
 	case APIApp:
 		resp = s.app(&req)
+	case APIMoved:
+		resp = accepted("{}")
+		resp.outcome = OutcomeMoved
 	default:
 		resp = reject(http.StatusNotFound, "no such endpoint: %s", req.Path)
 	}
@@ -387,6 +405,8 @@ func readBody(r *http.Request) ([]byte, error) {
 // apiOf routes by path; the CDP and App APIs share the /v1 prefix.
 func apiOf(path string) API {
 	switch {
+	case path == movedPrefix || strings.HasPrefix(path, movedPrefix+"/"):
+		return APIMoved
 	case strings.HasPrefix(path, appPrefix):
 		return APIApp
 	case strings.HasPrefix(path, trackPrefix):
