@@ -169,10 +169,10 @@ type Stats struct {
 	// (those requests' and those dropped from accepted ones).
 	RequestsDroppedInvalid int
 	CallsDroppedInvalid    int
-	RateLimited              int // broadcast triggers answered 429
-	MaxBodyBytes             int // largest body of any request
-	MaxCallBytes             int // largest delivered call
-	TotalBodyBytes           int64
+	RateLimited            int // broadcast triggers answered 429
+	MaxBodyBytes           int // largest body of any request
+	MaxCallBytes           int // largest delivered call
+	TotalBodyBytes         int64
 }
 
 // Server is a Customer.io stand-in listening on 127.0.0.1. It is safe for
