@@ -124,9 +124,11 @@ func doRead(client *http.Client, req *http.Request, api string, private ...strin
 // the body trimmed to maxErrorBody, Retry-After parsed, a redirect's
 // Location made safe to log (see redirectTarget).
 func statusError(resp *http.Response, api string, private []string) *StatusError {
-	b, _ := io.ReadAll(io.LimitReader(resp.Body, maxErrorBody+1))
+	// Read whole (within reason) so that an error list longer than what
+	// is kept can still be parsed.
+	b, _ := io.ReadAll(io.LimitReader(resp.Body, 64<<10))
 	_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, 64<<10))
-	msg := strings.TrimSpace(strings.ToValidUTF8(string(b), "?"))
+	msg := strings.TrimSpace(strings.ToValidUTF8(errorText(b), "?"))
 	if len(msg) > maxErrorBody {
 		msg = msg[:maxErrorBody] + "…"
 	}
@@ -137,6 +139,22 @@ func statusError(resp *http.Response, api string, private []string) *StatusError
 		Body:       msg,
 		Location:   redirectTarget(resp, private),
 	}
+}
+
+// errorText returns what an operator should read of an error body: the
+// messages of the CDP API's documented {"meta":{"errors":["…",…]}} (its
+// answer to a call that fails strict validation), joined by "; ", or the
+// body as it is when it has another shape.
+func errorText(b []byte) string {
+	var e struct {
+		Meta struct {
+			Errors []string `json:"errors"`
+		} `json:"meta"`
+	}
+	if json.Unmarshal(b, &e) != nil || len(e.Meta.Errors) == 0 {
+		return string(b)
+	}
+	return strings.Join(e.Meta.Errors, "; ")
 }
 
 // redirectTarget returns where a 3xx answer points, for an operator to

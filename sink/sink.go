@@ -118,12 +118,24 @@ func withoutRedirects(c *http.Client) *http.Client {
 }
 
 // CDP sends batch requests to Customer.io's Data Pipelines API.
+//
+// Every request carries X-Strict-Mode: 1 unless CDPOptions.Permissive is
+// set. Without it the API is permissive: a call that fails Customer.io's
+// own validation is logged in the workspace and the request answered 200,
+// so the call is lost while its batch counts as delivered. In strict mode
+// the same request is answered 400 with the errors, which the worker
+// bisects until only the refused call is dead-lettered.
 type CDP struct {
 	endpoint  string
 	apiKey    func() string
 	userAgent string
 	client    *http.Client
+	strict    bool
 }
+
+// StrictModeHeader is the request header that asks the CDP API for strict
+// validation when its value is "1".
+const StrictModeHeader = "X-Strict-Mode"
 
 // CDPOptions configures a CDP client.
 type CDPOptions struct {
@@ -131,6 +143,10 @@ type CDPOptions struct {
 	APIKey    func() string // called per request, so a rotated key is picked up
 	UserAgent string
 	Client    *http.Client
+	// Permissive sends requests without X-Strict-Mode: 1, so Customer.io
+	// answers 200 to, and drops, a call that fails its validation (see
+	// CDP). Off by default; only for a workspace that needs it.
+	Permissive bool
 }
 
 // NewCDP returns a client that posts to {URL}/batch.
@@ -143,6 +159,7 @@ func NewCDP(opts CDPOptions) (*CDP, error) {
 		apiKey:    opts.APIKey,
 		userAgent: opts.UserAgent,
 		client:    withoutRedirects(opts.Client),
+		strict:    !opts.Permissive,
 	}, nil
 }
 
@@ -162,6 +179,9 @@ func (c *CDP) SendBatch(ctx context.Context, body []byte) error {
 	req.SetBasicAuth(c.apiKey(), "")
 	req.Header.Set("Content-Type", "application/json")
 	req.Header.Set("User-Agent", c.userAgent)
+	if c.strict {
+		req.Header.Set(StrictModeHeader, "1")
+	}
 	err = do(c.client, req, "cdp")
 	// The transport closes the body on every path, bounded by the client's
 	// timeout; the cap only guards against a transport that would not.
