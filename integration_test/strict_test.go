@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -160,4 +161,66 @@ func TestStrictModeKeepsCustomerIOsRejections(t *testing.T) {
 			}
 		}
 	})
+}
+
+// TestStrictModeSetting runs the cio-relay binary with RELAY_CDP_STRICT at
+// its default and set to false: the default sends X-Strict-Mode: 1 and
+// dead-letters the call Customer.io refuses; false sends no header, warns
+// at start what is lost, and the refused call is silently dropped.
+func TestStrictModeSetting(t *testing.T) {
+	for _, tt := range []struct {
+		name    string
+		extra   map[string]string
+		header  string
+		dead    uint64
+		dropped int
+	}{
+		{name: "default", header: "1", dead: 1},
+		{name: "off", extra: map[string]string{"RELAY_CDP_STRICT": "false"}, dropped: 1},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			e := newEnv(t, refusingCustomerIO())
+			keyFile := filepath.Join(t.TempDir(), "cdp-api-key")
+			writeFileAtomic(t, keyFile, cdpKey+"\n")
+			p := startRelay(t, "strict-"+tt.name, relayEnv(e.nats.URL(), e.cio.CDPURL(), keyFile, tt.extra))
+			rec := p.waitLog(t, 10*time.Second, "delivering to Customer.io")
+			if strict, _ := rec["strict"].(bool); strict != (tt.header == "1") {
+				t.Errorf("start log says strict=%v", rec["strict"])
+			}
+			warned := p.logs.count("CDP strict mode OFF") > 0
+			if warned != (tt.header == "") {
+				t.Errorf("warning that strict mode is off logged: %v", warned)
+			}
+
+			e.publishAll(t, []published{
+				{subject: "cio.track", body: []byte(`{"messageId":"ok-1","userId":"u","event":"e"}`), key: "ok-1", valid: true},
+				{subject: "cio.track", body: []byte(`{"messageId":"refused-1","userId":"u","event":"e","properties":{` + refusedMarker + `}}`), key: "refused-1"},
+			})
+			// Consumer info can lag the publish: wait for both calls to
+			// have had their outcome first.
+			waitFor(t, 30*time.Second, "both calls delivered, dropped or dead-lettered", func() bool {
+				st := e.cio.Stats()
+				return uint64(st.CallsAccepted+st.CallsDroppedInvalid)+streamMsgs(t, e.js, "CIO_DLQ") >= 2
+			})
+			waitSettled(t, e.js, 30*time.Second)
+			for _, r := range e.cio.Requests() {
+				if r.API == ciotest.APICDP && r.Header.Get(ciotest.StrictModeHeader) != tt.header {
+					t.Errorf("request carried %s %q, want %q", ciotest.StrictModeHeader, r.Header.Get(ciotest.StrictModeHeader), tt.header)
+				}
+			}
+			if d := e.cio.Delivered(); len(d) != 1 || d[0].MessageID != "ok-1" {
+				t.Errorf("delivered %v, want ok-1 alone", d)
+			}
+			if n := streamMsgs(t, e.js, "CIO_DLQ"); n != tt.dead {
+				t.Errorf("%d dead letters, want %d", n, tt.dead)
+			}
+			if n := e.cio.Stats().CallsDroppedInvalid; n != tt.dropped {
+				t.Errorf("%d calls silently dropped, want %d", n, tt.dropped)
+			}
+			if code := p.stop(t, 15*time.Second); code != 0 {
+				t.Errorf("cio-relay exited %d", code)
+			}
+		})
+	}
 }
