@@ -140,7 +140,7 @@ func redelivered(calls []*held) bool {
 //     jitter, waiting at least Retry-After and at least minWait (an API's own
 //     pacing); the last error is returned once RetryMaxElapsed is spent, or
 //     at once when stop says that error must not be retried.
-//   - 401, 403, 404, 405: a configuration problem, not bad data: hold on,
+//   - 401, 403, 404, 405, 3xx: a configuration problem, not bad data: hold on,
 //     pause (see pauseState) and probe every ProbeInterval until it passes.
 //
 // Every request's duration and status class is recorded under api.
