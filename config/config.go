@@ -86,11 +86,15 @@ type Ops struct {
 
 // CIO is Customer.io: API base URLs (without trailing '/') and credentials.
 type CIO struct {
-	Region      string // us or eu
-	CDPURL      string
-	TrackURL    string
-	AppURL      string
-	CDPAPIKey   Secret // unset: dry run, see [Config.DryRun]
+	Region    string // us or eu
+	CDPURL    string
+	TrackURL  string
+	AppURL    string
+	CDPAPIKey Secret // unset: dry run, see [Config.DryRun]
+	// CDPStrict sends X-Strict-Mode: 1 on every CDP request, so a call
+	// Customer.io's validation refuses is answered 400 (and dead-lettered)
+	// instead of 200 and dropped.
+	CDPStrict   bool
 	AppAPIKey   Secret // unset: broadcast triggers are not configured
 	SiteID      string // Track API user, with TrackAPIKey
 	TrackAPIKey Secret // unset: suppressions are not configured

@@ -70,6 +70,8 @@ func TestLoadDefaults(t *testing.T) {
 			CDPURL:   "https://cdp.customer.io/v1",
 			TrackURL: "https://track.customer.io/api/v1",
 			AppURL:   "https://api.customer.io/v1",
+			// Customer.io's permissive default loses refused calls.
+			CDPStrict: true,
 		},
 	}
 	if !reflect.DeepEqual(c, want) {

@@ -165,6 +165,12 @@ func (c *Config) variables() []variable {
 			{name: "CIO_CDP_URL", value: stringField(&c.CIO.CDPURL, apiURL).echoing(quoteURL),
 				byRegn: map[string]string{"us": "https://cdp.customer.io/v1", "eu": "https://cdp-eu.customer.io/v1"},
 				help:   "Base URL of the Data Pipelines (CDP) API, which receives the batches."},
+			// Customer.io's CDP API is permissive unless asked otherwise:
+			// a call it refuses is answered 200 and lost.
+			{name: "RELAY_CDP_STRICT", def: "true", value: boolField(&c.CIO.CDPStrict),
+				help: "Send X-Strict-Mode: 1 on every CDP request, so a call that fails Customer.io's own validation is " +
+					"answered 400 and dead-lettered (rejected) instead of answered 200 and silently dropped. " +
+					"false: such calls are acked and lost, logged only in the Customer.io workspace."},
 			{name: "CIO_TRACK_URL", value: stringField(&c.CIO.TrackURL, apiURL).echoing(quoteURL),
 				byRegn: map[string]string{"us": "https://track.customer.io/api/v1", "eu": "https://track-eu.customer.io/api/v1"},
 				help:   "Base URL of the Track API, which receives suppressions."},

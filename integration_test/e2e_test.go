@@ -39,6 +39,8 @@ type env struct {
 	cio  *ciotest.Server
 	nc   *nats.Conn
 	js   jetstream.JetStream
+	// cdpOptions, when set, adjusts the CDP client runWorker builds.
+	cdpOptions func(*sink.CDPOptions)
 }
 
 func newEnv(t *testing.T, opts ciotest.Options) *env {

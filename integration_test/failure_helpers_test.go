@@ -42,12 +42,16 @@ func (e *env) runWorker(t *testing.T, opts worker.Options, clientTimeout time.Du
 	if clientTimeout == 0 {
 		clientTimeout = 10 * time.Second
 	}
-	cdp, err := sink.NewCDP(sink.CDPOptions{
+	cdpOpts := sink.CDPOptions{
 		URL:       e.cio.CDPURL(),
 		APIKey:    func() string { return cdpKey },
 		UserAgent: "cio-relay/test",
 		Client:    sink.NewHTTPClient(4, clientTimeout),
-	})
+	}
+	if e.cdpOptions != nil {
+		e.cdpOptions(&cdpOpts)
+	}
+	cdp, err := sink.NewCDP(cdpOpts)
 	if err != nil {
 		t.Fatal(err)
 	}

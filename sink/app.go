@@ -43,7 +43,7 @@ func NewApp(opts AppOptions) (*App, error) {
 		endpoint:  strings.TrimRight(opts.URL, "/") + "/campaigns/",
 		apiKey:    opts.APIKey,
 		userAgent: opts.UserAgent,
-		client:    opts.Client,
+		client:    withoutRedirects(opts.Client),
 	}, nil
 }
 
@@ -94,7 +94,7 @@ func triggerID(answer []byte) int64 {
 // that answer's body (at most maxAnswerBody bytes) and classifies every
 // other outcome exactly as do does. do drains a 2xx body unread, which is
 // why this exists beside it.
-func doRead(client *http.Client, req *http.Request, api string) ([]byte, error) {
+func doRead(client *http.Client, req *http.Request, api string, private ...string) ([]byte, error) {
 	resp, err := client.Do(req)
 	if err != nil {
 		if ctxErr := req.Context().Err(); ctxErr != nil {
@@ -110,7 +110,7 @@ func doRead(client *http.Client, req *http.Request, api string) ([]byte, error) 
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode < 200 || resp.StatusCode >= 300 {
-		return nil, statusError(resp, api)
+		return nil, statusError(resp, api, private)
 	}
 	// A read error leaves part of the body, or none: Customer.io has
 	// answered 2xx, so the request stands accepted and only what the body
@@ -121,11 +121,14 @@ func doRead(client *http.Client, req *http.Request, api string) ([]byte, error) 
 }
 
 // statusError builds the *StatusError for a non-2xx answer as do does:
-// the body trimmed to maxErrorBody, Retry-After parsed.
-func statusError(resp *http.Response, api string) *StatusError {
-	b, _ := io.ReadAll(io.LimitReader(resp.Body, maxErrorBody+1))
+// the body trimmed to maxErrorBody, Retry-After parsed, a redirect's
+// Location made safe to log (see redirectTarget).
+func statusError(resp *http.Response, api string, private []string) *StatusError {
+	// Read whole (within reason) so that an error list longer than what
+	// is kept can still be parsed.
+	b, _ := io.ReadAll(io.LimitReader(resp.Body, 64<<10))
 	_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, 64<<10))
-	msg := strings.TrimSpace(strings.ToValidUTF8(string(b), "?"))
+	msg := strings.TrimSpace(strings.ToValidUTF8(errorText(b), "?"))
 	if len(msg) > maxErrorBody {
 		msg = msg[:maxErrorBody] + "…"
 	}
@@ -134,5 +137,46 @@ func statusError(resp *http.Response, api string) *StatusError {
 		Status:     resp.StatusCode,
 		RetryAfter: ParseRetryAfter(resp.Header.Get("Retry-After"), time.Now()),
 		Body:       msg,
+		Location:   redirectTarget(resp, private),
 	}
+}
+
+// errorText returns what an operator should read of an error body: the
+// messages of the CDP API's documented {"meta":{"errors":["…",…]}} (its
+// answer to a call that fails strict validation), joined by "; ", or the
+// body as it is when it has another shape.
+func errorText(b []byte) string {
+	var e struct {
+		Meta struct {
+			Errors []string `json:"errors"`
+		} `json:"meta"`
+	}
+	if json.Unmarshal(b, &e) != nil || len(e.Meta.Errors) == 0 {
+		return string(b)
+	}
+	return strings.Join(e.Meta.Errors, "; ")
+}
+
+// redirectTarget returns where a 3xx answer points, for an operator to
+// read in a log: scheme, host and path only. Credentials, the query (API
+// keys and tokens travel there) and the fragment are dropped, and each of
+// private found in the path (a suppression's identifier, usually an email
+// address) is replaced by "[identifier]". "" when resp is no redirect or
+// its Location is missing or unreadable.
+func redirectTarget(resp *http.Response, private []string) string {
+	if resp.StatusCode < 300 || resp.StatusCode >= 400 {
+		return ""
+	}
+	loc, err := resp.Location()
+	if err != nil {
+		return ""
+	}
+	path := loc.Path // decoded, so any escaping of an identifier matches
+	for _, p := range private {
+		if p != "" {
+			path = strings.ReplaceAll(path, p, "[identifier]")
+		}
+	}
+	safe := url.URL{Scheme: loc.Scheme, Host: loc.Host, Path: path}
+	return safe.String()
 }

@@ -28,15 +28,31 @@ type StatusError struct {
 	Status     int
 	RetryAfter time.Duration // from the Retry-After header; 0 when absent
 	Body       string        // trimmed response body
+	// Location is where a 3xx answer redirects to, resolved against the
+	// request's URL and stripped of credentials, query, fragment and any
+	// personal data the request's path carried; "" when none was given.
+	Location string
 }
 
 func (e *StatusError) Error() string {
 	msg := fmt.Sprintf("customer.io %s API answered %d %s", e.API, e.Status, http.StatusText(e.Status))
+	if e.Redirect() {
+		where := "somewhere (no Location given)"
+		if e.Location != "" {
+			where = e.Location
+		}
+		// The operator's fix is the URL setting, so say so: a redirect is
+		// never followed (see NewHTTPClient).
+		return msg + ": the URL redirects to " + where + "; redirects are not followed, so set the API URL to where it now lives"
+	}
 	if e.Body != "" {
 		msg += ": " + e.Body
 	}
 	return msg
 }
+
+// Redirect reports whether the answer was a 3xx.
+func (e *StatusError) Redirect() bool { return e.Status >= 300 && e.Status < 400 }
 
 // Retryable reports whether the same request may succeed later: rate limits,
 // timeouts and server errors.
@@ -68,7 +84,15 @@ func IsRetryable(err error) bool {
 }
 
 // NewHTTPClient returns the one client the worker uses: connections kept
-// warm for conns concurrent requests, each request bounded by timeout.
+// warm for conns concurrent requests, each request bounded by timeout,
+// redirects never followed.
+//
+// A followed redirect loses data: net/http turns a POST answered 301, 302
+// or 303 into a bodyless GET, and whatever answers that GET with 200 gets
+// the batch acked undelivered; a 307 or 308 re-sends the request with its
+// credentials to a host nobody configured. Customer.io's APIs do not
+// redirect, so a 3xx means the URL is wrong (or a proxy in front of it
+// is): a configuration problem, paused on like a wrong key (see Classify).
 func NewHTTPClient(conns int, timeout time.Duration) *http.Client {
 	t := http.DefaultTransport.(*http.Transport).Clone()
 	t.MaxIdleConns = 2 * conns
@@ -78,16 +102,40 @@ func NewHTTPClient(conns int, timeout time.Duration) *http.Client {
 	t.ResponseHeaderTimeout = timeout
 	t.DialContext = (&net.Dialer{Timeout: 10 * time.Second, KeepAlive: 30 * time.Second}).DialContext
 	t.ForceAttemptHTTP2 = true
-	return &http.Client{Transport: t, Timeout: timeout}
+	return &http.Client{Transport: t, Timeout: timeout, CheckRedirect: refuseRedirect}
+}
+
+// refuseRedirect makes a client return a 3xx answer as it is.
+func refuseRedirect(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }
+
+// withoutRedirects returns a copy of c that never follows a redirect, so
+// that no client the sink is given can (see NewHTTPClient). The copy
+// shares c's Transport and its connections.
+func withoutRedirects(c *http.Client) *http.Client {
+	cc := *c
+	cc.CheckRedirect = refuseRedirect
+	return &cc
 }
 
 // CDP sends batch requests to Customer.io's Data Pipelines API.
+//
+// Every request carries X-Strict-Mode: 1 unless CDPOptions.Permissive is
+// set. Without it the API is permissive: a call that fails Customer.io's
+// own validation is logged in the workspace and the request answered 200,
+// so the call is lost while its batch counts as delivered. In strict mode
+// the same request is answered 400 with the errors, which the worker
+// bisects until only the refused call is dead-lettered.
 type CDP struct {
 	endpoint  string
 	apiKey    func() string
 	userAgent string
 	client    *http.Client
+	strict    bool
 }
+
+// StrictModeHeader is the request header that asks the CDP API for strict
+// validation when its value is "1".
+const StrictModeHeader = "X-Strict-Mode"
 
 // CDPOptions configures a CDP client.
 type CDPOptions struct {
@@ -95,6 +143,10 @@ type CDPOptions struct {
 	APIKey    func() string // called per request, so a rotated key is picked up
 	UserAgent string
 	Client    *http.Client
+	// Permissive sends requests without X-Strict-Mode: 1, so Customer.io
+	// answers 200 to, and drops, a call that fails its validation (see
+	// CDP). Off by default; only for a workspace that needs it.
+	Permissive bool
 }
 
 // NewCDP returns a client that posts to {URL}/batch.
@@ -106,7 +158,8 @@ func NewCDP(opts CDPOptions) (*CDP, error) {
 		endpoint:  strings.TrimRight(opts.URL, "/") + "/batch",
 		apiKey:    opts.APIKey,
 		userAgent: opts.UserAgent,
-		client:    opts.Client,
+		client:    withoutRedirects(opts.Client),
+		strict:    !opts.Permissive,
 	}, nil
 }
 
@@ -126,6 +179,9 @@ func (c *CDP) SendBatch(ctx context.Context, body []byte) error {
 	req.SetBasicAuth(c.apiKey(), "")
 	req.Header.Set("Content-Type", "application/json")
 	req.Header.Set("User-Agent", c.userAgent)
+	if c.strict {
+		req.Header.Set(StrictModeHeader, "1")
+	}
 	err = do(c.client, req, "cdp")
 	// The transport closes the body on every path, bounded by the client's
 	// timeout; the cap only guards against a transport that would not.
@@ -153,8 +209,10 @@ func (b *requestBody) Close() error {
 
 // do sends req and turns its outcome into nil, *StatusError or
 // *TransportError. The response body is drained so the connection is reused.
-func do(client *http.Client, req *http.Request, api string) error {
-	_, err := doRead(client, req, api)
+// private are values req's path carries that must not appear in an error
+// (a suppression's identifier), should a redirect's Location repeat them.
+func do(client *http.Client, req *http.Request, api string, private ...string) error {
+	_, err := doRead(client, req, api, private...)
 	return err
 }
 
@@ -209,8 +267,8 @@ const (
 	Delivered Class = iota
 	// Retry: the same request may succeed later (429, 408, 5xx, no answer).
 	Retry
-	// Pause: a configuration problem (401, 403: the key; 404, 405: the
-	// URL). Nothing is wrong with the data, so nothing may be dead-lettered;
+	// Pause: a configuration problem (401, 403: the key; 404, 405 and
+	// any 3xx redirect: the URL). Nothing is wrong with the data, so nothing may be dead-lettered;
 	// the caller stops and probes until it is fixed.
 	Pause
 	// Reject: Customer.io refused the request itself (400, 413, 422 and any
@@ -244,6 +302,10 @@ func Classify(err error) Class {
 	var se *StatusError
 	if errors.As(err, &se) {
 		switch {
+		case se.Redirect():
+			// Customer.io does not redirect: the URL (or a proxy in
+			// front of it) is wrong, not the data.
+			return Pause
 		case se.Retryable():
 			return Retry
 		case se.Status == http.StatusNotFound && se.API == "app":

@@ -166,6 +166,9 @@ func TestClassify(t *testing.T) {
 		{"403", &sink.StatusError{API: "track", Status: 403}, sink.Pause, false},
 		{"404 from CDP: the URL", &sink.StatusError{API: "cdp", Status: 404}, sink.Pause, false},
 		{"404 from the App API: no such broadcast", &sink.StatusError{API: "app", Status: 404}, sink.Reject, false},
+		{"301 from CDP: the URL", &sink.StatusError{API: "cdp", Status: 301}, sink.Pause, false},
+		{"307 from the App API: the URL", &sink.StatusError{API: "app", Status: 307}, sink.Pause, false},
+		{"308 from the Track API: the URL", &sink.StatusError{API: "track", Status: 308}, sink.Pause, false},
 		{"400", &sink.StatusError{API: "cdp", Status: 400}, sink.Reject, false},
 		{"422", &sink.StatusError{API: "app", Status: 422}, sink.Reject, false},
 		{"connect failed", dial, sink.Retry, false},
@@ -179,5 +182,74 @@ func TestClassify(t *testing.T) {
 		if got := sink.MaybeDelivered(tt.err); got != tt.maybe {
 			t.Errorf("%s: MaybeDelivered = %v, want %v", tt.name, got, tt.maybe)
 		}
+	}
+}
+
+// TestSendBatchStrictMode: every CDP request asks for strict validation
+// unless Permissive is set, and a strict 400's {"meta":{"errors":[…]}} is
+// reported as its messages.
+func TestSendBatchStrictMode(t *testing.T) {
+	bad := `{"batch":[{"type":"track","messageId":"m1","userId":"u","event":"e","traits":"vip"},` +
+		`{"type":"track","messageId":"m2","userId":"u","event":"e","timestamp":"noon"}]}`
+	for _, permissive := range []bool{false, true} {
+		t.Run(fmt.Sprintf("permissive=%v", permissive), func(t *testing.T) {
+			s := ciotest.NewServer(t, ciotest.Options{CDPKey: "k"})
+			c, err := sink.NewCDP(sink.CDPOptions{URL: s.CDPURL(), APIKey: func() string { return "k" },
+				Client: sink.NewHTTPClient(1, 5*time.Second), Permissive: permissive})
+			if err != nil {
+				t.Fatal(err)
+			}
+			err = c.SendBatch(context.Background(), []byte(bad))
+			got := s.Requests()[0].Header.Get(sink.StrictModeHeader)
+			if permissive {
+				if got != "" || err != nil || s.Stats().CallsDroppedInvalid != 2 {
+					t.Fatalf("permissive: header %q, err %v, %d dropped; want none, nil (the loss strict mode prevents), 2", got, err, s.Stats().CallsDroppedInvalid)
+				}
+				return
+			}
+			if got != "1" {
+				t.Fatalf("%s = %q, want 1", sink.StrictModeHeader, got)
+			}
+			var se *sink.StatusError
+			if !errors.As(err, &se) || se.Status != 400 || sink.Classify(err) != sink.Reject {
+				t.Fatalf("SendBatch = %v, want a 400 rejection", err)
+			}
+			want := `batch[0] (messageId "m1"): traits must be an object, not string; batch[1] (messageId "m2"): timestamp "noon" is not an ISO 8601 date-time`
+			if se.Body != want {
+				t.Errorf("Body = %q, want the errors' messages %q", se.Body, want)
+			}
+		})
+	}
+}
+
+// TestStatusErrorBodies: the CDP API's error list is read even when longer
+// than what is kept; other shapes are kept as they are.
+func TestStatusErrorBodies(t *testing.T) {
+	many := make([]string, 100)
+	for i := range many {
+		many[i] = fmt.Sprintf(`"batch[%d]: bad"`, i)
+	}
+	tests := []struct {
+		name, body, want string
+	}{
+		{"errors", `{"meta":{"errors":["one","two"]}}`, "one; two"},
+		{"long errors", `{"meta":{"errors":[` + strings.Join(many, ",") + `]}}`, "batch[0]: bad; batch[1]: bad"},
+		{"other JSON", `{"error":"bad call"}`, `{"error":"bad call"}`},
+		{"empty errors", `{"meta":{"errors":[]}}`, `{"meta":{"errors":[]}}`},
+		{"text", "nope", "nope"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			s := ciotest.NewServer(t, ciotest.Options{CDPKey: "k", Fault: func(*ciotest.Request) *ciotest.Fault {
+				return &ciotest.Fault{Status: 400, Body: tt.body}
+			}})
+			var se *sink.StatusError
+			if err := newCDP(t, s, "k").SendBatch(context.Background(), []byte(body)); !errors.As(err, &se) {
+				t.Fatalf("SendBatch = %v", err)
+			}
+			if !strings.HasPrefix(se.Body, tt.want) || len(se.Body) > 512+len("…") {
+				t.Errorf("Body = %q (%d bytes), want it to start %q, at most 512 bytes", se.Body, len(se.Body), tt.want)
+			}
+		})
 	}
 }

@@ -60,7 +60,7 @@ func NewTrack(opts TrackOptions) (*Track, error) {
 		siteID:    opts.SiteID,
 		apiKey:    opts.APIKey,
 		userAgent: opts.UserAgent,
-		client:    opts.Client,
+		client:    withoutRedirects(opts.Client),
 	}, nil
 }
 
@@ -90,7 +90,7 @@ func (t *Track) post(ctx context.Context, identifier, action string) error {
 	}
 	req.SetBasicAuth(t.siteID, t.apiKey())
 	req.Header.Set("User-Agent", t.userAgent)
-	if err := do(t.client, req, "track"); err != nil {
+	if err := do(t.client, req, "track", identifier); err != nil {
 		// The hash, not the identifier: it is usually an email address.
 		return fmt.Errorf("%s of identifier %s: %w", action, HashIdentifier(identifier), err)
 	}

@@ -23,16 +23,57 @@ import (
 //   - 2xx: ack all.
 //   - retries spent: nak with a delay, or dead-letter with retries_exhausted
 //     the calls already delivered MaxDeliver times (giveUp).
+//   - retries spent on a 5xx, for a batch that has failed a delivery before:
+//     one call may be what Customer.io chokes on. Split it in halves, each
+//     tried once (see serverErrorSplit), so the healthy calls go through
+//     and only a call that keeps failing on its own exhausts its deliveries.
+//     A 429, 408 or a transport failure is never split: those say nothing
+//     about the calls.
 //   - any other 4xx: some call is bad. Split the batch in halves and send each,
 //     so good calls are delivered and only a call rejected on its own is
 //     dead-lettered (rejected).
 //   - ctx done (shutdown timeout): nak at once for another replica.
 func (w *Worker) send(ctx context.Context, calls []*held, body []byte) {
-	err := w.attempt(ctx, "cdp", &w.pause, 0, nil, func(ctx context.Context) error {
+	w.deliver(ctx, calls, body, nil, true)
+}
+
+// splitAfterDeliveries is the delivery from which a batch that fails with
+// 5xx is split rather than nakked whole: the first failure is most likely
+// Customer.io's, and is ridden out by retries and redelivery; a batch that
+// fails again after a nak delay, while Customer.io may well be fine, is
+// worth a few requests to find out whether one call is the cause. It is
+// low because MaxDeliver may be low: with 3, a later start would leave the
+// healthy calls a single chance.
+const splitAfterDeliveries = 2
+
+// serverErrorSplit is one bisection of a batch that kept failing with 5xx.
+// Its parts are tried once each: the batch has just spent this delivery's
+// retry budget, and a part that fails again is nakked like any other, so
+// nothing is lost by not retrying it. It is told apart from an outage,
+// where every part fails, by what gets through: while nothing has, only the
+// first failing half of each split is split further (a probe, two requests
+// per level), so an outage costs about 2·log2(calls) requests per batch,
+// not one per call.
+type serverErrorSplit struct {
+	delivered bool // some part of the batch went through: Customer.io is up
+}
+
+// deliver is send for calls that may be part of a batch being split:
+// split is nil outside a 5xx split (see serverErrorSplit); maySplit says
+// whether a 5xx failure of calls may be split further.
+func (w *Worker) deliver(ctx context.Context, calls []*held, body []byte, split *serverErrorSplit, maySplit bool) {
+	var stop func(error) bool
+	if split != nil {
+		stop = func(error) bool { return true } // one try: see serverErrorSplit
+	}
+	err := w.attempt(ctx, "cdp", &w.pause, 0, stop, func(ctx context.Context) error {
 		return w.sender.SendBatch(ctx, body)
 	})
 	switch sink.Classify(err) {
 	case sink.Delivered:
+		if split != nil {
+			split.delivered = true
+		}
 		w.m.batches.WithLabelValues("delivered").Inc()
 		w.m.batchBytes.Observe(float64(len(body)))
 		w.m.batchCalls.Observe(float64(len(calls)))
@@ -48,16 +89,48 @@ func (w *Worker) send(ctx context.Context, calls []*held, body []byte) {
 		}
 		w.m.batches.WithLabelValues("split").Inc()
 		w.log.Info("batch rejected; splitting it to find the bad calls", "calls", len(calls), "status", sink.StatusOf(err))
-		half := len(calls) / 2
-		w.send(ctx, calls[:half], batchBody(calls[:half]))
-		w.send(ctx, calls[half:], batchBody(calls[half:]))
+		w.bisect(ctx, calls, split)
 	case sink.Retry:
+		if len(calls) > 1 && sink.StatusOf(err) >= 500 {
+			if split == nil && redelivered(calls) {
+				split = &serverErrorSplit{}
+				w.log.Warn("batch failed with a server error on another delivery; splitting it, in case one call is the cause",
+					"calls", len(calls), "status", sink.StatusOf(err))
+			}
+			if split != nil && maySplit {
+				w.m.batches.WithLabelValues("split").Inc()
+				w.bisect(ctx, calls, split)
+				return
+			}
+		}
 		w.m.batches.WithLabelValues("nakked").Inc()
 		w.giveUp(ctx, calls, err)
 	default: // sink.Cancelled
 		w.m.batches.WithLabelValues("nakked").Inc()
 		w.nakNow(calls)
 	}
+}
+
+// bisect sends each half of calls on its own. In a 5xx split the second
+// half is split further only if something has gone through by the time it
+// fails (see serverErrorSplit).
+func (w *Worker) bisect(ctx context.Context, calls []*held, split *serverErrorSplit) {
+	half := len(calls) / 2
+	first, second := calls[:half], calls[half:]
+	w.deliver(ctx, first, batchBody(first), split, true)
+	w.deliver(ctx, second, batchBody(second), split, split == nil || split.delivered)
+}
+
+// redelivered reports whether any of calls has failed a delivery before.
+// Any, not all: a call that keeps failing is batched with fresh ones on
+// each redelivery, and would otherwise take them down with it every time.
+func redelivered(calls []*held) bool {
+	for _, h := range calls {
+		if h.deliveries >= splitAfterDeliveries {
+			return true
+		}
+	}
+	return false
 }
 
 // attempt calls try until it succeeds, is rejected, is cancelled or has
@@ -67,7 +140,7 @@ func (w *Worker) send(ctx context.Context, calls []*held, body []byte) {
 //     jitter, waiting at least Retry-After and at least minWait (an API's own
 //     pacing); the last error is returned once RetryMaxElapsed is spent, or
 //     at once when stop says that error must not be retried.
-//   - 401, 403, 404, 405: a configuration problem, not bad data: hold on,
+//   - 401, 403, 404, 405, 3xx: a configuration problem, not bad data: hold on,
 //     pause (see pauseState) and probe every ProbeInterval until it passes.
 //
 // Every request's duration and status class is recorded under api.

@@ -193,15 +193,21 @@ func newSender(cfg *config.Config, log *slog.Logger, stdout io.Writer) (worker.S
 	}
 	key := cfg.CIO.CDPAPIKey
 	cdp, err := sink.NewCDP(sink.CDPOptions{
-		URL:       cfg.CIO.CDPURL,
-		APIKey:    secretFunc(key, log),
-		UserAgent: "cio-relay/" + version(),
-		Client:    sink.NewHTTPClient(cfg.Send.Concurrency, cfg.Send.HTTPTimeout),
+		URL:        cfg.CIO.CDPURL,
+		APIKey:     secretFunc(key, log),
+		UserAgent:  "cio-relay/" + version(),
+		Client:     sink.NewHTTPClient(cfg.Send.Concurrency, cfg.Send.HTTPTimeout),
+		Permissive: !cfg.CIO.CDPStrict,
 	})
 	if err != nil {
 		return nil, nil, err
 	}
-	log.Info("delivering to Customer.io", "cdp_url", cfg.CIO.CDPURL, "api_key", key.Source())
+	if !cfg.CIO.CDPStrict {
+		log.Warn("CDP strict mode OFF (RELAY_CDP_STRICT=false): Customer.io answers 200 to a call that fails its own " +
+			"validation and drops it, so such calls are acked and lost: no dead letter, no error here, only an entry " +
+			"in the Customer.io workspace's logs")
+	}
+	log.Info("delivering to Customer.io", "cdp_url", cfg.CIO.CDPURL, "api_key", key.Source(), "strict", cfg.CIO.CDPStrict)
 	return cdp, func() {}, nil
 }
 

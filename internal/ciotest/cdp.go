@@ -1,11 +1,13 @@
 package ciotest
 
 import (
+	"encoding/json"
 	"errors"
 	"fmt"
 	"mime"
 	"net/http"
 	"strings"
+	"time"
 	"unicode/utf8"
 )
 
@@ -35,6 +37,14 @@ var callTypes = map[string]string{
 	"screen": "screen", "group": "group", "alias": "alias",
 }
 
+// StrictModeHeader is the request header that turns on Customer.io's
+// strict validation for a CDP request, when its value is exactly "1".
+const StrictModeHeader = "X-Strict-Mode"
+
+// strictMode reports whether req asked for strict validation. "When not
+// set or set to any other value, the API operates in permissive mode."
+func strictMode(h http.Header) bool { return h.Get(StrictModeHeader) == "1" }
+
 func (s *Server) cdp(req *Request) response {
 	if req.Method != http.MethodPost {
 		return methodNotAllowed()
@@ -43,7 +53,8 @@ func (s *Server) cdp(req *Request) response {
 		return unauthorized(`Basic realm="cdp"`)
 	}
 	if err := checkJSONHeaders(req.Header); err != nil {
-		return reject(http.StatusBadRequest, "%v", err)
+		// Stricter than Customer.io in either mode (see the package doc).
+		return cdpReject(err.Error())
 	}
 	single := cdpSingleTypes[req.Path]
 	limit := MaxBatchBytes
@@ -55,12 +66,18 @@ func (s *Server) cdp(req *Request) response {
 		req.Calls, _, _ = parseCDP(req.Body, single)
 		return dropped("body is %d bytes, over the %d-byte limit", req.BodyBytes, limit)
 	}
+	// What fails validation: strict mode answers 400 and accepts nothing
+	// from the request; permissive mode answers 200 and drops it.
+	invalid := cdpReject
+	if !strictMode(req.Header) {
+		invalid = droppedInvalid
+	}
 	if !utf8.Valid(req.Body) {
-		return reject(http.StatusBadRequest, "body is not valid UTF-8")
+		return invalid("body is not valid UTF-8")
 	}
 	calls, problems, err := parseCDP(req.Body, single)
 	if err != nil {
-		return reject(http.StatusBadRequest, "%v", err)
+		return invalid(err.Error())
 	}
 	req.Calls = calls
 	if single == "" {
@@ -72,16 +89,51 @@ func (s *Server) cdp(req *Request) response {
 			}
 		}
 	}
-	for i, p := range problems {
+	var msgs []string
+	for i := range calls {
+		p := problems[i]
+		if p == nil && s.opts.Rule != nil {
+			p = s.opts.Rule(calls[i])
+		}
 		if p == nil {
 			continue
 		}
+		calls[i].Problem = p.Error()
 		if single != "" {
-			return reject(http.StatusBadRequest, "%v", p)
+			msgs = append(msgs, p.Error())
+		} else {
+			msgs = append(msgs, fmt.Sprintf("%s: %v", calls[i].name(i), p))
 		}
-		return reject(http.StatusBadRequest, "%s: %v", calls[i].name(i), p)
 	}
-	return accepted("{}")
+	switch {
+	case len(msgs) == 0:
+		return accepted("{}")
+	case strictMode(req.Header):
+		return cdpReject(msgs...)
+	case len(msgs) == len(calls):
+		return droppedInvalid(msgs...)
+	}
+	// Permissive: the valid calls are delivered, the others silently
+	// dropped (see Call.Problem and Stats.CallsDroppedInvalid).
+	resp := accepted("{}")
+	resp.reason = strings.Join(msgs, "; ")
+	return resp
+}
+
+// cdpReject is strict mode's answer to a request that fails validation:
+// 400 with the OpenAPI's error shape, {"meta":{"errors":[…]}}, one entry
+// per problem.
+func cdpReject(msgs ...string) response {
+	r := reject(http.StatusBadRequest, "%s", strings.Join(msgs, "; "))
+	r.body, _ = json.Marshal(map[string]map[string][]string{"meta": {"errors": msgs}})
+	return r
+}
+
+// droppedInvalid is permissive mode's answer to a request none of whose
+// calls passes validation: 200, as if it had succeeded, and nothing
+// delivered.
+func droppedInvalid(msgs ...string) response {
+	return response{status: http.StatusOK, outcome: OutcomeDroppedInvalid, reason: strings.Join(msgs, "; "), body: []byte("{}")}
 }
 
 // parseCDP reads a CDP body: a batch when single is "", else one call of the
@@ -102,13 +154,21 @@ func parseCDP(body []byte, single string) ([]Call, []error, error) {
 
 	var batch *span
 	twice := false
+	var envelope error
 	_ = eachMember(body, func(key []byte, v span) { // an object, so no error
-		if string(key) == "batch" { // sentAt, context, messageId…: allowed, not read
+		switch string(key) {
+		case "batch":
 			twice = batch != nil
 			batch = &v
+		case "context", "integrations", "sentAt": // the batch's own; messageId and others are not read
+			if err := checkFieldType(string(key), body[v.start:v.end]); err != nil && envelope == nil {
+				envelope = err
+			}
 		}
 	})
 	switch {
+	case envelope != nil:
+		return nil, nil, envelope
 	case twice:
 		return nil, nil, errors.New(`"batch" appears more than once`)
 	case batch == nil:
@@ -149,9 +209,15 @@ func readCall(raw []byte, implied string) (Call, error) {
 	c := Call{Raw: raw, Size: len(raw), Type: implied}
 	var f callFields
 	var dup string
+	var typed error // the first typed field (see checkFieldType) of the wrong type
 	err := eachMember(raw, func(key []byte, v span) {
 		var dst *[]byte
-		switch string(key) {
+		switch k := string(key); k {
+		case "traits", "properties", "context", "integrations", "timestamp", "sentAt", "originalTimestamp":
+			if err := checkFieldType(k, raw[v.start:v.end]); err != nil && typed == nil {
+				typed = err
+			}
+			return
 		case "type":
 			dst = &f.typ
 		case "messageId":
@@ -192,7 +258,34 @@ func readCall(raw []byte, implied string) (Call, error) {
 		// Which copy wins depends on the parser, so no answer is right.
 		return c, fmt.Errorf("%s appears more than once", dup)
 	}
-	return c, f.validate(implied)
+	if err := f.validate(implied); err != nil {
+		return c, err
+	}
+	return c, typed
+}
+
+// checkFieldType applies the types Customer.io's API reference gives the
+// optional fields of a call (and of a batch's envelope): traits,
+// properties, context and integrations are objects; timestamp, sentAt and
+// originalTimestamp are ISO 8601 date-time strings, read here as RFC 3339
+// (the OpenAPI's format: date-time), the stricter reading. A field that
+// appears twice is checked each time.
+func checkFieldType(key string, raw []byte) error {
+	switch key {
+	case "traits", "properties", "context", "integrations":
+		if k := jsonKind(raw); k != "object" {
+			return fmt.Errorf("%s must be an object, not %s", key, k)
+		}
+	default:
+		v, ok := stringValue(raw)
+		if !ok {
+			return fmt.Errorf("%s must be an ISO 8601 date-time string, not %s", key, jsonKind(raw))
+		}
+		if _, err := time.Parse(time.RFC3339Nano, v); err != nil {
+			return fmt.Errorf("%s %q is not an ISO 8601 date-time", key, v)
+		}
+	}
+	return nil
 }
 
 // validate applies Customer.io's documented rules for each call type.

@@ -73,7 +73,8 @@ func do(t *testing.T, req *http.Request) answer {
 	return answer{status: resp.StatusCode, header: resp.Header, body: string(b)}
 }
 
-// cdpRequest builds an authorised CDP request to path (e.g. "/batch").
+// cdpRequest builds an authorised CDP request to path (e.g. "/batch"), in
+// strict mode, as cio-relay sends it; delete the header for permissive.
 func cdpRequest(t *testing.T, s *ciotest.Server, path string, body []byte) *http.Request {
 	t.Helper()
 	req, err := http.NewRequest(http.MethodPost, s.CDPURL()+path, bytes.NewReader(body))
@@ -82,6 +83,7 @@ func cdpRequest(t *testing.T, s *ciotest.Server, path string, body []byte) *http
 	}
 	req.SetBasicAuth(cdpKey, "")
 	req.Header.Set("Content-Type", "application/json")
+	req.Header.Set(ciotest.StrictModeHeader, "1")
 	return req
 }
 
@@ -134,14 +136,24 @@ func batchOfSize(t *testing.T, n int) ([]byte, int) {
 	return b, len(calls)
 }
 
-// errorMessage returns the message of a JSON error body.
+// errorMessage returns the message of a JSON error body: the Track and App
+// APIs' {"meta":{"error":…}}, or the CDP API's {"meta":{"errors":[…]}},
+// its entries joined by "; ".
 func errorMessage(t *testing.T, body string) string {
 	t.Helper()
-	var e struct{ Meta struct{ Error string } }
-	if err := json.Unmarshal([]byte(body), &e); err != nil || e.Meta.Error == "" {
+	var e struct {
+		Meta struct {
+			Error  string
+			Errors []string
+		}
+	}
+	if err := json.Unmarshal([]byte(body), &e); err != nil || (e.Meta.Error == "") == (len(e.Meta.Errors) == 0) {
 		t.Fatalf("body %q is not a JSON error: %v", body, err)
 	}
-	return e.Meta.Error
+	if e.Meta.Error != "" {
+		return e.Meta.Error
+	}
+	return strings.Join(e.Meta.Errors, "; ")
 }
 
 func lastRequest(t *testing.T, s *ciotest.Server) ciotest.Request {
@@ -323,6 +335,19 @@ func TestCDPRejects(t *testing.T) {
 		{name: "one bad call rejects all", body: `{"batch":[{"type":"identify","userId":"u"},{"type":"track","messageId":"m2","userId":"u"}]}`, status: 400, reason: `batch[1] (messageId "m2"): track needs event`},
 		{name: "duplicate messageId key", body: `{"batch":[{"type":"track","messageId":"a","userId":"u","event":"e","messageId":"b"}]}`, status: 400, reason: "messageId appears more than once"},
 		{name: "messageId not a string", body: `{"batch":[{"type":"track","messageId":7,"userId":"u","event":"e"}]}`, status: 400, reason: "messageId must be a string"},
+		{name: "traits not an object", body: `{"batch":[{"type":"identify","userId":"u","traits":"vip"}]}`, status: 400, reason: "traits must be an object, not string"},
+		{name: "properties an array", body: `{"batch":[{"type":"track","userId":"u","event":"e","properties":[1]}]}`, status: 400, reason: "properties must be an object, not array"},
+		{name: "context null", body: `{"batch":[{"type":"page","userId":"u","context":null}]}`, status: 400, reason: "context must be an object, not null"},
+		{name: "integrations a string", body: `{"batch":[{"type":"page","userId":"u","integrations":"all"}]}`, status: 400, reason: "integrations must be an object"},
+		{name: "second traits not an object", body: `{"batch":[{"type":"identify","userId":"u","traits":{},"traits":1}]}`, status: 400, reason: "traits must be an object, not number"},
+		{name: "timestamp a number", body: `{"batch":[{"type":"track","userId":"u","event":"e","timestamp":1700000000}]}`, status: 400, reason: "timestamp must be an ISO 8601 date-time string, not number"},
+		{name: "timestamp not a date-time", body: `{"batch":[{"type":"track","userId":"u","event":"e","timestamp":"yesterday"}]}`, status: 400, reason: `timestamp "yesterday" is not an ISO 8601 date-time`},
+		{name: "timestamp a date only", body: `{"batch":[{"type":"track","userId":"u","event":"e","timestamp":"2024-01-01"}]}`, status: 400, reason: "not an ISO 8601 date-time"},
+		{name: "sentAt bad", body: `{"batch":[{"type":"track","userId":"u","event":"e","sentAt":"2024-13-01T00:00:00Z"}]}`, status: 400, reason: "sentAt"},
+		{name: "originalTimestamp bad", body: `{"batch":[{"type":"track","userId":"u","event":"e","originalTimestamp":true}]}`, status: 400, reason: "originalTimestamp must be"},
+		{name: "envelope context not an object", body: `{"context":[],"batch":[{"type":"track","userId":"u","event":"e"}]}`, status: 400, reason: "context must be an object"},
+		{name: "envelope sentAt bad", body: `{"sentAt":"now","batch":[{"type":"track","userId":"u","event":"e"}]}`, status: 400, reason: `sentAt "now"`},
+		{name: "valid typed fields", body: `{"batch":[{"type":"track","userId":"u","event":"e","properties":{},"context":{"ip":"1.2.3.4"},"integrations":{"All":true},"timestamp":"2024-01-01T12:00:00.123+02:00","sentAt":"2024-01-01T10:00:01Z","originalTimestamp":"2024-01-01T10:00:00Z"}]}`, status: 200},
 		{name: "invalid JSON", body: `{"batch":[{"type":"identify","userId":"u"}]`, status: 400, reason: "invalid JSON"},
 		{name: "trailing data", body: `{"batch":[{"type":"identify","userId":"u"}]} {}`, status: 400, reason: "invalid JSON"},
 		{name: "invalid UTF-8", body: "{\"batch\":[{\"type\":\"identify\",\"userId\":\"\xff\"}]}", status: 400, reason: "UTF-8"},
@@ -372,6 +397,9 @@ func TestCDPRejects(t *testing.T) {
 			}
 			if msg := errorMessage(t, a.body); !strings.Contains(msg, tt.reason) {
 				t.Errorf("error %q does not name %q", msg, tt.reason)
+			}
+			if tt.status == http.StatusBadRequest && !strings.HasPrefix(a.body, `{"meta":{"errors":[`) {
+				t.Errorf("400 body %s is not the OpenAPI's {\"meta\":{\"errors\":[…]}}", a.body)
 			}
 			if n := len(s.Delivered()); n != 0 {
 				t.Fatalf("delivered %d calls from a rejected request", n)
@@ -750,4 +778,168 @@ func BenchmarkBatch(b *testing.B) {
 		resp.Body.Close()
 	}
 	b.ReportMetric(float64(len(s.Delivered()))/b.Elapsed().Seconds(), "calls/s")
+}
+
+// TestFaultRedirect: a 3xx Fault with a Location sends a client to
+// MovedURL, which answers 200 to anything and delivers nothing: what a
+// client that follows redirects would take for success.
+func TestFaultRedirect(t *testing.T) {
+	for _, status := range []int{301, 302, 303, 307, 308} {
+		t.Run(strconv.Itoa(status), func(t *testing.T) {
+			var s *ciotest.Server
+			s = newServer(t, func(o *ciotest.Options) {
+				o.Fault = func(r *ciotest.Request) *ciotest.Fault {
+					if r.API != ciotest.APICDP {
+						return nil
+					}
+					return &ciotest.Fault{Status: status, Location: s.MovedURL() + "/v1/batch"}
+				}
+			})
+			noFollow := &http.Client{CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
+			resp, err := noFollow.Do(cdpRequest(t, s, "/batch", batch(trackCall(t, "r", 100))))
+			if err != nil {
+				t.Fatal(err)
+			}
+			resp.Body.Close()
+			if resp.StatusCode != status || resp.Header.Get("Location") != s.MovedURL()+"/v1/batch" {
+				t.Fatalf("answered %d Location %q, want %d to the moved URL", resp.StatusCode, resp.Header.Get("Location"), status)
+			}
+			// A client that follows lands on 200, GET or POST alike.
+			if a := postBatch(t, s, batch(trackCall(t, "f", 100))); a.status != http.StatusOK {
+				t.Fatalf("following the redirect: %d %s, want 200", a.status, a.body)
+			}
+			rs := s.Requests()
+			if last := rs[len(rs)-1]; last.API != ciotest.APIMoved || last.Outcome != ciotest.OutcomeMoved {
+				t.Errorf("last request %s/%s, want moved/moved", last.API, last.Outcome)
+			}
+			if d := s.Delivered(); len(d) != 0 {
+				t.Errorf("%d calls delivered through a redirect", len(d))
+			}
+		})
+	}
+}
+
+// TestFailCalls: the fault follows the call, not the request: any batch
+// holding it fails, any batch without it goes through.
+func TestFailCalls(t *testing.T) {
+	s := newServer(t, func(o *ciotest.Options) {
+		o.Fault = ciotest.FailCalls(ciotest.Fault{Status: 500, Body: "boom"}, "poison")
+	})
+	if a := postBatch(t, s, batch(trackCall(t, "a", 150), trackCall(t, "poison", 150))); a.status != 500 {
+		t.Errorf("batch with the call: %d, want 500", a.status)
+	}
+	if a := do(t, cdpRequest(t, s, "/track", trackCall(t, "poison", 150))); a.status != 500 {
+		t.Errorf("the call alone on /track: %d, want 500", a.status)
+	}
+	// Only the messageId counts, not the text appearing elsewhere.
+	other := []byte(`{"type":"track","messageId":"b","userId":"u","event":"e","properties":{"messageId":"poison"}}`)
+	if a := postBatch(t, s, batch(trackCall(t, "a", 100), other)); a.status != 200 {
+		t.Errorf("batch without the call: %d %s, want 200", a.status, a.body)
+	}
+}
+
+// TestCDPPermissiveMode: without X-Strict-Mode: 1, Customer.io answers a
+// request that fails its validation with 200 and drops what failed: the
+// calls are gone and the client cannot tell. Valid calls in the same
+// request are delivered. The stand-in counts what it dropped.
+func TestCDPPermissiveMode(t *testing.T) {
+	good := `{"type":"track","messageId":"ok-1","userId":"u","event":"e"}`
+	badTraits := `{"type":"identify","messageId":"bad-1","userId":"u","traits":"vip"}`
+	badTime := `{"type":"track","messageId":"bad-2","userId":"u","event":"e","timestamp":"yesterday"}`
+	noUser := `{"type":"track","messageId":"bad-3","event":"e"}`
+	tests := []struct {
+		name          string
+		strict        string // X-Strict-Mode value; "" for none
+		body          string
+		status        int
+		delivered     []string // messageIds
+		dropped       []string // messageIds dropped as invalid
+		outcome       ciotest.Outcome
+		droppedBodies int // RequestsDroppedInvalid
+	}{
+		{name: "mixed batch", body: "{\"batch\":[" + good + "," + badTraits + "," + badTime + "," + noUser + "]}",
+			status: 200, delivered: []string{"ok-1"}, dropped: []string{"bad-1", "bad-2", "bad-3"}, outcome: ciotest.OutcomeAccepted},
+		{name: "only invalid calls", body: "{\"batch\":[" + badTraits + "]}",
+			status: 200, dropped: []string{"bad-1"}, outcome: ciotest.OutcomeDroppedInvalid, droppedBodies: 1},
+		{name: "invalid JSON", body: `{"batch":[`, status: 200, outcome: ciotest.OutcomeDroppedInvalid, droppedBodies: 1},
+		{name: "any other value is permissive", strict: "true", body: "{\"batch\":[" + good + "," + badTime + "]}",
+			status: 200, delivered: []string{"ok-1"}, dropped: []string{"bad-2"}, outcome: ciotest.OutcomeAccepted},
+		{name: "strict: nothing accepted", strict: "1", body: "{\"batch\":[" + good + "," + badTraits + "," + badTime + "]}",
+			status: 400, outcome: ciotest.OutcomeRejected},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			s := newServer(t)
+			req := cdpRequest(t, s, "/batch", []byte(tt.body))
+			req.Header.Del(ciotest.StrictModeHeader)
+			if tt.strict != "" {
+				req.Header.Set(ciotest.StrictModeHeader, tt.strict)
+			}
+			a := do(t, req)
+			if a.status != tt.status {
+				t.Fatalf("status %d, want %d (%s)", a.status, tt.status, a.body)
+			}
+			if tt.status == 400 {
+				msg := errorMessage(t, a.body)
+				for _, want := range []string{`"bad-1"`, "traits must be an object", `"bad-2"`, "timestamp"} {
+					if !strings.Contains(msg, want) {
+						t.Errorf("strict error %q does not name %s: every failing call is listed", msg, want)
+					}
+				}
+			}
+			ids := func(calls []ciotest.Call) []string {
+				var out []string
+				for _, c := range calls {
+					out = append(out, c.MessageID)
+				}
+				return out
+			}
+			if got := ids(s.Delivered()); fmt.Sprint(got) != fmt.Sprint(tt.delivered) {
+				t.Errorf("delivered %v, want %v", got, tt.delivered)
+			}
+			dropped := s.DroppedInvalid()
+			if got := ids(dropped); fmt.Sprint(got) != fmt.Sprint(tt.dropped) {
+				t.Errorf("dropped %v, want %v", got, tt.dropped)
+			}
+			for _, c := range dropped {
+				if c.Problem == "" {
+					t.Errorf("dropped call %s has no Problem", c.MessageID)
+				}
+			}
+			st := s.Stats()
+			if st.CallsDroppedInvalid != len(tt.dropped) || st.RequestsDroppedInvalid != tt.droppedBodies || st.CallsAccepted != len(tt.delivered) {
+				t.Errorf("stats: %d calls and %d requests dropped invalid, %d accepted; want %d, %d, %d",
+					st.CallsDroppedInvalid, st.RequestsDroppedInvalid, st.CallsAccepted, len(tt.dropped), tt.droppedBodies, len(tt.delivered))
+			}
+			if r := lastRequest(t, s); r.Outcome != tt.outcome {
+				t.Errorf("outcome %s, want %s", r.Outcome, tt.outcome)
+			}
+		})
+	}
+}
+
+// TestCDPRule: Options.Rule refuses calls the documented rules let through,
+// answered like any invalid call in the request's mode.
+func TestCDPRule(t *testing.T) {
+	s := newServer(t, func(o *ciotest.Options) {
+		o.Rule = func(c ciotest.Call) error {
+			if strings.HasPrefix(c.MessageID, "refused") {
+				return errors.New("refused by the workspace")
+			}
+			return nil
+		}
+	})
+	body := batch(trackCall(t, "fine", 150), trackCall(t, "refused-1", 150))
+	a := postBatch(t, s, body)
+	if a.status != 400 || !strings.Contains(errorMessage(t, a.body), `batch[1] (messageId "refused-1"): refused by the workspace`) {
+		t.Fatalf("strict: %d %s, want 400 naming the refused call", a.status, a.body)
+	}
+	req := cdpRequest(t, s, "/batch", body)
+	req.Header.Del(ciotest.StrictModeHeader)
+	if a := do(t, req); a.status != 200 {
+		t.Fatalf("permissive: %d %s, want 200", a.status, a.body)
+	}
+	if d, st := s.Delivered(), s.Stats(); len(d) != 1 || d[0].MessageID != "fine" || st.CallsDroppedInvalid != 1 {
+		t.Fatalf("permissive: delivered %d (%v…), %d dropped; want only the fine call, 1 dropped", len(d), d, st.CallsDroppedInvalid)
+	}
 }

@@ -24,15 +24,33 @@
 // calls missing from [Server.Delivered], and [Request.Calls] of the dropped
 // request names them.
 //
-// A request that passes the limits is rejected with 400, and nothing in it
-// delivered, when the body is not valid UTF-8 or not valid JSON, or when any
-// call breaks Customer.io's rules: type missing or unknown;
-// identify/track/page/screen without userId or anonymousId; track without
-// event; screen without name; group without groupId or without userId or
-// anonymousId; alias without userId or previousId. Identifiers may be
-// non-empty strings or numbers; event and name must be non-empty strings. A
-// call without messageId is accepted, as Customer.io accepts it, and counted
-// in [Stats.CallsWithoutMessageID].
+// A request that passes the limits fails validation when the body is not
+// valid UTF-8 or not valid JSON, or when any call breaks Customer.io's
+// rules: type missing or unknown; identify/track/page/screen without userId
+// or anonymousId; track without event; screen without name; group without
+// groupId or without userId or anonymousId; alias without userId or
+// previousId; traits, properties, context or integrations present but not
+// an object; timestamp, sentAt or originalTimestamp present but not an ISO
+// 8601 date-time string (read as RFC 3339, the OpenAPI's date-time). The
+// batch envelope's own context, integrations and sentAt have the same
+// types. Identifiers may be non-empty strings or numbers; event and name
+// must be non-empty strings. Options.Rule adds a rule of the test's own,
+// for a call only Customer.io refuses. A call without messageId is
+// accepted, as Customer.io accepts it, and counted in
+// [Stats.CallsWithoutMessageID].
+//
+// What happens to a request that fails validation depends on its mode, as
+// on Customer.io:
+//
+//   - Strict, with the header X-Strict-Mode: 1 ([StrictModeHeader]): 400
+//     with {"meta":{"errors":["…"]}} (the OpenAPI's shape; one entry per
+//     failing call, named by index and messageId) and nothing in the
+//     request delivered.
+//   - Permissive, without the header or with any other value: 200 {}, the
+//     valid calls delivered and the invalid ones silently dropped. That
+//     silent 200 is the unfriendly part a test must be able to see: the
+//     dropped calls carry their [Call.Problem], are listed by
+//     [Server.DroppedInvalid] and counted in [Stats.CallsDroppedInvalid].
 //
 // # Track API
 //
@@ -60,7 +78,7 @@
 //
 //   - Every body read as JSON must be sent with Content-Type
 //     application/json (charset, if given, utf-8) and without
-//     Content-Encoding (400).
+//     Content-Encoding (400, in either CDP mode).
 //   - A batch must contain at least one call, and "batch" must appear once
 //     (400).
 //   - A call naming one of type, messageId, userId, anonymousId, event,
@@ -79,11 +97,16 @@
 //
 // Not modelled: the Track API's fair-use rate limit, trigger processing
 // (422 for unknown recipients), gzip bodies, and any endpoint not named
-// above (404). Use Options.Fault to inject 429s, 5xx answers, delays and
-// connection resets.
+// above (404). Use Options.Fault to inject 429s, 5xx answers, delays,
+// connection resets and redirects (a 3xx [Fault] with a Location, e.g. to
+// [Server.MovedURL], which answers 200 to anything and delivers nothing:
+// what a client that follows redirects takes for success). [FailCalls]
+// makes every request carrying given calls fail, however they are batched:
+// one call Customer.io keeps answering 500 for.
 //
 // Error bodies are {"meta":{"error":"…"}}, the shape the Track and App APIs
-// use; clients should treat them as opaque text.
+// use, and {"meta":{"errors":["…"]}} for the CDP API; clients should treat
+// them as opaque text.
 //
 // # Records
 //

@@ -14,6 +14,12 @@ type Fault struct {
 	RetryAfter string
 	// Body is the response body, sent as is.
 	Body string
+	// Location is sent as the Location header. With a 3xx Status it makes
+	// the Fault a redirect, as a moved endpoint, a proxy or a load
+	// balancer in front of Customer.io might answer; [Server.MovedURL]
+	// is a target that answers 200 to anything, so a client that follows
+	// the redirect gets a success for work nobody did.
+	Location string
 	// Reset closes the connection without any response, as a crashed
 	// server or a dropped network would.
 	Reset bool
@@ -59,6 +65,9 @@ func (s *Server) fault(w http.ResponseWriter, r *http.Request, req *Request, f *
 	if f.RetryAfter != "" {
 		w.Header().Set("Retry-After", f.RetryAfter)
 	}
+	if f.Location != "" {
+		w.Header().Set("Location", f.Location)
+	}
 	w.WriteHeader(status)
 	_, _ = w.Write([]byte(f.Body))
 }
@@ -79,4 +88,33 @@ func reset(w http.ResponseWriter) {
 		_ = tc.SetLinger(0)
 	}
 	_ = conn.Close()
+}
+
+// FailCalls returns an Options.Fault that answers f to every CDP request
+// carrying a call whose messageId is one of ids, however the calls are
+// batched, and lets every other request through: a call Customer.io
+// chokes on (a 500 every time it is sent, say) while the rest of the
+// service is healthy. The body is parsed as the CDP endpoint parses it, so
+// a messageId that only appears inside another field does not match.
+func FailCalls(f Fault, ids ...string) func(*Request) *Fault {
+	poison := make(map[string]bool, len(ids))
+	for _, id := range ids {
+		poison[id] = true
+	}
+	return func(r *Request) *Fault {
+		if r.API != APICDP {
+			return nil
+		}
+		calls, _, err := parseCDP(r.Body, cdpSingleTypes[r.Path])
+		if err != nil {
+			return nil
+		}
+		for _, c := range calls {
+			if poison[c.MessageID] {
+				f := f
+				return &f
+			}
+		}
+		return nil
+	}
 }

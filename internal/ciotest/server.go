@@ -38,6 +38,14 @@ type Options struct {
 	// of the normal answer. Fault is called concurrently and must not
 	// modify the Request.
 	Fault func(r *Request) *Fault
+	// Rule, when set, is one more validation rule for CDP calls, applied
+	// to each call that passes the documented ones: a call it returns an
+	// error for is invalid, answered as any invalid call in the request's
+	// mode (strict: 400, permissive: 200 and dropped). It stands for the
+	// rules Customer.io applies that a client cannot know in advance (a
+	// workspace's own, or one added later), so a test can show what
+	// happens to a call only Customer.io refuses. Called concurrently.
+	Rule func(c Call) error
 }
 
 // validate checks o once, returning every problem at once.
@@ -61,6 +69,9 @@ const (
 	APICDP     API = "cdp"
 	APITrack   API = "track"
 	APIApp     API = "app"
+	// APIMoved is the target of redirects ([Server.MovedURL]): not
+	// Customer.io, it answers 200 to any request and applies nothing.
+	APIMoved API = "moved"
 )
 
 // Outcome is what the stand-in did with a request.
@@ -74,6 +85,12 @@ const (
 	// OutcomeDroppedOverLimit: answered 200 but nothing applied, because the
 	// body or one call was over Customer.io's size limit.
 	OutcomeDroppedOverLimit Outcome = "dropped_over_limit"
+	// OutcomeDroppedInvalid: a CDP request in permissive mode (no
+	// X-Strict-Mode: 1) that failed validation as a whole or in every
+	// call: answered 200, nothing applied. A permissive request with some
+	// valid calls is OutcomeAccepted, its invalid calls dropped (see
+	// Call.Problem).
+	OutcomeDroppedInvalid Outcome = "dropped_invalid"
 	// OutcomeRejected: answered 4xx (other than 401 and 429); nothing
 	// applied.
 	OutcomeRejected Outcome = "rejected"
@@ -83,6 +100,9 @@ const (
 	OutcomeRateLimited Outcome = "rate_limited"
 	// OutcomeFault: Options.Fault chose the answer.
 	OutcomeFault Outcome = "fault"
+	// OutcomeMoved: a request to [Server.MovedURL], answered 200 and
+	// applied nowhere. A client that follows a redirect ends here.
+	OutcomeMoved Outcome = "moved"
 )
 
 // Request records one HTTP request the stand-in received. Body and the Raw
@@ -112,6 +132,10 @@ type Call struct {
 	UserID    string          // a string decoded, a number as written; "" when absent
 	Raw       json.RawMessage // the call's exact bytes as they appear in the body
 	Size      int             // len(Raw), the size Customer.io's per-call limit reads
+	// Problem is why Customer.io's validation refuses the call; "" when
+	// it passes. In an accepted (permissive) request, a call with a
+	// Problem was silently dropped.
+	Problem string
 }
 
 // Suppression is one accepted Track API suppress or unsuppress.
@@ -140,10 +164,15 @@ type Stats struct {
 	CallsWithoutMessageID    int // delivered calls with no (or an empty) messageId
 	RequestsDroppedOverLimit int
 	CallsDroppedOverLimit    int // calls parsed from requests dropped over a limit
-	RateLimited              int // broadcast triggers answered 429
-	MaxBodyBytes             int // largest body of any request
-	MaxCallBytes             int // largest delivered call
-	TotalBodyBytes           int64
+	// Permissive mode's silent losses: requests answered 200 with nothing
+	// applied, and calls answered 200 and dropped for failing validation
+	// (those requests' and those dropped from accepted ones).
+	RequestsDroppedInvalid int
+	CallsDroppedInvalid    int
+	RateLimited            int // broadcast triggers answered 429
+	MaxBodyBytes           int // largest body of any request
+	MaxCallBytes           int // largest delivered call
+	TotalBodyBytes         int64
 }
 
 // Server is a Customer.io stand-in listening on 127.0.0.1. It is safe for
@@ -201,6 +230,15 @@ func (s *Server) TrackURL() string { return s.srv.URL + "/api/v1" }
 // It shares the /v1 prefix with CDPURL; requests are told apart by path.
 func (s *Server) AppURL() string { return s.srv.URL + "/v1" }
 
+// MovedURL is the base of a URL that answers 200 {} to any method and
+// path below it and does nothing: where a [Fault] with a 3xx Status and a
+// Location points, so a client that follows redirects is seen to "succeed"
+// without delivering anything. Its requests are recorded with API
+// [APIMoved] and Outcome [OutcomeMoved].
+func (s *Server) MovedURL() string { return s.srv.URL + movedPrefix }
+
+const movedPrefix = "/moved"
+
 // Requests returns every request received so far, in the order they were
 // answered.
 func (s *Server) Requests() []Request {
@@ -219,7 +257,33 @@ func (s *Server) Delivered() []Call {
 	calls := make([]Call, 0, s.stats.CallsAccepted)
 	for i := range s.log {
 		if r := &s.log[i]; r.API == APICDP && r.Outcome == OutcomeAccepted {
-			calls = append(calls, r.Calls...)
+			for _, c := range r.Calls {
+				if c.Problem == "" {
+					calls = append(calls, c)
+				}
+			}
+		}
+	}
+	return calls
+}
+
+// DroppedInvalid returns every CDP call answered 200 and dropped because it
+// failed validation in permissive mode, in order, each with its Problem:
+// the calls a client that does not ask for strict mode loses without
+// knowing.
+func (s *Server) DroppedInvalid() []Call {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var calls []Call
+	for i := range s.log {
+		r := &s.log[i]
+		if r.API != APICDP || (r.Outcome != OutcomeAccepted && r.Outcome != OutcomeDroppedInvalid) {
+			continue
+		}
+		for _, c := range r.Calls {
+			if c.Problem != "" || r.Outcome == OutcomeDroppedInvalid {
+				calls = append(calls, c)
+			}
 		}
 	}
 	return calls
@@ -365,6 +429,9 @@ func (s *Server) serve(w http.ResponseWriter, r *http.Request) {
 		resp = s.track(&req)
 	case APIApp:
 		resp = s.app(&req)
+	case APIMoved:
+		resp = accepted("{}")
+		resp.outcome = OutcomeMoved
 	default:
 		resp = reject(http.StatusNotFound, "no such endpoint: %s", req.Path)
 	}
@@ -387,6 +454,8 @@ func readBody(r *http.Request) ([]byte, error) {
 // apiOf routes by path; the CDP and App APIs share the /v1 prefix.
 func apiOf(path string) API {
 	switch {
+	case path == movedPrefix || strings.HasPrefix(path, movedPrefix+"/"):
+		return APIMoved
 	case strings.HasPrefix(path, appPrefix):
 		return APIApp
 	case strings.HasPrefix(path, trackPrefix):
@@ -469,12 +538,19 @@ func (s *Server) recordLocked(req *Request, status int, outcome Outcome, reason 
 		st.CallsDroppedOverLimit += len(req.Calls)
 	case outcome == OutcomeRateLimited:
 		st.RateLimited++
+	case outcome == OutcomeDroppedInvalid:
+		st.RequestsDroppedInvalid++
+		st.CallsDroppedInvalid += len(req.Calls)
 	case outcome == OutcomeAccepted && req.API == APICDP:
 		if req.Path == batchPath {
 			st.BatchesAccepted++
 		}
-		st.CallsAccepted += len(req.Calls)
 		for _, c := range req.Calls {
+			if c.Problem != "" {
+				st.CallsDroppedInvalid++
+				continue
+			}
+			st.CallsAccepted++
 			if c.MessageID == "" {
 				st.CallsWithoutMessageID++
 			}
