@@ -57,11 +57,17 @@ func (l *Letter) Time() time.Time {
 	return l.Stored
 }
 
-// matches applies the filters the server does not: reason and time. The
+// matches applies the filters the server does not: reason, excluded
+// subjects and time. The
 // subject filter was applied by the walk's consumer.
 func (l *Letter) matches(f Filter, now time.Time) bool {
 	if len(f.Reasons) > 0 && !slices.Contains(f.Reasons, l.Record.Reason) {
 		return false
+	}
+	for _, x := range f.Excluded {
+		if subjectMatches(x, l.OriginalSubject()) {
+			return false
+		}
 	}
 	t := l.Time()
 	if !f.Since.IsZero() && t.Before(f.Since.Time(now)) {
@@ -186,4 +192,21 @@ func age(d time.Duration) string {
 		return strconv.Itoa(int(d/time.Hour)) + "h"
 	}
 	return strconv.Itoa(int(d/(24*time.Hour))) + "d"
+}
+
+// subjectMatches reports whether subject matches pattern, with NATS's
+// wildcards: * one token, > the rest (one token or more).
+func subjectMatches(pattern, subject string) bool {
+	p, s := strings.Split(pattern, "."), strings.Split(subject, ".")
+	for i, t := range p {
+		switch {
+		case t == ">":
+			return len(s) > i
+		case i >= len(s):
+			return false
+		case t != "*" && t != s[i]:
+			return false
+		}
+	}
+	return len(p) == len(s)
 }
