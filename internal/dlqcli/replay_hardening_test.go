@@ -485,3 +485,163 @@ func TestReplayPublishedThenNotDeleted(t *testing.T) {
 		})
 	}
 }
+
+// crashAt returns an afterPublish hook that abandons the replay right
+// after the PubAck of dead letter k, as a crash would.
+func crashAt(k uint64) func(uint64) error {
+	return func(seq uint64) error {
+		if seq == k {
+			return errors.New("crash")
+		}
+		return nil
+	}
+}
+
+// putExhausted stores n retries_exhausted dead letters of cio.track.
+func (f *fixture) putExhausted(t *testing.T, n int) {
+	t.Helper()
+	for i := range n {
+		f.putDead(t, i, dead{"cio.track", "retries_exhausted", 503, `{"userId":"u-` + strconv.Itoa(i+1) + `","event":"E"}`, time.Minute})
+	}
+}
+
+// intentsIn returns the sequences of the replay intents in s.
+func intentsIn(t *testing.T, s jetstream.Stream) []uint64 {
+	t.Helper()
+	var out []uint64
+	for _, m := range stored(t, s) {
+		if deadletter.IsIntent(m.Subject) {
+			out = append(out, m.Sequence)
+		}
+	}
+	return out
+}
+
+// TestReplayEarlierReplayUnknowable: a replay stopped between its publish
+// and its delete, and the target stream has since dropped the messages of
+// that time: whether the letter was published cannot be told, so it is
+// kept and reported with what to look for, unless --force.
+func TestReplayEarlierReplayUnknowable(t *testing.T) {
+	const k = 2
+	f := newBareFixture(t, 100*time.Millisecond)
+	f.putExhausted(t, 3)
+	if code, _, _ := f.run(t, t.Context(), Env{afterPublish: crashAt(k)}, "replay"); code != 1 {
+		t.Fatalf("first run: exit code %d; want 1", code)
+	}
+	f.awaitDuplicateWindow(t)
+	if err := f.cio.Purge(t.Context()); err != nil { // as retention would
+		t.Fatal(err)
+	}
+
+	code, out, errOut := f.run(t, t.Context(), Env{}, "replay")
+	if code != 1 || !strings.Contains(out, "matched 2, replayed 1, failed 0, skipped 0, kept 1") ||
+		!strings.Contains(errOut, "seq 2: kept: a replay that began at") || !strings.Contains(errOut, deadletter.HeaderReplayOf+": CIO_DLQ-2-") {
+		t.Errorf("exit code %d, stdout %q, stderr %q; want letter 2 kept, saying what to look for", code, out, errOut)
+	}
+	if got := dlqSeqs(t, f.dlq); !slices.Equal(got, []uint64{k}) {
+		t.Errorf("left in CIO_DLQ: %v; want %d", got, k)
+	}
+	if n := len(replaysIn(t, f.cio)[k]); n != 0 {
+		t.Errorf("letter %d published %d times more; want 0", k, n)
+	}
+
+	code, out, _ = f.run(t, t.Context(), Env{}, "replay", "--force")
+	if code != 0 || !strings.Contains(out, "matched 1, replayed 1") {
+		t.Errorf("--force: exit code %d, stdout %q", code, out)
+	}
+	if n := len(replaysIn(t, f.cio)[k]); n != 1 {
+		t.Errorf("--force: letter %d published %d times; want 1", k, n)
+	}
+	if got := intentsIn(t, f.dlq); len(got) != 0 {
+		t.Errorf("replay intents left: %v", got)
+	}
+}
+
+// TestReplayIntentsAreNotDeadLetters: the intent an interrupted replay
+// leaves is not listed, counted or purged as a dead letter, and a later
+// replay removes it once its letter is gone.
+func TestReplayIntentsAreNotDeadLetters(t *testing.T) {
+	const k = 2
+	f := newBareFixture(t, 2*time.Minute)
+	f.putExhausted(t, 3)
+	if code, _, _ := f.run(t, t.Context(), Env{afterPublish: crashAt(k)}, "replay"); code != 1 {
+		t.Fatalf("first run: exit code %d; want 1", code)
+	}
+	if got := intentsIn(t, f.dlq); len(got) != 1 {
+		t.Fatalf("replay intents after the crash: %v; want 1", got)
+	}
+
+	_, out, _ := f.run(t, t.Context(), Env{}, "list", "--json", "--subject", "cio.>")
+	var seqs []uint64
+	for _, j := range jsonLines[jsonLetter](t, out) {
+		seqs = append(seqs, j.Seq)
+	}
+	if !slices.Equal(seqs, []uint64{2, 3}) {
+		t.Errorf("list: %v; want the dead letters 2 and 3 only", seqs)
+	}
+	_, out, _ = f.run(t, t.Context(), Env{}, "stats", "--json")
+	if s := jsonLines[Stats](t, out)[0]; s.Total != 2 {
+		t.Errorf("stats: total %d; want 2", s.Total)
+	}
+	if code, out, _ := f.run(t, t.Context(), Env{}, "purge", "--yes"); code != 0 || !strings.Contains(out, "deleted 2 of 2") {
+		t.Errorf("purge: exit code %d, stdout %q", code, out)
+	}
+	if got := intentsIn(t, f.dlq); len(got) != 1 {
+		t.Fatalf("purge removed the replay intent: %v left", got)
+	}
+
+	if code, out, _ := f.run(t, t.Context(), Env{}, "replay"); code != 0 || !strings.Contains(out, "matched 0") {
+		t.Errorf("replay: exit code %d, stdout %q", code, out)
+	}
+	if got := intentsIn(t, f.dlq); len(got) != 0 {
+		t.Errorf("the intent of a purged letter is still there: %v", got)
+	}
+}
+
+func TestReplayDryRunSaysWhatIsKept(t *testing.T) {
+	f := newFixture(t)
+	f.putDead(t, len(letters), dead{"cio.track", "retries_exhausted", 503, `{"userId":"u-8","event":"Again"}`, time.Minute})
+	// Replayed three times already.
+	m := deadletter.Msg("cio.track", nil, []byte(`{"userId":"u-9","event":"Poison"}`), deadletter.Record{
+		Reason: "retries_exhausted", Stream: "CIO", StreamSeq: 999, Replays: 3,
+	})
+	if err := deadletter.Publish(t.Context(), f.js, m); err != nil {
+		t.Fatal(err)
+	}
+	code, out, errOut := f.run(t, t.Context(), Env{}, "replay", "--dry-run")
+	if code != 0 || !strings.Contains(out, "dry run: 7 would be replayed to CIO, 2 kept (see above); nothing changed") {
+		t.Errorf("exit code %d, stdout %q", code, out)
+	}
+	if !strings.Contains(errOut, "seq 9: kept: replayed 3 times already") || !strings.Contains(errOut, "kept 1 with reason invalid_json") {
+		t.Errorf("stderr %q does not say what is kept and why", errOut)
+	}
+	if strings.Contains(out, "\n3 ") || strings.Contains(out, "\n9 ") {
+		t.Errorf("dry run lists kept letters as replayed:\n%s", out)
+	}
+	if n := len(stored(t, f.cio)); n != 0 {
+		t.Errorf("dry run published %d", n)
+	}
+}
+
+func TestSubjectMatches(t *testing.T) {
+	tests := []struct {
+		pattern, subject string
+		want             bool
+	}{
+		{"cio.broadcast", "cio.broadcast", true},
+		{"cio.broadcast", "cio.track", false},
+		{"cio.*", "cio.track", true},
+		{"cio.*", "cio.track.x", false},
+		{"cio.>", "cio.track.x", true},
+		{"cio.>", "cio", false},
+		{"*.track", "cio.track", true},
+		{">", "cio.track", true},
+		{"cio.track.x", "cio.track", false},
+		{"cio", "cio.track", false},
+	}
+	for _, tt := range tests {
+		if got := subjectMatches(tt.pattern, tt.subject); got != tt.want {
+			t.Errorf("subjectMatches(%q, %q) = %v; want %v", tt.pattern, tt.subject, got, tt.want)
+		}
+	}
+}
