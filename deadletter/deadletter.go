@@ -201,6 +201,9 @@ func ParseRecord(h nats.Header) (Record, error) {
 	r.Stream = h.Get(HeaderStream)
 	r.MessageID = h.Get(HeaderMessageID)
 	r.Version = h.Get(HeaderVersion)
+	if origin, ok := strings.CutPrefix(h.Get(jetstream.MsgIDHeader), "dlq-"); ok {
+		r.Origin = origin
+	}
 	var errs []error
 	if v := h.Get(HeaderStatus); v != "" {
 		n, err := strconv.Atoi(v)
