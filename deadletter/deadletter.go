@@ -201,9 +201,6 @@ func ParseRecord(h nats.Header) (Record, error) {
 	r.Stream = h.Get(HeaderStream)
 	r.MessageID = h.Get(HeaderMessageID)
 	r.Version = h.Get(HeaderVersion)
-	if origin, ok := strings.CutPrefix(h.Get(jetstream.MsgIDHeader), "dlq-"); ok {
-		r.Origin = origin
-	}
 	var errs []error
 	if v := h.Get(HeaderStatus); v != "" {
 		n, err := strconv.Atoi(v)
@@ -237,6 +234,11 @@ func ParseRecord(h nats.Header) (Record, error) {
 		}
 		errs = append(errs, err)
 		r.Replays = max(n, 0)
+	}
+	// Origin is read from the Nats-Msg-Id it made; the fallback Msg uses
+	// for an empty Origin reads back as empty.
+	if origin, ok := strings.CutPrefix(h.Get(jetstream.MsgIDHeader), "dlq-"); ok && origin != fmt.Sprintf("%s-%d", r.Stream, r.StreamSeq) {
+		r.Origin = origin
 	}
 	if err := errors.Join(errs...); err != nil {
 		return r, fmt.Errorf("malformed dead-letter headers: %w", err)
