@@ -8,6 +8,12 @@
 // constants). The original messageId travels in HeaderMessageID so a replay
 // is de-duplicated by Customer.io even when the id was derived from the
 // original stream sequence.
+//
+// Replaying a dead letter (publishing it back to its original subject) is
+// this package's too: the headers a replay carries, the replay count that
+// stops a call failing every time from cycling, the original publish time
+// the worker keeps, and [Replayer], which publishes each letter once
+// however often a replay is interrupted and run again.
 package deadletter
 
 import (

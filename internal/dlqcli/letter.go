@@ -14,22 +14,15 @@ import (
 	"github.com/cio-relay/cio-relay/deadletter"
 )
 
-// Letter is one message of the dead-letter stream.
+// Letter is one message of the dead-letter stream, as a walk reads it.
 type Letter struct {
-	Seq     uint64    // sequence in the dead-letter stream
-	Subject string    // dead-letter subject: dlq.cio.track
-	Stored  time.Time // when the dead-letter stream stored it
-	Header  nats.Header
-	Body    []byte // nil when the walk reads headers only
-	Size    int    // of the body, also when it was not read
-	// Record is read from the headers; its Reason is "" when the message
-	// is not a dead letter, and a malformed field is left zero.
-	Record deadletter.Record
+	deadletter.Letter     // its Body is nil when the walk reads headers only
+	Size              int // of the body, also when it was not read
 }
 
 func newLetter(seq uint64, subject string, stored time.Time, h nats.Header, body []byte, size int) *Letter {
 	rec, _ := deadletter.ParseRecord(h)
-	return &Letter{Seq: seq, Subject: subject, Stored: stored, Header: h, Body: body, Size: size, Record: rec}
+	return &Letter{Letter: deadletter.Letter{Seq: seq, Subject: subject, Stored: stored, Header: h, Body: body, Record: rec}, Size: size}
 }
 
 // letterOf reads a message delivered by a walk.
@@ -44,9 +37,6 @@ func letterOf(m jetstream.Msg, meta *jetstream.MsgMetadata) *Letter {
 	}
 	return newLetter(meta.Sequence.Stream, m.Subject(), meta.Timestamp, h, m.Data(), size)
 }
-
-// OriginalSubject is the subject the message was first published on.
-func (l *Letter) OriginalSubject() string { return deadletter.OriginalSubject(l.Subject) }
 
 // Time is when the message was dead-lettered: its Cio-Relay-Dead-Lettered
 // header, or when the dead-letter stream stored it if that is missing.
@@ -128,12 +118,6 @@ func withoutKeys(h nats.Header, keys ...string) nats.Header {
 		}
 	}
 	return out
-}
-
-// hasPrefixFold reports whether s begins with prefix, ignoring case: NATS
-// headers are case-sensitive, but a publisher may spell ours differently.
-func hasPrefixFold(s, prefix string) bool {
-	return len(s) >= len(prefix) && strings.EqualFold(s[:len(prefix)], prefix)
 }
 
 // oneLine makes text safe to print on one line of a terminal: invalid UTF-8
