@@ -44,6 +44,12 @@ type Letter struct {
 	Record Record
 }
 
+// LetterOf reads a message got from the dead-letter stream.
+func LetterOf(m *jetstream.RawStreamMsg) *Letter {
+	rec, _ := ParseRecord(m.Header)
+	return &Letter{Seq: m.Sequence, Subject: m.Subject, Stored: m.Time, Header: m.Header, Body: m.Data, Record: rec}
+}
+
 // OriginalSubject is the subject the message was first published on.
 func (l *Letter) OriginalSubject() string { return OriginalSubject(l.Subject) }
 
