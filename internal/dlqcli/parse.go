@@ -50,15 +50,16 @@ show, stats:
 replay:
   --dry-run     list what would be replayed and change nothing
   --rate N      at most N messages a second (default 0: as fast as acks come)
-  --max N       replay at most N messages (default 0: all that match)
+  --max N       replay at most N messages (default 0: all that match); the
+                letters replay keeps do not count
   --max-replays N
                 keep, do not replay, a call already replayed N times
                 (default 3): it was dead-lettered again after each
   --force       replay also what replay keeps by default: calls replayed
                 --max-replays times, validation failures (every reason but
                 retries_exhausted, rejected and ambiguous: the same bytes
-                would fail the same way), and a letter whose earlier replay
-                may have been published but cannot be found
+                would fail the same way), and a letter an earlier, unfinished
+                replay may have published when that can no longer be checked
 purge:
   --yes         do not ask for confirmation
 
