@@ -439,16 +439,17 @@ func TestReplayPublishedThenNotDeleted(t *testing.T) {
 		afterPublish func(seq uint64) error
 		wantCode     int
 		wantFirst    string // in the first run's summary
+		wantAttempts int64  // to delete letter k in the first run
 	}{
-		{"delete fails every time", map[uint64]*atomic.Int64{k: failing(-1)}, nil, 1, "replayed 6, failed 1"},
+		{"delete fails every time", map[uint64]*atomic.Int64{k: failing(-1)}, nil, 1, "replayed 6, failed 1", 4},
 		{"crash between publish and delete", nil, func(seq uint64) error {
 			if seq == k {
 				return errCrash
 			}
 			return nil
-		}, 1, "matched 3, replayed 2"},
+		}, 1, "matched 3, replayed 2", 0},
 		// A delete that fails once is retried at once: no second run needed.
-		{"delete fails once", map[uint64]*atomic.Int64{k: failing(1)}, nil, 0, "replayed 7, failed 0"},
+		{"delete fails once", map[uint64]*atomic.Int64{k: failing(1)}, nil, 0, "replayed 7, failed 0", 2},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -466,6 +467,9 @@ func TestReplayPublishedThenNotDeleted(t *testing.T) {
 			t.Logf("first run → %d\nstdout:\n%sstderr:\n%s", code, out.String(), errOut.String())
 			if code != tt.wantCode || !strings.Contains(out.String(), tt.wantFirst) {
 				t.Fatalf("first run: exit code %d, summary %q; want %d and %q", code, out.String(), tt.wantCode, tt.wantFirst)
+			}
+			if n := js.attempts.Load(); n != tt.wantAttempts {
+				t.Errorf("first run: %d attempts to delete letter %d; want %d", n, k, tt.wantAttempts)
 			}
 
 			f.awaitDuplicateWindow(t)
