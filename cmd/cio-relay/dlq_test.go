@@ -213,14 +213,21 @@ func manifestArgs(t *testing.T, path string) []string {
 	return nil
 }
 
-// TestDLQReplayCronJob runs the replay CronJob's arguments against dead
-// letters of every kind: it replays retries_exhausted calls, and leaves
+// TestDLQReplayCronJob runs the replay CronJob's arguments (and the
+// one-off Job's, which start as the same) against dead letters of every
+// kind: it replays retries_exhausted calls, and leaves
 // out broadcast triggers (not idempotent), other reasons, and calls
 // replayed deadletter.DefaultMaxReplays times already.
 func TestDLQReplayCronJob(t *testing.T) {
-	args := manifestArgs(t, filepath.Join("..", "..", "deploy", "base", "dlq-replay-cronjob.yaml"))
+	for _, path := range []string{"base/dlq-replay-cronjob.yaml", "examples/dlq-replay-job.yaml"} {
+		t.Run(path, func(t *testing.T) { testReplayManifest(t, filepath.Join("..", "..", "deploy", path)) })
+	}
+}
+
+func testReplayManifest(t *testing.T, path string) {
+	args := manifestArgs(t, path)
 	if len(args) < 2 || args[0] != "dlq" || args[1] != "replay" {
-		t.Fatalf("CronJob args %q; want dlq replay ...", args)
+		t.Fatalf("%s: args %q; want dlq replay ...", path, args)
 	}
 	e := newNATSEnv(t)
 	seedDLQ(t, e.js) // the streams
