@@ -8,6 +8,12 @@
 // constants). The original messageId travels in HeaderMessageID so a replay
 // is de-duplicated by Customer.io even when the id was derived from the
 // original stream sequence.
+//
+// Replaying a dead letter (publishing it back to its original subject) is
+// this package's too: the headers a replay carries, the replay count that
+// stops a call failing every time from cycling, the original publish time
+// the worker keeps, and [Replayer], which publishes each letter once
+// however often a replay is interrupted and run again.
 package deadletter
 
 import (
@@ -72,6 +78,11 @@ type Record struct {
 	Origin       string
 	Version      string
 	DeadLettered time.Time
+	// Replays is how many times the call has been replayed from the
+	// dead-letter stream (HeaderReplays): the worker passes on the count of
+	// a replayed message it gives up on, so replays of a call that fails
+	// every time can be stopped.
+	Replays int
 }
 
 // Subject returns the dead-letter subject for an original subject.
@@ -119,6 +130,13 @@ func Msg(subject string, header nats.Header, body []byte, r Record) *nats.Msg {
 	}
 	if r.MessageID != "" {
 		m.Header.Set(HeaderMessageID, r.MessageID)
+	}
+	// The record, not a header copied from the original, says how often
+	// the call was replayed.
+	if r.Replays > 0 {
+		m.Header.Set(HeaderReplays, strconv.Itoa(r.Replays))
+	} else {
+		m.Header.Del(HeaderReplays)
 	}
 	// A crash between this publish and the original's ack redelivers the
 	// original, which is dead-lettered again: the same id within the
@@ -214,6 +232,19 @@ func ParseRecord(h nats.Header) (Record, error) {
 		t, err := time.Parse(time.RFC3339Nano, v)
 		errs = append(errs, err)
 		r.DeadLettered = t
+	}
+	if v := h.Get(HeaderReplays); v != "" {
+		n, err := strconv.Atoi(v)
+		if err == nil && n < 0 {
+			err = fmt.Errorf("%s %d is negative", HeaderReplays, n)
+		}
+		errs = append(errs, err)
+		r.Replays = max(n, 0)
+	}
+	// Origin is read from the Nats-Msg-Id it made; the fallback Msg uses
+	// for an empty Origin reads back as empty.
+	if origin, ok := strings.CutPrefix(h.Get(jetstream.MsgIDHeader), "dlq-"); ok && origin != fmt.Sprintf("%s-%d", r.Stream, r.StreamSeq) {
+		r.Origin = origin
 	}
 	if err := errors.Join(errs...); err != nil {
 		return r, fmt.Errorf("malformed dead-letter headers: %w", err)

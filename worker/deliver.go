@@ -270,6 +270,7 @@ func (w *Worker) deadLetter(ctx context.Context, h *held, reason string, status 
 		MessageID:  messageID,
 		Origin:     h.id.Prefix + strconv.FormatUint(h.seq, 10),
 		Version:    w.opts.Version,
+		Replays:    deadletter.ReplaysOf(h.msg.Headers()), // so a call that fails every time stops being replayed
 	})
 	// The publish gets its own bound: at shutdown ctx may be done, and a
 	// dead letter that can still be written should be.

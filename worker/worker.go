@@ -453,6 +453,8 @@ func (w *Worker) hold(msg jetstream.Msg, idPrefix string, leases *leases[*held],
 		id: event.ID{Prefix: idPrefix, Seq: seq}}
 	if hdr := msg.Headers(); hdr != nil {
 		h.id.Override = hdr.Get(deadletter.HeaderMessageID)
+		// A replayed call keeps the time it was first published.
+		h.published = deadletter.PublishedAt(hdr, h.published)
 	}
 	if h.typ == event.Unknown {
 		// The direct consumers' subjects: a fixed, small set.

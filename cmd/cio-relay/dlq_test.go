@@ -6,7 +6,9 @@ import (
 	"log/slog"
 	"net"
 	"net/url"
+	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -184,4 +186,84 @@ func TestRunDLQEmbedded(t *testing.T) {
 			t.Errorf("CIO in the data directory: %v, %v; want the published call", got, err)
 		}
 	})
+}
+
+// manifestArgs returns the container args of the first container in a
+// Kubernetes manifest: the list items under "args:".
+func manifestArgs(t *testing.T, path string) []string {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var args []string
+	in := false
+	for line := range strings.Lines(string(b)) {
+		trimmed := strings.TrimSpace(line)
+		switch {
+		case trimmed == "args:":
+			in = true
+		case in && strings.HasPrefix(trimmed, "- "):
+			args = append(args, strings.Trim(strings.TrimPrefix(trimmed, "- "), `"`))
+		case in && !strings.HasPrefix(trimmed, "#"):
+			return args
+		}
+	}
+	t.Fatalf("%s: no args", path)
+	return nil
+}
+
+// TestDLQReplayCronJob runs the replay CronJob's arguments (and the
+// one-off Job's, which start as the same) against dead letters of every
+// kind: it replays retries_exhausted calls, and leaves
+// out broadcast triggers (not idempotent), other reasons, and calls
+// replayed deadletter.DefaultMaxReplays times already.
+func TestDLQReplayCronJob(t *testing.T) {
+	for _, path := range []string{"base/dlq-replay-cronjob.yaml", "examples/dlq-replay-job.yaml"} {
+		t.Run(path, func(t *testing.T) { testReplayManifest(t, filepath.Join("..", "..", "deploy", path)) })
+	}
+}
+
+func testReplayManifest(t *testing.T, path string) {
+	args := manifestArgs(t, path)
+	if len(args) < 2 || args[0] != "dlq" || args[1] != "replay" {
+		t.Fatalf("%s: args %q; want dlq replay ...", path, args)
+	}
+	e := newNATSEnv(t)
+	seedDLQ(t, e.js) // the streams
+	ctx := t.Context()
+	for i, l := range []struct {
+		subject, reason string
+		replays         int
+	}{
+		{"cio.track", deadletter.ReasonRetriesExhausted, 0},                            // 1: replayed
+		{"cio.broadcast", deadletter.ReasonRetriesExhausted, 0},                        // 2: a trigger
+		{"cio.identify", deadletter.ReasonRejected, 0},                                 // 3: another reason
+		{"cio.track", deadletter.ReasonRetriesExhausted, deadletter.DefaultMaxReplays}, // 4: poison
+		{"cio.suppress", deadletter.ReasonRetriesExhausted, 1},                         // 5: replayed
+	} {
+		m := deadletter.Msg(l.subject, nil, []byte(`{"userId":"u"}`), deadletter.Record{Reason: l.reason, Stream: "CIO", StreamSeq: uint64(i + 1), Replays: l.replays})
+		if err := deadletter.Publish(ctx, e.js, m); err != nil {
+			t.Fatal(err)
+		}
+	}
+	code, out, errOut := runDLQFor(t, map[string]string{"NATS_URL": e.srv.URL()}, "", args[1:]...)
+	if code != 0 || !strings.Contains(out, "matched 3, replayed 2, failed 0, skipped 0, kept 1") || !strings.Contains(errOut, "seq 4: kept: replayed 3 times already") {
+		t.Errorf("exit code %d, stdout %q, stderr %q", code, out, errOut)
+	}
+	cio, err := e.js.Stream(ctx, "CIO")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var replayed []string
+	for seq := uint64(1); ; seq++ {
+		m, err := cio.GetMsg(ctx, seq)
+		if err != nil {
+			break
+		}
+		replayed = append(replayed, m.Header.Get(deadletter.HeaderReplayedFrom)+" "+m.Subject)
+	}
+	if want := []string{"1 cio.track", "5 cio.suppress"}; !slices.Equal(replayed, want) {
+		t.Errorf("CIO holds the replays of %q; want %q", replayed, want)
+	}
 }

@@ -171,10 +171,15 @@ func stored(t *testing.T, s jetstream.Stream) []*jetstream.RawStreamMsg {
 	return out
 }
 
+// dlqSeqs returns the sequences of the dead letters in s, leaving out
+// replay intents (the replay's bookkeeping).
 func dlqSeqs(t *testing.T, s jetstream.Stream) []uint64 {
 	t.Helper()
 	var out []uint64
 	for _, m := range stored(t, s) {
+		if deadletter.IsIntent(m.Subject) {
+			continue
+		}
 		out = append(out, m.Sequence)
 	}
 	return out
@@ -211,7 +216,9 @@ func TestParse(t *testing.T) {
 		{"show", []string{"show", "12", "--json"}, Command{Name: CmdShow, Seq: 12, JSON: true}, nil, ""},
 		{"show with connection flag first", []string{"show", "-nats-url", "nats://n:4222", "7"}, Command{Name: CmdShow, Seq: 7}, []string{"-nats-url", "nats://n:4222"}, ""},
 		{"replay", []string{"replay", "--dry-run", "--rate", "50", "--max", "3", "--subject", "cio.*"},
-			Command{Name: CmdReplay, DryRun: true, Rate: 50, Max: 3, Filter: Filter{Subjects: []string{"cio.*"}}}, nil, ""},
+			Command{Name: CmdReplay, DryRun: true, Rate: 50, Max: 3, MaxReplays: deadletter.DefaultMaxReplays, Filter: Filter{Subjects: []string{"cio.*"}}}, nil, ""},
+		{"replay forced, more replays, a subject left out", []string{"replay", "--force", "--max-replays", "5", "--exclude-subject", "cio.broadcast,cio.x.>"},
+			Command{Name: CmdReplay, Force: true, MaxReplays: 5, Filter: Filter{Excluded: []string{"cio.broadcast", "cio.x.>"}}}, nil, ""},
 		{"purge", []string{"purge", "--yes", "--reason", "invalid_json"}, Command{Name: CmdPurge, Yes: true, Filter: Filter{Reasons: []string{"invalid_json"}}}, nil, ""},
 
 		{"no command", nil, Command{}, nil, "missing command"},
@@ -225,7 +232,9 @@ func TestParse(t *testing.T) {
 		{"bad since", []string{"list", "--since", "yesterday"}, Command{}, nil, "positive age"},
 		{"subject not under cio", []string{"list", "--subject", "track"}, Command{}, nil, "under cio."},
 		{"subject with empty token", []string{"replay", "--subject", "cio..track"}, Command{}, nil, "empty token"},
-		{"json is not a replay flag", []string{"replay", "--json"}, Command{Name: CmdReplay}, []string{"--json"}, ""},
+		{"json is not a replay flag", []string{"replay", "--json"}, Command{Name: CmdReplay, MaxReplays: deadletter.DefaultMaxReplays}, []string{"--json"}, ""},
+		{"max replays 0", []string{"replay", "--max-replays", "0"}, Command{}, nil, "--max-replays must be at least 1"},
+		{"excluded subject not under cio", []string{"replay", "--exclude-subject", "broadcast"}, Command{}, nil, "--exclude-subject"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -572,9 +581,14 @@ func TestReplay(t *testing.T) {
 		wantSummary string
 	}{
 		{"by reason", []string{"--reason", "rejected"}, seqsWhere(reasonIs("rejected")), "matched 4, replayed 4, failed 0, skipped 0"},
-		{"by subject, at most 2", []string{"--subject", "cio.track", "--max", "2"}, []uint64{1, 3}, "matched 2, replayed 2, failed 0, skipped 0"},
+		{"by subject, at most 2", []string{"--subject", "cio.track", "--max", "2", "--force"}, []uint64{1, 3}, "matched 2, replayed 2, failed 0, skipped 0"},
+		// --max counts what is sent: the validation failure kept on every
+		// run does not use it up.
+		{"by subject, at most 2, a validation failure kept", []string{"--subject", "cio.track", "--max", "2"}, []uint64{1, 5}, "matched 3, replayed 2, failed 0, skipped 0, kept 1"},
+		{"a subject left out", []string{"--exclude-subject", "cio.track", "--reason", "rejected"}, []uint64{4, 6}, "matched 2, replayed 2, failed 0, skipped 0, kept 0"},
 		{"since, paced", []string{"--since", "3h", "--rate", "1000"}, seqsWhere(func(d dead) bool { return d.ago <= 3*time.Hour }), "matched 3, replayed 3"},
-		{"all", nil, seqsWhere(all), "matched 7, replayed 7, failed 0, skipped 0"},
+		{"all", []string{"--force"}, seqsWhere(all), "matched 7, replayed 7, failed 0, skipped 0"},
+		{"all but the validation failure", nil, seqsWhere(func(d dead) bool { return d.reason != "invalid_json" }), "matched 7, replayed 6, failed 0, skipped 0, kept 1"},
 		{"none", []string{"--reason", "not_configured"}, nil, "matched 0, replayed 0, failed 0, skipped 0"},
 	}
 	for _, tt := range tests {
@@ -628,6 +642,11 @@ func checkReplayed(t *testing.T, msgs []*jetstream.RawStreamMsg, want []uint64) 
 			"X-Trace":                     {"trace-" + strconv.FormatUint(seq, 10)},
 			deadletter.HeaderMessageID:    {"mid-" + strconv.FormatUint(seq, 10)},
 			deadletter.HeaderReplayedFrom: {strconv.FormatUint(seq, 10)},
+			// The first replay of the call, which happened when the
+			// dead letter says it was first seen.
+			deadletter.HeaderReplays:   {"1"},
+			deadletter.HeaderPublished: {m.Header.Get(deadletter.HeaderPublished)},
+			deadletter.HeaderReplayOf:  {strings.TrimPrefix(m.Header.Get(jetstream.MsgIDHeader), "replay-")},
 			// Stream, sequence and the time the dead letter was stored.
 			jetstream.MsgIDHeader: {m.Header.Get(jetstream.MsgIDHeader)},
 			// The replay refuses to land in any stream but CIO.
@@ -717,7 +736,7 @@ func TestReplayInterrupted(t *testing.T) {
 			f := newFixture(t)
 			ctx, cancel := context.WithCancel(t.Context())
 			defer cancel()
-			code, _, errOut := f.run(t, ctx, Env{afterPublish: tt.hook(cancel)}, "replay")
+			code, _, errOut := f.run(t, ctx, Env{afterPublish: tt.hook(cancel)}, "replay", "--force")
 			if code != 1 || !strings.Contains(errOut, tt.wantError) {
 				t.Fatalf("first run: exit code %d, stderr %q; want 1 and %q", code, errOut, tt.wantError)
 			}
@@ -726,7 +745,7 @@ func TestReplayInterrupted(t *testing.T) {
 			}
 			noConsumersLeft(t, f.dlq)
 
-			code, out, _ := f.run(t, t.Context(), Env{}, "replay")
+			code, out, _ := f.run(t, t.Context(), Env{}, "replay", "--force")
 			if code != 0 || !strings.Contains(out, tt.wantDups) {
 				t.Fatalf("second run: exit code %d, summary %q; want 0 and %q", code, out, tt.wantDups)
 			}
@@ -753,8 +772,10 @@ func TestReplayStopsAtItsStart(t *testing.T) {
 	if code != 0 || !strings.Contains(out, "matched 4, replayed 4") {
 		t.Fatalf("exit code %d, summary %q", code, out)
 	}
-	if got, want := dlqSeqs(t, f.dlq), []uint64{2, 3, 5, 8}; !slices.Equal(got, want) {
-		t.Errorf("left in CIO_DLQ: %v; want %v", got, want)
+	// The new letter's sequence follows the replay intent of letter 1.
+	got := dlqSeqs(t, f.dlq)
+	if len(got) != 4 || !slices.Equal(got[:3], []uint64{2, 3, 5}) || got[3] <= uint64(len(letters)) {
+		t.Errorf("left in CIO_DLQ: %v; want 2, 3, 5 and the new letter", got)
 	}
 }
 
@@ -763,7 +784,7 @@ func TestReplaySkipsWhatIsNotADeadLetter(t *testing.T) {
 	if _, err := f.js.Publish(t.Context(), "dlq.cio.track", []byte(`{"userId":"u-9","event":"Manual"}`)); err != nil {
 		t.Fatal(err)
 	}
-	code, out, errOut := f.run(t, t.Context(), Env{}, "replay", "--subject", "cio.track")
+	code, out, errOut := f.run(t, t.Context(), Env{}, "replay", "--subject", "cio.track", "--force")
 	if code != 0 || !strings.Contains(out, "matched 5, replayed 4, failed 0, skipped 1") || !strings.Contains(errOut, "seq 8: skipped: not a dead letter") {
 		t.Fatalf("exit code %d, stdout %q, stderr %q", code, out, errOut)
 	}
@@ -774,7 +795,7 @@ func TestReplaySkipsWhatIsNotADeadLetter(t *testing.T) {
 
 func TestReplayFailsWithoutTargetStream(t *testing.T) {
 	f := newFixture(t)
-	code, out, errOut := f.run(t, t.Context(), Env{Stream: "ELSEWHERE"}, "replay", "--reason", "invalid_json")
+	code, out, errOut := f.run(t, t.Context(), Env{Stream: "ELSEWHERE"}, "replay", "--reason", "invalid_json", "--force")
 	if code != 1 || !strings.Contains(out, "matched 1, replayed 0, failed 1") || !strings.Contains(errOut, "seq 3: publishing to cio.track (stream ELSEWHERE)") {
 		t.Fatalf("exit code %d, stdout %q, stderr %q", code, out, errOut)
 	}

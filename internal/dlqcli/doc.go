@@ -12,12 +12,16 @@
 // sequence when it began: a message that a replay sends back and the worker
 // dead-letters again is not met twice in one run.
 //
-// A replay re-publishes a dead letter's original body to its original
-// subject, waits for the PubAck and only then deletes it from the
-// dead-letter stream. Its Nats-Msg-Id is derived from the dead-letter
-// sequence, so a replay stopped between the publish and the delete and then
-// run again is de-duplicated by JetStream instead of delivered twice; and a
-// cancelled replay finishes the message in hand before it stops.
+// A replay first decides what not to replay: validation failures (the
+// same bytes would fail the same way), calls replayed --max-replays times
+// already, and dead letters written without their body whose original is
+// gone; each is kept and said why, --force overriding the first two. The
+// rest it hands to [deadletter.Replayer], which owns the protocol: a replay
+// intent, the publish and its PubAck, the delete, so that a replay stopped
+// anywhere and run again, however much later, publishes nothing twice; a
+// cancelled replay finishes the message in hand before it stops. Replay
+// intents live in the dead-letter stream and no command lists, counts or
+// purges them.
 //
 // The command line is parsed by [Parse], which hands the flags it does not
 // know back to the caller for the connection settings, and run by

@@ -14,22 +14,15 @@ import (
 	"github.com/cio-relay/cio-relay/deadletter"
 )
 
-// Letter is one message of the dead-letter stream.
+// Letter is one message of the dead-letter stream, as a walk reads it.
 type Letter struct {
-	Seq     uint64    // sequence in the dead-letter stream
-	Subject string    // dead-letter subject: dlq.cio.track
-	Stored  time.Time // when the dead-letter stream stored it
-	Header  nats.Header
-	Body    []byte // nil when the walk reads headers only
-	Size    int    // of the body, also when it was not read
-	// Record is read from the headers; its Reason is "" when the message
-	// is not a dead letter, and a malformed field is left zero.
-	Record deadletter.Record
+	deadletter.Letter     // its Body is nil when the walk reads headers only
+	Size              int // of the body, also when it was not read
 }
 
 func newLetter(seq uint64, subject string, stored time.Time, h nats.Header, body []byte, size int) *Letter {
 	rec, _ := deadletter.ParseRecord(h)
-	return &Letter{Seq: seq, Subject: subject, Stored: stored, Header: h, Body: body, Size: size, Record: rec}
+	return &Letter{Letter: deadletter.Letter{Seq: seq, Subject: subject, Stored: stored, Header: h, Body: body, Record: rec}, Size: size}
 }
 
 // letterOf reads a message delivered by a walk.
@@ -45,9 +38,6 @@ func letterOf(m jetstream.Msg, meta *jetstream.MsgMetadata) *Letter {
 	return newLetter(meta.Sequence.Stream, m.Subject(), meta.Timestamp, h, m.Data(), size)
 }
 
-// OriginalSubject is the subject the message was first published on.
-func (l *Letter) OriginalSubject() string { return deadletter.OriginalSubject(l.Subject) }
-
 // Time is when the message was dead-lettered: its Cio-Relay-Dead-Lettered
 // header, or when the dead-letter stream stored it if that is missing.
 func (l *Letter) Time() time.Time {
@@ -57,11 +47,17 @@ func (l *Letter) Time() time.Time {
 	return l.Stored
 }
 
-// matches applies the filters the server does not: reason and time. The
+// matches applies the filters the server does not: reason, excluded
+// subjects and time. The
 // subject filter was applied by the walk's consumer.
 func (l *Letter) matches(f Filter, now time.Time) bool {
 	if len(f.Reasons) > 0 && !slices.Contains(f.Reasons, l.Record.Reason) {
 		return false
+	}
+	for _, x := range f.Excluded {
+		if subjectMatches(x, l.OriginalSubject()) {
+			return false
+		}
 	}
 	t := l.Time()
 	if !f.Since.IsZero() && t.Before(f.Since.Time(now)) {
@@ -124,12 +120,6 @@ func withoutKeys(h nats.Header, keys ...string) nats.Header {
 	return out
 }
 
-// hasPrefixFold reports whether s begins with prefix, ignoring case: NATS
-// headers are case-sensitive, but a publisher may spell ours differently.
-func hasPrefixFold(s, prefix string) bool {
-	return len(s) >= len(prefix) && strings.EqualFold(s[:len(prefix)], prefix)
-}
-
 // oneLine makes text safe to print on one line of a terminal: invalid UTF-8
 // becomes U+FFFD, control characters (escape sequences included) and runs
 // of white space become one space, and the result is cut to at most max
@@ -186,4 +176,21 @@ func age(d time.Duration) string {
 		return strconv.Itoa(int(d/time.Hour)) + "h"
 	}
 	return strconv.Itoa(int(d/(24*time.Hour))) + "d"
+}
+
+// subjectMatches reports whether subject matches pattern, with NATS's
+// wildcards: * one token, > the rest (one token or more).
+func subjectMatches(pattern, subject string) bool {
+	p, s := strings.Split(pattern, "."), strings.Split(subject, ".")
+	for i, t := range p {
+		switch {
+		case t == ">":
+			return len(s) > i
+		case i >= len(s):
+			return false
+		case t != "*" && t != s[i]:
+			return false
+		}
+	}
+	return len(p) == len(s)
 }

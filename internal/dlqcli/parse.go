@@ -34,6 +34,10 @@ Filters (list, stats, replay, purge):
   --since T     only dead-lettered at or after T: RFC 3339 (2025-06-01T12:00:00Z),
                 a date (2025-06-01, UTC), or an age (90s, 30m, 2h, 7d: that long ago)
   --until T     only dead-lettered before T, in the same forms
+  --exclude-subject S
+                not this original subject (wildcards as for --subject): the
+                replay CronJob leaves out cio.broadcast, as a trigger is not
+                idempotent; repeat or separate with commas for several
 
 list:
   --limit N     list at most N (default 100; 0 lists all)
@@ -46,16 +50,29 @@ show, stats:
 replay:
   --dry-run     list what would be replayed and change nothing
   --rate N      at most N messages a second (default 0: as fast as acks come)
-  --max N       replay at most N messages (default 0: all that match)
+  --max N       replay at most N messages (default 0: all that match); the
+                letters replay keeps do not count
+  --max-replays N
+                keep, do not replay, a call already replayed N times
+                (default 3): it was dead-lettered again after each
+  --force       replay also what replay keeps by default: calls replayed
+                --max-replays times, validation failures (every reason but
+                retries_exhausted, rejected and ambiguous: the same bytes
+                would fail the same way), and a letter an earlier, unfinished
+                replay may have published when that can no longer be checked
 purge:
   --yes         do not ask for confirmation
 
 A replay publishes each message's original body with its original headers,
-Cio-Relay-Message-Id, Cio-Relay-Replayed-From (the dead-letter sequence) and
-Nats-Msg-Id "replay-STREAM-SEQ", waits for the stream to store it, and only
-then deletes the dead letter. Interrupted (Ctrl-C), it finishes the message in
-hand and stops; run it again to resume: a message published but not yet
-deleted is de-duplicated by JetStream within the stream's duplicate window.
+Cio-Relay-Message-Id, Cio-Relay-Replayed-From (the dead-letter sequence),
+Cio-Relay-Replays (one more than before), Cio-Relay-Published (when the call
+was first published) and Nats-Msg-Id "replay-STREAM-SEQ-...", waits for the
+stream to store it, and only then deletes the dead letter. A dead letter
+written without its body (Cio-Relay-Body-Omitted) is replayed with the body
+read from the original stream, or kept when that is gone. Interrupted
+(Ctrl-C), it finishes the message in hand and stops; run it again to resume:
+a replay intent written before each publish lets the next run recognise a
+message published but not deleted, however much later it runs.
 
 NATS settings are those of the worker: the NATS_* environment variables or
 their flags (-nats-url ...; "cio-relay run -h" lists them), RELAY_STREAM and
@@ -88,7 +105,10 @@ type Command struct {
 	DryRun bool   // replay: change nothing
 	Rate   int    // replay: messages a second; 0 is unlimited
 	Max    int    // replay: at most this many; 0 is all
-	Yes    bool   // purge: do not ask
+	// MaxReplays (replay) keeps a call already replayed this many times.
+	MaxReplays int
+	Force      bool // replay: also what is kept by default
+	Yes        bool // purge: do not ask
 }
 
 // Filter selects dead letters; the zero Filter selects all of them.
@@ -99,6 +119,9 @@ type Filter struct {
 	Reasons  []string // Cio-Relay-Reason values
 	Since    TimeSpec // dead-lettered at or after; zero: no bound
 	Until    TimeSpec // dead-lettered before; zero: no bound
+	// Excluded are original subjects (wildcards allowed) to leave out,
+	// matched by the client.
+	Excluded []string
 }
 
 // TimeSpec is a point in time, given either as such or as an age: Ago 2h
@@ -220,6 +243,14 @@ func Parse(args []string) (cmd *Command, rest []string, err error) {
 			return nil, nil, fmt.Errorf("%s: --subject: %w", c.Name, err)
 		}
 	}
+	for _, s := range c.Filter.Excluded {
+		if err := checkSubject(s); err != nil {
+			return nil, nil, fmt.Errorf("%s: --exclude-subject: %w", c.Name, err)
+		}
+	}
+	if c.Name == CmdReplay && c.MaxReplays < 1 {
+		return nil, nil, fmt.Errorf("replay: --max-replays must be at least 1, got %d (--force replays regardless)", c.MaxReplays)
+	}
 	for _, f := range []struct {
 		name string
 		n    int
@@ -242,6 +273,7 @@ func (c *Command) flagSet() *flag.FlagSet {
 		fs.Var((*listValue)(&c.Filter.Subjects), "subject", "")
 		fs.Var((*timeValue)(&c.Filter.Since), "since", "")
 		fs.Var((*timeValue)(&c.Filter.Until), "until", "")
+		fs.Var((*listValue)(&c.Filter.Excluded), "exclude-subject", "")
 	}
 	switch c.Name {
 	case CmdList:
@@ -253,6 +285,8 @@ func (c *Command) flagSet() *flag.FlagSet {
 		fs.BoolVar(&c.DryRun, "dry-run", false, "")
 		fs.IntVar(&c.Rate, "rate", 0, "")
 		fs.IntVar(&c.Max, "max", 0, "")
+		fs.IntVar(&c.MaxReplays, "max-replays", deadletter.DefaultMaxReplays, "")
+		fs.BoolVar(&c.Force, "force", false, "")
 	case CmdPurge:
 		fs.BoolVar(&c.Yes, "yes", false, "")
 	}

@@ -1,71 +1,33 @@
 package dlqcli
 
 import (
-	"bufio"
 	"context"
 	"errors"
 	"fmt"
-	"strconv"
-	"strings"
-	"time"
+	"maps"
+	"slices"
 
-	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/cio-relay/cio-relay/deadletter"
 )
-
-// messageTimeout bounds the publish and delete of one message. The message
-// in hand is finished even after the command is interrupted, so this, not
-// the interruption, is what ends a stuck one.
-const messageTimeout = 30 * time.Second
 
 // maxConsecutiveFailures ends a replay or purge that fails message after
 // message: the cause (NATS gone, no stream for the subject, no permission)
 // is not going to change on the next one.
 const maxConsecutiveFailures = 10
 
-// headerPrefix marks cio-relay's own headers.
-const headerPrefix = "Cio-Relay-"
-
 // replayCounts counts what a replay did.
 type replayCounts struct {
 	Matched    int // dead letters that matched the filters (up to --max)
 	Replayed   int // published and deleted from the dead-letter stream
 	Duplicates int // of Replayed: already published by an earlier, interrupted replay
-	Failed     int // left in the dead-letter stream
+	Failed     int // left in the dead-letter stream; a later run may do better
 	Skipped    int // not dead letters, or deleted by someone else meanwhile
-}
+	Kept       int // left in the dead-letter stream on purpose, each with a reason said
+	Stuck      int // of Kept: cannot be replayed as they are, and need an operator
 
-// replayMsg is the message a dead letter is replayed as: its original
-// subject, body and headers, with the messageId the worker had for it, where
-// it was replayed from, and an id that makes JetStream drop a second copy.
-func replayMsg(l *Letter, dlqStream string) *nats.Msg {
-	m := nats.NewMsg(l.OriginalSubject())
-	for k, vs := range l.Header {
-		// Nats-* steered the dead-letter publish (its Nats-Msg-Id would
-		// make the replay a duplicate of it); Cio-Relay-* described the
-		// dead letter, and a replayed message is not one.
-		if hasPrefixFold(k, "Nats-") || (hasPrefixFold(k, headerPrefix) && !strings.EqualFold(k, deadletter.HeaderMessageID)) {
-			continue
-		}
-		for _, v := range vs {
-			m.Header.Add(k, v)
-		}
-	}
-	m.Header.Set(deadletter.HeaderReplayedFrom, strconv.FormatUint(l.Seq, 10))
-	m.Header.Set(jetstream.MsgIDHeader, ReplayMsgID(dlqStream, l.Seq, l.Stored))
-	m.Data = l.Body
-	return m
-}
-
-// ReplayMsgID is the Nats-Msg-Id of the replay of dead letter seq, stored at
-// stored: the same on every run, so a message published by a replay that
-// stopped before deleting it is dropped by JetStream when the replay runs
-// again. The stored time keeps it unique when the dead-letter stream is
-// recreated and its sequences start again at 1.
-func ReplayMsgID(dlqStream string, seq uint64, stored time.Time) string {
-	return "replay-" + dlqStream + "-" + strconv.FormatUint(seq, 10) + "-" + strconv.FormatInt(stored.UnixNano(), 36)
+	invalid map[string]int // of Kept: validation failures, by reason
 }
 
 // outcome is what became of one message.
@@ -76,10 +38,12 @@ const (
 	duplicate
 	failed
 	skipped
+	kept  // by policy: --force replays it
+	stuck // cannot be replayed safely as it is
 )
 
 func (c *Command) replay(ctx context.Context, env *Env, stream jetstream.Stream) error {
-	var res replayCounts
+	res := replayCounts{invalid: map[string]int{}}
 	now := env.Now()
 	p := &progress{w: env.Progress}
 	t := table{w: env.Stdout, now: now}
@@ -91,10 +55,33 @@ func (c *Command) replay(ctx context.Context, env *Env, stream jetstream.Stream)
 		rate = 0 // nothing is sent, so nothing to pace
 	}
 	pace := newPacer(rate)
+	var r *deadletter.Replayer
+	if !c.DryRun {
+		var err error
+		if r, err = deadletter.NewReplayer(ctx, env.JS, stream, env.Stream); err != nil {
+			return err
+		}
+		r.AfterPublish = env.afterPublish
+	}
 	streak := 0
 	_, err := walk(ctx, stream, c.Filter, now, walkOpts{}, func(l *Letter) error {
-		if c.Max > 0 && res.Matched == c.Max {
+		// --max counts what is sent, so that letters kept on every run
+		// never crowd out the others.
+		if c.Max > 0 && res.Matched-res.Kept == c.Max {
 			return errStopWalk
+		}
+		switch o := c.vet(ctx, env, l, &res); o {
+		case skipped:
+			res.Matched++
+			res.Skipped++
+			return nil
+		case kept, stuck:
+			res.Matched++
+			res.Kept++
+			if o == stuck {
+				res.Stuck++
+			}
+			return nil
 		}
 		if err := pace.wait(ctx); err != nil { // interrupted: l is left for the next run
 			return err
@@ -104,7 +91,7 @@ func (c *Command) replay(ctx context.Context, env *Env, stream jetstream.Stream)
 			t.row(l)
 			return nil
 		}
-		o, err := c.replayOne(ctx, env, stream, l)
+		o, err := c.replayOne(ctx, env, r, l)
 		if err != nil {
 			return err
 		}
@@ -117,28 +104,45 @@ func (c *Command) replay(ctx context.Context, env *Env, stream jetstream.Stream)
 			streak = 0
 		case skipped:
 			res.Skipped++
+		case stuck:
+			res.Kept++
+			res.Stuck++
 		case failed:
 			res.Failed++
 			if streak++; streak == maxConsecutiveFailures {
 				return fmt.Errorf("giving up after %d failures in a row", streak)
 			}
 		}
-		p.show("replaying: %d replayed, %d failed, %d skipped (seq %d)", res.Replayed, res.Failed, res.Skipped, l.Seq)
+		p.show("replaying: %d replayed, %d failed, %d kept (seq %d)", res.Replayed, res.Failed, res.Kept, l.Seq)
 		return nil
 	})
 	p.clear()
+	if !c.DryRun && err == nil {
+		r.Sweep(ctx)
+	}
 
 	w := env.Stdout
 	if c.DryRun {
-		fmt.Fprintf(w, "dry run: %d would be replayed to %s; nothing changed\n", res.Matched, env.Stream)
-		return err
+		keptNote := ""
+		if res.Kept > 0 {
+			keptNote = fmt.Sprintf(", %d kept (see above)", res.Kept)
+		}
+		fmt.Fprintf(w, "dry run: %d would be replayed to %s%s; nothing changed\n", res.Matched-res.Kept-res.Skipped, env.Stream, keptNote)
+	} else {
+		dups := ""
+		if res.Duplicates > 0 {
+			dups = fmt.Sprintf(" (%d already in %s)", res.Duplicates, env.Stream)
+		}
+		fmt.Fprintf(w, "matched %d, replayed %d%s, failed %d, skipped %d, kept %d\n", res.Matched, res.Replayed, dups, res.Failed, res.Skipped, res.Kept)
 	}
-	dups := ""
-	if res.Duplicates > 0 {
-		dups = fmt.Sprintf(" (%d already in %s)", res.Duplicates, env.Stream)
+	for _, reason := range slices.Sorted(maps.Keys(res.invalid)) {
+		fmt.Fprintf(env.Stderr, "kept %d with reason %s: %s is a validation failure: cio-relay refused the call for its own bytes, "+
+			"and a replay would send the same bytes to be dead-lettered again the same way. Fix the producer and publish "+
+			"corrected calls, then purge these; or replay them anyway with --force.\n", res.invalid[reason], reason, reason)
 	}
-	fmt.Fprintf(w, "matched %d, replayed %d%s, failed %d, skipped %d\n", res.Matched, res.Replayed, dups, res.Failed, res.Skipped)
 	switch {
+	case c.DryRun:
+		return err
 	case errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded):
 		fmt.Fprintln(env.Stderr, "cio-relay dlq replay: interrupted; run the same command again to replay the rest")
 		return errReported
@@ -147,57 +151,79 @@ func (c *Command) replay(ctx context.Context, env *Env, stream jetstream.Stream)
 	case res.Failed > 0:
 		fmt.Fprintf(env.Stderr, "cio-relay dlq replay: %d failed and are still in %s; run the same command again to retry them\n", res.Failed, env.DLQStream)
 		return errReported
+	case res.Stuck > 0:
+		fmt.Fprintf(env.Stderr, "cio-relay dlq replay: %d cannot be replayed as they are and are still in %s; see above\n", res.Stuck, env.DLQStream)
+		return errReported
 	}
 	return nil
 }
 
-// replayOne publishes l to its original subject, waits for the PubAck, and
-// then deletes it from the dead-letter stream. It reports a failure on
-// stderr and returns an error only to end the replay.
-func (c *Command) replayOne(ctx context.Context, env *Env, stream jetstream.Stream, l *Letter) (outcome, error) {
-	if !strings.HasPrefix(l.Subject, deadletter.SubjectPrefix) || l.Record.Reason == "" {
+// vet decides whether l is to be replayed (done) and, for a dead letter
+// written without its body, reads the body back from the original stream.
+// It reports on stderr what it does not replay, except validation failures,
+// which the summary counts by reason.
+func (c *Command) vet(ctx context.Context, env *Env, l *Letter, res *replayCounts) outcome {
+	if !l.IsDeadLetter() {
 		c.report(env, l.Seq, "skipped: not a dead letter (no %s header, or subject %q not under %s)", deadletter.HeaderReason, l.Subject, deadletter.SubjectPrefix)
-		return skipped, nil
+		return skipped
 	}
-	// The message in hand is finished even if ctx is cancelled meanwhile,
-	// so an interrupted replay leaves no message in both streams.
-	mctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), messageTimeout)
-	defer cancel()
-	ack, err := env.JS.PublishMsg(mctx, replayMsg(l, env.DLQStream), jetstream.WithExpectStream(env.Stream))
-	if err != nil {
-		c.report(env, l.Seq, "publishing to %s (stream %s): %v", l.OriginalSubject(), env.Stream, err)
-		return failed, nil
-	}
-	if env.afterPublish != nil {
-		if err := env.afterPublish(l.Seq); err != nil {
-			return failed, err
+	if !c.Force {
+		if !deadletter.Replayable(l.Record.Reason) {
+			res.invalid[l.Record.Reason]++
+			return kept
+		}
+		if n := l.Record.Replays; n >= c.MaxReplays {
+			c.report(env, l.Seq, "kept: replayed %d times already (--max-replays %d) and dead-lettered again after each; "+
+				"see why with \"cio-relay dlq show %d\", or replay it anyway with --force", n, c.MaxReplays, l.Seq)
+			return kept
 		}
 	}
-	o := done
-	if ack.Duplicate {
-		o = duplicate
+	if err := deadletter.ReadOmitted(ctx, env.JS, &l.Letter, env.Stream); err != nil {
+		c.report(env, l.Seq, "kept: its body was left out of the dead letter (%s says why), and %v; nothing was published",
+			deadletter.HeaderBodyOmitted, err)
+		return stuck
 	}
-	if o2 := c.deleteOne(mctx, env, stream, l.Seq); o2 != done {
-		return o2, nil
+	l.Size = len(l.Body)
+	return done
+}
+
+// replayOne replays l, reporting on stderr what did not go as planned. It
+// returns an error only to end the replay.
+func (c *Command) replayOne(ctx context.Context, env *Env, r *deadletter.Replayer, l *Letter) (outcome, error) {
+	res, err := r.Replay(ctx, &l.Letter, c.Force)
+	if res.Note != "" {
+		c.report(env, l.Seq, "%s", res.Note)
 	}
-	return o, nil
+	switch res.Outcome {
+	case deadletter.Replayed:
+		return done, err
+	case deadletter.Duplicate:
+		return duplicate, err
+	case deadletter.Gone:
+		c.report(env, l.Seq, "skipped: already deleted from %s", env.DLQStream)
+		return skipped, err
+	case deadletter.Unknown:
+		c.report(env, l.Seq, "kept: %v, then purge this dead letter, or replay it anyway with --force", res.Err)
+		return stuck, err
+	}
+	if err == nil {
+		c.report(env, l.Seq, "%v", res.Err)
+	}
+	return failed, err
 }
 
 // deleteOne deletes dead letter seq: done, skipped when it was already gone,
 // or failed.
 func (c *Command) deleteOne(ctx context.Context, env *Env, stream jetstream.Stream, seq uint64) outcome {
-	err := stream.DeleteMsg(ctx, seq)
-	if err == nil {
-		return done
-	}
-	// The delete error does not carry the server's code; asking for the
-	// message tells "already gone" from a real failure.
-	if _, gerr := stream.GetMsg(ctx, seq); errors.Is(gerr, jetstream.ErrMsgNotFound) {
-		c.report(env, seq, "skipped: already deleted from %s", env.DLQStream)
+	switch err := deadletter.Delete(ctx, stream, seq); {
+	case errors.Is(err, deadletter.ErrGone):
+		c.report(env, seq, "skipped: %v", err)
 		return skipped
+	case err != nil:
+		c.report(env, seq, "%v", err)
+		return failed
 	}
-	c.report(env, seq, "deleting from %s: %v", env.DLQStream, err)
-	return failed
+	return done
 }
 
 // report says what happened to one message, on stderr.
@@ -206,96 +232,4 @@ func (c *Command) report(env *Env, seq uint64, format string, args ...any) {
 		fmt.Fprint(env.Progress, "\r\x1b[K")
 	}
 	fmt.Fprintf(env.Stderr, "seq %d: "+format+"\n", append([]any{seq}, args...)...)
-}
-
-func (c *Command) purge(ctx context.Context, env *Env, stream jetstream.Stream) error {
-	now := env.Now()
-	p := &progress{w: env.Progress}
-	n := 0
-	upTo, err := walk(ctx, stream, c.Filter, now, walkOpts{headersOnly: true}, func(l *Letter) error {
-		n++
-		p.show("counting: %d dead letters (seq %d)", n, l.Seq)
-		return nil
-	})
-	p.clear()
-	if err != nil {
-		return err
-	}
-	if n == 0 {
-		fmt.Fprintln(env.Stdout, "no dead letters match; nothing deleted")
-		return nil
-	}
-	if !c.Yes {
-		fmt.Fprintf(env.Stderr, "Delete %d messages from %s? [y/N] ", n, env.DLQStream)
-		answer, _ := bufio.NewReader(env.Stdin).ReadString('\n')
-		if a := strings.ToLower(strings.TrimSpace(answer)); a != "y" && a != "yes" {
-			fmt.Fprintln(env.Stderr, "nothing deleted")
-			return errReported
-		}
-	}
-
-	// The same walk again, up to the same sequence: what was counted is
-	// what is deleted, not what arrived while the question was asked.
-	var deleted, failures, gone, streak int
-	_, err = walk(ctx, stream, c.Filter, now, walkOpts{headersOnly: true, upTo: upTo}, func(l *Letter) error {
-		switch c.deleteOne(ctx, env, stream, l.Seq) {
-		case done:
-			deleted++
-			streak = 0
-		case skipped:
-			gone++
-		default:
-			failures++
-			if streak++; streak == maxConsecutiveFailures {
-				return fmt.Errorf("giving up after %d failures in a row", streak)
-			}
-		}
-		p.show("deleting: %d of %d", deleted, n)
-		return nil
-	})
-	p.clear()
-	fmt.Fprintf(env.Stdout, "deleted %d of %d matching dead letters from %s", deleted, n, env.DLQStream)
-	if gone > 0 {
-		fmt.Fprintf(env.Stdout, " (%d were already gone)", gone)
-	}
-	fmt.Fprintln(env.Stdout)
-	switch {
-	case err != nil:
-		return err
-	case failures > 0:
-		fmt.Fprintf(env.Stderr, "cio-relay dlq purge: %d could not be deleted\n", failures)
-		return errReported
-	}
-	return nil
-}
-
-// pacer spaces calls to wait at most rate a second; rate 0 does not wait.
-type pacer struct {
-	every time.Duration
-	next  time.Time
-}
-
-func newPacer(rate int) *pacer {
-	if rate <= 0 {
-		return &pacer{}
-	}
-	return &pacer{every: time.Second / time.Duration(rate)}
-}
-
-// wait returns when the next call may go, or with ctx's error.
-func (p *pacer) wait(ctx context.Context) error {
-	if p.every == 0 {
-		return nil
-	}
-	if d := time.Until(p.next); d > 0 {
-		timer := time.NewTimer(d)
-		defer timer.Stop()
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-timer.C:
-		}
-	}
-	p.next = time.Now().Add(p.every)
-	return nil
 }

@@ -9,6 +9,8 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/cio-relay/cio-relay/deadletter"
 )
 
 // msgSizeHeader is what a headers-only consumer sends in place of the
@@ -97,7 +99,9 @@ func walk(ctx context.Context, stream jetstream.Stream, f Filter, now time.Time,
 				return upTo, nil
 			}
 			w.next = seq + 1
-			if l := letterOf(m, meta); l.matches(f, now) {
+			// Replay intents are the replay's bookkeeping, not dead
+			// letters: no command lists, counts or purges them.
+			if l := letterOf(m, meta); !deadletter.IsIntent(l.Subject) && l.matches(f, now) {
 				if err := ctx.Err(); err != nil {
 					return upTo, err
 				}
