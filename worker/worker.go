@@ -52,9 +52,10 @@ type Options struct {
 	// ProbeInterval is how often a paused worker (401/403/404 from
 	// Customer.io) tries again; default RetryMaxInterval.
 	ProbeInterval time.Duration
-	// Direct calls: a nil App or Track leaves its subjects unconsumed.
+	// Direct calls: a nil App, Track or Delivery leaves its subjects unconsumed.
 	App               Triggerer
 	Track             Suppressor
+	Delivery          DeliveryReporter      // unsubscribes and metrics attributed to a delivery; need no credentials
 	BroadcastInterval time.Duration         // Customer.io's pacing per broadcast; default trigger.Interval (10s)
 	DirectConcurrency int                   // suppressions in flight at once; default 4
 	ShutdownTimeout   time.Duration         // time to finish in-flight sends after ctx is done; default 25s
@@ -261,6 +262,10 @@ func (w *Worker) Run(ctx context.Context) error {
 		w.log.Warn("suppressions not configured (CIO_SITE_ID/CIO_TRACK_API_KEY unset): messages on " + SubjectSuppress +
 			" and " + SubjectUnsuppress + " stay in the stream, unconsumed, until a worker with the credentials runs")
 	}
+	if w.opts.Delivery == nil {
+		w.log.Warn("unsubscribes and delivery metrics not configured: messages on " + SubjectUnsubscribe + " and " + SubjectMetric +
+			" stay in the stream, unconsumed, until a worker that sends them runs")
+	}
 	w.ready.Store(true)
 	defer w.ready.Store(false)
 	w.log.Info("consuming", "stream", w.opts.Stream, "consumer", w.opts.Consumer, "dlq_stream", w.opts.DLQStream,
@@ -288,6 +293,11 @@ func (w *Worker) Run(ctx context.Context) error {
 		})
 	})
 	wg.Go(func() { w.sampleConsumer(bgCtx, cons, leases) })
+	for _, dc := range w.directConsumers() {
+		if dc.ordered && w.opts.ManageStreams {
+			wg.Go(func() { w.watchOrdered(bgCtx, dc) })
+		}
+	}
 	// stop ends when ctx does, or when a reader's consumer fails (deleted,
 	// say): then everything winds down as for a shutdown and Run returns
 	// the failure, so the process restarts instead of idling as "ready".
