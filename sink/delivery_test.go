@@ -228,4 +228,3 @@ func checkFuzzedDeliveryID(t *testing.T, id string) {
 		t.Fatalf("delivery id %q does not survive path escaping: %q, %v", id, back, err)
 	}
 }
-
