@@ -1,8 +1,8 @@
 package integration_test
 
 import (
-	"context"
 	"encoding/json"
+	"fmt"
 	"slices"
 	"strings"
 	"sync"
@@ -28,7 +28,7 @@ func TestSuppressionsKeepStreamOrderPerIdentifier(t *testing.T) {
 	var mu sync.Mutex
 	perPath := map[string]int{} // requests so far per identifier and action
 	e := newEnv(t, ciotest.Options{SiteID: "site-1", TrackKey: "track-key", Fault: func(r *ciotest.Request) *ciotest.Fault {
-		if !strings.HasPrefix(r.Path, "/api/v1/customers/") {
+		if !strings.HasPrefix(r.Path, "/api/v1/customers/") && !strings.HasPrefix(r.Path, "/unsubscribe/") {
 			return nil
 		}
 		mu.Lock()
@@ -60,7 +60,8 @@ func TestSuppressionsKeepStreamOrderPerIdentifier(t *testing.T) {
 		retry time.Duration
 	}{{4, 0}, {2, worker.NoRetry}} {
 		opts := fastOptions()
-		opts.Track = newTrack()
+		tr := newTrack()
+		opts.Track, opts.Delivery = tr, tr // with credentials for unsubscribes too: harmless
 		opts.DirectConcurrency = w.conc
 		opts.RetryMaxElapsed = w.retry
 		e.runWorker(t, opts, 0)
@@ -85,22 +86,28 @@ func TestSuppressionsKeepStreamOrderPerIdentifier(t *testing.T) {
 			want[id] = append(want[id], action)
 		}
 	}
-	e.publishAll(t, msgs)
-	waitFor(t, 60*time.Second, "every suppression settled", func() bool {
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		c, err := e.js.Consumer(ctx, "CIO", "cio-relay-suppress")
-		if err != nil {
-			return false
+	// Unsubscribes and re-subscribes of one delivery are ordered alike.
+	deliveries := []string{"dlv-A", "dlv-B"}
+	for r := range rounds {
+		for i, d := range deliveries {
+			unsub := (r+i)%2 == 0
+			msgs = append(msgs, published{subject: worker.SubjectUnsubscribe,
+				body: fmt.Appendf(nil, `{"delivery_id":%q,"unsubscribe":%t}`, d, unsub), valid: true})
+			want[d] = append(want[d], fmt.Sprint(unsub))
 		}
-		info, err := c.Info(ctx)
-		return err == nil && info.NumPending == 0 && info.NumAckPending == 0
-	})
+	}
+	e.publishAll(t, msgs)
+	e.waitConsumerSettled(t, "cio-relay-suppress")
+	e.waitConsumerSettled(t, "cio-relay-unsubscribe")
 
 	got := map[string][]string{}
 	for _, s := range e.cio.Suppressions() {
 		got[s.Identifier] = append(got[s.Identifier], s.Action)
 	}
+	for _, u := range e.cio.Unsubscribes() {
+		got[u.DeliveryID] = append(got[u.DeliveryID], fmt.Sprint(u.Unsubscribe))
+	}
+	ids = append(ids, deliveries...)
 	faults := 0
 	for _, r := range e.cio.Requests() {
 		if r.Outcome == ciotest.OutcomeFault {
@@ -117,8 +124,8 @@ func TestSuppressionsKeepStreamOrderPerIdentifier(t *testing.T) {
 			wrongFinal++
 		}
 	}
-	t.Logf("%d identifiers × %d alternations, 2 workers, %d requests answered 503/429: "+
-		"%d identifiers out of stream order, %d with the wrong final state", len(ids), rounds, faults, inverted, wrongFinal)
+	t.Logf("%d identifiers and %d delivery ids × %d alternations, 2 workers, %d requests answered 503/429: "+
+		"%d keys out of stream order, %d with the wrong final state", len(ids)-len(deliveries), len(deliveries), rounds, faults, inverted, wrongFinal)
 	if _, n := dlqReasons(t, e); n != 0 {
 		t.Errorf("%d dead letters, want none", n)
 	}

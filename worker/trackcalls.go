@@ -236,15 +236,26 @@ func (w *Worker) watchOrdered(ctx context.Context, dc directConsumer) {
 			return
 		case <-t.C:
 		}
-		infoCtx, cancel := context.WithTimeout(ctx, 10*time.Second)
-		cons, err := w.js.Consumer(infoCtx, w.opts.Stream, dc.name)
-		if err == nil && cons.CachedInfo().Config.MaxAckPending != orderedMaxAckPending {
-			w.log.Warn("ordered consumer's MaxAckPending was changed (an older replica?); setting it back",
-				"consumer", dc.name, "max_ack_pending", cons.CachedInfo().Config.MaxAckPending, "want", orderedMaxAckPending)
-			if _, err := w.bindDirect(infoCtx, dc); err != nil {
-				w.log.Error("restoring ordered consumer failed", "consumer", dc.name, "err", err)
-			}
+		if err := w.restoreOrdered(ctx, dc); err != nil {
+			w.log.Error("checking ordered consumer failed", "consumer", dc.name, "err", err)
 		}
-		cancel()
 	}
+}
+
+// restoreOrdered sets dc's MaxAckPending back to 1 if it is not.
+func (w *Worker) restoreOrdered(ctx context.Context, dc directConsumer) error {
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	cons, err := w.js.Consumer(ctx, w.opts.Stream, dc.name)
+	if err != nil {
+		return fmt.Errorf("looking up consumer %s: %w", dc.name, err)
+	}
+	if got := cons.CachedInfo().Config.MaxAckPending; got != orderedMaxAckPending {
+		w.log.Warn("ordered consumer's MaxAckPending was changed (by an older replica?); setting it back",
+			"consumer", dc.name, "max_ack_pending", got, "want", orderedMaxAckPending)
+		if _, err := w.bindDirect(ctx, dc); err != nil {
+			return err
+		}
+	}
+	return nil
 }
