@@ -167,7 +167,7 @@ func (c *Config) variables() []variable {
 				help:   "Base URL of the Data Pipelines (CDP) API, which receives the batches."},
 			{name: "CIO_TRACK_URL", value: stringField(&c.CIO.TrackURL, apiURL).echoing(quoteURL),
 				byRegn: map[string]string{"us": "https://track.customer.io/api/v1", "eu": "https://track-eu.customer.io/api/v1"},
-				help:   "Base URL of the Track API, which receives suppressions."},
+				help:   "Base URL of the Track API (suppressions, delivery metrics); unsubscribes go to the root of its host."},
 			{name: "CIO_APP_URL", value: stringField(&c.CIO.AppURL, apiURL).echoing(quoteURL),
 				byRegn: map[string]string{"us": "https://api.customer.io/v1", "eu": "https://api-eu.customer.io/v1"},
 				help:   "Base URL of the App API, which receives broadcast triggers."},

@@ -3,6 +3,7 @@ package integration_test
 import (
 	"context"
 	"io"
+	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -180,4 +181,30 @@ func TestUnsubscribesAndMetrics(t *testing.T) {
 	}
 	t.Logf("%d unsubscribes and %d metrics delivered (one after a 503, one after a 429), %d dead letters by reason %v",
 		len(unsubs), len(byDelivery), dead, reasons)
+}
+
+// TestRelayBinarySendsDeliveryCallsWithoutTrackOrAppKeys: the cio-relay
+// binary with a CDP key and nothing else (no CIO_SITE_ID, CIO_TRACK_API_KEY
+// or CIO_APP_API_KEY) sends unsubscribes to the root of CIO_TRACK_URL's
+// host and metrics under it.
+func TestRelayBinarySendsDeliveryCallsWithoutTrackOrAppKeys(t *testing.T) {
+	e := newEnv(t, ciotest.Options{})
+	keyFile := filepath.Join(t.TempDir(), "cdp-api-key")
+	writeFileAtomic(t, keyFile, cdpKey+"\n")
+	startRelay(t, "delivery", relayEnv(e.nats.URL(), e.cio.CDPURL(), keyFile, map[string]string{"CIO_TRACK_URL": e.cio.TrackURL()}))
+	e.publishAll(t, []published{
+		{subject: worker.SubjectUnsubscribe, body: []byte(`{"delivery_id":"bin-1"}`)},
+		{subject: worker.SubjectMetric, body: []byte(`{"delivery_id":"bin-2","event":"delivered","device_id":"tok"}`)},
+	})
+	e.waitConsumerSettled(t, "cio-relay-unsubscribe")
+	e.waitConsumerSettled(t, "cio-relay-metric")
+	if u := e.cio.Unsubscribes(); len(u) != 1 || u[0].DeliveryID != "bin-1" || !u[0].Unsubscribe {
+		t.Errorf("unsubscribes %+v", u)
+	}
+	if m := e.cio.Metrics(); len(m) != 1 || m[0].DeliveryID != "bin-2" || m[0].Metric != "delivered" || m[0].Recipient != "tok" || m[0].Timestamp == 0 {
+		t.Errorf("metrics %+v", m)
+	}
+	if _, n := dlqReasons(t, e); n != 0 {
+		t.Errorf("%d dead letters", n)
+	}
 }
