@@ -3,9 +3,11 @@ package integration_test
 import (
 	"encoding/json"
 	"fmt"
+	"path/filepath"
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -128,5 +130,53 @@ func TestSuppressionsKeepStreamOrderPerIdentifier(t *testing.T) {
 		"%d keys out of stream order, %d with the wrong final state", len(ids)-len(deliveries), len(deliveries), rounds, faults, inverted, wrongFinal)
 	if _, n := dlqReasons(t, e); n != 0 {
 		t.Errorf("%d dead letters, want none", n)
+	}
+}
+
+// TestSuppressionHeldByAKilledReplicaStaysFirst: a cio-relay process is
+// killed (SIGKILL) while its suppress request for an identifier is in
+// flight; the unsuppress published next must not reach Customer.io before
+// the suppress does, although another worker could take it at once, long
+// before the killed one's ack wait ends. The identifier must end
+// unsuppressed, as published.
+func TestSuppressionHeldByAKilledReplicaStaysFirst(t *testing.T) {
+	var inFlight atomic.Int32
+	e := newEnv(t, ciotest.Options{SiteID: "site-1", TrackKey: "track-key", Fault: func(r *ciotest.Request) *ciotest.Fault {
+		if strings.HasSuffix(r.Path, "/suppress") && inFlight.Add(1) == 1 {
+			return &ciotest.Fault{Delay: time.Minute, Slow: true} // answered only if the client waits that long
+		}
+		return nil
+	}})
+	keyFile := filepath.Join(t.TempDir(), "cdp-api-key")
+	writeFileAtomic(t, keyFile, cdpKey+"\n")
+	const ackWait = 5 * time.Second
+	p := startRelay(t, "holder", relayEnv(e.nats.URL(), e.cio.CDPURL(), keyFile, map[string]string{
+		"CIO_TRACK_URL": e.cio.TrackURL(), "CIO_SITE_ID": "site-1", "CIO_TRACK_API_KEY": "track-key",
+		"RELAY_ACK_WAIT": ackWait.String(),
+	}))
+	body := []byte(`{"identifier":"held@x.io"}`)
+	e.publishAll(t, []published{{subject: worker.SubjectSuppress, body: body}})
+	waitFor(t, 10*time.Second, "the suppress request in flight", func() bool { return inFlight.Load() == 1 })
+	p.kill(t)
+	// Published after the kill, so it waits in the stream for a live worker.
+	e.publishAll(t, []published{{subject: worker.SubjectUnsuppress, body: body}})
+
+	tr, err := sink.NewTrack(sink.TrackOptions{URL: e.cio.TrackURL(), SiteID: "site-1", APIKey: func() string { return "track-key" },
+		UserAgent: "test", Client: sink.NewHTTPClient(2, 5*time.Second)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	opts := fastOptions()
+	opts.Track, opts.AckWait = tr, ackWait
+	e.runWorker(t, opts, 0)
+	e.waitConsumerSettled(t, "cio-relay-suppress")
+
+	var got []string
+	for _, s := range e.cio.Suppressions() {
+		got = append(got, s.Action)
+	}
+	t.Logf("Customer.io applied %v after the holder was killed", got)
+	if !slices.Equal(got, []string{"suppress", "unsuppress"}) {
+		t.Errorf("Customer.io applied %v, want [suppress unsuppress]: the identifier must end unsuppressed", got)
 	}
 }
