@@ -37,6 +37,7 @@ type directConsumer struct {
 	name     string
 	subjects []string
 	ordered  bool // its calls must reach Customer.io in stream order (see orderedMaxAckPending)
+	optional bool // needs no credentials: not created by an operator is not an error (see boundDirectConsumers)
 }
 
 // directConsumers are the consumers of direct calls, one per API that has

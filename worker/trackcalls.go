@@ -2,6 +2,7 @@ package worker
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"time"
 
@@ -168,8 +169,31 @@ func (w *Worker) trackConsumers() []directConsumer {
 	}
 	if w.opts.Delivery != nil {
 		cs = append(cs,
-			directConsumer{name: w.opts.Consumer + "-unsubscribe", subjects: []string{SubjectUnsubscribe}, ordered: true},
-			directConsumer{name: w.opts.Consumer + "-metric", subjects: []string{SubjectMetric}})
+			directConsumer{name: w.opts.Consumer + "-unsubscribe", subjects: []string{SubjectUnsubscribe}, ordered: true, optional: true},
+			directConsumer{name: w.opts.Consumer + "-metric", subjects: []string{SubjectMetric}, optional: true})
+	}
+	return cs
+}
+
+// boundDirectConsumers are the direct consumers Run binds: all of them,
+// except, when the worker does not manage streams, an optional one nobody
+// has created. Unsubscribes and metrics need no credentials, so nothing
+// says an operator meant to have them; a deployment that creates its
+// consumers itself must not stop starting because a new version knows
+// more subjects. Their messages stay in the stream meanwhile.
+func (w *Worker) boundDirectConsumers(ctx context.Context) []directConsumer {
+	var cs []directConsumer
+	for _, dc := range w.directConsumers() {
+		if dc.optional && !w.opts.ManageStreams {
+			_, err := w.js.Consumer(ctx, w.opts.Stream, dc.name)
+			if errors.Is(err, jetstream.ErrConsumerNotFound) {
+				w.log.Warn("consumer not found and RELAY_MANAGE_STREAMS=false: its messages stay in the stream, unconsumed; "+
+					"create a durable pull consumer with explicit ack and these filter subjects to send them",
+					"consumer", dc.name, "subjects", dc.subjects, "max_ack_pending", dc.maxAckPending())
+				continue
+			}
+		}
+		cs = append(cs, dc)
 	}
 	return cs
 }

@@ -85,3 +85,34 @@ func TestOrderedConsumersSurviveAnOlderReplica(t *testing.T) {
 		t.Errorf("binding an unordered suppression consumer: %v, want a refusal naming MaxAckPending", err)
 	}
 }
+
+// TestUnmanagedWorkerSkipsMissingDeliveryConsumers: a worker that does not
+// manage streams still starts when nobody has created the consumers of
+// unsubscribes and metrics (they need no credentials, so nothing says they
+// were wanted), and binds the ones that exist.
+func TestUnmanagedWorkerSkipsMissingDeliveryConsumers(t *testing.T) {
+	_, js := natstest.Start(t).Connect(t)
+	ctx := context.Background()
+	if _, err := js.CreateStream(ctx, StreamConfig("CIO")); err != nil {
+		t.Fatal(err)
+	}
+	w, err := New(js, nil, Options{Delivery: noTrack{}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cs := w.boundDirectConsumers(ctx); len(cs) != 0 {
+		t.Errorf("bound %+v with no consumers created", cs)
+	}
+	cfg := w.consumerConfig()
+	cfg.Durable, cfg.FilterSubjects = "cio-relay-metric", []string{SubjectMetric}
+	if _, err := js.CreateOrUpdateConsumer(ctx, "CIO", cfg); err != nil {
+		t.Fatal(err)
+	}
+	cs := w.boundDirectConsumers(ctx)
+	if len(cs) != 1 || cs[0].name != "cio-relay-metric" {
+		t.Fatalf("bound %+v, want cio-relay-metric", cs)
+	}
+	if _, err := w.bindDirect(ctx, cs[0]); err != nil {
+		t.Errorf("binding the operator's metric consumer: %v", err)
+	}
+}

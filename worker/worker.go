@@ -235,7 +235,7 @@ func (w *Worker) Run(ctx context.Context) error {
 	defer iter.Stop()
 	var directIters []jetstream.MessagesContext
 	var pacers []*trigger.Pacer[*held]
-	for _, dc := range w.directConsumers() {
+	for _, dc := range w.boundDirectConsumers(ctx) {
 		pacer, err := trigger.NewPacer[*held](trigger.PacerOptions{Interval: w.opts.BroadcastInterval})
 		if err != nil {
 			return fmt.Errorf("broadcast pacing: %w", err)
