@@ -20,6 +20,8 @@ fuzz: ## fuzz the parsers and the packer for 30s each
 	go test -run '^$$' -fuzz FuzzPacker -fuzztime 30s ./batcher
 	go test -run '^$$' -fuzz FuzzParse -fuzztime 30s ./trigger
 	go test -run '^$$' -fuzz FuzzParseSuppression -fuzztime 30s ./sink
+	go test -run '^$$' -fuzz FuzzParseUnsubscribe -fuzztime 30s ./sink
+	go test -run '^$$' -fuzz FuzzParseMetric -fuzztime 30s ./sink
 
 bench: ## end-to-end benchmark: bare consumer vs cio-relay, 1M events
 	go run ./cmd/cio-relay bench

@@ -173,7 +173,7 @@ func (c *Config) variables() []variable {
 					"false: such calls are acked and lost, logged only in the Customer.io workspace."},
 			{name: "CIO_TRACK_URL", value: stringField(&c.CIO.TrackURL, apiURL).echoing(quoteURL),
 				byRegn: map[string]string{"us": "https://track.customer.io/api/v1", "eu": "https://track-eu.customer.io/api/v1"},
-				help:   "Base URL of the Track API, which receives suppressions."},
+				help:   "Base URL of the Track API (suppressions, delivery metrics); unsubscribes go to the root of its host."},
 			{name: "CIO_APP_URL", value: stringField(&c.CIO.AppURL, apiURL).echoing(quoteURL),
 				byRegn: map[string]string{"us": "https://api.customer.io/v1", "eu": "https://api-eu.customer.io/v1"},
 				help:   "Base URL of the App API, which receives broadcast triggers."},

@@ -31,10 +31,13 @@ const MaxIdentifierBytes = 1000
 // invalid_utf8).
 const ReasonInvalidIdentifier = event.Reason("invalid_identifier")
 
-// Track sends suppressions to Customer.io's Track API.
+// Track sends suppressions, unsubscribes and delivery metrics to
+// Customer.io's Track API.
 type Track struct {
 	endpoint  string // {URL}/customers/
-	siteID    string
+	base      string // {URL}, e.g. https://track.customer.io/api/v1
+	root      string // scheme and host of URL: unsubscribes live there
+	siteID    string // "": no credentials, only the calls that need none
 	apiKey    func() string
 	userAgent string
 	client    *http.Client
@@ -43,20 +46,29 @@ type Track struct {
 // TrackOptions configures a Track client.
 type TrackOptions struct {
 	URL       string        // base URL, e.g. https://track.customer.io/api/v1
-	SiteID    string        // the Basic auth user
+	SiteID    string        // the Basic auth user; with APIKey, or neither for unsubscribes and metrics only
 	APIKey    func() string // the Track API key, Basic auth password; called per request, so a rotated key is picked up
 	UserAgent string
 	Client    *http.Client
 }
 
 // NewTrack returns a client for {URL}/customers/{identifier}/suppress and
-// /unsuppress.
+// /unsuppress, {URL}/metrics and, at the root of URL's host,
+// /unsubscribe/{delivery_id}. Without a site id and API key it can send
+// only the calls that need no credentials (Unsubscribe, ReportMetric).
 func NewTrack(opts TrackOptions) (*Track, error) {
-	if opts.URL == "" || opts.SiteID == "" || opts.APIKey == nil || opts.Client == nil {
-		return nil, errors.New("sink: Track needs a URL, a site id, an API key and an HTTP client")
+	if opts.URL == "" || opts.Client == nil || (opts.SiteID == "") != (opts.APIKey == nil) {
+		return nil, errors.New("sink: Track needs a URL, an HTTP client, and a site id and API key together or neither")
 	}
+	u, err := url.Parse(opts.URL)
+	if err != nil || u.Scheme == "" || u.Host == "" {
+		return nil, fmt.Errorf("sink: Track URL %q is not an absolute URL", opts.URL)
+	}
+	base := strings.TrimRight(opts.URL, "/")
 	return &Track{
-		endpoint:  strings.TrimRight(opts.URL, "/") + "/customers/",
+		endpoint:  base + "/customers/",
+		base:      base,
+		root:      u.Scheme + "://" + u.Host,
 		siteID:    opts.SiteID,
 		apiKey:    opts.APIKey,
 		userAgent: opts.UserAgent,
@@ -83,6 +95,9 @@ func (t *Track) post(ctx context.Context, identifier, action string) error {
 	if err := checkIdentifier(identifier); err != nil {
 		return err
 	}
+	if t.siteID == "" {
+		return fmt.Errorf("%s: %w", action, errNoCredentials)
+	}
 	u := t.endpoint + escapeIdentifier(identifier) + "/" + action
 	req, err := http.NewRequestWithContext(ctx, http.MethodPost, u, nil)
 	if err != nil {
@@ -96,6 +111,10 @@ func (t *Track) post(ctx context.Context, identifier, action string) error {
 	}
 	return nil
 }
+
+// errNoCredentials is returned by Suppress and Unsuppress on a Track
+// client made without credentials.
+var errNoCredentials = errors.New("sink: Track client has no site id and API key")
 
 // escapeIdentifier makes identifier one path segment. url.PathEscape
 // leaves "+" as it is, which is correct, but a server that decodes paths

@@ -10,7 +10,6 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/cio-relay/cio-relay/event"
-	"github.com/cio-relay/cio-relay/sink"
 	"github.com/cio-relay/cio-relay/trigger"
 )
 
@@ -37,10 +36,14 @@ type Suppressor interface {
 type directConsumer struct {
 	name     string
 	subjects []string
+	ordered  bool // its calls must reach Customer.io in stream order (see orderedMaxAckPending)
+	optional bool // needs no credentials: not created by an operator is not an error (see boundDirectConsumers)
 }
 
 // directConsumers are the consumers of direct calls, one per API that has
-// credentials: RELAY_CONSUMER with "-broadcast" or "-suppress" appended.
+// credentials: RELAY_CONSUMER with "-broadcast" or "-suppress" appended,
+// and "-unsubscribe" and "-metric" for the Track API calls that need none
+// (see trackConsumers).
 // Separate from the batch consumer, a broadcast waiting for its 10-second
 // turn never holds up batches; separate from each other, replicas configured
 // with different credentials never rewrite each other's filters, so one
@@ -50,26 +53,24 @@ type directConsumer struct {
 func (w *Worker) directConsumers() []directConsumer {
 	var cs []directConsumer
 	if w.opts.App != nil {
-		cs = append(cs, directConsumer{w.opts.Consumer + "-broadcast", []string{SubjectBroadcast}})
+		cs = append(cs, directConsumer{name: w.opts.Consumer + "-broadcast", subjects: []string{SubjectBroadcast}})
 	}
-	if w.opts.Track != nil {
-		cs = append(cs, directConsumer{w.opts.Consumer + "-suppress", []string{SubjectSuppress, SubjectUnsuppress}})
-	}
-	return cs
+	return append(cs, w.trackConsumers()...)
 }
 
-// runDirect consumes direct calls until iter is drained: suppressions go to a
-// small pool of senders; triggers go through the pacer, which releases at
-// most one request per broadcast per trigger.Interval and coalesces what
-// waits.
+// runDirect consumes direct calls until iter is drained: Track API calls go
+// to a small pool of senders (in stream order where it matters, as the
+// server hands out one at a time: see orderedMaxAckPending); triggers go
+// through the pacer, which releases at most one request per broadcast per
+// trigger.Interval and coalesces what waits.
 func (w *Worker) runDirect(ctx, nextCtx context.Context, iter jetstream.MessagesContext, idPrefix string, pacer *trigger.Pacer[*held], leases *leases[*held], fail func(error)) {
 	var wg sync.WaitGroup
-	suppressions := make(chan *held)
+	trackCalls := make(chan trackCall)
 	for range w.opts.DirectConcurrency {
 		wg.Go(func() {
-			for h := range suppressions {
-				w.suppress(ctx, h)
-				leases.remove(h)
+			for c := range trackCalls {
+				w.sendTrackCall(ctx, c)
+				leases.remove(c.h)
 			}
 		})
 	}
@@ -93,14 +94,13 @@ func (w *Worker) runDirect(ctx, nextCtx context.Context, iter jetstream.Messages
 			continue
 		}
 		switch msg.Subject() {
-		case SubjectSuppress, SubjectUnsuppress:
-			id, err := sink.ParseSuppression(msg.Data())
+		case SubjectSuppress, SubjectUnsuppress, SubjectUnsubscribe, SubjectMetric:
+			c, err := parseTrackCall(h)
 			if err != nil {
 				w.rejectInput(ctx, h, err, leases)
 				continue
 			}
-			h.identifier = id
-			suppressions <- h
+			trackCalls <- c
 		case SubjectBroadcast:
 			req, err := trigger.Parse(msg.Data())
 			if err != nil {
@@ -130,7 +130,7 @@ func (w *Worker) runDirect(ctx, nextCtx context.Context, iter jetstream.Messages
 			w.rejectInput(ctx, h, &event.InvalidError{Reason: event.ReasonUnknownType, Detail: "no direct call on subject " + msg.Subject()}, leases)
 		}
 	}
-	close(suppressions)
+	close(trackCalls)
 	close(readerDone)
 	wg.Wait()
 }

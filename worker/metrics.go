@@ -29,6 +29,7 @@ type metrics struct {
 	coalesced     prometheus.Counter       //
 	suppressions  *prometheus.CounterVec   // action
 	pacingWait    prometheus.Histogram     //
+	track         *trackMetrics            // unsubscribes, delivery metrics
 
 	consumedByType, deliveredByType *byType
 }
@@ -119,7 +120,9 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		}),
 	}
 	m.consumedByType, m.deliveredByType = newByType(m.consumed), newByType(m.delivered)
+	m.track = newTrackMetrics()
 	if reg != nil {
+		reg.MustRegister(m.track.collectors()...)
 		reg.MustRegister(m.consumed, m.delivered, m.batches, m.batchBytes, m.batchCalls, m.requestTime,
 			m.retries, m.deadLetters, m.inFlight, m.acksFailed, m.authPaused, m.held, m.pending, m.ackPending,
 			m.redeliveries, m.shutdownNaked, m.direct, m.coalesced, m.suppressions, m.pacingWait)

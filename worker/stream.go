@@ -152,9 +152,7 @@ func (w *Worker) bindDirect(ctx context.Context, dc directConsumer) (jetstream.C
 		cfg.Durable = dc.name
 		cfg.Description = "cio-relay direct calls: " + strings.Join(dc.subjects, ", ")
 		cfg.FilterSubjects = dc.subjects
-		// Triggers wait for their broadcast's turn; keep the bound small so
-		// they are not all handed to one replica.
-		cfg.MaxAckPending = 1000
+		cfg.MaxAckPending = dc.maxAckPending()
 		cons, err := w.js.CreateOrUpdateConsumer(ctx, w.opts.Stream, cfg)
 		if err != nil {
 			return nil, fmt.Errorf("creating or updating consumer %s on stream %s: %w", dc.name, w.opts.Stream, err)
@@ -169,6 +167,9 @@ func (w *Worker) bindDirect(ctx context.Context, dc directConsumer) (jetstream.C
 		return nil, fmt.Errorf("looking up consumer %s on stream %s: %w", dc.name, w.opts.Stream, err)
 	}
 	if err := w.checkBound(cons); err != nil {
+		return nil, err
+	}
+	if err := dc.checkOrdered(cons); err != nil {
 		return nil, err
 	}
 	return cons, nil

@@ -52,11 +52,12 @@ type Options struct {
 	// ProbeInterval is how often a paused worker (401/403/404 from
 	// Customer.io) tries again; default RetryMaxInterval.
 	ProbeInterval time.Duration
-	// Direct calls: a nil App or Track leaves its subjects unconsumed.
+	// Direct calls: a nil App, Track or Delivery leaves its subjects unconsumed.
 	App               Triggerer
 	Track             Suppressor
+	Delivery          DeliveryReporter      // unsubscribes and metrics attributed to a delivery; need no credentials
 	BroadcastInterval time.Duration         // Customer.io's pacing per broadcast; default trigger.Interval (10s)
-	DirectConcurrency int                   // suppressions in flight at once; default 4
+	DirectConcurrency int                   // Track API calls in flight at once per consumer (the ordered ones have 1 anyway); default 4
 	ShutdownTimeout   time.Duration         // time to finish in-flight sends after ctx is done; default 25s
 	Version           string                // recorded on dead letters
 	Logger            *slog.Logger          // default: discard
@@ -234,7 +235,7 @@ func (w *Worker) Run(ctx context.Context) error {
 	defer iter.Stop()
 	var directIters []jetstream.MessagesContext
 	var pacers []*trigger.Pacer[*held]
-	for _, dc := range w.directConsumers() {
+	for _, dc := range w.boundDirectConsumers(ctx) {
 		pacer, err := trigger.NewPacer[*held](trigger.PacerOptions{Interval: w.opts.BroadcastInterval})
 		if err != nil {
 			return fmt.Errorf("broadcast pacing: %w", err)
@@ -260,6 +261,10 @@ func (w *Worker) Run(ctx context.Context) error {
 	if w.opts.Track == nil {
 		w.log.Warn("suppressions not configured (CIO_SITE_ID/CIO_TRACK_API_KEY unset): messages on " + SubjectSuppress +
 			" and " + SubjectUnsuppress + " stay in the stream, unconsumed, until a worker with the credentials runs")
+	}
+	if w.opts.Delivery == nil {
+		w.log.Warn("unsubscribes and delivery metrics not configured: messages on " + SubjectUnsubscribe + " and " + SubjectMetric +
+			" stay in the stream, unconsumed, until a worker that sends them runs")
 	}
 	w.ready.Store(true)
 	defer w.ready.Store(false)
@@ -288,6 +293,11 @@ func (w *Worker) Run(ctx context.Context) error {
 		})
 	})
 	wg.Go(func() { w.sampleConsumer(bgCtx, cons, leases) })
+	for _, dc := range w.directConsumers() {
+		if dc.ordered && w.opts.ManageStreams {
+			wg.Go(func() { w.watchOrdered(bgCtx, dc) })
+		}
+	}
 	// stop ends when ctx does, or when a reader's consumer fails (deleted,
 	// say): then everything winds down as for a shutdown and Run returns
 	// the failure, so the process restarts instead of idling as "ready".

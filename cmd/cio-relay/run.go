@@ -80,7 +80,7 @@ func serve(ctx context.Context, cfg *config.Config, log *slog.Logger, stdout io.
 	}
 	defer closeSender()
 
-	app, track, err := newDirect(cfg, log)
+	app, track, delivery, err := newDirect(cfg, log)
 	if err != nil {
 		return err
 	}
@@ -110,6 +110,7 @@ func serve(ctx context.Context, cfg *config.Config, log *slog.Logger, stdout io.
 		RetryMaxElapsed:  retryMaxElapsed,
 		App:              app,
 		Track:            track,
+		Delivery:         delivery,
 		ShutdownTimeout:  cfg.Ops.ShutdownTimeout,
 		Version:          version(),
 		Logger:           log,
@@ -211,20 +212,24 @@ func newSender(cfg *config.Config, log *slog.Logger, stdout io.Writer) (worker.S
 	return cdp, func() {}, nil
 }
 
-// newDirect returns the App and Track API clients for the direct calls; each
-// is nil when its credentials are unset, which leaves its subjects
-// unconsumed.
-func newDirect(cfg *config.Config, log *slog.Logger) (worker.Triggerer, worker.Suppressor, error) {
+// newDirect returns the App and Track API clients for the direct calls; the
+// App and suppression clients are nil when their credentials are unset,
+// which leaves their subjects unconsumed. Unsubscribes and delivery metrics
+// need no credentials: they are sent by every worker that delivers for real
+// or has Track credentials, and left in the stream by a dry run without
+// them, which promises to send nothing.
+func newDirect(cfg *config.Config, log *slog.Logger) (worker.Triggerer, worker.Suppressor, worker.DeliveryReporter, error) {
 	var (
-		app   worker.Triggerer
-		track worker.Suppressor
+		app      worker.Triggerer
+		track    worker.Suppressor
+		delivery worker.DeliveryReporter
 	)
 	client := sink.NewHTTPClient(cfg.Send.Concurrency, cfg.Send.HTTPTimeout)
 	ua := "cio-relay/" + version()
 	if key := cfg.CIO.AppAPIKey; key.IsSet() {
 		a, err := sink.NewApp(sink.AppOptions{URL: cfg.CIO.AppURL, APIKey: secretFunc(key, log), UserAgent: ua, Client: client})
 		if err != nil {
-			return nil, nil, err
+			return nil, nil, nil, err
 		}
 		app = a
 		log.Info("broadcast triggers enabled", "app_url", cfg.CIO.AppURL, "api_key", key.Source())
@@ -232,12 +237,21 @@ func newDirect(cfg *config.Config, log *slog.Logger) (worker.Triggerer, worker.S
 	if key := cfg.CIO.TrackAPIKey; key.IsSet() {
 		t, err := sink.NewTrack(sink.TrackOptions{URL: cfg.CIO.TrackURL, SiteID: cfg.CIO.SiteID, APIKey: secretFunc(key, log), UserAgent: ua, Client: client})
 		if err != nil {
-			return nil, nil, err
+			return nil, nil, nil, err
 		}
-		track = t
+		track, delivery = t, t
 		log.Info("suppressions enabled", "track_url", cfg.CIO.TrackURL, "api_key", key.Source())
+	} else if !cfg.DryRun() {
+		t, err := sink.NewTrack(sink.TrackOptions{URL: cfg.CIO.TrackURL, UserAgent: ua, Client: client})
+		if err != nil {
+			return nil, nil, nil, err
+		}
+		delivery = t
 	}
-	return app, track, nil
+	if delivery != nil {
+		log.Info("unsubscribes and delivery metrics enabled", "track_url", cfg.CIO.TrackURL)
+	}
+	return app, track, delivery, nil
 }
 
 // natsOptions turns the NATS settings into connection options. The client

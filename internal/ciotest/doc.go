@@ -59,6 +59,17 @@
 // escaped path and unescaped once, so one containing "/", "+", "@" or any
 // Unicode arrives exactly as the client meant it; see [Server.Suppressions].
 //
+// POST /unsubscribe/{delivery_id} at the host root (not under /api/v1),
+// body {"unsubscribe":bool}, and POST /api/v1/metrics, body delivery_id and
+// metric (one of [Metrics]) required, timestamp (integer unix seconds;
+// 10^10 or more, such as milliseconds, is 400), recipient, reason, href
+// (strings) and metadata (an object) optional, any other member 400. Both
+// need no Authorization and ignore credentials sent anyway. A delivery id
+// that is not base64 text (standard or URL alphabet, at most 200 bytes) is
+// malformed (400): Customer.io documents 400 for a malformed id without
+// saying what one is. The deprecated /api/v1/push/events is not served
+// (404). See [Server.Unsubscribes] and [Server.Metrics].
+//
 // # App API
 //
 // POST /v1/campaigns/{broadcast_id}/triggers, Bearer auth with the App API

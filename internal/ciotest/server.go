@@ -186,6 +186,8 @@ type Server struct {
 	log         []Request
 	stats       Stats
 	supps       []Suppression
+	unsubs      []Unsubscribe
+	metrics     []MetricReport
 	triggers    []Trigger
 	lastTrigger map[int64]time.Time // by broadcast id: when the last accepted trigger arrived
 	changed     chan struct{}       // closed and replaced whenever calls are delivered
@@ -458,7 +460,7 @@ func apiOf(path string) API {
 		return APIMoved
 	case strings.HasPrefix(path, appPrefix):
 		return APIApp
-	case strings.HasPrefix(path, trackPrefix):
+	case strings.HasPrefix(path, trackPrefix), strings.HasPrefix(path, unsubscribePrefix):
 		return APITrack
 	case path == batchPath || cdpSingleTypes[path] != "":
 		return APICDP

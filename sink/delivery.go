@@ -1,0 +1,403 @@
+package sink
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"math"
+	"net/http"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+	"unicode"
+	"unicode/utf8"
+
+	"github.com/cio-relay/cio-relay/event"
+)
+
+// Reasons a delivery action (an unsubscribe or a metric attributed to a
+// delivery) is refused before it is sent. Syntax faults use event's
+// reasons (invalid_json, invalid_utf8), wrong field types invalid_field.
+const (
+	ReasonInvalidDeliveryID = event.Reason("invalid_delivery_id")
+	ReasonInvalidMetric     = event.Reason("invalid_metric")
+	ReasonInvalidTimestamp  = event.Reason("invalid_timestamp")
+)
+
+// MaxDeliveryIDBytes bounds a delivery id. Customer.io documents it only as
+// "string", the CIO-Delivery-ID header of the message (Track API reference,
+// "Report metrics" and "Report push metrics"); it is short and opaque in
+// practice. The bound is the one attribute values have, far above any real
+// id, so it only refuses what cannot be one.
+const MaxDeliveryIDBytes = 1000
+
+// Metrics are the metric values POST /api/v1/metrics accepts, as found in
+// Customer.io's Track API reference
+// (https://docs.customer.io/integrations/api/track/tag/track-events/metrics/):
+// the email variant lists bounced, clicked, converted, deferred, delivered,
+// dropped, opened and spammed; the push variant (and the deprecated
+// /api/v1/push/events it replaces) opened, converted and delivered.
+// Segment's Customer.io destination ("Report Delivery Event",
+// segmentio/action-destinations) offers exactly the same eight. The
+// in-app, SMS, Slack and webhook variants of the request are not rendered
+// in the reference copies available to us, so their enumerations could not
+// be checked; a value outside this set is dead-lettered as invalid_metric
+// rather than sent on a guess, and can be replayed once it is added here.
+var Metrics = []string{"bounced", "clicked", "converted", "deferred", "delivered", "dropped", "opened", "spammed"}
+
+// PushEvents are the events of the deprecated POST /api/v1/push/events,
+// which the toolkit still publishes; each is sent as the metric of the same
+// name.
+var PushEvents = []string{"opened", "converted", "delivered"}
+
+// maxUnixSeconds is the largest timestamp read as seconds: 10^10 s is the
+// year 2286. Milliseconds since 1970 have been above it since 1970-04-26, so
+// nothing plausible in milliseconds passes as seconds.
+const maxUnixSeconds = 1e10
+
+// Unsubscribe is one unsubscribe attributed to a delivery.
+type Unsubscribe struct {
+	DeliveryID  string
+	Unsubscribe bool // false re-subscribes
+}
+
+// ParseUnsubscribe reads {"delivery_id":"…","unsubscribe":true|false};
+// unsubscribe defaults to true. Other members are ignored. A body that can
+// never succeed is an *event.InvalidError.
+func ParseUnsubscribe(body []byte) (Unsubscribe, error) {
+	m, err := members(body)
+	if err != nil {
+		return Unsubscribe{}, err
+	}
+	id, err := m.deliveryID()
+	if err != nil {
+		return Unsubscribe{}, err
+	}
+	u := Unsubscribe{DeliveryID: id, Unsubscribe: true}
+	if raw, ok, err := m.one("unsubscribe"); err != nil {
+		return Unsubscribe{}, err
+	} else if ok {
+		switch string(raw) {
+		case "true":
+		case "false":
+			u.Unsubscribe = false
+		default:
+			return Unsubscribe{}, invalidField("unsubscribe must be true or false")
+		}
+	}
+	return u, nil
+}
+
+// Metric is one metric attributed to a delivery, in the shape of POST
+// /api/v1/metrics.
+type Metric struct {
+	DeliveryID string
+	Metric     string
+	Timestamp  int64  // unix seconds; 0: not given
+	Recipient  string // a person's email, phone number or device token: never log it
+	Reason     string
+	Href       string
+	Metadata   json.RawMessage // an object, passed through (in-app action name and value)
+	Legacy     bool            // came in the /push/events shape
+}
+
+// metricFields are the members of a metrics body; legacyFields those of
+// the deprecated /push/events body.
+var (
+	metricFields = []string{"delivery_id", "metric", "timestamp", "recipient", "reason", "href", "metadata"}
+	legacyFields = []string{"delivery_id", "event", "device_id", "timestamp"}
+)
+
+// ParseMetric reads a metric in the shape of POST /api/v1/metrics
+// (delivery_id and metric required; timestamp, recipient, reason, href,
+// metadata optional) or of the deprecated POST /api/v1/push/events
+// (delivery_id, event opened|converted|delivered, device_id, timestamp),
+// told apart by "metric" or "event". A legacy body becomes metric = event,
+// recipient = device_id. Unlike a suppression, a member ParseMetric does
+// not know is refused (invalid_field): a metric's optional members carry
+// data, and dropping one silently would lose it. A body that can never
+// succeed is an *event.InvalidError.
+func ParseMetric(body []byte) (Metric, error) {
+	m, err := members(body)
+	if err != nil {
+		return Metric{}, err
+	}
+	_, hasMetric := m["metric"]
+	_, hasEvent := m["event"]
+	var met Metric
+	allowed := metricFields
+	switch {
+	case hasMetric && hasEvent:
+		return Metric{}, invalidMetric(`both "metric" and the legacy push "event" are given; send one`)
+	case hasEvent:
+		met.Legacy = true
+		allowed = legacyFields
+	case !hasMetric:
+		return Metric{}, invalidMetric("metric is required")
+	}
+	for name := range m {
+		if !slices.Contains(allowed, name) {
+			return Metric{}, invalidField(fmt.Sprintf("unknown member %q", name))
+		}
+	}
+	if met.DeliveryID, err = m.deliveryID(); err != nil {
+		return Metric{}, err
+	}
+	if met.Legacy {
+		ev, _, err := m.str("event", ReasonInvalidMetric)
+		if err != nil {
+			return Metric{}, err
+		}
+		if !slices.Contains(PushEvents, ev) {
+			return Metric{}, invalidMetric(fmt.Sprintf("push event %q is not one of %s", ev, strings.Join(PushEvents, ", ")))
+		}
+		met.Metric = ev
+		if met.Recipient, _, err = m.str("device_id", event.ReasonInvalidField); err != nil {
+			return Metric{}, err
+		}
+	} else {
+		v, _, err := m.str("metric", ReasonInvalidMetric)
+		if err != nil {
+			return Metric{}, err
+		}
+		if !slices.Contains(Metrics, v) {
+			return Metric{}, invalidMetric(fmt.Sprintf("metric %q is not one of %s", v, strings.Join(Metrics, ", ")))
+		}
+		met.Metric = v
+		for _, f := range []struct {
+			name string
+			dst  *string
+		}{{"recipient", &met.Recipient}, {"reason", &met.Reason}, {"href", &met.Href}} {
+			if *f.dst, _, err = m.str(f.name, event.ReasonInvalidField); err != nil {
+				return Metric{}, err
+			}
+		}
+		if raw, ok, err := m.one("metadata"); err != nil {
+			return Metric{}, err
+		} else if ok {
+			if raw[0] != '{' {
+				return Metric{}, invalidField("metadata must be an object")
+			}
+			met.Metadata = raw
+		}
+	}
+	if met.Timestamp, err = m.timestamp(); err != nil {
+		return Metric{}, err
+	}
+	return met, nil
+}
+
+// Body returns the request body for POST /api/v1/metrics. A metric without
+// a timestamp is given at, the time it happened as far as the relay knows
+// (when it was published): Customer.io would otherwise record the time it
+// received it, which after a queue backlog or a replay is wrong.
+func (m Metric) Body(at time.Time) ([]byte, error) {
+	ts := m.Timestamp
+	if ts == 0 {
+		ts = at.Unix()
+	}
+	b := struct {
+		DeliveryID string          `json:"delivery_id"`
+		Metric     string          `json:"metric"`
+		Timestamp  int64           `json:"timestamp"`
+		Recipient  string          `json:"recipient,omitempty"`
+		Reason     string          `json:"reason,omitempty"`
+		Href       string          `json:"href,omitempty"`
+		Metadata   json.RawMessage `json:"metadata,omitempty"`
+	}{m.DeliveryID, m.Metric, ts, m.Recipient, m.Reason, m.Href, m.Metadata}
+	out, err := json.Marshal(b)
+	if err != nil {
+		return nil, fmt.Errorf("encoding metric: %w", err)
+	}
+	return out, nil
+}
+
+// Unsubscribe sets (or, with unsubscribe false, clears) the unsubscribed
+// attribute of the person a delivery went to, attributing it to the
+// delivery: POST {host root}/unsubscribe/{delivery_id}, body
+// {"unsubscribe":bool}. It needs no Authorization; the Track credentials
+// are sent when configured, which is harmless. Errors are as for Suppress;
+// a 400 means a malformed delivery id.
+func (t *Track) Unsubscribe(ctx context.Context, u Unsubscribe) error {
+	if err := checkDeliveryID(u.DeliveryID); err != nil {
+		return err
+	}
+	body := []byte(`{"unsubscribe":` + strconv.FormatBool(u.Unsubscribe) + `}`)
+	return t.postJSON(ctx, t.root+"/unsubscribe/"+escapeIdentifier(u.DeliveryID), body, "unsubscribe")
+}
+
+// ReportMetric posts body, from Metric.Body, to {URL}/metrics. It needs no
+// Authorization; errors are as for Suppress.
+func (t *Track) ReportMetric(ctx context.Context, body []byte) error {
+	return t.postJSON(ctx, t.base+"/metrics", body, "metric")
+}
+
+func (t *Track) postJSON(ctx context.Context, u string, body []byte, action string) error {
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, u, bytes.NewReader(body))
+	if err != nil {
+		return fmt.Errorf("building Track %s request: %w", action, err)
+	}
+	if t.siteID != "" {
+		req.SetBasicAuth(t.siteID, t.apiKey())
+	}
+	req.Header.Set("Content-Type", "application/json")
+	req.Header.Set("User-Agent", t.userAgent)
+	if err := do(t.client, req, "track"); err != nil {
+		return fmt.Errorf("%s: %w", action, err)
+	}
+	return nil
+}
+
+// fields are the members of one JSON object, each with every value it was
+// given.
+type fields map[string][]json.RawMessage
+
+// members reads body as one JSON object of valid UTF-8.
+func members(body []byte) (fields, error) {
+	if !utf8.Valid(body) {
+		return nil, &event.InvalidError{Reason: event.ReasonInvalidUTF8, Detail: "body is not valid UTF-8"}
+	}
+	syntax := func(err error) error {
+		return &event.InvalidError{Reason: event.ReasonInvalidJSON, Detail: err.Error()}
+	}
+	dec := json.NewDecoder(bytes.NewReader(body))
+	if tok, err := dec.Token(); err != nil {
+		return nil, syntax(err)
+	} else if d, ok := tok.(json.Delim); !ok || d != '{' {
+		return nil, &event.InvalidError{Reason: event.ReasonInvalidJSON, Detail: "body must be a JSON object"}
+	}
+	m := fields{}
+	for dec.More() {
+		tok, err := dec.Token()
+		if err != nil {
+			return nil, syntax(err)
+		}
+		var v json.RawMessage
+		if err := dec.Decode(&v); err != nil {
+			return nil, syntax(err)
+		}
+		name, _ := tok.(string)
+		m[name] = append(m[name], v)
+	}
+	if _, err := dec.Token(); err != nil {
+		return nil, syntax(err)
+	}
+	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
+		return nil, &event.InvalidError{Reason: event.ReasonInvalidJSON, Detail: "data after the object"}
+	}
+	return m, nil
+}
+
+// one returns name's value, whether it is present (and not null), and an
+// error when it is repeated: which copy Customer.io would read depends on
+// its parser.
+func (m fields) one(name string) (json.RawMessage, bool, error) {
+	vs := m[name]
+	switch {
+	case len(vs) > 1:
+		reason := event.ReasonInvalidField
+		if name == "delivery_id" {
+			reason = ReasonInvalidDeliveryID
+		}
+		return nil, false, &event.InvalidError{Reason: reason, Detail: name + " appears more than once"}
+	case len(vs) == 0 || string(vs[0]) == "null":
+		return nil, false, nil
+	}
+	return vs[0], true, nil
+}
+
+// str returns name's value as a string ("" when absent), or an error with
+// reason when it is not one.
+func (m fields) str(name string, reason event.Reason) (string, bool, error) {
+	raw, ok, err := m.one(name)
+	if err != nil || !ok {
+		return "", false, err
+	}
+	var s string
+	if raw[0] != '"' || json.Unmarshal(raw, &s) != nil {
+		return "", false, &event.InvalidError{Reason: reason, Detail: name + " must be a string"}
+	}
+	return s, true, nil
+}
+
+func (m fields) deliveryID() (string, error) {
+	id, ok, err := m.str("delivery_id", ReasonInvalidDeliveryID)
+	if err != nil {
+		return "", err
+	}
+	if !ok {
+		return "", invalidDeliveryID("delivery_id is required")
+	}
+	if err := checkDeliveryID(id); err != nil {
+		return "", err
+	}
+	return id, nil
+}
+
+// timestamp reads an optional unix timestamp in whole seconds.
+func (m fields) timestamp() (int64, error) {
+	raw, ok, err := m.one("timestamp")
+	if err != nil || !ok {
+		if err != nil {
+			err = &event.InvalidError{Reason: ReasonInvalidTimestamp, Detail: "timestamp appears more than once"}
+		}
+		return 0, err
+	}
+	f, err := strconv.ParseFloat(string(raw), 64)
+	if err != nil || raw[0] == '"' {
+		return 0, invalidTimestamp(fmt.Sprintf("timestamp must be a number of seconds since 1970, got %s", truncateRaw(raw)))
+	}
+	switch {
+	case f != math.Trunc(f):
+		return 0, invalidTimestamp(fmt.Sprintf("timestamp %s is not a whole number of seconds", raw))
+	case f >= maxUnixSeconds*100 && f < maxUnixSeconds*1e5:
+		return 0, invalidTimestamp(fmt.Sprintf("timestamp %s looks like milliseconds; Customer.io wants seconds (%d)", raw, int64(f/1000)))
+	case f <= 0 || f >= maxUnixSeconds:
+		return 0, invalidTimestamp(fmt.Sprintf("timestamp %s is not a plausible time in seconds since 1970", raw))
+	}
+	return int64(f), nil
+}
+
+func truncateRaw(raw json.RawMessage) string {
+	if len(raw) > 40 {
+		return string(raw[:40]) + "…"
+	}
+	return string(raw)
+}
+
+// checkDeliveryID refuses delivery ids that cannot be one path segment.
+func checkDeliveryID(id string) error {
+	switch {
+	case strings.TrimSpace(id) == "":
+		return invalidDeliveryID("delivery_id must not be blank")
+	case len(id) > MaxDeliveryIDBytes:
+		return invalidDeliveryID(fmt.Sprintf("delivery_id is %d bytes, longer than %d", len(id), MaxDeliveryIDBytes))
+	case !utf8.ValidString(id):
+		return invalidDeliveryID("delivery_id is not valid UTF-8")
+	case strings.ContainsFunc(id, unicode.IsControl):
+		return invalidDeliveryID("delivery_id contains a control character")
+	case id == "." || id == "..":
+		return invalidDeliveryID(fmt.Sprintf("delivery_id %q is a dot segment", id))
+	}
+	return nil
+}
+
+func invalidDeliveryID(detail string) error {
+	return &event.InvalidError{Reason: ReasonInvalidDeliveryID, Detail: detail}
+}
+
+func invalidMetric(detail string) error {
+	return &event.InvalidError{Reason: ReasonInvalidMetric, Detail: detail}
+}
+
+func invalidTimestamp(detail string) error {
+	return &event.InvalidError{Reason: ReasonInvalidTimestamp, Detail: detail}
+}
+
+func invalidField(detail string) error {
+	return &event.InvalidError{Reason: event.ReasonInvalidField, Detail: detail}
+}
