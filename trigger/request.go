@@ -96,6 +96,7 @@ type Request struct {
 	// coalescable: the trigger may share a request with others (see the
 	// package documentation for the rule).
 	coalescable bool
+	cost        int // MemoryCost
 }
 
 // entry is one element of an ids, emails or per_user_data list.
@@ -196,6 +197,7 @@ func Parse(body []byte) (*Request, error) {
 	r.body = encodeObject(slices.DeleteFunc(members, func(m member) bool { return m.key == "broadcast_id" }))
 	r.restKey = canonical(r.rest)
 	r.coalescable = coalescable(r)
+	r.cost = memoryCost(len(body), r)
 	return r, nil
 }
 
