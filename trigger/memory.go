@@ -22,7 +22,10 @@ func memoryCost(input int, r *Request) int {
 	n := recordOverhead + allocSize(input) + allocSize(len(r.body)) + allocSize(len(r.restKey))
 	n += allocSize(cap(r.entries) * int(unsafe.Sizeof(entry{})))
 	for _, e := range r.entries {
-		n += allocSize(cap(e.raw)) + allocSize(len(e.who))
+		n += allocSize(len(e.who))
+		if !r.listInBody {
+			n += allocSize(cap(e.raw))
+		}
 		if r.coalescable {
 			n += len(e.raw) + 1 // in a merged body, with its comma
 		}
