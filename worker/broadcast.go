@@ -111,7 +111,7 @@ func (w *Worker) sendTrigger(ctx context.Context, p *trigger.Pacer[*held], b *tr
 	case errors.As(err, &conflict):
 		return w.sentBefore(ctx, p, b, conflict, requested, now)
 	case errors.As(err, &kvErr):
-		w.m.direct.WithLabelValues("app", "nakked").Add(float64(len(b.Items)))
+		w.m.direct.WithLabelValues("app", "nakked").Inc()
 		w.log.Error("broadcast trigger markers unreachable: not sending blind; nakking for later", "broadcast_id", b.BroadcastID,
 			"triggers", len(b.Items), "err", err)
 		for _, h := range b.Items {
