@@ -84,7 +84,7 @@ func (w *Worker) pace(ctx context.Context, p *trigger.Pacer[*held], work, room c
 // rejected on its own is dead-lettered.
 func (w *Worker) sendTrigger(ctx context.Context, p *trigger.Pacer[*held], b *trigger.Batch[*held]) []*held {
 	var triggerID int64
-	var c *claim
+	var c *markClaim
 	requested := false // a request for b may have reached Customer.io
 	err := w.attempt(ctx, "app", &w.appPause, w.opts.BroadcastInterval, stopTrigger, func(ctx context.Context) error {
 		var err error

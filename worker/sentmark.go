@@ -115,9 +115,9 @@ func (w *Worker) bindSentMarks(ctx context.Context) (*sentMarks, error) {
 
 func (s *sentMarks) key(h *held) string { return s.prefix + strconv.FormatUint(h.seq, 10) }
 
-// claim is the right to send one request for some triggers: each key
+// markClaim is the right to send one request for some triggers: each key
 // carries "sending", written by this claim at rev.
-type claim struct {
+type markClaim struct {
 	keys map[string]uint64 // key → revision of our "sending"
 }
 
@@ -150,7 +150,7 @@ func (e *markError) Unwrap() error { return e.err }
 // message held twice shares one marker) with compare-and-set. It returns the
 // claim, or a *markConflict naming the triggers that already have a marker,
 // or a *markError; in both cases it has removed what it wrote.
-func (s *sentMarks) claim(ctx context.Context, items []*held) (*claim, error) {
+func (s *sentMarks) claim(ctx context.Context, items []*held) (*markClaim, error) {
 	ctx, cancel := context.WithTimeout(ctx, markTimeout)
 	defer cancel()
 	byKey := make(map[string][]*held, len(items))
@@ -158,7 +158,7 @@ func (s *sentMarks) claim(ctx context.Context, items []*held) (*claim, error) {
 		k := s.key(h)
 		byKey[k] = append(byKey[k], h)
 	}
-	c := &claim{keys: make(map[string]uint64, len(byKey))}
+	c := &markClaim{keys: make(map[string]uint64, len(byKey))}
 	var mu sync.Mutex
 	var found []markFound
 	var errs []error
@@ -216,7 +216,7 @@ func (s *sentMarks) claimOne(ctx context.Context, k string) (uint64, *markFound,
 // reports how many markers could not be written: those stay "sending", so
 // a later delivery of their message dead-letters it as ambiguous rather
 // than send it again.
-func (s *sentMarks) sent(ctx context.Context, c *claim, triggerID int64) int {
+func (s *sentMarks) sent(ctx context.Context, c *markClaim, triggerID int64) int {
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), markTimeout)
 	defer cancel()
 	value := []byte(markSent + " " + strconv.FormatInt(triggerID, 10))
@@ -236,7 +236,7 @@ func (s *sentMarks) sent(ctx context.Context, c *claim, triggerID int64) int {
 // not acted on, so a later request may send the triggers. A marker that
 // cannot be removed stays "sending": its message is then dead-lettered as
 // ambiguous rather than sent.
-func (s *sentMarks) release(ctx context.Context, c *claim) int {
+func (s *sentMarks) release(ctx context.Context, c *markClaim) int {
 	if c == nil {
 		return 0
 	}
