@@ -74,6 +74,24 @@ func (a *App) Trigger(ctx context.Context, broadcastID int64, body []byte) (int6
 	return triggerID(answer), nil
 }
 
+// MaybeTriggered reports whether a failed trigger request may nonetheless
+// have been acted on, so sending it again could message its audience twice:
+// MaybeDelivered's transport failures after the request was written, and
+// the gateway errors 502 and 504. A gateway answers those when the service
+// behind it failed or timed out while handling the request, which may be
+// after the trigger was created. Other statuses come from Customer.io
+// itself and are read as "not created": 429 and 503 refuse the request
+// before any work, 4xx reject it on validation. A 500 is the one judgement
+// call: it is retried, as a server that failed usually failed before
+// committing anything.
+func MaybeTriggered(err error) bool {
+	if MaybeDelivered(err) {
+		return true
+	}
+	var se *StatusError
+	return errors.As(err, &se) && (se.Status == http.StatusBadGateway || se.Status == http.StatusGatewayTimeout)
+}
+
 // triggerID reads {"id":n} from an accepted trigger's answer, tolerating
 // other members and an id sent as a string; 0 when there is none.
 func triggerID(answer []byte) int64 {

@@ -34,7 +34,21 @@
 //
 // A Pacer is bounded ([PacerOptions].MaxPending, MaxPendingBytes): when
 // [Pacer.Full], the caller stops consuming, and [Pacer.Add] refuses with
-// [ErrFull]. Triggers count until their request is answered.
+// [ErrFull]. Triggers count until their request is answered, each by its
+// [Request.MemoryCost]: every copy of it held, not only its body, so the
+// byte bound is a memory bound.
+//
+// # Rejected requests
+//
+// When Customer.io rejects a merged request, one of its triggers may have
+// spoiled it for the rest. [Pacer.Split] puts its triggers back as two
+// halves, each released as a request of its own that is never merged
+// again and waits its broadcast's turn like any other; a rejected half is
+// split again, so a bad trigger among n is isolated in about 2·log2(n)
+// requests, and a single trigger rejected is the caller's to give up on.
+// [Pacer.Withdraw] takes back a released request that was never sent (some
+// of its triggers turned out to be sent already) without using up the
+// broadcast's turn.
 //
 // # Coalescing
 //
@@ -76,7 +90,7 @@
 // exactly that trigger's [Request.Body].
 //
 // A trigger is never split across requests, so a request's handles can be
-// acked together. A trigger that does not join keeps its place: the next
+// acked together (Split divides a request's triggers, never a trigger). A trigger that does not join keeps its place: the next
 // request starts with the oldest pending trigger, so none waits forever,
 // though a younger trigger that joins a request overtakes any that could
 // not.

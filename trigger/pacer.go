@@ -20,9 +20,11 @@ const (
 	// growing memory. A thousand is several minutes of backlog for a busy
 	// broadcast, and coalescing usually empties it in a few requests.
 	DefaultMaxPending = 1000
-	// DefaultMaxPendingBytes bounds the same backlog by size: a thousand
-	// per_user_data triggers of NATS's default 1 MB payload would otherwise
-	// hold a gigabyte.
+	// DefaultMaxPendingBytes bounds the same backlog by the memory it
+	// holds (see PacerOptions.MaxPendingBytes): a thousand per_user_data
+	// triggers of NATS's default 1 MB payload would otherwise hold several
+	// gigabytes. 64 MB is a quarter of the Deployment's 256 Mi limit,
+	// leaving room for the pull buffer, the batch path and the runtime.
 	DefaultMaxPendingBytes = 64 << 20
 )
 
@@ -38,7 +40,10 @@ type PacerOptions struct {
 	// shorten it.
 	Interval time.Duration
 	// MaxPending and MaxPendingBytes bound the triggers held, pending or in
-	// flight, by count and by body bytes.
+	// flight, by count and by the memory they hold: each trigger counts
+	// its Request.MemoryCost, every copy of it the worker keeps (the
+	// message body, the parsed request, its share of a merged request
+	// body), measured by TestPacerBoundCountsEveryCopy.
 	MaxPending      int
 	MaxPendingBytes int
 	// MaxRecipients caps the ids, emails or per_user_data entries of a
@@ -92,8 +97,9 @@ type Pacer[T any] struct {
 
 	mu         sync.Mutex
 	broadcasts map[int64]*broadcast[T]
-	items      int // held: pending and in flight
-	bytes      int // body bytes of the held triggers
+	items      int    // held: pending and in flight
+	bytes      int    // MemoryCost of the held triggers
+	groups     uint64 // the last group number handed out by Split
 }
 
 // broadcast is one broadcast's state.
@@ -108,6 +114,11 @@ type broadcast[T any] struct {
 type pending[T any] struct {
 	req  *Request
 	item T
+	// group is 0 for a trigger free to coalesce. Split puts the triggers
+	// of each half of a rejected request in a group of their own: they
+	// are released together, with nothing else, so a half is never
+	// re-merged with the triggers that spoiled the whole.
+	group uint64
 }
 
 // Batch is one request released by a Pacer: the body to send to
@@ -151,7 +162,7 @@ func (p *Pacer[T]) Add(req *Request, item T) error {
 	}
 	b.pending = append(b.pending, pending[T]{req: req, item: item})
 	p.items++
-	p.bytes += len(req.body)
+	p.bytes += req.cost
 	return nil
 }
 
@@ -233,10 +244,73 @@ func (p *Pacer[T]) Done(batch *Batch[T], now time.Time) {
 
 // Retry is Done for a request that failed and may succeed later: its
 // triggers go back to the front of their broadcast's queue, oldest first,
-// to be released again (and coalesced anew) after now + Interval. After a
-// 429, call Defer as well, with the Retry-After.
+// to be released again (and coalesced anew, unless they are a half made by
+// Split) after now + Interval. After a 429, call Defer as well, with the
+// Retry-After.
 func (p *Pacer[T]) Retry(batch *Batch[T], now time.Time) {
 	p.answer(batch, now, true)
+}
+
+// Split is Done for a request Customer.io rejected that covers more than
+// one trigger: one of them may have spoiled it for the rest. Its triggers
+// go back to the front of their broadcast's queue as two halves, oldest
+// first, each released as a request of its own and never merged again, so
+// repeated halving finds the bad triggers in O(log n) requests. Each half
+// waits its broadcast's turn like any other request: the first after now +
+// Interval, the second Interval after the first is answered. Split reports
+// false, changing nothing, for a request of one trigger, which the caller
+// gives up on (and then calls Done).
+func (p *Pacer[T]) Split(batch *Batch[T], now time.Time) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	b := p.broadcasts[batch.BroadcastID]
+	if batch.answered || b == nil || len(batch.triggers) < 2 {
+		return false
+	}
+	batch.answered = true
+	b.inFlight = false
+	b.notBefore = later(b.notBefore, now.Add(p.opts.Interval))
+	half := len(batch.triggers) / 2
+	first, second := p.groups+1, p.groups+2
+	p.groups += 2
+	front := make([]pending[T], 0, len(batch.triggers)+len(b.pending))
+	for i, t := range batch.triggers {
+		t.group = first
+		if i >= half {
+			t.group = second
+		}
+		front = append(front, t)
+	}
+	b.pending = append(front, b.pending...)
+	return true
+}
+
+// Withdraw answers a released batch whose request was not sent, as when
+// the caller finds that some of its triggers were already sent by an
+// earlier delivery: the triggers for which gone reports true leave the
+// Pacer (the caller settles them), and the others go back to the front of
+// their broadcast's queue, to be released again at once without them. As
+// nothing reached Customer.io, the broadcast's turn is not used up; if an
+// earlier request of the same batch did reach it, call Defer first.
+func (p *Pacer[T]) Withdraw(batch *Batch[T], gone func(T) bool) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	b := p.broadcasts[batch.BroadcastID]
+	if batch.answered || b == nil {
+		return
+	}
+	batch.answered = true
+	b.inFlight = false
+	keep := make([]pending[T], 0, len(batch.triggers)+len(b.pending))
+	for _, t := range batch.triggers {
+		if gone(t.item) {
+			p.items--
+			p.bytes -= t.req.cost
+			continue
+		}
+		keep = append(keep, t)
+	}
+	b.pending = append(keep, b.pending...)
 }
 
 func (p *Pacer[T]) answer(batch *Batch[T], now time.Time, retry bool) {
@@ -258,7 +332,7 @@ func (p *Pacer[T]) answer(batch *Batch[T], now time.Time, retry bool) {
 	}
 	p.items -= len(batch.triggers)
 	for _, t := range batch.triggers {
-		p.bytes -= len(t.req.body)
+		p.bytes -= t.req.cost
 	}
 }
 
@@ -292,7 +366,7 @@ func (p *Pacer[T]) Drain() []T {
 		for _, t := range b.pending {
 			items = append(items, t.item)
 			p.items--
-			p.bytes -= len(t.req.body)
+			p.bytes -= t.req.cost
 		}
 		b.pending = nil
 	}
@@ -307,7 +381,9 @@ func later(a, b time.Time) time.Time {
 }
 
 // take removes the next request's triggers from b's queue: the oldest,
-// and every younger one that coalesces with it.
+// and every younger one that coalesces with it. When the oldest belongs to
+// a group made by Split, the request is that group: the members that
+// coalesce (all of them, as they did before), and nothing else.
 func (p *Pacer[T]) take(id int64, b *broadcast[T]) *Batch[T] {
 	head := b.pending[0]
 	batch := &Batch[T]{BroadcastID: id}
@@ -316,7 +392,14 @@ func (p *Pacer[T]) take(id int64, b *broadcast[T]) *Batch[T] {
 	if head.req.coalescable && head.req.Recipients() <= p.opts.MaxRecipients && len(head.req.body) <= p.opts.MaxBodyBytes {
 		m = newMerger(head.req, p.opts.MaxRecipients, p.opts.MaxBodyBytes)
 		for i := 1; i < len(b.pending); i++ {
-			r := b.pending[i].req
+			t := b.pending[i]
+			if t.group != head.group {
+				if head.group != 0 {
+					break // a group's members are contiguous
+				}
+				continue
+			}
+			r := t.req
 			if r.coalescable && r.Audience == head.req.Audience && r.restKey == head.req.restKey && m.add(r) {
 				joined = append(joined, i)
 			}

@@ -455,14 +455,15 @@ func TestPacerDefer(t *testing.T) {
 }
 
 func TestPacerBounded(t *testing.T) {
-	body := `{"broadcast_id":1,"ids":["a"]}` // Body() is 12 bytes
+	body := `{"broadcast_id":1,"ids":["a"]}`
+	cost := mustParse(t, body).MemoryCost()
 	tests := []struct {
 		name     string
 		opts     trigger.PacerOptions
 		accepted int
 	}{
 		{"by count", trigger.PacerOptions{MaxPending: 3}, 3},
-		{"by bytes", trigger.PacerOptions{MaxPendingBytes: 30}, 3}, // 0, 12, 24 < 30; 36 is not
+		{"by bytes", trigger.PacerOptions{MaxPendingBytes: 2*cost + 1}, 3}, // 0, c, 2c < 2c+1; 3c is not
 		{"one over the byte bound when empty", trigger.PacerOptions{MaxPendingBytes: 5}, 1},
 	}
 	for _, tt := range tests {

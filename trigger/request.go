@@ -2,6 +2,7 @@ package trigger
 
 import (
 	"bytes"
+	"crypto/sha256"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -92,10 +93,12 @@ type Request struct {
 	body    []byte   // what Customer.io is sent: every member but broadcast_id, compacted
 	entries []entry  // the ids, emails or per_user_data elements, in order
 	rest    []member // members other than broadcast_id and the audience, in order
-	restKey string   // rest in a canonical form: equal keys, same message
+	restKey string   // the SHA-256 of rest in a canonical form: equal keys, same message
 	// coalescable: the trigger may share a request with others (see the
 	// package documentation for the rule).
 	coalescable bool
+	cost        int  // MemoryCost
+	listInBody  bool // entries' raw bytes point into body
 }
 
 // entry is one element of an ids, emails or per_user_data list.
@@ -193,10 +196,48 @@ func Parse(body []byte) (*Request, error) {
 		}
 		r.rest = append(r.rest, m)
 	}
-	r.body = encodeObject(slices.DeleteFunc(members, func(m member) bool { return m.key == "broadcast_id" }))
+	members = slices.DeleteFunc(members, func(m member) bool { return m.key == "broadcast_id" })
+	r.body = encodeObject(members)
+	r.listInBody = r.aliasEntries(members)
 	r.restKey = canonical(r.rest)
 	r.coalescable = coalescable(r)
+	r.cost = memoryCost(len(body), r)
 	return r, nil
+}
+
+// aliasEntries points each list entry into r.body, which holds the same
+// compacted bytes, so a trigger keeps one copy of its list rather than two.
+// members are the body's members, in r.body's order. It reports whether
+// it did.
+func (r *Request) aliasEntries(members []member) bool {
+	if len(r.entries) == 0 {
+		return false
+	}
+	at := 1 // after '{'
+	for i, m := range members {
+		if i > 0 {
+			at++ // ','
+		}
+		at += len(appendKey(nil, m.key))
+		if audienceOf(m.key) == r.Audience {
+			break
+		}
+		at += len(m.raw)
+	}
+	// list is "[e0,e1,…]…": each entry follows one byte, '[' or ','.
+	list := r.body[at:]
+	aliased := make([][]byte, len(r.entries))
+	for i, e := range r.entries {
+		if len(list) < 1+len(e.raw) || !bytes.Equal(list[1:1+len(e.raw)], e.raw) {
+			return false // cannot happen: the body was written from these bytes
+		}
+		aliased[i] = list[1 : 1+len(e.raw) : 1+len(e.raw)]
+		list = list[1+len(e.raw):]
+	}
+	for i := range r.entries {
+		r.entries[i].raw = aliased[i]
+	}
+	return true
 }
 
 // parseBroadcastID accepts a JSON integer literal: no fraction, exponent
@@ -442,21 +483,22 @@ func appendKey(b []byte, key string) []byte {
 }
 
 // canonical is the coalescing key of a trigger's non-audience members:
-// sorted by name, a false flag left out as the same as an absent one.
+// the SHA-256 of them sorted by name, a false flag left out as the same as
+// an absent one. A digest rather than the text, so a trigger with 50 KB of
+// data does not hold a second copy of it for comparison.
 func canonical(rest []member) string {
 	sorted := slices.Clone(rest)
 	sorted = slices.DeleteFunc(sorted, func(m member) bool {
 		return slices.Contains(flags, m.key) && string(m.raw) == "false"
 	})
 	slices.SortFunc(sorted, func(a, b member) int { return strings.Compare(a.key, b.key) })
-	var b strings.Builder
+	h := sha256.New()
 	for _, m := range sorted {
-		b.WriteString(m.key)
-		b.WriteByte(0)
-		b.Write(m.raw)
-		b.WriteByte(0)
+		// Lengths first, so no two member lists hash the same text.
+		fmt.Fprintf(h, "%d:%s%d:", len(m.key), m.key, len(m.raw))
+		h.Write(m.raw)
 	}
-	return b.String()
+	return string(h.Sum(nil))
 }
 
 // coalescable reports whether r may share a request with other triggers:

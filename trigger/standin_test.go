@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net/http"
 	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -112,6 +113,12 @@ func drive(t *testing.T, p *trigger.Pacer[int], app *sink.App, clk *clock, arriv
 					p.Defer(r.batch.BroadcastID, answered.Add(se.RetryAfter))
 				}
 				p.Retry(r.batch, answered)
+			case sink.Classify(r.err) == sink.Reject:
+				// As the worker does: halves back to the pacer; a trigger
+				// rejected alone is given up on (dead-lettered).
+				if !p.Split(r.batch, answered) {
+					p.Done(r.batch, answered)
+				}
 			default:
 				t.Fatalf("broadcast %d: %v", r.batch.BroadcastID, r.err)
 			}
@@ -289,4 +296,74 @@ func TestPacerBodiesAcceptedByStandIn(t *testing.T) {
 	if !slices.Equal(bodies, want) {
 		t.Errorf("bodies\n%q\nwant\n%q", bodies, want)
 	}
+}
+
+// TestPacerBisectsAgainstStandIn: 40 coalescable triggers of one broadcast
+// arrive together and the stand-in rejects any request naming "bad" (two
+// of them). Bisecting through the real App client: every good person is
+// triggered once, each bad trigger is rejected alone, no request of the
+// broadcast comes within 10 s of the previous one by the stand-in's clock
+// (its 429s would say so), and it takes a few requests per bad trigger.
+func TestPacerBisectsAgainstStandIn(t *testing.T) {
+	clk := &clock{now: t0}
+	s := ciotest.NewServer(t, ciotest.Options{CDPKey: "cdp", AppKey: appKey, Now: clk.Now,
+		Fault: func(r *ciotest.Request) *ciotest.Fault {
+			if strings.Contains(string(r.Body), `"bad-`) {
+				return &ciotest.Fault{Status: http.StatusUnprocessableEntity, Body: `{"meta":{"error":"cannot message bad"}}`}
+			}
+			return nil
+		}})
+	p := newPacer(t, trigger.PacerOptions{})
+	var arrivals []arrival
+	for i := range 40 {
+		id := fmt.Sprintf("u-%d", i)
+		if i == 5 || i == 31 {
+			id = fmt.Sprintf("bad-%d", i)
+		}
+		arrivals = append(arrivals, arrival{t0, fmt.Sprintf(`{"broadcast_id":3,"ids":[%q],"id_ignore_missing":true}`, id)})
+	}
+	outcomes := drive(t, p, newApp(t, s), clk, arrivals)
+
+	var times []time.Time
+	for _, r := range s.Requests() {
+		times = append(times, r.Time)
+	}
+	for i := 1; i < len(times); i++ {
+		if gap := times[i].Sub(times[i-1]); gap < ciotest.BroadcastInterval {
+			t.Errorf("requests %d and %d %v apart", i, i+1, gap)
+		}
+	}
+	got := map[string]int{}
+	for _, tr := range s.Triggers() {
+		var b struct{ IDs []string }
+		if err := json.Unmarshal(tr.Body, &b); err != nil {
+			t.Fatal(err)
+		}
+		for _, id := range b.IDs {
+			got[id]++
+		}
+	}
+	for i := range 40 {
+		id := fmt.Sprintf("u-%d", i)
+		if i == 5 || i == 31 {
+			id = fmt.Sprintf("bad-%d", i)
+			if got[id] != 0 {
+				t.Errorf("%s accepted", id)
+			}
+			continue
+		}
+		if got[id] != 1 {
+			t.Errorf("%s triggered %d times, want once", id, got[id])
+		}
+	}
+	rejectedAlone := 0
+	for _, o := range outcomes {
+		if sink.Classify(o.err) == sink.Reject && len(o.batch.Items) == 1 {
+			rejectedAlone++
+		}
+	}
+	if st := s.Stats(); rejectedAlone != 2 || st.RateLimited != 0 || len(times) > 1+2*2*6 {
+		t.Errorf("%d requests, %d rejected alone (want 2), %d rate limited (want 0)", len(times), rejectedAlone, st.RateLimited)
+	}
+	t.Logf("40 triggers, 2 bad: %d requests over %v (stand-in clock)", len(times), clk.Now().Sub(t0))
 }

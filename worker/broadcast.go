@@ -31,9 +31,8 @@ func (w *Worker) pace(ctx context.Context, p *trigger.Pacer[*held], work, room c
 			}
 			w.m.pacingWait.Observe(now.Sub(oldest).Seconds())
 			inflight.Go(func() {
-				w.sendTrigger(ctx, b)
-				p.Done(b, time.Now())
-				leases.remove(b.Items...)
+				settled := w.sendTrigger(ctx, p, b)
+				leases.remove(settled...)
 				signal(work)
 				signal(room)
 			})
@@ -58,70 +57,183 @@ func (w *Worker) pace(ctx context.Context, p *trigger.Pacer[*held], work, room c
 	}
 }
 
-// sendTrigger sends one (possibly coalesced) trigger request and settles its
-// messages. Retries wait at least the pacing interval: a retry is a request
-// like any other to Customer.io's per-broadcast limit. A 429 is retried as
-// long as the budget lasts and is never a reason to dead-letter on its own.
-func (w *Worker) sendTrigger(ctx context.Context, b *trigger.Batch[*held]) {
+// sendTrigger sends one (possibly coalesced) trigger request, settles the
+// messages it is done with, answers the pacer, and returns the messages
+// that left the pacer (settled), whose leases end.
+//
+// A trigger has no idempotency key, so it must never be sent twice:
+//
+//   - Before each request its marker says "sending" (see sentmark.go); a
+//     trigger whose marker an earlier delivery wrote is not sent: acked
+//     when it was sent, dead-lettered as ambiguous when the earlier
+//     request's answer is unknown. Without the marker bucket, nothing is
+//     sent (nak with a delay).
+//   - A request that may have reached Customer.io (a timeout or reset after
+//     sending, a 502 or 504 from a gateway, cut off at shutdown) is not
+//     retried: its triggers are dead-lettered as ambiguous, for an operator
+//     to check against the broadcast's triggers.
+//   - After a 2xx the marker says "sent" before the messages are acked
+//     (DoubleAck), so a lost ack brings back a trigger that is then acked
+//     without being sent.
+//
+// Retries wait at least the pacing interval: a retry is a request like any
+// other to Customer.io's per-broadcast limit. A 429 is retried as long as
+// the budget lasts and is never a reason to dead-letter on its own. A
+// rejected request of several triggers goes back to the pacer in halves
+// (Pacer.Split), each sent in its broadcast's turn, so only a trigger
+// rejected on its own is dead-lettered.
+func (w *Worker) sendTrigger(ctx context.Context, p *trigger.Pacer[*held], b *trigger.Batch[*held]) []*held {
 	var triggerID int64
-	// A trigger has no idempotency key: one that may have reached Customer.io
-	// (a timeout or reset after sending) is never sent again, as that could
-	// message its whole audience twice. It is dead-lettered as ambiguous for
-	// an operator to check against the broadcast's triggers.
-	err := w.attempt(ctx, "app", &w.appPause, w.opts.BroadcastInterval, sink.MaybeDelivered, func(ctx context.Context) error {
+	var c *markClaim
+	requested := false // a request for b may have reached Customer.io
+	err := w.attempt(ctx, "app", &w.appPause, w.opts.BroadcastInterval, stopTrigger, func(ctx context.Context) error {
 		var err error
+		if c, err = w.marks.claim(ctx, b.Items); err != nil {
+			return err
+		}
+		requested = true
 		triggerID, err = w.opts.App.Trigger(ctx, b.BroadcastID, b.Body)
+		if err != nil && !sink.MaybeTriggered(err) && sink.Classify(err) != sink.Cancelled {
+			// Customer.io answered that it did not act: a later request
+			// may send these triggers.
+			if n := w.marks.release(ctx, c); n > 0 {
+				w.log.Warn("could not clear broadcast trigger markers after a failed request; those triggers will be dead-lettered as ambiguous rather than sent",
+					"broadcast_id", b.BroadcastID, "markers", n)
+			}
+			c = nil
+		}
 		return err
 	})
-	if sink.MaybeDelivered(err) {
-		w.m.direct.WithLabelValues("app", "ambiguous").Inc()
+	now := time.Now()
+	var conflict *markConflict
+	var kvErr *markError
+	switch {
+	case errors.As(err, &conflict):
+		return w.sentBefore(ctx, p, b, conflict, requested, now)
+	case errors.As(err, &kvErr):
+		w.m.direct.WithLabelValues("app", "nakked").Inc()
+		w.log.Error("broadcast trigger markers unreachable: not sending blind; nakking for later", "broadcast_id", b.BroadcastID,
+			"triggers", len(b.Items), "err", err)
 		for _, h := range b.Items {
-			w.deadLetter(ctx, h, deadletter.ReasonAmbiguous, 0,
-				fmt.Sprintf("broadcast %d: request may have reached Customer.io, not retried: %v", b.BroadcastID, err))
+			if ctx.Err() != nil {
+				w.settle(h, "nak", h.msg.Nak())
+			} else {
+				w.settle(h, "nak", h.msg.NakWithDelay(w.nakDelay(h.deliveries)))
+			}
 		}
-		return
+		if requested {
+			p.Defer(b.BroadcastID, now.Add(w.opts.BroadcastInterval))
+		}
+		p.Withdraw(b, func(*held) bool { return true })
+		return b.Items
+	case sink.MaybeTriggered(err):
+		w.ambiguous(ctx, b, fmt.Sprintf("broadcast %d: request may have reached Customer.io, not retried: %v", b.BroadcastID, err))
+		p.Done(b, now)
+		return b.Items
 	}
 	switch sink.Classify(err) {
 	case sink.Delivered:
+		if n := w.marks.sent(ctx, c, triggerID); n > 0 {
+			w.log.Warn("broadcast triggered but not all markers recorded it; if their acks are lost too, those triggers are dead-lettered as ambiguous",
+				"broadcast_id", b.BroadcastID, "trigger_id", triggerID, "markers", n)
+		}
 		w.m.direct.WithLabelValues("app", "delivered").Inc()
 		w.m.coalesced.Add(float64(len(b.Items) - 1))
 		w.log.Info("broadcast triggered", "broadcast_id", b.BroadcastID, "trigger_id", triggerID,
 			"triggers", len(b.Items), "recipients", b.Recipients)
-		for _, h := range b.Items {
-			w.settle(h, "ack", h.msg.Ack())
-		}
+		w.ackTriggers(ctx, b.Items)
 	case sink.Reject:
-		if len(b.Items) == 1 {
-			w.m.direct.WithLabelValues("app", "rejected").Inc()
-			w.deadLetter(ctx, b.Items[0], deadletter.ReasonRejected, sink.StatusOf(err), err.Error())
-			return
+		if p.Split(b, now) {
+			// One trigger of a merged request may have spoiled it for the
+			// rest: its halves go back to the pacer, each waiting its turn.
+			w.m.direct.WithLabelValues("app", "split").Inc()
+			w.log.Warn("coalesced trigger request rejected; sending it again in halves, each in its broadcast's turn",
+				"broadcast_id", b.BroadcastID, "triggers", len(b.Items), "status", sink.StatusOf(err), "err", err)
+			return nil
 		}
-		// One trigger of a coalesced request may have spoiled it for the
-		// rest: send each on its own, paced, so only the bad one is
-		// dead-lettered.
-		w.log.Warn("coalesced trigger request rejected; sending its triggers one by one",
-			"broadcast_id", b.BroadcastID, "triggers", len(b.Items), "err", err)
-		for i, h := range b.Items {
-			if i > 0 && !sleep(ctx, w.opts.BroadcastInterval) {
-				w.nakNow(b.Items[i:])
-				return
-			}
-			w.sendTrigger(ctx, &trigger.Batch[*held]{BroadcastID: b.BroadcastID, Body: h.trigger.Body(),
-				Items: []*held{h}, Recipients: h.trigger.Recipients()})
-		}
+		w.m.direct.WithLabelValues("app", "rejected").Inc()
+		w.deadLetter(ctx, b.Items[0], deadletter.ReasonRejected, sink.StatusOf(err), err.Error())
 	case sink.Retry:
 		w.m.direct.WithLabelValues("app", "nakked").Inc()
 		w.giveUp(ctx, b.Items, err)
 	default: // sink.Cancelled: the shutdown timeout
 		if errors.Is(err, errGaveUpBetweenTries) {
 			w.nakNow(b.Items)
-			return
+			break
 		}
 		// The request was cut off in flight and may have been acted on.
-		w.m.direct.WithLabelValues("app", "ambiguous").Inc()
-		for _, h := range b.Items {
-			w.deadLetter(ctx, h, deadletter.ReasonAmbiguous, 0,
-				fmt.Sprintf("broadcast %d: request cut off at shutdown, may have reached Customer.io, not retried: %v", b.BroadcastID, err))
-		}
+		w.ambiguous(ctx, b, fmt.Sprintf("broadcast %d: request cut off at shutdown, may have reached Customer.io, not retried: %v", b.BroadcastID, err))
 	}
+	p.Done(b, now)
+	return b.Items
+}
+
+// stopTrigger tells attempt not to retry a trigger request that may have
+// been acted on, nor one whose markers could not be written or say it was
+// sent before.
+func stopTrigger(err error) bool {
+	var conflict *markConflict
+	var kvErr *markError
+	return sink.MaybeTriggered(err) || errors.As(err, &conflict) || errors.As(err, &kvErr)
+}
+
+// sentBefore settles the triggers of b whose markers an earlier delivery
+// wrote, without sending them, and gives the rest back to the pacer to be
+// sent at once in a request without them.
+func (w *Worker) sentBefore(ctx context.Context, p *trigger.Pacer[*held], b *trigger.Batch[*held], conflict *markConflict, requested bool, now time.Time) []*held {
+	gone := make(map[*held]bool, len(conflict.found))
+	var acks []*held
+	for _, f := range conflict.found {
+		gone[f.h] = true
+		if f.sent {
+			w.m.direct.WithLabelValues("app", "already_sent").Inc()
+			w.log.Info("broadcast trigger was sent by an earlier delivery whose ack was lost; acking it without sending",
+				"broadcast_id", b.BroadcastID, "stream_seq", f.h.seq, "deliveries", f.h.deliveries, "marker", f.value)
+			acks = append(acks, f.h)
+			continue
+		}
+		w.m.direct.WithLabelValues("app", "ambiguous").Inc()
+		w.deadLetter(ctx, f.h, deadletter.ReasonAmbiguous, 0, fmt.Sprintf(
+			"broadcast %d: an earlier delivery began sending this trigger at %s and recorded no answer; it may have reached Customer.io, not sent again",
+			b.BroadcastID, f.since.UTC().Format(time.RFC3339)))
+	}
+	w.ackTriggers(ctx, acks)
+	if requested {
+		// An earlier try of this batch made a request: its turn is used.
+		p.Defer(b.BroadcastID, now.Add(w.opts.BroadcastInterval))
+	}
+	p.Withdraw(b, func(h *held) bool { return gone[h] })
+	settled := make([]*held, 0, len(gone))
+	for h := range gone {
+		settled = append(settled, h)
+	}
+	return settled
+}
+
+// ambiguous dead-letters every trigger of b as ambiguous. Their markers stay
+// "sending", so a copy that comes back (the dead-letter publish failed) is
+// dead-lettered again rather than sent.
+func (w *Worker) ambiguous(ctx context.Context, b *trigger.Batch[*held], detail string) {
+	w.m.direct.WithLabelValues("app", "ambiguous").Inc()
+	for _, h := range b.Items {
+		w.deadLetter(ctx, h, deadletter.ReasonAmbiguous, 0, detail)
+	}
+}
+
+// ackTriggers acks trigger messages and waits for the server to confirm
+// (DoubleAck), markConcurrency at a time. An ack that fails is logged; the
+// message comes back, finds its "sent" marker and is acked then.
+func (w *Worker) ackTriggers(ctx context.Context, items []*held) {
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), markTimeout)
+	defer cancel()
+	sem := make(chan struct{}, markConcurrency)
+	var wg sync.WaitGroup
+	for _, h := range items {
+		sem <- struct{}{}
+		wg.Go(func() {
+			defer func() { <-sem }()
+			w.settle(h, "ack", h.msg.DoubleAck(ctx))
+		})
+	}
+	wg.Wait()
 }

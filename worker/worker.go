@@ -160,6 +160,7 @@ type Worker struct {
 	// One pause per API: a bad App API key must not stop CDP delivery.
 	pause, appPause, trackPause pauseState
 	ready                       atomic.Bool // consumer bound and consuming
+	marks                       *sentMarks  // broadcast triggers sent or being sent; nil without App
 }
 
 // New returns a Worker; it does not touch JetStream until Run.
@@ -217,6 +218,9 @@ func (h *held) InProgress() error { return h.msg.InProgress() }
 func (w *Worker) Run(ctx context.Context) error {
 	cons, idPrefix, err := w.bind(ctx)
 	if err != nil {
+		return err
+	}
+	if w.marks, err = w.bindSentMarks(ctx); err != nil {
 		return err
 	}
 	b, err := batcher.New[*held](w.opts.BatchMaxBytes, w.opts.BatchMaxCalls, w.opts.FlushInterval)
