@@ -106,6 +106,7 @@ func invalid(r Reason, format string, args ...any) *InvalidError {
 // for concurrent use.
 type Preparer struct {
 	scratch []byte
+	members []int32 // where each top-level member of scratch begins
 }
 
 // ID is the messageId a call gets when its body has none: Prefix followed by
@@ -182,18 +183,18 @@ func (p *Preparer) PrepareAt(dst []byte, t Type, body []byte, id ID, published t
 	if !utf8.Valid(body) {
 		return dst, StampNone, invalid(ReasonInvalidUTF8, "body is not valid UTF-8")
 	}
-	c, err := appendCompact(p.scratch[:0], body)
+	c, members, err := appendCompactMembers(p.scratch[:0], body, p.members[:0])
 	if err != nil {
 		// Rare: let encoding/json say where and why.
 		var b bytes.Buffer
 		return dst, StampNone, invalid(ReasonInvalidJSON, "%v", json.Compact(&b, body))
 	}
-	p.scratch = c
+	p.scratch, p.members = c, members
 	if len(c) == 0 || c[0] != '{' {
 		return dst, StampNone, invalid(ReasonInvalidJSON, "body must be a JSON object")
 	}
 	var f fields
-	if err := scanObject(c, &f); err != nil {
+	if err := scanObject(c, members, &f); err != nil {
 		return dst, StampNone, err
 	}
 	if err := f.validate(t); err != nil {
@@ -435,20 +436,21 @@ func truncate(s string) string {
 	return s[:max] + "…"
 }
 
-// scanObject walks the members of c, a compacted and valid JSON object, and
-// records the values validation needs. A key written with escapes
+// scanObject reads the members of c, a compacted and valid JSON object
+// whose members begin at the offsets members lists (appendCompactMembers),
+// and records the values validation needs. A key written with escapes
 // ("user\u0049d") is decoded first, as Customer.io's parser would.
-func scanObject(c []byte, f *fields) error {
-	i := 1
-	if c[i] == '}' {
-		return nil
-	}
-	for {
-		kStart, kEnd := i, endOfString(c, i)
+func scanObject(c []byte, members []int32, f *fields) error {
+	for m, kStart := range members {
+		// A member ends at the comma before the next, the last at the
+		// object's closing brace.
+		vEnd := len(c) - 1
+		if m+1 < len(members) {
+			vEnd = int(members[m+1]) - 1
+		}
+		kEnd := endOfString(c, int(kStart))
 		key := c[kStart+1 : kEnd-1]
-		i = kEnd + 1 // past ':'
-		vEnd := endOfValue(c, i)
-		val := c[i:vEnd]
+		val := c[kEnd+1 : vEnd] // past ':'
 		if bytes.IndexByte(key, '\\') >= 0 {
 			k, _ := stringValue(c[kStart:kEnd])
 			key = []byte(k)
@@ -494,12 +496,8 @@ func scanObject(c []byte, f *fields) error {
 			}
 			*slot = val
 		}
-		i = vEnd
-		if c[i] != ',' {
-			return nil
-		}
-		i++
 	}
+	return nil
 }
 
 // endOfString returns the index just past the string starting at c[i].
@@ -517,47 +515,6 @@ func endOfString(c []byte, i int) int {
 	}
 }
 
-// structural marks the bytes that open or close a value inside a
-// container: the skip over a nested object or array stops only at these.
-var structural = func() (t [256]bool) {
-	for _, c := range `"{}[]` {
-		t[c] = true
-	}
-	return t
-}()
-
-// endOfValue returns the index just past the value starting at c[i].
-func endOfValue(c []byte, i int) int {
-	switch c[i] {
-	case '"':
-		return endOfString(c, i)
-	case '{', '[':
-		depth := 0
-		for j := i; ; j++ {
-			for !structural[c[j]] {
-				j++
-			}
-			switch c[j] {
-			case '"':
-				j = endOfString(c, j) - 1
-			case '{', '[':
-				depth++
-			default: // '}', ']'
-				depth--
-				if depth == 0 {
-					return j + 1
-				}
-			}
-		}
-	default:
-		j := i
-		for j < len(c) && c[j] != ',' && c[j] != '}' && c[j] != ']' {
-			j++
-		}
-		return j
-	}
-}
-
 // MessageIDOf returns the messageId a body carries, if it is a JSON object
 // with a non-empty string messageId. It is for the rare paths (dead-lettering)
 // that need the id without preparing the call.
@@ -565,7 +522,7 @@ func MessageIDOf(body []byte) (string, bool) {
 	if !utf8.Valid(body) {
 		return "", false
 	}
-	c, err := appendCompact(nil, body)
+	c, members, err := appendCompactMembers(nil, body, nil)
 	if err != nil {
 		return "", false
 	}
@@ -573,7 +530,7 @@ func MessageIDOf(body []byte) (string, bool) {
 		return "", false
 	}
 	var f fields
-	if err := scanObject(c, &f); err != nil || f.messageID == nil {
+	if err := scanObject(c, members, &f); err != nil || f.messageID == nil {
 		return "", false
 	}
 	s, ok := stringValue(f.messageID)
