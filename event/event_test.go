@@ -480,3 +480,21 @@ func TestPrepareInvalidFieldNamed(t *testing.T) {
 		}
 	}
 }
+
+// BenchmarkPrepareAt is BenchmarkPrepare's call without its own timestamp,
+// so the publish time is inserted.
+func BenchmarkPrepareAt(b *testing.B) {
+	body := []byte(`{"userId":"user-123456","event":"Order Completed","properties":{"orderId":"o-98765","total":129.95,"currency":"EUR","products":[{"sku":"A-1","name":"Tea <green> & honey","qty":2},{"sku":"B-2","name":"Mug","qty":1}]},"context":{"ip":"203.0.113.9","library":{"name":"analytics-go","version":"3.3.0"}}}`)
+	var p Preparer
+	dst := make([]byte, 0, 1024)
+	at := time.Unix(0, 1764624546123456789)
+	b.SetBytes(int64(len(body)))
+	b.ReportAllocs()
+	for i := 0; b.Loop(); i++ {
+		var err error
+		dst, _, err = p.PrepareAt(dst[:0], Track, body, ID{Prefix: "CIO-1-", Seq: uint64(i)}, at)
+		if err != nil {
+			b.Fatal(err)
+		}
+	}
+}
