@@ -25,20 +25,19 @@ func isSpace(c byte) bool { return c == ' ' || c == '\t' || c == '\n' || c == '\
 // the output of json.Compact, in one pass and without its per-byte state
 // machine. Strings, most of a call's bytes, are copied in runs.
 func appendCompact(dst, src []byte) ([]byte, error) {
-	dst, _, err := appendCompactMembers(dst, src, nil)
-	return dst, err
+	return appendCompactMembers(dst, src, nil)
 }
 
-// appendCompactMembers is appendCompact that also appends to members where
-// each member of a top-level object begins (the offset of its key's quote
-// from the start of the output), so the object's members can be read
-// without walking the output again.
-func appendCompactMembers(dst, src []byte, members []int32) ([]byte, []int32, error) {
+// appendCompactMembers is appendCompact that also appends to *members, when
+// members is not nil, where each member of a top-level object begins (the
+// offset of its key's quote from the start of the output), so the object's
+// members can be read without walking the output again.
+func appendCompactMembers(dst, src []byte, members *[]int32) ([]byte, error) {
 	var stack [64]byte // container kinds; deeper nesting spills to the heap
 	st := stack[:0]
 	start := len(dst)
 	i, n := 0, len(src)
-	fail := func() ([]byte, []int32, error) { return dst[:start], members, errSyntax }
+	fail := func() ([]byte, error) { return dst[:start], errSyntax }
 	skip := func() {
 		for i < n && isSpace(src[i]) {
 			i++
@@ -112,7 +111,7 @@ func appendCompactMembers(dst, src []byte, members []int32) ([]byte, []int32, er
 				if i != n {
 					return fail()
 				}
-				return dst, members, nil
+				return dst, nil
 			}
 			if i >= n {
 				return fail()
@@ -140,8 +139,8 @@ func appendCompactMembers(dst, src []byte, members []int32) ([]byte, []int32, er
 			}
 		}
 	key:
-		if len(st) == 1 {
-			members = append(members, int32(len(dst)-start))
+		if len(st) == 1 && members != nil {
+			*members = append(*members, int32(len(dst)-start))
 		}
 		{
 			var ok bool

@@ -39,7 +39,8 @@ func checkCompact(t *testing.T, in []byte) {
 // c, a compacted JSON value, against encoding/json's reading of its
 // top-level keys.
 func checkMembers(t *testing.T, c []byte) {
-	out, members, err := appendCompactMembers(nil, c, nil)
+	var members []int32
+	out, err := appendCompactMembers(nil, c, &members)
 	if err != nil || !bytes.Equal(out, c) {
 		t.Fatalf("%q: appendCompactMembers = %q, %v", c, out, err)
 	}

@@ -183,18 +183,19 @@ func (p *Preparer) PrepareAt(dst []byte, t Type, body []byte, id ID, published t
 	if !utf8.Valid(body) {
 		return dst, StampNone, invalid(ReasonInvalidUTF8, "body is not valid UTF-8")
 	}
-	c, members, err := appendCompactMembers(p.scratch[:0], body, p.members[:0])
+	p.members = p.members[:0]
+	c, err := appendCompactMembers(p.scratch[:0], body, &p.members)
 	if err != nil {
 		// Rare: let encoding/json say where and why.
 		var b bytes.Buffer
 		return dst, StampNone, invalid(ReasonInvalidJSON, "%v", json.Compact(&b, body))
 	}
-	p.scratch, p.members = c, members
+	p.scratch = c
 	if len(c) == 0 || c[0] != '{' {
 		return dst, StampNone, invalid(ReasonInvalidJSON, "body must be a JSON object")
 	}
 	var f fields
-	if err := scanObject(c, members, &f); err != nil {
+	if err := scanObject(c, p.members, &f); err != nil {
 		return dst, StampNone, err
 	}
 	if err := f.validate(t); err != nil {
@@ -522,7 +523,8 @@ func MessageIDOf(body []byte) (string, bool) {
 	if !utf8.Valid(body) {
 		return "", false
 	}
-	c, members, err := appendCompactMembers(nil, body, nil)
+	var members []int32
+	c, err := appendCompactMembers(nil, body, &members)
 	if err != nil {
 		return "", false
 	}
