@@ -25,6 +25,14 @@ func isSpace(c byte) bool { return c == ' ' || c == '\t' || c == '\n' || c == '\
 // the output of json.Compact, in one pass and without its per-byte state
 // machine. Strings, most of a call's bytes, are copied in runs.
 func appendCompact(dst, src []byte) ([]byte, error) {
+	return appendCompactMembers(dst, src, nil)
+}
+
+// appendCompactMembers is appendCompact that also appends to *members, when
+// members is not nil, where each member of a top-level object begins (the
+// offset of its key's quote from the start of the output), so the object's
+// members can be read without walking the output again.
+func appendCompactMembers(dst, src []byte, members *[]int32) ([]byte, error) {
 	var stack [64]byte // container kinds; deeper nesting spills to the heap
 	st := stack[:0]
 	start := len(dst)
@@ -131,6 +139,9 @@ func appendCompact(dst, src []byte) ([]byte, error) {
 			}
 		}
 	key:
+		if len(st) == 1 && members != nil {
+			*members = append(*members, int32(len(dst)-start))
+		}
 		{
 			var ok bool
 			if dst, i, ok = appendString(dst, src, i); !ok {

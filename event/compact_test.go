@@ -32,6 +32,59 @@ func checkCompact(t *testing.T, in []byte) {
 	if string(got) != "prefix"+want.String() {
 		t.Fatalf("%q: got %q, want %q", in, got, want.String())
 	}
+	checkMembers(t, want.Bytes())
+}
+
+// checkMembers checks the member offsets appendCompactMembers records for
+// c, a compacted JSON value, against encoding/json's reading of its
+// top-level keys.
+func checkMembers(t *testing.T, c []byte) {
+	var members []int32
+	out, err := appendCompactMembers(nil, c, &members)
+	if err != nil || !bytes.Equal(out, c) {
+		t.Fatalf("%q: appendCompactMembers = %q, %v", c, out, err)
+	}
+	var keys []string
+	if c[0] == '{' {
+		dec := json.NewDecoder(bytes.NewReader(c))
+		dec.UseNumber()
+		depth, expectKey := 0, false
+		for {
+			tok, err := dec.Token()
+			if err != nil {
+				break
+			}
+			switch v := tok.(type) {
+			case json.Delim:
+				if v == '{' || v == '[' {
+					depth++
+					expectKey = depth == 1 && v == '{'
+				} else {
+					depth--
+					expectKey = depth == 1
+				}
+				continue
+			case string:
+				if depth == 1 && expectKey {
+					keys = append(keys, v)
+					expectKey = false
+					continue
+				}
+			}
+			if depth == 1 {
+				expectKey = true
+			}
+		}
+	}
+	if len(members) != len(keys) {
+		t.Fatalf("%q: %d members recorded, encoding/json reads %d keys %q", c, len(members), len(keys), keys)
+	}
+	for i, off := range members {
+		var k string
+		if err := json.Unmarshal(c[off:endOfString(c, int(off))], &k); err != nil || k != keys[i] {
+			t.Fatalf("%q: member %d at %d reads %q (%v), want key %q", c, i, off, k, err, keys[i])
+		}
+	}
 }
 
 func TestAppendCompactMatchesEncodingJSON(t *testing.T) {

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"strconv"
 	"strings"
+	"time"
 	"unicode/utf8"
 )
 
@@ -105,6 +106,7 @@ func invalid(r Reason, format string, args ...any) *InvalidError {
 // for concurrent use.
 type Preparer struct {
 	scratch []byte
+	members []int32 // where each top-level member of scratch begins
 }
 
 // ID is the messageId a call gets when its body has none: Prefix followed by
@@ -127,50 +129,94 @@ func (id ID) String() string {
 	return id.Prefix + strconv.FormatUint(id.Seq, 10)
 }
 
+// Stamp says what became of a call's timestamp in [Preparer.PrepareAt]:
+// whether the relay inserted the time the call was published, so
+// Customer.io records when it happened rather than when it arrived.
+type Stamp uint8
+
+const (
+	// StampNone: the call has no timestamp and none was inserted, because
+	// no publish time was given (Prepare); Customer.io stamps it on
+	// arrival.
+	StampNone Stamp = iota
+	// StampOwn: the call has its own timestamp, kept as written.
+	StampOwn
+	// StampInserted: the publish time was inserted as "timestamp".
+	StampInserted
+	// StampOmitted: the call fits MaxCallBytes only without the timestamp
+	// the relay would insert, so it is sent without one rather than
+	// refused for a field the relay itself added.
+	StampOmitted
+)
+
+var stampNames = [...]string{"none", "own", "inserted", "omitted"}
+
+func (s Stamp) String() string {
+	if int(s) < len(stampNames) {
+		return stampNames[s]
+	}
+	return "unknown"
+}
+
 // Prepare appends to dst the wire form of body, published as a call of type
-// t, and returns the extended slice. On error dst is returned unchanged and
-// the error is an *InvalidError.
+// t, and returns the extended slice. It inserts no timestamp: it is
+// [Preparer.PrepareAt] without a publish time, for callers that have none
+// yet (a publisher, before JetStream has stored the call). On error dst is
+// returned unchanged and the error is an *InvalidError.
 func (p *Preparer) Prepare(dst []byte, t Type, body []byte, id ID) ([]byte, error) {
+	dst, _, err := p.PrepareAt(dst, t, body, id, time.Time{})
+	return dst, err
+}
+
+// PrepareAt is Prepare for a call published at published (the JetStream
+// publish time of its message): a call without a "timestamp" gets
+// published, in UTC with milliseconds ("2026-11-29T01:02:03.456Z"), as its
+// timestamp, so Customer.io records when the event happened, not when a
+// backlog drained. The inserted text counts towards MaxCallBytes like the
+// inserted type and messageId; a call that fits only without it is
+// prepared without it (StampOmitted). A call with its own timestamp is
+// never changed. A zero published inserts nothing.
+func (p *Preparer) PrepareAt(dst []byte, t Type, body []byte, id ID, published time.Time) ([]byte, Stamp, error) {
 	if t == Unknown {
-		return dst, invalid(ReasonUnknownType, "no batchable call type for this subject")
+		return dst, StampNone, invalid(ReasonUnknownType, "no batchable call type for this subject")
 	}
 	if !utf8.Valid(body) {
-		return dst, invalid(ReasonInvalidUTF8, "body is not valid UTF-8")
+		return dst, StampNone, invalid(ReasonInvalidUTF8, "body is not valid UTF-8")
 	}
-	c, err := appendCompact(p.scratch[:0], body)
+	p.members = p.members[:0]
+	c, err := appendCompactMembers(p.scratch[:0], body, &p.members)
 	if err != nil {
 		// Rare: let encoding/json say where and why.
 		var b bytes.Buffer
-		return dst, invalid(ReasonInvalidJSON, "%v", json.Compact(&b, body))
+		return dst, StampNone, invalid(ReasonInvalidJSON, "%v", json.Compact(&b, body))
 	}
 	p.scratch = c
 	if len(c) == 0 || c[0] != '{' {
-		return dst, invalid(ReasonInvalidJSON, "body must be a JSON object")
+		return dst, StampNone, invalid(ReasonInvalidJSON, "body must be a JSON object")
 	}
-	f, err := scanObject(c)
-	if err != nil {
-		return dst, err
+	var f fields
+	if err := scanObject(c, p.members, &f); err != nil {
+		return dst, StampNone, err
 	}
 	if err := f.validate(t); err != nil {
-		return dst, err
+		return dst, StampNone, err
 	}
 
+	stamp := StampNone
+	switch {
+	case f.timestamp != nil:
+		stamp = StampOwn
+	case canStamp(published):
+		stamp = StampInserted
+	}
+	// Members are inserted first, each followed by a comma; the body's own
+	// members follow.
 	start := len(dst)
 	dst = append(dst, '{')
-	sep := func() {
-		if len(c) > 2 { // the object has members of its own to follow
-			dst = append(dst, ',')
-		}
-	}
 	if f.typ == nil {
 		dst = append(dst, `"type":"`...)
 		dst = append(dst, t.String()...)
-		dst = append(dst, '"')
-		if f.messageID == nil {
-			dst = append(dst, ',')
-		} else {
-			sep()
-		}
+		dst = append(dst, `",`...)
 	}
 	if f.messageID == nil {
 		// The prefix comes from a stream name, which JetStream restricts to
@@ -186,19 +232,46 @@ func (p *Preparer) Prepare(dst []byte, t Type, body []byte, id ID) ([]byte, erro
 			dst = strconv.AppendUint(dst, id.Seq, 10)
 			dst = append(dst, '"')
 		}
-		sep()
+		dst = append(dst, ',')
 	}
-	dst = append(dst, c[1:]...)
-	if n := len(dst) - start; n > MaxCallBytes {
-		return dst[:start], invalid(ReasonTooLarge, "call is %d bytes, Customer.io's limit is %d", n, MaxCallBytes)
+	tsStart := len(dst)
+	if stamp == StampInserted {
+		dst = append(dst, `"timestamp":"`...)
+		dst = appendTimestamp(dst, published)
+		dst = append(dst, `",`...)
 	}
-	return dst, nil
+	tsEnd := len(dst)
+	if len(c) > 2 {
+		dst = append(dst, c[1:]...)
+	} else {
+		// No members of its own (validation refuses that today): the
+		// last inserted member takes no comma.
+		if dst[len(dst)-1] == ',' {
+			dst = dst[:len(dst)-1]
+		}
+		dst = append(dst, '}')
+	}
+	n := len(dst) - start
+	if n > MaxCallBytes && stamp == StampInserted {
+		// Over the limit with the relay's own timestamp: a call is never
+		// refused for that, so try it without.
+		dst = append(dst[:tsStart], dst[tsEnd:]...)
+		n -= tsEnd - tsStart
+		stamp = StampOmitted
+	}
+	if n > MaxCallBytes {
+		return dst[:start], StampNone, invalid(ReasonTooLarge, "call is %d bytes, Customer.io's limit is %d", n, MaxCallBytes)
+	}
+	return dst, stamp, nil
 }
 
 // fields holds the raw JSON values of the top-level members validation reads;
 // nil means absent.
 type fields struct {
 	typ, userID, anonymousID, event, name, groupID, previousID, messageID []byte
+	// Typed by Customer.io's reference: objects, and date-time strings.
+	traits, properties, context, integrations []byte
+	timestamp, sentAt, originalTimestamp      []byte
 }
 
 func (f *fields) validate(t Type) error {
@@ -213,6 +286,26 @@ func (f *fields) validate(t Type) error {
 	}
 	if f.messageID != nil && !isNonEmptyString(f.messageID) {
 		return invalid(ReasonInvalidField, "messageId must be a non-empty string (omit it to have one derived)")
+	}
+	// Customer.io's reference types these; in strict mode it refuses a
+	// call that breaks them, in permissive mode it drops it silently.
+	// null is not an object or a date-time: the Segment libraries omit a
+	// field they have no value for.
+	switch {
+	case !objectOrAbsent(f.traits):
+		return notObject("traits", f.traits)
+	case !objectOrAbsent(f.properties):
+		return notObject("properties", f.properties)
+	case !objectOrAbsent(f.context):
+		return notObject("context", f.context)
+	case !objectOrAbsent(f.integrations):
+		return notObject("integrations", f.integrations)
+	case f.timestamp != nil && !isDateTimeString(f.timestamp):
+		return notDateTime("timestamp", f.timestamp)
+	case f.sentAt != nil && !isDateTimeString(f.sentAt):
+		return notDateTime("sentAt", f.sentAt)
+	case f.originalTimestamp != nil && !isDateTimeString(f.originalTimestamp):
+		return notDateTime("originalTimestamp", f.originalTimestamp)
 	}
 	hasUser := isID(f.userID)
 	switch t {
@@ -244,6 +337,56 @@ func (f *fields) validate(t Type) error {
 		}
 	}
 	return nil
+}
+
+func objectOrAbsent(raw []byte) bool { return raw == nil || raw[0] == '{' }
+
+func notObject(name string, raw []byte) error {
+	return invalid(ReasonInvalidField, "%s must be an object, not %s", name, kindOf(raw))
+}
+
+func notDateTime(name string, raw []byte) error {
+	what := kindOf(raw)
+	if what == "a string" {
+		what = "a string in another form (a real date, T, and Z or ±hh:mm are required)"
+	}
+	return invalid(ReasonInvalidField, "%s must be an RFC 3339 date-time string such as %q, not %s",
+		name, "2026-11-29T01:02:03.456Z", what)
+}
+
+// isDateTimeString reports whether raw, a valid JSON value, is a string
+// holding an RFC 3339 date-time (see isDateTime). Escapes are decoded
+// first, as Customer.io's parser would; only then does this allocate.
+func isDateTimeString(raw []byte) bool {
+	if raw[0] != '"' {
+		return false
+	}
+	inner := raw[1 : len(raw)-1]
+	if bytes.IndexByte(inner, '\\') < 0 {
+		return isDateTime(inner)
+	}
+	s, ok := stringValue(raw)
+	return ok && isDateTime(s)
+}
+
+// kindOf names the JSON type of raw, a valid JSON value, for an error
+// message. Never its text: the error is logged, and a misplaced value may
+// be a person's email.
+func kindOf(raw []byte) string {
+	switch raw[0] {
+	case '{':
+		return "an object"
+	case '[':
+		return "an array"
+	case '"':
+		return "a string"
+	case 't', 'f':
+		return "a boolean"
+	case 'n':
+		return "null"
+	default:
+		return "a number"
+	}
 }
 
 // isID reports whether raw is an identifier Customer.io accepts: a non-empty
@@ -294,21 +437,21 @@ func truncate(s string) string {
 	return s[:max] + "…"
 }
 
-// scanObject walks the members of c, a compacted and valid JSON object, and
-// records the values validation needs. A key written with escapes
+// scanObject reads the members of c, a compacted and valid JSON object
+// whose members begin at the offsets members lists (appendCompactMembers),
+// and records the values validation needs. A key written with escapes
 // ("user\u0049d") is decoded first, as Customer.io's parser would.
-func scanObject(c []byte) (fields, error) {
-	var f fields
-	i := 1
-	if c[i] == '}' {
-		return f, nil
-	}
-	for {
-		kStart, kEnd := i, endOfString(c, i)
+func scanObject(c []byte, members []int32, f *fields) error {
+	for m, kStart := range members {
+		// A member ends at the comma before the next, the last at the
+		// object's closing brace.
+		vEnd := len(c) - 1
+		if m+1 < len(members) {
+			vEnd = int(members[m+1]) - 1
+		}
+		kEnd := endOfString(c, int(kStart))
 		key := c[kStart+1 : kEnd-1]
-		i = kEnd + 1 // past ':'
-		vEnd := endOfValue(c, i)
-		val := c[i:vEnd]
+		val := c[kEnd+1 : vEnd] // past ':'
 		if bytes.IndexByte(key, '\\') >= 0 {
 			k, _ := stringValue(c[kStart:kEnd])
 			key = []byte(k)
@@ -331,61 +474,45 @@ func scanObject(c []byte) (fields, error) {
 			slot = &f.previousID
 		case "messageId":
 			slot = &f.messageID
+		case "traits":
+			slot = &f.traits
+		case "properties":
+			slot = &f.properties
+		case "context":
+			slot = &f.context
+		case "integrations":
+			slot = &f.integrations
+		case "timestamp":
+			slot = &f.timestamp
+		case "sentAt":
+			slot = &f.sentAt
+		case "originalTimestamp":
+			slot = &f.originalTimestamp
 		}
 		if slot != nil {
 			if *slot != nil {
 				// Parsers disagree on which of two values wins; a call
 				// whose meaning depends on that is rejected.
-				return f, invalid(ReasonInvalidField, "field %q appears more than once", key)
+				return invalid(ReasonInvalidField, "field %q appears more than once", key)
 			}
 			*slot = val
 		}
-		i = vEnd
-		if c[i] != ',' {
-			return f, nil
-		}
-		i++
 	}
+	return nil
 }
 
 // endOfString returns the index just past the string starting at c[i].
+// c is valid JSON, so only a quote or a backslash can stop the scan.
 func endOfString(c []byte, i int) int {
-	for j := i + 1; ; j++ {
-		switch c[j] {
-		case '\\':
+	j := i + 1
+	for {
+		for !strClass[c[j]] {
 			j++
-		case '"':
+		}
+		if c[j] == '"' {
 			return j + 1
 		}
-	}
-}
-
-// endOfValue returns the index just past the value starting at c[i].
-func endOfValue(c []byte, i int) int {
-	switch c[i] {
-	case '"':
-		return endOfString(c, i)
-	case '{', '[':
-		depth := 0
-		for j := i; ; j++ {
-			switch c[j] {
-			case '"':
-				j = endOfString(c, j) - 1
-			case '{', '[':
-				depth++
-			case '}', ']':
-				depth--
-				if depth == 0 {
-					return j + 1
-				}
-			}
-		}
-	default:
-		j := i
-		for j < len(c) && c[j] != ',' && c[j] != '}' && c[j] != ']' {
-			j++
-		}
-		return j
+		j += 2 // a backslash and the character it escapes
 	}
 }
 
@@ -396,15 +523,16 @@ func MessageIDOf(body []byte) (string, bool) {
 	if !utf8.Valid(body) {
 		return "", false
 	}
-	c, err := appendCompact(nil, body)
+	var members []int32
+	c, err := appendCompactMembers(nil, body, &members)
 	if err != nil {
 		return "", false
 	}
 	if len(c) == 0 || c[0] != '{' {
 		return "", false
 	}
-	f, err := scanObject(c)
-	if err != nil || f.messageID == nil {
+	var f fields
+	if err := scanObject(c, members, &f); err != nil || f.messageID == nil {
 		return "", false
 	}
 	s, ok := stringValue(f.messageID)

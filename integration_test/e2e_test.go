@@ -161,13 +161,13 @@ func lastRune(s string) (rune, int) {
 }
 
 // makeCall builds a call of type typ with unique key whose wire form is
-// exactly size bytes when withID is set (type and messageId present, so
-// nothing is inserted), padded with tricky text.
+// exactly size bytes when withID is set (type, messageId and timestamp
+// present, so nothing is inserted), padded with tricky text.
 func makeCall(r *rand.Rand, typ event.Type, key string, size int, withID bool) []byte {
 	var head string
 	idField := ""
 	if withID {
-		idField = fmt.Sprintf(`"type":%q,"messageId":%q,`, typ.String(), key)
+		idField = fmt.Sprintf(`"type":%q,"messageId":%q,"timestamp":"2026-11-29T01:02:03.456Z",`, typ.String(), key)
 	}
 	user := fmt.Sprintf(`"userId":%q`, key)
 	switch typ {

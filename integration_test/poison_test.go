@@ -57,6 +57,13 @@ func poisonCorpus() []poison {
 		{"messageId null", "cio.identify", []byte(`{"userId":"u-1","messageId":null}`), event.ReasonInvalidField},
 		{"messageId empty", "cio.identify", []byte(`{"userId":"u-1","messageId":""}`), event.ReasonInvalidField},
 		{"messageId a number", "cio.identify", []byte(`{"userId":"u-1","messageId":42}`), event.ReasonInvalidField},
+		{"traits a string", "cio.identify", []byte(`{"userId":"u-1","traits":"a@example.com"}`), event.ReasonInvalidField},
+		{"properties null", "cio.track", []byte(`{"userId":"u-1","event":"E","properties":null}`), event.ReasonInvalidField},
+		{"context an array", "cio.page", []byte(`{"userId":"u-1","context":[]}`), event.ReasonInvalidField},
+		{"timestamp in unix seconds", "cio.track", []byte(`{"userId":"u-1","event":"E","timestamp":1764624546}`), event.ReasonInvalidField},
+		{"timestamp without a time zone", "cio.track", []byte(`{"userId":"u-1","event":"E","timestamp":"2026-11-29T01:02:03"}`), event.ReasonInvalidField},
+		{"sentAt not a calendar date", "cio.identify", []byte(`{"userId":"u-1","sentAt":"2026-02-30T01:02:03Z"}`), event.ReasonInvalidField},
+		{"repeated timestamp", "cio.identify", []byte(`{"userId":"u-1","timestamp":"2026-11-29T01:02:03Z","timestamp":"2026-11-29T01:02:04Z"}`), event.ReasonInvalidField},
 	}
 }
 
@@ -148,8 +155,8 @@ func TestPoisonCorpus(t *testing.T) {
 // FuzzPrepareDeadLetter feeds arbitrary bodies through event.Preparer and
 // the dead-letter message builder, as the worker does with every message,
 // without NATS: nothing may panic; a call is either prepared into a JSON
-// object within Customer.io's limit that carries its type and a messageId,
-// or refused with a known reason; and the dead-letter headers built for it
+// object within Customer.io's limit that carries its type, a messageId and
+// (room permitting) a timestamp, or refused with a known reason; and the dead-letter headers built for it
 // read back as the record they were built from.
 func FuzzPrepareDeadLetter(f *testing.F) {
 	for _, p := range poisonCorpus() {
@@ -168,11 +175,12 @@ func FuzzPrepareDeadLetter(f *testing.F) {
 		et := event.TypeOfSubject(subject)
 		id := event.ID{Prefix: "CIO-tp8abc-", Seq: seq, Override: override}
 		var p event.Preparer
-		call, err := p.Prepare(nil, et, body, id)
+		published := time.Unix(1700000000, int64(seq%1e9))
+		call, stamp, err := p.PrepareAt(nil, et, body, id, published)
 
 		rec := deadletter.Record{
 			Status: 0, Deliveries: seq%50 + 1, Stream: "CIO", StreamSeq: seq,
-			FirstSeen: time.Unix(1700000000, int64(seq%1e9)), DeadLettered: time.Unix(1800000000, 0),
+			FirstSeen: published, DeadLettered: time.Unix(1800000000, 0),
 			MessageID: id.String(), Version: "fuzz",
 		}
 		if err != nil {
@@ -185,7 +193,7 @@ func FuzzPrepareDeadLetter(f *testing.F) {
 			}
 			rec.Reason, rec.Detail = string(ie.Reason), err.Error()
 		} else {
-			checkPrepared(t, et, body, call, id)
+			checkPrepared(t, et, body, call, id, stamp, published)
 			// A call Customer.io refused on its own.
 			rec.Reason, rec.Status, rec.Detail = deadletter.ReasonRejected, 400, "customer.io cdp API answered 400: "+string(body)
 		}
@@ -224,10 +232,12 @@ func FuzzPrepareDeadLetter(f *testing.F) {
 	})
 }
 
-// checkPrepared checks a call Prepare accepted: a JSON object within
+// checkPrepared checks a call PrepareAt accepted: a JSON object within
 // Customer.io's per-call limit, of the subject's type, with a messageId (the
-// body's own, or else id), and otherwise the body's members unchanged.
-func checkPrepared(t *testing.T, et event.Type, body, call []byte, id event.ID) {
+// body's own, or else id), a timestamp (the body's own, or else the publish
+// time unless stamp says it was omitted), and otherwise the body's members
+// unchanged.
+func checkPrepared(t *testing.T, et event.Type, body, call []byte, id event.ID, stamp event.Stamp, published time.Time) {
 	t.Helper()
 	if et == event.Unknown {
 		t.Fatal("Prepare accepted a call for a subject with no call type")
@@ -261,8 +271,21 @@ func checkPrepared(t *testing.T, et event.Type, body, call []byte, id event.ID) 
 			t.Fatalf("member %q changed from %s to %s", k, c.Bytes(), got[k])
 		}
 	}
-	if len(got) != len(orig)+boolInt(orig["type"] == nil)+boolInt(orig["messageId"] == nil) {
-		t.Fatalf("prepared call has members %d, body %d: only type and messageId may be added", len(got), len(orig))
+	_, hasOwn := orig["timestamp"]
+	switch {
+	case hasOwn && stamp != event.StampOwn, !hasOwn && stamp != event.StampInserted && stamp != event.StampOmitted:
+		t.Fatalf("stamp %v for a body that has a timestamp: %v", stamp, hasOwn)
+	case stamp == event.StampInserted:
+		if want := `"` + published.UTC().Format("2006-01-02T15:04:05.000Z07:00") + `"`; string(got["timestamp"]) != want {
+			t.Fatalf("prepared call has timestamp %s, want the publish time %s", got["timestamp"], want)
+		}
+	case stamp == event.StampOmitted:
+		if _, ok := got["timestamp"]; ok || len(call)+len(`"timestamp":"2026-11-29T01:02:03.456Z",`) <= event.MaxCallBytes {
+			t.Fatalf("timestamp omitted from a %d-byte call", len(call))
+		}
+	}
+	if len(got) != len(orig)+boolInt(orig["type"] == nil)+boolInt(orig["messageId"] == nil)+boolInt(stamp == event.StampInserted) {
+		t.Fatalf("prepared call has members %d, body %d: only type, messageId and timestamp may be added", len(got), len(orig))
 	}
 }
 

@@ -88,6 +88,8 @@ func TestPublish(t *testing.T) {
 		{"no event", event.Track, `{"userId":"u"}`, event.ReasonMissingEvent, "", ""},
 		{"empty messageId", event.Unknown, `{"type":"track","userId":"u","event":"E","messageId":""}`, event.ReasonInvalidField, "", ""},
 		{"duplicate type", event.Unknown, `{"type":"track","type":"identify","userId":"u"}`, event.ReasonInvalidField, "", ""},
+		{"traits not an object", event.Identify, `{"userId":"u","traits":"pro"}`, event.ReasonInvalidField, "", ""},
+		{"timestamp not RFC 3339", event.Track, `{"userId":"u","event":"E","timestamp":"2026-11-29 01:02:03"}`, event.ReasonInvalidField, "", ""},
 		{"too large", event.Unknown, `{"type":"track","userId":"u","event":"E","properties":{"x":"` + strings.Repeat("x", event.MaxCallBytes) + `"}}`,
 			event.ReasonTooLarge, "", ""},
 	}

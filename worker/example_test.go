@@ -46,8 +46,8 @@ func Example_gracefulShutdown() {
 		panic(err)
 	}
 	for _, body := range []string{
-		`{"messageId":"m-1","userId":"u-1","event":"Signed Up"}`,
-		`{"messageId":"m-2","userId":"u-1","event":"Upgraded","properties":{"plan":"<pro>"}}`,
+		`{"messageId":"m-1","userId":"u-1","event":"Signed Up","timestamp":"2026-11-29T01:02:03.000Z"}`,
+		`{"messageId":"m-2","userId":"u-1","event":"Upgraded","properties":{"plan":"<pro>"},"timestamp":"2026-11-29T01:02:04.000Z"}`,
 	} {
 		if _, err := js.Publish(context.Background(), "cio.track", []byte(body)); err != nil {
 			panic(err)
@@ -67,6 +67,6 @@ func Example_gracefulShutdown() {
 	stop() // what SIGTERM does in cio-relay run
 	fmt.Println("Run returned:", <-done)
 	// Output:
-	// {"batch":[{"type":"track","messageId":"m-1","userId":"u-1","event":"Signed Up"},{"type":"track","messageId":"m-2","userId":"u-1","event":"Upgraded","properties":{"plan":"<pro>"}}]}
+	// {"batch":[{"type":"track","messageId":"m-1","userId":"u-1","event":"Signed Up","timestamp":"2026-11-29T01:02:03.000Z"},{"type":"track","messageId":"m-2","userId":"u-1","event":"Upgraded","properties":{"plan":"<pro>"},"timestamp":"2026-11-29T01:02:04.000Z"}]}
 	// Run returned: <nil>
 }

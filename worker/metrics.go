@@ -30,6 +30,9 @@ type metrics struct {
 	suppressions  *prometheus.CounterVec   // action
 	pacingWait    prometheus.Histogram     //
 	track         *trackMetrics            // unsubscribes, delivery metrics
+	// Calls sent without the publish time as their timestamp: they fit
+	// Customer.io's per-call limit only without it.
+	timestampOmitted prometheus.Counter
 
 	consumedByType, deliveredByType *byType
 }
@@ -118,6 +121,9 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Name: "cio_relay_broadcast_pacing_wait_seconds", Help: "Time a broadcast trigger waited for its turn (10s per broadcast) before its request was sent.",
 			Buckets: []float64{0.01, 0.1, 1, 2.5, 5, 10, 20, 30, 60, 120, 300},
 		}),
+		timestampOmitted: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "cio_relay_timestamp_omitted_total", Help: "Calls without a timestamp sent without their publish time inserted, because only without it do they fit the 32,000-byte limit (Customer.io stamps them on arrival).",
+		}),
 	}
 	m.consumedByType, m.deliveredByType = newByType(m.consumed), newByType(m.delivered)
 	m.track = newTrackMetrics()
@@ -125,7 +131,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		reg.MustRegister(m.track.collectors()...)
 		reg.MustRegister(m.consumed, m.delivered, m.batches, m.batchBytes, m.batchCalls, m.requestTime,
 			m.retries, m.deadLetters, m.inFlight, m.acksFailed, m.authPaused, m.held, m.pending, m.ackPending,
-			m.redeliveries, m.shutdownNaked, m.direct, m.coalesced, m.suppressions, m.pacingWait)
+			m.redeliveries, m.shutdownNaked, m.direct, m.coalesced, m.suppressions, m.pacingWait, m.timestampOmitted)
 	}
 	return m
 }

@@ -404,15 +404,21 @@ func (w *Worker) read(ctx, nextCtx context.Context, iter jetstream.MessagesConte
 			continue
 		}
 		// Compaction only shrinks a body; what Prepare inserts is short.
-		if need := len(msg.Data()) + 128 + len(h.id.Override); cap(slab)-len(slab) < need {
+		if need := len(msg.Data()) + 192 + len(h.id.Override); cap(slab)-len(slab) < need {
 			slab = make([]byte, 0, max(slabSize, need))
 		}
 		start := len(slab)
-		slab, err = prep.Prepare(slab, h.typ, msg.Data(), h.id)
+		// A call without a timestamp gets its publish time, so a backlog
+		// does not shift when Customer.io records it.
+		var stamp event.Stamp
+		slab, stamp, err = prep.PrepareAt(slab, h.typ, msg.Data(), h.id, h.published)
 		h.call = slab[start:len(slab):len(slab)]
 		if err != nil {
 			w.rejectInput(ctx, h, err, leases)
 			continue
+		}
+		if stamp == event.StampOmitted {
+			w.m.timestampOmitted.Inc()
 		}
 		if stale > 0 {
 			// Waited in the client's buffer while the pipeline was
