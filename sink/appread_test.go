@@ -109,7 +109,9 @@ func (e *readEnv) triggerBroadcast(t *testing.T, id int64, n int) []int64 {
 	return ids
 }
 
-func raw(format string, args ...any) json.RawMessage { return json.RawMessage(fmt.Sprintf(format, args...)) }
+func raw(format string, args ...any) json.RawMessage {
+	return json.RawMessage(fmt.Sprintf(format, args...))
+}
 
 func items(n int, format func(i int) json.RawMessage) []json.RawMessage {
 	out := make([]json.RawMessage, n)
@@ -169,13 +171,17 @@ func readCases() []readCase {
 			}},
 		{name: "segments", path: "/v1/segments",
 			seed: list(func(d *ciotest.AppData, it []json.RawMessage) { d.Segments = it }, segment),
-			read: func(ctx context.Context, r *sink.AppReader, _ int) ([]json.RawMessage, error) { return raws(r.Segments(ctx)) }},
+			read: func(ctx context.Context, r *sink.AppReader, _ int) ([]json.RawMessage, error) {
+				return raws(r.Segments(ctx))
+			}},
 		{name: "segment", path: "/v1/segments/2", one: true,
 			seed: func(_ *testing.T, e *readEnv, _ int) []json.RawMessage {
 				e.data.Segments = items(3, segment)
 				return e.data.Segments[1:2]
 			},
-			read: func(ctx context.Context, r *sink.AppReader, _ int) ([]json.RawMessage, error) { return rawOne(r.Segment(ctx, 2)) }},
+			read: func(ctx context.Context, r *sink.AppReader, _ int) ([]json.RawMessage, error) {
+				return rawOne(r.Segment(ctx, 2))
+			}},
 		{name: "segment members", path: "/v1/segments/7/membership", paged: true,
 			seed: func(_ *testing.T, e *readEnv, n int) []json.RawMessage {
 				e.data.Segments = []json.RawMessage{segment(7)}
@@ -195,10 +201,14 @@ func readCases() []readCase {
 				}
 				return want
 			},
-			read: func(ctx context.Context, r *sink.AppReader, _ int) ([]json.RawMessage, error) { return raws(r.Triggers(ctx, 5)) }},
+			read: func(ctx context.Context, r *sink.AppReader, _ int) ([]json.RawMessage, error) {
+				return raws(r.Triggers(ctx, 5))
+			}},
 		{name: "trigger", path: "/v1/campaigns/5/triggers/", one: true,
 			seed: func(t *testing.T, e *readEnv, _ int) []json.RawMessage { return e.triggerBroadcastAt(t, 5, 1) },
-			read: func(ctx context.Context, r *sink.AppReader, _ int) ([]json.RawMessage, error) { return rawOne(r.Trigger(ctx, 5, 1)) }},
+			read: func(ctx context.Context, r *sink.AppReader, _ int) ([]json.RawMessage, error) {
+				return rawOne(r.Trigger(ctx, 5, 1))
+			}},
 		{name: "trigger errors", path: "/v1/campaigns/5/triggers/1/errors", paged: true,
 			seed: func(t *testing.T, e *readEnv, n int) []json.RawMessage {
 				e.triggerBroadcast(t, 5, 1)
@@ -222,11 +232,15 @@ func readCases() []readCase {
 				func(i int) json.RawMessage {
 					return raw(`{"id":%d,"name":"collection %d","rows":2,"bytes":296,"schema":["eventName"],"created_at":%d,"updated_at":%d}`, i, i, base, base)
 				}),
-			read: func(ctx context.Context, r *sink.AppReader, _ int) ([]json.RawMessage, error) { return raws(r.Collections(ctx)) }},
+			read: func(ctx context.Context, r *sink.AppReader, _ int) ([]json.RawMessage, error) {
+				return raws(r.Collections(ctx))
+			}},
 		{name: "ip addresses", path: "/v1/info/ip_addresses",
 			seed: list(func(d *ciotest.AppData, it []json.RawMessage) { d.IPAddresses = it },
 				func(i int) json.RawMessage { return raw(`"192.0.2.%d"`, i) }),
-			read: func(ctx context.Context, r *sink.AppReader, _ int) ([]json.RawMessage, error) { return raws(r.IPAddresses(ctx)) }},
+			read: func(ctx context.Context, r *sink.AppReader, _ int) ([]json.RawMessage, error) {
+				return raws(r.IPAddresses(ctx))
+			}},
 		{name: "newsletters", path: "/v1/newsletters", paged: true,
 			seed: list(func(d *ciotest.AppData, it []json.RawMessage) { d.Newsletters = it },
 				func(i int) json.RawMessage {
@@ -237,8 +251,12 @@ func readCases() []readCase {
 			}},
 		{name: "snippets", path: "/v1/snippets",
 			seed: list(func(d *ciotest.AppData, it []json.RawMessage) { d.Snippets = it },
-				func(i int) json.RawMessage { return raw(`{"name":"snippet-%d","value":"<b>%d</b>","updated_at":%d}`, i, i, base) }),
-			read: func(ctx context.Context, r *sink.AppReader, _ int) ([]json.RawMessage, error) { return raws(r.Snippets(ctx)) }},
+				func(i int) json.RawMessage {
+					return raw(`{"name":"snippet-%d","value":"<b>%d</b>","updated_at":%d}`, i, i, base)
+				}),
+			read: func(ctx context.Context, r *sink.AppReader, _ int) ([]json.RawMessage, error) {
+				return raws(r.Snippets(ctx))
+			}},
 		{name: "transactional", path: "/v1/transactional",
 			seed: list(func(d *ciotest.AppData, it []json.RawMessage) { d.Transactional = it },
 				func(i int) json.RawMessage {
