@@ -21,9 +21,10 @@ import (
 // and fields follow Customer.io's App API reference: its OpenAPI document
 // (docs.customer.io/files/journeys-app.json, operations listSegments,
 // getSegment, getSegmentMembership, listMessages, listWebhooks,
-// getCollections, listSnippets, listNewsletters) and the project's
-// /work/shared/specs/customerio-api.md. Where the reference was not found
-// the README's table says "unverified".
+// getCollections, listSnippets; the newsletter and transactional message
+// objects) and the project's /work/shared/specs/customerio-api.md (trigger
+// paths, newsletters' and transactional's paths). Where the reference was
+// not found the README's table says "unverified".
 
 // AppReadRate is the App API's documented limit for every endpoint but
 // sends and triggers: "rate limited to 10 requests per 1s" (the 429 answer
