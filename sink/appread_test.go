@@ -195,11 +195,7 @@ func readCases() []readCase {
 		{name: "triggers", path: "/v1/broadcasts/5/triggers",
 			seed: func(t *testing.T, e *readEnv, n int) []json.RawMessage {
 				e.triggerBroadcast(t, 6, 1) // another broadcast's trigger is not listed
-				var want []json.RawMessage
-				for _, tr := range e.triggerBroadcastAt(t, 5, n) {
-					want = append(want, tr)
-				}
-				return want
+				return e.triggerBroadcastAt(t, 5, n)
 			},
 			read: func(ctx context.Context, r *sink.AppReader, _ int) ([]json.RawMessage, error) {
 				return raws(r.Triggers(ctx, 5))

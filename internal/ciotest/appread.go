@@ -274,7 +274,8 @@ func triggerJSON(t Trigger) json.RawMessage {
 	return fmt.Appendf(nil, `{"id":%d,"broadcast_id":%d,"created_at":%d,"processed_at":%d}`, t.TriggerID, t.BroadcastID, ts, ts)
 }
 
-// messageWindow is how far apart start_ts and end_ts may be: six months.
+// messageWindowOK reports whether start_ts and end_ts are at most six
+// months apart.
 func messageWindowOK(start, end time.Time) bool { return !start.AddDate(0, 6, 0).Before(end) }
 
 var (
