@@ -35,11 +35,6 @@ const AppReadRate = 10
 // parameter: default 50, maximum 1000).
 const MaxMessagesPage = 1000
 
-// MaxMessagesWindow is the longest time window GET /v1/messages answers
-// for ("window at most 6 months", issue #16 quoting the reference).
-// Six calendar months are checked with time.AddDate, see CheckMessagesWindow.
-const MaxMessagesWindow = "6 months"
-
 // Page sizes asked for where the reference gives no maximum: small enough
 // to be accepted, large enough that a long list takes few requests.
 const (
@@ -358,8 +353,9 @@ func (f MessageFilter) Check(now time.Time) error {
 }
 
 // CheckMessagesWindow refuses a messages window Customer.io would refuse:
-// one that ends before it starts, or spans more than six months (until
-// unset is now).
+// one that ends before it starts, or spans more than six calendar months
+// ("window at most 6 months", issue #16 quoting the reference); until
+// unset is now.
 func CheckMessagesWindow(since, until, now time.Time) error {
 	if since.IsZero() {
 		return nil
@@ -372,8 +368,8 @@ func CheckMessagesWindow(since, until, now time.Time) error {
 		return fmt.Errorf("the window ends (%s) before it starts (%s)", end.UTC().Format(time.RFC3339), since.UTC().Format(time.RFC3339))
 	}
 	if since.AddDate(0, 6, 0).Before(end) {
-		return fmt.Errorf("the window %s to %s is longer than the %s Customer.io answers for; narrow --since/--until",
-			since.UTC().Format(time.RFC3339), end.UTC().Format(time.RFC3339), MaxMessagesWindow)
+		return fmt.Errorf("the window %s to %s is longer than the 6 months Customer.io answers for; narrow --since/--until",
+			since.UTC().Format(time.RFC3339), end.UTC().Format(time.RFC3339))
 	}
 	return nil
 }
@@ -669,7 +665,8 @@ func (r *AppReader) get(ctx context.Context, path string, q url.Values) ([]byte,
 	}
 	backoff := 500 * time.Millisecond
 	for attempt := 1; ; attempt++ {
-		if err := r.sleep(ctx, r.limiter.ReserveN(r.now(), 1).DelayFrom(r.now())); err != nil {
+		now := r.now()
+		if err := r.sleep(ctx, r.limiter.ReserveN(now, 1).DelayFrom(now)); err != nil {
 			return nil, fmt.Errorf("reading %s: %w", path, err)
 		}
 		body, err := r.getOnce(ctx, u)

@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -9,6 +10,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/netip"
 	"net/url"
 	"slices"
 	"strconv"
@@ -125,7 +127,6 @@ func cioCommands() map[string]cioCmd {
 			})
 		}},
 		"messages": {paged: true, flags: messageFlags, read: func(ctx context.Context, r *sink.AppReader, o *cioOpts) (*cioTable, error) {
-			o.filter.Since, o.filter.Until = timeOf(o.since, o.now), timeOf(o.until, o.now)
 			it, err := r.Messages(ctx, o.filter, o.limit)
 			return inOrder(it, err, []string{"ID", "TYPE", "CREATED", "PARENT", "ACTION", "METRICS", "FAILURE"}, func(m sink.Message) []string {
 				return []string{m.ID, m.Type, unix(m.Created), parentOf(m), dash(string(m.ActionID)), metricsOf(m.Metrics), dash(m.FailureMessage)}
@@ -283,9 +284,8 @@ func runCIOWith(ctx context.Context, args []string, getenv func(string) string, 
 	}
 	o.now = clock.now()
 	if name == "messages" {
-		f := o.filter
-		f.Since, f.Until = timeOf(o.since, o.now), timeOf(o.until, o.now)
-		if err := f.Check(o.now); err != nil {
+		o.filter.Since, o.filter.Until = timeOf(o.since, o.now), timeOf(o.until, o.now)
+		if err := o.filter.Check(o.now); err != nil {
 			return usageErr("messages: %v", err)
 		}
 	}
@@ -350,8 +350,8 @@ func timeOf(s dlqcli.TimeSpec, now time.Time) time.Time {
 }
 
 // sorted makes a table of a list Customer.io gives in no documented order,
-// ordered by its first column (numerically when every value is a number),
-// so two runs print alike.
+// ordered by its first column (as numbers or IP addresses when every value
+// is one), so two runs print alike.
 func sorted[T any](it sink.Items[T], err error, header []string, row func(T) []string) (*cioTable, error) {
 	t, err := inOrder(it, err, header, row)
 	if err != nil {
@@ -361,18 +361,24 @@ func sorted[T any](it sink.Items[T], err error, header []string, row func(T) []s
 	for i := range idx {
 		idx[i] = i
 	}
-	numeric := true
+	numeric, addrs := true, true
 	for _, r := range t.rows {
 		if _, err := strconv.ParseInt(r[0], 10, 64); err != nil {
 			numeric = false
 		}
+		if _, err := netip.ParseAddr(r[0]); err != nil {
+			addrs = false
+		}
 	}
 	slices.SortStableFunc(idx, func(a, b int) int {
 		x, y := t.rows[a][0], t.rows[b][0]
-		if numeric {
+		switch {
+		case numeric:
 			n, _ := strconv.ParseInt(x, 10, 64)
 			m, _ := strconv.ParseInt(y, 10, 64)
-			return int(n - m)
+			return cmp.Compare(n, m)
+		case addrs:
+			return netip.MustParseAddr(x).Compare(netip.MustParseAddr(y))
 		}
 		return strings.Compare(x, y)
 	})
@@ -489,8 +495,8 @@ func metricsOf(m map[string]int64) string {
 		names = append(names, k)
 	}
 	slices.SortFunc(names, func(a, b string) int {
-		if m[a] != m[b] {
-			return int(m[a] - m[b])
+		if c := cmp.Compare(m[a], m[b]); c != 0 {
+			return c
 		}
 		return strings.Compare(a, b)
 	})

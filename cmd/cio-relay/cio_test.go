@@ -97,7 +97,7 @@ func TestCIOCommands(t *testing.T) {
 		{[]string{"trigger-errors", "7", "1"}, "STATUS  DETAIL", []string{"422     customer u-9 does not exist"}},
 		{[]string{"webhooks"}, "ID  NAME", []string{"4   warehouse  webhook  false     2       https://hooks.example.com/cio?…"}},
 		{[]string{"collections"}, "ID  NAME", []string{"1   upcoming events  2     296"}},
-		{[]string{"ip-addresses"}, "ADDRESS", []string{"104.198.177.219", "35.188.196.183"}},
+		{[]string{"ip-addresses"}, "ADDRESS", []string{"35.188.196.183", "104.198.177.219"}},
 		{[]string{"newsletters", "--sort", "desc"}, "ID      NAME", []string{"128280  Launch", "128275  Weekly Product Update"}},
 		{[]string{"snippets"}, "NAME", []string{"address"}},
 		{[]string{"transactional"}, "ID  NAME", []string{"3   Reset password  true"}},

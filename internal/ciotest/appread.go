@@ -2,6 +2,7 @@ package ciotest
 
 import (
 	"bytes"
+	"cmp"
 	"encoding/base64"
 	"encoding/json"
 	"fmt"
@@ -209,7 +210,7 @@ func (s *Server) answerRead(rt readRoute, q url.Values, now time.Time) response 
 		case "":
 		case "asc", "desc":
 			slices.SortStableFunc(items, func(a, b json.RawMessage) int {
-				c := int(numberField(a, "created") - numberField(b, "created"))
+				c := cmp.Compare(numberField(a, "created"), numberField(b, "created"))
 				if sort == "desc" {
 					return -c
 				}
