@@ -5,6 +5,7 @@
 //
 //	cio-relay [run] [flags]   run the worker (the default)
 //	cio-relay dlq COMMAND     inspect, replay and purge the dead-letter stream
+//	cio-relay cio COMMAND     read from Customer.io's App API (segments, triggers, messages, ...)
 //	cio-relay publish [FILE]  publish NDJSON calls to the queue
 //	cio-relay bench           measure throughput, batch fill and latency
 //	cio-relay version         print the version
@@ -42,6 +43,8 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		return runWorker(ctx, args, getenv, stdout, stderr)
 	case "dlq":
 		return runDLQ(ctx, args, getenv, os.Stdin, stdout, stderr)
+	case "cio":
+		return runCIO(ctx, args, getenv, stdout, stderr)
 	case "publish":
 		return runPublish(ctx, args, getenv, os.Stdin, stdout, stderr)
 	case "bench":
@@ -63,6 +66,7 @@ const usage = `cio-relay delivers customer events from NATS JetStream to Custome
 Commands:
   run       run the worker (default); "cio-relay run -h" lists every setting
   dlq       inspect, replay and purge the dead-letter stream ("cio-relay dlq -h")
+  cio       read from Customer.io's App API: segments, triggers, messages, ... ("cio-relay cio -h")
   publish   publish NDJSON calls to the queue ("cio-relay publish -h")
   bench     measure throughput, batch fill and latency on this machine ("cio-relay bench -h")
   version   print the version

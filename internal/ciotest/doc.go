@@ -82,6 +82,12 @@
 // An accepted trigger is answered {"id":n} with n increasing from 1; see
 // [Server.Triggers].
 //
+// The App API's reads (segments, messages, newsletters, a broadcast's
+// triggers and their errors, …; see appread.go) answer GET with what
+// [Server.SetAppData] gave them, paged with opaque start/next cursors and
+// limited to [AppReadLimit] reads per [AppReadWindow] (429 with
+// Retry-After beyond).
+//
 // # Stricter than Customer.io
 //
 // Where the documentation is silent the stand-in refuses rather than

@@ -96,7 +96,7 @@ const (
 	OutcomeRejected Outcome = "rejected"
 	// OutcomeUnauthorized: answered 401; nothing applied.
 	OutcomeUnauthorized Outcome = "unauthorized"
-	// OutcomeRateLimited: a broadcast trigger answered 429.
+	// OutcomeRateLimited: a broadcast trigger or an App API read answered 429.
 	OutcomeRateLimited Outcome = "rate_limited"
 	// OutcomeFault: Options.Fault chose the answer.
 	OutcomeFault Outcome = "fault"
@@ -112,6 +112,7 @@ type Request struct {
 	API       API         // which API its path belongs to
 	Method    string      // HTTP method
 	Path      string      // the path as received, still escaped
+	RawQuery  string      // the query as received, without '?'
 	Header    http.Header // request headers
 	Body      []byte      // the body exactly as received
 	BodyBytes int         // len(Body)
@@ -169,7 +170,7 @@ type Stats struct {
 	// (those requests' and those dropped from accepted ones).
 	RequestsDroppedInvalid int
 	CallsDroppedInvalid    int
-	RateLimited            int // broadcast triggers answered 429
+	RateLimited            int // broadcast triggers and App API reads answered 429
 	MaxBodyBytes           int // largest body of any request
 	MaxCallBytes           int // largest delivered call
 	TotalBodyBytes         int64
@@ -190,6 +191,7 @@ type Server struct {
 	metrics     []MetricReport
 	triggers    []Trigger
 	lastTrigger map[int64]time.Time // by broadcast id: when the last accepted trigger arrived
+	reads       appReads            // App API read endpoints: data and rate window (appread.go)
 	changed     chan struct{}       // closed and replaced whenever calls are delivered
 }
 
@@ -388,10 +390,11 @@ func errorBody(reason string) []byte {
 
 func (s *Server) serve(w http.ResponseWriter, r *http.Request) {
 	req := Request{
-		Time:   s.opts.Now(),
-		Method: r.Method,
-		Path:   r.URL.EscapedPath(),
-		Header: r.Header.Clone(),
+		Time:     s.opts.Now(),
+		Method:   r.Method,
+		Path:     r.URL.EscapedPath(),
+		RawQuery: r.URL.RawQuery,
+		Header:   r.Header.Clone(),
 	}
 	req.API = apiOf(req.Path)
 	req.AuthOK = s.authorized(req.API, r)
@@ -430,7 +433,10 @@ func (s *Server) serve(w http.ResponseWriter, r *http.Request) {
 	case APITrack:
 		resp = s.track(&req)
 	case APIApp:
-		resp = s.app(&req)
+		var ok bool
+		if resp, ok = s.appRead(&req); !ok {
+			resp = s.app(&req)
+		}
 	case APIMoved:
 		resp = accepted("{}")
 		resp.outcome = OutcomeMoved
@@ -458,7 +464,7 @@ func apiOf(path string) API {
 	switch {
 	case path == movedPrefix || strings.HasPrefix(path, movedPrefix+"/"):
 		return APIMoved
-	case strings.HasPrefix(path, appPrefix):
+	case strings.HasPrefix(path, appPrefix), isAppReadPath(path):
 		return APIApp
 	case strings.HasPrefix(path, trackPrefix), strings.HasPrefix(path, unsubscribePrefix):
 		return APITrack
