@@ -273,13 +273,13 @@ func (w *Worker) Run(ctx context.Context) error {
 	bgCtx, stopBackground := context.WithCancel(context.WithoutCancel(ctx))
 	defer stopBackground()
 
-	leases := newLeases[*held]()
+	leases := newLeases[*held](w.opts.AckWait / 3)
 	calls := make(chan batcher.Call[*held])
 	batches := make(chan *batcher.Batch[*held])
 
 	var wg sync.WaitGroup
 	wg.Go(func() {
-		leases.run(bgCtx, w.opts.AckWait/3, func(err error) {
+		leases.run(bgCtx, func(err error) {
 			// A message settled between the keeper's snapshot and its
 			// InProgress is no one's concern.
 			if !errors.Is(err, jetstream.ErrMsgAlreadyAckd) {
