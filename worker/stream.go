@@ -116,11 +116,17 @@ func (w *Worker) bind(ctx context.Context) (jetstream.Consumer, string, error) {
 		return nil, "", err
 	}
 
-	// The stream's creation time makes derived ids unique across a stream
-	// deleted and created again, whose sequences restart at 1: Customer.io
-	// would otherwise drop new calls as duplicates of old ones.
-	prefix := w.opts.Stream + "-" + strconv.FormatInt(info.Created.Unix(), 36) + "-"
-	return cons, prefix, nil
+	return cons, idPrefix(w.opts.Stream, info.Created), nil
+}
+
+// idPrefix is the prefix of the messageIds derived for a stream's calls. The
+// stream's creation time, in nanoseconds, makes derived ids unique across a
+// stream deleted and created again, whose sequences restart at 1, even
+// within the same second: Customer.io would otherwise drop new calls as
+// duplicates of old ones. JetStream keeps the time, to the nanosecond,
+// across restarts, so one incarnation always derives the same ids.
+func idPrefix(stream string, created time.Time) string {
+	return stream + "-" + strconv.FormatInt(created.UnixNano(), 36) + "-"
 }
 
 // bindDLQ makes sure the dead-letter stream exists: created when cio-relay
