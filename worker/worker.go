@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -232,6 +233,7 @@ func (w *Worker) Run(ctx context.Context) error {
 	// Whatever path Run leaves by, no pull subscription is left holding
 	// messages until their ack wait ends.
 	defer iter.Stop()
+	consumers := []jetstream.Consumer{cons} // the batch consumer first
 	var directIters []jetstream.MessagesContext
 	var pacers []*trigger.Pacer[*held]
 	for _, dc := range w.directConsumers() {
@@ -252,6 +254,7 @@ func (w *Worker) Run(ctx context.Context) error {
 		}
 		defer it.Stop()
 		directIters = append(directIters, it)
+		consumers = append(consumers, cons)
 	}
 	if w.opts.App == nil {
 		w.log.Warn("broadcast triggers not configured (CIO_APP_API_KEY unset): messages on " + SubjectBroadcast +
@@ -273,7 +276,7 @@ func (w *Worker) Run(ctx context.Context) error {
 	bgCtx, stopBackground := context.WithCancel(context.WithoutCancel(ctx))
 	defer stopBackground()
 
-	leases := newLeases[*held](w.opts.AckWait / 3)
+	leases := newLeases[*held](leaseInterval(consumerAckWaits(consumers)))
 	calls := make(chan batcher.Call[*held])
 	batches := make(chan *batcher.Batch[*held])
 
@@ -287,7 +290,7 @@ func (w *Worker) Run(ctx context.Context) error {
 			}
 		})
 	})
-	wg.Go(func() { w.sampleConsumer(bgCtx, cons, leases) })
+	wg.Go(func() { w.sampleConsumers(bgCtx, consumers, leases) })
 	// stop ends when ctx does, or when a reader's consumer fails (deleted,
 	// say): then everything winds down as for a shutdown and Run returns
 	// the failure, so the process restarts instead of idling as "ready".
@@ -481,24 +484,64 @@ func (w *Worker) rejectInput(ctx context.Context, h *held, err error, leases *le
 	leases.remove(h)
 }
 
-// sampleConsumer keeps the consumer and held-message gauges current.
-func (w *Worker) sampleConsumer(ctx context.Context, cons jetstream.Consumer, leases *leases[*held]) {
+// sampleConsumers keeps the consumer and held-message gauges current, and
+// the lease keeper's interval a third of the shortest ack wait the
+// consumers have now: another replica or an operator may change it at any
+// time, and a lease extended by a stale, longer interval lets the message
+// expire and be delivered again elsewhere.
+func (w *Worker) sampleConsumers(ctx context.Context, consumers []jetstream.Consumer, leases *leases[*held]) {
 	t := time.NewTicker(5 * time.Second)
 	defer t.Stop()
+	waits := consumerAckWaits(consumers)
 	for {
 		w.m.held.Set(float64(leases.len()))
-		infoCtx, cancel := context.WithTimeout(ctx, 5*time.Second)
-		if info, err := cons.Info(infoCtx); err == nil {
-			w.m.pending.Set(float64(info.NumPending))
-			w.m.ackPending.Set(float64(info.NumAckPending))
+		for i, cons := range consumers {
+			infoCtx, cancel := context.WithTimeout(ctx, 5*time.Second)
+			info, err := cons.Info(infoCtx)
+			cancel()
+			if err != nil {
+				continue
+			}
+			if i == 0 {
+				w.m.pending.Set(float64(info.NumPending))
+				w.m.ackPending.Set(float64(info.NumAckPending))
+			}
+			if d := ackWaitOf(info); d != waits[i] {
+				w.log.Warn("consumer's ack wait changed; extending leases by it", "consumer", info.Name,
+					"ack_wait", d.String(), "was", waits[i].String())
+				waits[i] = d
+			}
 		}
-		cancel()
+		leases.setInterval(leaseInterval(waits))
 		select {
 		case <-ctx.Done():
 			return
 		case <-t.C:
 		}
 	}
+}
+
+// consumerAckWaits returns the ack wait of each consumer as bound.
+func consumerAckWaits(consumers []jetstream.Consumer) []time.Duration {
+	waits := make([]time.Duration, len(consumers))
+	for i, c := range consumers {
+		waits[i] = ackWaitOf(c.CachedInfo())
+	}
+	return waits
+}
+
+// ackWaitOf is a consumer's ack wait: JetStream's default when unset.
+func ackWaitOf(info *jetstream.ConsumerInfo) time.Duration {
+	if d := info.Config.AckWait; d > 0 {
+		return d
+	}
+	return 30 * time.Second
+}
+
+// leaseInterval is how often leases are extended: a third of the shortest
+// ack wait, so each message is extended at least twice within any ack wait.
+func leaseInterval(ackWaits []time.Duration) time.Duration {
+	return max(slices.Min(ackWaits)/3, time.Millisecond)
 }
 
 // dispatch runs up to SendConcurrency deliveries at once. While all are busy
