@@ -28,6 +28,7 @@ func TestReplicasWithDifferentAckWaitsSendNothingTwice(t *testing.T) {
 		first, second time.Duration
 	}{
 		{"shorter second", 6 * time.Second, time.Second},
+		{"longer second", time.Second, 6 * time.Second},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -1,0 +1,191 @@
+package worker
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+// intake pulls messages from one consumer into a bounded queue that the
+// pipeline reads, and leases each message the moment it arrives. It asks
+// JetStream for messages only when the queue has room for a whole pull, so
+// nothing ever waits un-leased in a client buffer: when the pipeline blocks
+// (Customer.io slow or paused, a long retry, a full pacer) the queue fills
+// and the fetching stops, while every message already received keeps its
+// lease until it is settled. Two pulls are open at once, so the next batch
+// is on its way while the current one is handed out.
+type intake struct {
+	cons  jetstream.Consumer
+	name  string                            // the consumer, for logs and errors
+	take  func(jetstream.Msg) (*held, bool) // leases a message; false: not one to handle
+	queue chan *held                        // received, leased, not yet taken by the pipeline
+	freed chan struct{}                     // the pipeline took something: there may be room
+	pull  int                               // messages asked for by one pull request
+	log   *slog.Logger
+}
+
+const (
+	// pullExpiry is how long one pull request waits on an idle stream.
+	// Long enough that an idle replica asks rarely; a stop does not wait
+	// for it, as open pulls are cancelled.
+	pullExpiry = 30 * time.Second
+	// pullHeartbeat is how often the server confirms an open pull is alive,
+	// so a node that died or a route that broke is noticed within two of
+	// them and the pull is asked again.
+	pullHeartbeat = 5 * time.Second
+	// openPulls is how many pull requests are open at once.
+	openPulls = 2
+	// retryFloor and retryCeiling bound the wait before asking again after
+	// a failed pull; it doubles from one to the other.
+	retryFloor   = 100 * time.Millisecond
+	retryCeiling = 5 * time.Second
+)
+
+// newIntake returns an intake for cons that holds at most capacity messages
+// received and not yet taken by the pipeline; take leases each one.
+func newIntake(cons jetstream.Consumer, capacity int, take func(jetstream.Msg) (*held, bool), log *slog.Logger) *intake {
+	capacity = max(capacity, 1)
+	return &intake{
+		cons: cons, name: cons.CachedInfo().Name, take: take,
+		queue: make(chan *held, capacity), freed: make(chan struct{}, 1),
+		pull: max(capacity/openPulls, 1), log: log,
+	}
+}
+
+// next returns the next received message; false once the intake has
+// stopped and everything it received has been taken.
+func (in *intake) next() (*held, bool) {
+	h, ok := <-in.queue
+	if ok {
+		signal(in.freed)
+	}
+	return h, ok
+}
+
+// openPull is one pull request in flight.
+type openPull struct {
+	batch  jetstream.MessageBatch
+	msgs   <-chan jetstream.Msg
+	cancel context.CancelFunc
+	want   int // messages asked for
+	got    int // messages received
+}
+
+// run pulls until ctx is done, then cancels its open pulls, queues what
+// they had already received and closes the queue. A failed pull (a missing
+// heartbeat, a leader change, NATS unreachable) is logged and asked again
+// after a back-off: only a consumer that no longer exists ends run early,
+// with an error.
+func (in *intake) run(ctx context.Context) error {
+	defer close(in.queue)
+	var (
+		pulls    []*openPull
+		reserved int // room kept for what the open pulls may still bring
+		retry    = retryFloor
+		retryAt  time.Time
+		timer    = time.NewTimer(time.Hour)
+		done     = ctx.Done()
+	)
+	defer timer.Stop()
+	defer func() {
+		for _, p := range pulls {
+			p.cancel()
+		}
+	}()
+	for {
+		for done != nil && len(pulls) < openPulls && cap(in.queue)-len(in.queue)-reserved >= in.pull && !time.Now().Before(retryAt) {
+			// The pull's context ends with ctx: a stop cancels it at once
+			// instead of waiting for it to expire. Its deadline sets the
+			// request's expiry.
+			pctx, cancel := context.WithTimeout(ctx, pullExpiry)
+			b, err := in.cons.Fetch(in.pull, jetstream.FetchContext(pctx), jetstream.FetchHeartbeat(pullHeartbeat))
+			if err != nil {
+				cancel()
+				if err := in.failed(ctx, err); err != nil {
+					return err
+				}
+				retryAt, retry = time.Now().Add(retry), min(2*retry, retryCeiling)
+				timer.Reset(time.Until(retryAt))
+				break
+			}
+			pulls = append(pulls, &openPull{batch: b, msgs: b.Messages(), cancel: cancel, want: in.pull})
+			reserved += in.pull
+		}
+		if len(pulls) == 0 && done == nil {
+			return nil
+		}
+		var c0, c1 <-chan jetstream.Msg
+		if len(pulls) > 0 {
+			c0 = pulls[0].msgs
+		}
+		if len(pulls) > 1 {
+			c1 = pulls[1].msgs
+		}
+		i := 0
+		var msg jetstream.Msg
+		var ok bool
+		select {
+		case msg, ok = <-c0:
+		case msg, ok = <-c1:
+			i = 1
+		case <-in.freed:
+			continue
+		case <-timer.C:
+			continue
+		case <-done:
+			done = nil
+			continue
+		}
+		p := pulls[i]
+		if ok {
+			p.got++
+			reserved--
+			retry = retryFloor
+			if h, ok := in.take(msg); ok {
+				in.queue <- h // never blocks: room was reserved
+			}
+			continue
+		}
+		// The pull has ended: complete, expired, cancelled or failed.
+		p.cancel()
+		pulls = append(pulls[:i], pulls[i+1:]...)
+		reserved -= p.want - p.got
+		err := p.batch.Error()
+		if err == nil || ctx.Err() != nil || errors.Is(err, context.DeadlineExceeded) {
+			continue
+		}
+		if err := in.failed(ctx, err); err != nil {
+			return err
+		}
+		retryAt, retry = time.Now().Add(retry), min(2*retry, retryCeiling)
+		timer.Reset(time.Until(retryAt))
+	}
+}
+
+// failed decides what a failed pull means: nothing lasting, unless the
+// consumer is gone (deleted by an operator, say), which is returned so Run
+// ends and the process restarts and binds again instead of idling as ready.
+func (in *intake) failed(ctx context.Context, err error) error {
+	if errors.Is(err, jetstream.ErrConsumerDeleted) {
+		return fmt.Errorf("pulling from consumer %s: %w", in.name, err)
+	}
+	if errors.Is(err, jetstream.ErrNoHeartbeat) || errors.Is(err, jetstream.ErrConsumerLeadershipChanged) {
+		in.log.Warn("pull interrupted; pulling again", "consumer", in.name, "err", err)
+		return nil
+	}
+	// Anything else (no responders, a closed connection, a bad request)
+	// may mean the consumer is gone: ask.
+	infoCtx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	if _, ierr := in.cons.Info(infoCtx); errors.Is(ierr, jetstream.ErrConsumerNotFound) {
+		return fmt.Errorf("pulling from consumer %s: %w (%w)", in.name, ierr, err)
+	}
+	if ctx.Err() == nil {
+		in.log.Warn("pull failed; pulling again", "consumer", in.name, "err", err)
+	}
+	return nil
+}
