@@ -4,7 +4,10 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"log/slog"
 	"math/rand/v2"
+	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -125,3 +128,73 @@ func TestReplicasWithDifferentAckWaitsSendNothingTwice(t *testing.T) {
 		})
 	}
 }
+
+// TestOperatorShortensAckWaitLeasesFollow: an operator cuts the shared
+// consumer's ack wait from 6 s to 1 s under a running worker (`nats
+// consumer edit`). Once the worker has sampled the change, its leases must
+// follow the new ack wait: calls held for 2.5 s by a slow Customer.io are
+// neither redelivered nor sent twice.
+func TestOperatorShortensAckWaitLeasesFollow(t *testing.T) {
+	e := newEnv(t, ciotest.Options{Fault: func(r *ciotest.Request) *ciotest.Fault {
+		return &ciotest.Fault{Delay: 2500 * time.Millisecond, Slow: true}
+	}})
+	noticed := make(chan struct{})
+	var once sync.Once
+	opts := fastOptions()
+	opts.AckWait, opts.BatchMaxCalls, opts.SendConcurrency = 6*time.Second, 20, 2
+	opts.ShutdownTimeout = 10 * time.Second
+	opts.Logger = slog.New(&awaitLog{msg: "consumer's ack wait changed", seen: func() { once.Do(func() { close(noticed) }) }})
+	_, reg := e.runWorker(t, opts, 10*time.Second)
+
+	cfg := consumerInfo(t, e.js).Config
+	cfg.AckWait = time.Second
+	if _, err := e.js.UpdateConsumer(context.Background(), "CIO", cfg); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-noticed:
+	case <-time.After(15 * time.Second):
+		t.Fatal("the worker did not notice the consumer's new ack wait within 15s (it samples every 5s)")
+	}
+
+	r := rand.New(rand.NewPCG(13, 13))
+	var msgs []published
+	for i := range 120 {
+		key := fmt.Sprintf("op-%03d", i)
+		msgs = append(msgs, published{subject: "cio.track", body: makeCall(r, event.Track, key, 300, true), key: key, valid: true})
+	}
+	e.publishAll(t, msgs)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	if err := e.cio.WaitDelivered(ctx, len(msgs)); err != nil {
+		t.Fatal(err)
+	}
+	waitSettled(t, e.js, 20*time.Second)
+	seen := map[string]int{}
+	for _, c := range e.cio.Delivered() {
+		seen[c.MessageID]++
+	}
+	redelivered := metricValue(t, reg, "cio_relay_redeliveries_total")
+	t.Logf("ack wait cut to 1s under the worker: %v redelivered, %d calls sent more than once", redelivered, countOver(seen, 1))
+	if redelivered != 0 {
+		t.Errorf("%v messages redelivered after the ack wait was shortened; want none", redelivered)
+	}
+	checkExactlyOnce(t, msgs, seen)
+}
+
+// awaitLog is a slog handler that calls seen for each record whose message
+// starts with msg, and discards everything.
+type awaitLog struct {
+	msg  string
+	seen func()
+}
+
+func (h *awaitLog) Enabled(context.Context, slog.Level) bool { return true }
+func (h *awaitLog) Handle(_ context.Context, r slog.Record) error {
+	if strings.HasPrefix(r.Message, h.msg) {
+		h.seen()
+	}
+	return nil
+}
+func (h *awaitLog) WithAttrs([]slog.Attr) slog.Handler { return h }
+func (h *awaitLog) WithGroup(string) slog.Handler      { return h }
