@@ -16,15 +16,14 @@ import (
 // nothing ever waits un-leased in a client buffer: when the pipeline blocks
 // (Customer.io slow or paused, a long retry, a full pacer) the queue fills
 // and the fetching stops, while every message already received keeps its
-// lease until it is settled. Two pulls are open at once, so the next batch
-// is on its way while the current one is handed out.
+// lease until it is settled.
 type intake struct {
 	cons  jetstream.Consumer
 	name  string                            // the consumer, for logs and errors
 	take  func(jetstream.Msg) (*held, bool) // leases a message; false: not one to handle
 	queue chan *held                        // received, leased, not yet taken by the pipeline
 	freed chan struct{}                     // the pipeline took something: there may be room
-	pull  int                               // messages asked for by one pull request
+	pull  int                               // messages asked for by one pull request: half the queue
 	log   *slog.Logger
 }
 
@@ -37,8 +36,6 @@ const (
 	// so a node that died or a route that broke is noticed within two of
 	// them and the pull is asked again.
 	pullHeartbeat = 5 * time.Second
-	// openPulls is how many pull requests are open at once.
-	openPulls = 2
 	// retryFloor and retryCeiling bound the wait before asking again after
 	// a failed pull; it doubles from one to the other.
 	retryFloor   = 100 * time.Millisecond
@@ -52,7 +49,7 @@ func newIntake(cons jetstream.Consumer, capacity int, take func(jetstream.Msg) (
 	return &intake{
 		cons: cons, name: cons.CachedInfo().Name, take: take,
 		queue: make(chan *held, capacity), freed: make(chan struct{}, 1),
-		pull: max(capacity/openPulls, 1), log: log,
+		pull: max(capacity/2, 1), log: log,
 	}
 }
 
@@ -66,38 +63,41 @@ func (in *intake) next() (*held, bool) {
 	return h, ok
 }
 
-// openPull is one pull request in flight.
+// openPull is the pull request in flight.
 type openPull struct {
 	batch  jetstream.MessageBatch
 	msgs   <-chan jetstream.Msg
 	cancel context.CancelFunc
-	want   int // messages asked for
-	got    int // messages received
+	left   int // messages it may still bring
 }
 
-// run pulls until ctx is done, then cancels its open pulls, queues what
-// they had already received and closes the queue. A failed pull (a missing
+// run pulls until ctx is done, then cancels its open pull, queues what it
+// had already received and closes the queue. A failed pull (a missing
 // heartbeat, a leader change, NATS unreachable) is logged and asked again
 // after a back-off: only a consumer that no longer exists ends run early,
 // with an error.
+//
+// One pull is open at a time: JetStream hands the messages of several open
+// requests out in turn, which would mix up stream order. A pull asks for
+// half the queue, so the next one is on its way while the previous one's
+// messages are still being handed out.
 func (in *intake) run(ctx context.Context) error {
 	defer close(in.queue)
 	var (
-		pulls    []*openPull
-		reserved int // room kept for what the open pulls may still bring
-		retry    = retryFloor
-		retryAt  time.Time
-		timer    = time.NewTimer(time.Hour)
-		done     = ctx.Done()
+		cur     *openPull
+		retry   = retryFloor
+		retryAt time.Time
+		timer   = time.NewTimer(time.Hour)
+		done    = ctx.Done()
 	)
 	defer timer.Stop()
 	defer func() {
-		for _, p := range pulls {
-			p.cancel()
+		if cur != nil {
+			cur.cancel()
 		}
 	}()
 	for {
-		for done != nil && len(pulls) < openPulls && cap(in.queue)-len(in.queue)-reserved >= in.pull && !time.Now().Before(retryAt) {
+		if cur == nil && done != nil && cap(in.queue)-len(in.queue) >= in.pull && !time.Now().Before(retryAt) {
 			// The pull's context ends with ctx: a stop cancels it at once
 			// instead of waiting for it to expire. Its deadline sets the
 			// request's expiry.
@@ -110,59 +110,45 @@ func (in *intake) run(ctx context.Context) error {
 				}
 				retryAt, retry = time.Now().Add(retry), min(2*retry, retryCeiling)
 				timer.Reset(time.Until(retryAt))
-				break
+			} else {
+				cur = &openPull{batch: b, msgs: b.Messages(), cancel: cancel, left: in.pull}
 			}
-			pulls = append(pulls, &openPull{batch: b, msgs: b.Messages(), cancel: cancel, want: in.pull})
-			reserved += in.pull
 		}
-		if len(pulls) == 0 && done == nil {
+		if cur == nil && done == nil {
 			return nil
 		}
-		var c0, c1 <-chan jetstream.Msg
-		if len(pulls) > 0 {
-			c0 = pulls[0].msgs
+		var msgs <-chan jetstream.Msg
+		if cur != nil {
+			msgs = cur.msgs
 		}
-		if len(pulls) > 1 {
-			c1 = pulls[1].msgs
-		}
-		i := 0
-		var msg jetstream.Msg
-		var ok bool
 		select {
-		case msg, ok = <-c0:
-		case msg, ok = <-c1:
-			i = 1
+		case msg, ok := <-msgs:
+			if ok {
+				cur.left--
+				retry = retryFloor
+				if h, ok := in.take(msg); ok {
+					in.queue <- h // never blocks: room was there for the whole pull
+				}
+				continue
+			}
+			// The pull has ended: complete, expired, cancelled or failed.
+			p := cur
+			cur = nil
+			p.cancel()
+			err := p.batch.Error()
+			if err == nil || ctx.Err() != nil || errors.Is(err, context.DeadlineExceeded) {
+				continue
+			}
+			if err := in.failed(ctx, err); err != nil {
+				return err
+			}
+			retryAt, retry = time.Now().Add(retry), min(2*retry, retryCeiling)
+			timer.Reset(time.Until(retryAt))
 		case <-in.freed:
-			continue
 		case <-timer.C:
-			continue
 		case <-done:
 			done = nil
-			continue
 		}
-		p := pulls[i]
-		if ok {
-			p.got++
-			reserved--
-			retry = retryFloor
-			if h, ok := in.take(msg); ok {
-				in.queue <- h // never blocks: room was reserved
-			}
-			continue
-		}
-		// The pull has ended: complete, expired, cancelled or failed.
-		p.cancel()
-		pulls = append(pulls[:i], pulls[i+1:]...)
-		reserved -= p.want - p.got
-		err := p.batch.Error()
-		if err == nil || ctx.Err() != nil || errors.Is(err, context.DeadlineExceeded) {
-			continue
-		}
-		if err := in.failed(ctx, err); err != nil {
-			return err
-		}
-		retryAt, retry = time.Now().Add(retry), min(2*retry, retryCeiling)
-		timer.Reset(time.Until(retryAt))
 	}
 }
 
