@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -19,11 +20,13 @@ import (
 // lease until it is settled.
 type intake struct {
 	cons  jetstream.Consumer
-	name  string                            // the consumer, for logs and errors
-	take  func(jetstream.Msg) (*held, bool) // leases a message; false: not one to handle
-	queue chan *held                        // received, leased, not yet taken by the pipeline
-	freed chan struct{}                     // the pipeline took something: there may be room
-	pull  int                               // messages asked for by one pull request: half the queue
+	fetch func(ctx context.Context, n int) (jetstream.MessageBatch, error) // one pull request, ended by ctx
+	name  string                                                           // the consumer, for logs and errors
+	take  func(jetstream.Msg) (*held, bool)                                // leases a message; false: not one to handle
+	queue chan *held                                                       // received, leased, not yet taken by the pipeline
+	freed chan struct{}                                                    // the pipeline took something while the intake waited for room
+	wants atomic.Bool                                                      // the intake waits for room: next signals freed
+	pull  int                                                              // messages asked for by one pull request: half the queue
 	log   *slog.Logger
 }
 
@@ -48,6 +51,9 @@ func newIntake(cons jetstream.Consumer, capacity int, take func(jetstream.Msg) (
 	capacity = max(capacity, 1)
 	return &intake{
 		cons: cons, name: cons.CachedInfo().Name, take: take,
+		fetch: func(ctx context.Context, n int) (jetstream.MessageBatch, error) {
+			return cons.Fetch(n, jetstream.FetchContext(ctx), jetstream.FetchHeartbeat(pullHeartbeat))
+		},
 		queue: make(chan *held, capacity), freed: make(chan struct{}, 1),
 		pull: max(capacity/2, 1), log: log,
 	}
@@ -57,10 +63,22 @@ func newIntake(cons jetstream.Consumer, capacity int, take func(jetstream.Msg) (
 // stopped and everything it received has been taken.
 func (in *intake) next() (*held, bool) {
 	h, ok := <-in.queue
-	if ok {
+	if ok && in.wants.Load() {
 		signal(in.freed)
 	}
 	return h, ok
+}
+
+// roomForPull reports whether the queue has room for a whole pull. When it
+// has not, it asks next to signal freed, and checks again, so a message
+// taken meanwhile is not missed.
+func (in *intake) roomForPull() bool {
+	if cap(in.queue)-len(in.queue) >= in.pull {
+		in.wants.Store(false)
+		return true
+	}
+	in.wants.Store(true)
+	return cap(in.queue)-len(in.queue) >= in.pull
 }
 
 // openPull is the pull request in flight.
@@ -97,12 +115,12 @@ func (in *intake) run(ctx context.Context) error {
 		}
 	}()
 	for {
-		if cur == nil && done != nil && cap(in.queue)-len(in.queue) >= in.pull && !time.Now().Before(retryAt) {
+		if cur == nil && done != nil && !time.Now().Before(retryAt) && in.roomForPull() {
 			// The pull's context ends with ctx: a stop cancels it at once
 			// instead of waiting for it to expire. Its deadline sets the
 			// request's expiry.
 			pctx, cancel := context.WithTimeout(ctx, pullExpiry)
-			b, err := in.cons.Fetch(in.pull, jetstream.FetchContext(pctx), jetstream.FetchHeartbeat(pullHeartbeat))
+			b, err := in.fetch(pctx, in.pull)
 			if err != nil {
 				cancel()
 				if err := in.failed(ctx, err); err != nil {
