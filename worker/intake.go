@@ -39,6 +39,9 @@ const (
 	// so a node that died or a route that broke is noticed within two of
 	// them and the pull is asked again.
 	pullHeartbeat = 5 * time.Second
+	// stopGrace is how long a stop lets the open pull finish delivering
+	// what the server has sent before cancelling it.
+	stopGrace = time.Second
 	// retryFloor and retryCeiling bound the wait before asking again after
 	// a failed pull; it doubles from one to the other.
 	retryFloor   = 100 * time.Millisecond
@@ -116,10 +119,9 @@ func (in *intake) run(ctx context.Context) error {
 	}()
 	for {
 		if cur == nil && done != nil && !time.Now().Before(retryAt) && in.roomForPull() {
-			// The pull's context ends with ctx: a stop cancels it at once
-			// instead of waiting for it to expire. Its deadline sets the
-			// request's expiry.
-			pctx, cancel := context.WithTimeout(ctx, pullExpiry)
+			// Its deadline sets the request's expiry; a stop ends it
+			// sooner (below).
+			pctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), pullExpiry)
 			b, err := in.fetch(pctx, in.pull)
 			if err != nil {
 				cancel()
@@ -165,7 +167,15 @@ func (in *intake) run(ctx context.Context) error {
 		case <-in.freed:
 		case <-timer.C:
 		case <-done:
+			// Stop pulling. The open pull may still be bringing what the
+			// server has already sent (a backlog fills it at once): give
+			// it a moment to end by itself, so nothing received is left
+			// to its ack wait, then cancel it (an idle stream, or NATS
+			// unreachable).
 			done = nil
+			if cur != nil {
+				time.AfterFunc(stopGrace, cur.cancel)
+			}
 		}
 	}
 }

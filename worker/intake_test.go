@@ -47,6 +47,7 @@ type fakeConsumer struct {
 	mu      sync.Mutex
 	script  []pullAnswer
 	asked   []int // messages asked for, by pull
+	batches []*fakeBatch
 	infoErr error
 }
 
@@ -72,6 +73,7 @@ func (c *fakeConsumer) fetch(ctx context.Context, n int) (jetstream.MessageBatch
 		return nil, a.fetchErr
 	}
 	b := &fakeBatch{ch: make(chan jetstream.Msg, n), err: a.err}
+	c.batches = append(c.batches, b)
 	for range min(a.msgs, n) {
 		b.ch <- fakeJSMsg{}
 	}
@@ -200,7 +202,43 @@ func TestIntakeRidesThroughFailedPulls(t *testing.T) {
 				if got != want {
 					t.Errorf("%d messages received across the failures, want %d", got, want)
 				}
+				cancel()
+				if err := <-done; err != nil {
+					t.Errorf("run = %v after a stop, want nil", err)
+				}
 			})
 		})
 	}
+}
+
+// TestIntakeStopHandsOutWhatThePullStillBrings: at a stop the open pull may
+// still be bringing messages the server has sent. They must reach the
+// pipeline (to be delivered or nakked) rather than be dropped and left to
+// their ack wait; an idle pull is then cancelled within stopGrace.
+func TestIntakeStopHandsOutWhatThePullStillBrings(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		c := &fakeConsumer{}
+		ctx, cancel := context.WithCancel(t.Context())
+		in, taken, done := startIntake(ctx, c, 10)
+		synctest.Wait()
+		start := time.Now()
+		cancel()
+		time.Sleep(stopGrace / 2)
+		for range 3 {
+			c.batches[0].ch <- fakeJSMsg{}
+		}
+		if err := <-done; err != nil {
+			t.Fatalf("run = %v, want nil", err)
+		}
+		if took := time.Since(start); took != stopGrace {
+			t.Errorf("run returned %v after the stop, want %v (the grace for an idle pull)", took, stopGrace)
+		}
+		n := 0
+		for _, ok := in.next(); ok; _, ok = in.next() {
+			n++
+		}
+		if *taken != 3 || n != 3 || len(c.pulls()) != 1 {
+			t.Errorf("%d received and %d handed out after the stop, %d pulls; want the 3 the open pull brought, and no new pull", *taken, n, len(c.pulls()))
+		}
+	})
 }
