@@ -16,9 +16,10 @@ import (
 
 // fakeBatch is one pull's answer.
 type fakeBatch struct {
-	ch  chan jetstream.Msg
-	mu  sync.Mutex
-	err error
+	ch   chan jetstream.Msg
+	feed chan jetstream.Msg // an open pull's later messages
+	mu   sync.Mutex
+	err  error
 }
 
 func (b *fakeBatch) Messages() <-chan jetstream.Msg { return b.ch }
@@ -72,7 +73,7 @@ func (c *fakeConsumer) fetch(ctx context.Context, n int) (jetstream.MessageBatch
 	if a.fetchErr != nil {
 		return nil, a.fetchErr
 	}
-	b := &fakeBatch{ch: make(chan jetstream.Msg, n), err: a.err}
+	b := &fakeBatch{ch: make(chan jetstream.Msg, n), feed: make(chan jetstream.Msg), err: a.err}
 	c.batches = append(c.batches, b)
 	for range min(a.msgs, n) {
 		b.ch <- fakeJSMsg{}
@@ -82,11 +83,18 @@ func (c *fakeConsumer) fetch(ctx context.Context, n int) (jetstream.MessageBatch
 		return b, nil
 	}
 	go func() {
-		<-ctx.Done()
-		b.mu.Lock()
-		b.err = ctx.Err()
-		b.mu.Unlock()
-		close(b.ch)
+		for {
+			select {
+			case m := <-b.feed:
+				b.ch <- m
+			case <-ctx.Done():
+				b.mu.Lock()
+				b.err = ctx.Err()
+				b.mu.Unlock()
+				close(b.ch)
+				return
+			}
+		}
 	}()
 	return b, nil
 }
@@ -225,7 +233,7 @@ func TestIntakeStopHandsOutWhatThePullStillBrings(t *testing.T) {
 		cancel()
 		time.Sleep(stopGrace / 2)
 		for range 3 {
-			c.batches[0].ch <- fakeJSMsg{}
+			c.batches[0].feed <- fakeJSMsg{}
 		}
 		if err := <-done; err != nil {
 			t.Fatalf("run = %v, want nil", err)
