@@ -32,8 +32,8 @@ type intake struct {
 
 const (
 	// pullExpiry is how long one pull request waits on an idle stream.
-	// Long enough that an idle replica asks rarely; a stop does not wait
-	// for it, as open pulls are cancelled.
+	// Long enough that an idle replica asks rarely; a stop waits for it at
+	// most stopGrace.
 	pullExpiry = 30 * time.Second
 	// pullHeartbeat is how often the server confirms an open pull is alive,
 	// so a node that died or a route that broke is noticed within two of
