@@ -3,11 +3,8 @@ package worker
 import (
 	"context"
 	"errors"
-	"fmt"
 	"sync"
 	"time"
-
-	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/cio-relay/cio-relay/event"
 	"github.com/cio-relay/cio-relay/trigger"
@@ -58,12 +55,14 @@ func (w *Worker) directConsumers() []directConsumer {
 	return append(cs, w.trackConsumers()...)
 }
 
-// runDirect consumes direct calls until iter is drained: Track API calls go
-// to a small pool of senders (in stream order where it matters, as the
-// server hands out one at a time: see orderedMaxAckPending); triggers go
-// through the pacer, which releases at most one request per broadcast per
-// trigger.Interval and coalesces what waits.
-func (w *Worker) runDirect(ctx, nextCtx context.Context, iter jetstream.MessagesContext, idPrefix string, pacer *trigger.Pacer[*held], leases *leases[*held], fail func(error)) {
+// runDirect handles direct calls until the intake has stopped and handed
+// out what it received: Track API calls go to a small pool of senders (in
+// stream order where it matters, as the server hands out one at a time: see
+// orderedMaxAckPending); triggers go through the pacer, which releases at
+// most one request per broadcast per trigger.Interval and coalesces what
+// waits. While they are all busy (or the pacer is full) it takes nothing
+// more, and the intake stops pulling.
+func (w *Worker) runDirect(ctx context.Context, in *intake, pacer *trigger.Pacer[*held], leases *leases[*held]) {
 	var wg sync.WaitGroup
 	trackCalls := make(chan trackCall)
 	for range w.opts.DirectConcurrency {
@@ -79,20 +78,8 @@ func (w *Worker) runDirect(ctx, nextCtx context.Context, iter jetstream.Messages
 	readerDone := make(chan struct{})
 	wg.Go(func() { w.pace(ctx, pacer, work, room, readerDone, leases) })
 
-	var helds []held // carved one by one, as in read
-	for {
-		msg, err := iter.Next(jetstream.NextContext(nextCtx))
-		if err != nil {
-			if !errors.Is(err, jetstream.ErrMsgIteratorClosed) && nextCtx.Err() == nil {
-				w.log.Error("pulling direct calls failed; stopping", "err", err)
-				fail(fmt.Errorf("pulling direct calls: %w", err))
-			}
-			break
-		}
-		h, ok := w.hold(msg, idPrefix, leases, &helds)
-		if !ok {
-			continue
-		}
+	for h, ok := in.next(); ok; h, ok = in.next() {
+		msg := h.msg
 		switch msg.Subject() {
 		case SubjectSuppress, SubjectUnsuppress, SubjectUnsubscribe, SubjectMetric:
 			c, err := parseTrackCall(h)

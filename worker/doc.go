@@ -5,14 +5,18 @@
 //
 // The pipeline, one goroutine per stage:
 //
-//	reader ──calls──▶ batcher ──batches──▶ dispatcher ──▶ N senders
+//	intake ──queue──▶ reader ──calls──▶ batcher ──batches──▶ dispatcher ──▶ N senders
 //
-// Every channel is unbuffered and the dispatcher runs at most N sends at
-// once, so a slow Customer.io stops the reader, and JetStream's
-// MaxAckPending bounds what is held in memory.
+// The intake pulls (Fetch) only when its bounded queue has room for a whole
+// pull, and leases each message the moment it arrives; every other channel
+// is unbuffered and the dispatcher runs at most N sends at once, so a slow
+// Customer.io stops the reader and then the pulling, and nothing the
+// process has received waits un-leased in a client buffer. Direct calls
+// (triggers, suppressions) have an intake of their own per consumer.
 //
 // A message is acked only after the batch it is in got a 2xx. From the moment
-// the reader receives a message until it is settled, the lease keeper extends
-// its ack deadline (InProgress) so that it is not redelivered while it waits
-// in a batch or in flight.
+// the intake receives a message until it is settled, the lease keeper extends
+// its ack deadline (InProgress) every third of the consumer's ack wait, as
+// sampled from the server, so that it is not redelivered while it waits in
+// the queue, in a batch or in flight.
 package worker

@@ -93,34 +93,26 @@ func (w *Worker) bind(ctx context.Context) (jetstream.Consumer, string, error) {
 		w.log.Info("updated stream subjects", "stream", w.opts.Stream, "subjects", info.Config.Subjects)
 	}
 
-	var cons jetstream.Consumer
-	if w.opts.ManageStreams {
-		cons, err = stream.CreateOrUpdateConsumer(ctx, w.consumerConfig())
-		if err != nil {
-			return nil, "", fmt.Errorf("creating or updating consumer %s on stream %s: %w", w.opts.Consumer, w.opts.Stream, err)
-		}
-	} else {
-		cons, err = stream.Consumer(ctx, w.opts.Consumer)
-		if errors.Is(err, jetstream.ErrConsumerNotFound) {
-			return nil, "", fmt.Errorf("consumer %s not found on stream %s and RELAY_MANAGE_STREAMS=false: create a durable pull consumer with explicit ack and filter subjects %q", w.opts.Consumer, w.opts.Stream, FilterSubjects())
-		}
-		if err != nil {
-			return nil, "", fmt.Errorf("looking up consumer %s on stream %s: %w", w.opts.Consumer, w.opts.Stream, err)
-		}
-		if err := w.checkBound(cons); err != nil {
-			return nil, "", err
-		}
+	cons, err := w.bindConsumer(ctx, w.consumerConfig())
+	if err != nil {
+		return nil, "", err
 	}
 
 	if err := w.bindDLQ(ctx); err != nil {
 		return nil, "", err
 	}
 
-	// The stream's creation time makes derived ids unique across a stream
-	// deleted and created again, whose sequences restart at 1: Customer.io
-	// would otherwise drop new calls as duplicates of old ones.
-	prefix := w.opts.Stream + "-" + strconv.FormatInt(info.Created.Unix(), 36) + "-"
-	return cons, prefix, nil
+	return cons, idPrefix(w.opts.Stream, info.Created), nil
+}
+
+// idPrefix is the prefix of the messageIds derived for a stream's calls. The
+// stream's creation time, in nanoseconds, makes derived ids unique across a
+// stream deleted and created again, whose sequences restart at 1, even
+// within the same second: Customer.io would otherwise drop new calls as
+// duplicates of old ones. JetStream keeps the time, to the nanosecond,
+// across restarts, so one incarnation always derives the same ids.
+func idPrefix(stream string, created time.Time) string {
+	return stream + "-" + strconv.FormatInt(created.UnixNano(), 36) + "-"
 }
 
 // bindDLQ makes sure the dead-letter stream exists: created when cio-relay
@@ -145,29 +137,25 @@ func (w *Worker) bindDLQ(ctx context.Context) error {
 	}
 }
 
-// bindDirect creates, updates or looks up one consumer of direct calls.
+// bindDirect binds one consumer of direct calls (see bindConsumer).
 func (w *Worker) bindDirect(ctx context.Context, dc directConsumer) (jetstream.Consumer, error) {
-	if w.opts.ManageStreams {
-		cfg := w.consumerConfig()
-		cfg.Durable = dc.name
-		cfg.Description = "cio-relay direct calls: " + strings.Join(dc.subjects, ", ")
-		cfg.FilterSubjects = dc.subjects
-		cfg.MaxAckPending = dc.maxAckPending()
-		cons, err := w.js.CreateOrUpdateConsumer(ctx, w.opts.Stream, cfg)
-		if err != nil {
-			return nil, fmt.Errorf("creating or updating consumer %s on stream %s: %w", dc.name, w.opts.Stream, err)
-		}
-		return cons, nil
-	}
-	cons, err := w.js.Consumer(ctx, w.opts.Stream, dc.name)
-	if errors.Is(err, jetstream.ErrConsumerNotFound) {
-		return nil, fmt.Errorf("consumer %s not found on stream %s and RELAY_MANAGE_STREAMS=false: create a durable pull consumer with explicit ack and filter subjects %q", dc.name, w.opts.Stream, dc.subjects)
-	}
+	cfg := w.consumerConfig()
+	cfg.Durable = dc.name
+	cfg.Description = "cio-relay direct calls: " + strings.Join(dc.subjects, ", ")
+	cfg.FilterSubjects = dc.subjects
+	cfg.MaxAckPending = dc.maxAckPending()
+	cons, err := w.bindConsumer(ctx, cfg)
 	if err != nil {
-		return nil, fmt.Errorf("looking up consumer %s on stream %s: %w", dc.name, w.opts.Stream, err)
-	}
-	if err := w.checkBound(cons); err != nil {
 		return nil, err
+	}
+	if dc.ordered && w.opts.ManageStreams {
+		// Unlike the settings bindConsumer adopts, an ordered consumer's
+		// MaxAckPending is not a matter of taste: with more than one
+		// message out at a time its calls can overtake each other. Every
+		// version that knows the consumer is ordered agrees on 1.
+		if cons, err = w.enforceOrdered(ctx, cons); err != nil {
+			return nil, err
+		}
 	}
 	if err := dc.checkOrdered(cons); err != nil {
 		return nil, err
@@ -175,12 +163,67 @@ func (w *Worker) bindDirect(ctx context.Context, dc directConsumer) (jetstream.C
 	return cons, nil
 }
 
-// checkBound checks a consumer someone else created: it must use explicit
-// acks (anything else loses a failed message), and must not give up on a
-// message on its own before the worker can dead-letter it with a reason
-// (MaxDeliver unlimited or above RELAY_MAX_DELIVER). Its AckWait is the one
-// that counts, so the lease keeper follows it.
-func (w *Worker) checkBound(cons jetstream.Consumer) error {
+// bindConsumer binds the durable consumer want describes. It is shared by
+// every replica, and replicas may be configured differently (a rolling
+// deploy that changes RELAY_ACK_WAIT), so a replica never rewrites what
+// another set: a consumer that is absent is created from want (when
+// cio-relay manages streams); one that exists keeps its ack wait, max ack
+// pending and max deliver, which this replica adopts (with a warning when
+// they differ from its settings), and only its filter subjects are put
+// right when they differ. Had a replica that started later shortened the
+// ack wait, those that started earlier would extend their leases too
+// seldom, and their messages would be redelivered to another replica and
+// sent twice. Without ManageStreams it only looks the consumer up and says
+// exactly what is missing.
+func (w *Worker) bindConsumer(ctx context.Context, want jetstream.ConsumerConfig) (jetstream.Consumer, error) {
+	name, stream := want.Durable, w.opts.Stream
+	cons, err := w.js.Consumer(ctx, stream, name)
+	if errors.Is(err, jetstream.ErrConsumerNotFound) && w.opts.ManageStreams {
+		cons, err = w.js.CreateConsumer(ctx, stream, want)
+		if err == nil {
+			w.log.Info("created consumer", "consumer", name, "ack_wait", want.AckWait.String(), "max_ack_pending", want.MaxAckPending)
+			return cons, nil
+		}
+		if errors.Is(err, jetstream.ErrConsumerExists) {
+			// Another replica created it meanwhile, with its own settings.
+			cons, err = w.js.Consumer(ctx, stream, name)
+		}
+	}
+	switch {
+	case errors.Is(err, jetstream.ErrConsumerNotFound) && !w.opts.ManageStreams:
+		return nil, fmt.Errorf("consumer %s not found on stream %s and RELAY_MANAGE_STREAMS=false: create a durable pull consumer with explicit ack and filter subjects %q", name, stream, want.FilterSubjects)
+	case err != nil:
+		return nil, fmt.Errorf("binding consumer %s on stream %s: %w", name, stream, err)
+	}
+	if cfg := cons.CachedInfo().Config; w.opts.ManageStreams && !sameSubjects(cfg, want.FilterSubjects) {
+		cfg.FilterSubject, cfg.FilterSubjects = "", want.FilterSubjects
+		if cons, err = w.js.UpdateConsumer(ctx, stream, cfg); err != nil {
+			return nil, fmt.Errorf("setting filter subjects %q of consumer %s on stream %s: %w", want.FilterSubjects, name, stream, err)
+		}
+		w.log.Info("updated consumer filter subjects", "consumer", name, "subjects", want.FilterSubjects)
+	}
+	if err := w.checkBound(cons, want); err != nil {
+		return nil, err
+	}
+	return cons, nil
+}
+
+// sameSubjects reports whether cfg filters exactly subjects, in any order.
+func sameSubjects(cfg jetstream.ConsumerConfig, subjects []string) bool {
+	have := cfg.FilterSubjects
+	if cfg.FilterSubject != "" {
+		have = append([]string{cfg.FilterSubject}, have...)
+	}
+	return len(have) == len(subjects) && !slices.ContainsFunc(subjects, func(s string) bool { return !slices.Contains(have, s) })
+}
+
+// checkBound checks a consumer this replica did not create: it must use
+// explicit acks (anything else loses a failed message), and must not give
+// up on a message on its own before the worker can dead-letter it with a
+// reason (MaxDeliver unlimited or above RELAY_MAX_DELIVER). Its ack wait and
+// max ack pending are the ones that count: a difference from want is logged,
+// naming the setting, and the lease keeper follows the consumer's ack wait.
+func (w *Worker) checkBound(cons jetstream.Consumer, want jetstream.ConsumerConfig) error {
 	cfg := cons.CachedInfo().Config
 	name := cons.CachedInfo().Name
 	if cfg.AckPolicy != jetstream.AckExplicitPolicy {
@@ -190,10 +233,19 @@ func (w *Worker) checkBound(cons jetstream.Consumer) error {
 		return fmt.Errorf("consumer %s has MaxDeliver %d: JetStream would stop redelivering a message silently; "+
 			"set it to -1 (cio-relay dead-letters after RELAY_MAX_DELIVER=%d with a reason)", name, cfg.MaxDeliver, w.opts.MaxDeliver)
 	}
-	if cfg.AckWait > 0 && cfg.AckWait != w.opts.AckWait {
-		w.log.Warn("consumer's ack wait differs from RELAY_ACK_WAIT; extending leases by the shorter", "consumer", name,
-			"consumer_ack_wait", cfg.AckWait.String(), "relay_ack_wait", w.opts.AckWait.String())
-		w.opts.AckWait = min(w.opts.AckWait, cfg.AckWait)
+	if cfg.AckWait > 0 && cfg.AckWait != want.AckWait {
+		w.log.Warn("consumer's ack wait differs from RELAY_ACK_WAIT; using the consumer's, not changing it (another replica or an operator set it)",
+			"consumer", name, "consumer_ack_wait", cfg.AckWait.String(), "relay_ack_wait", want.AckWait.String())
+	}
+	// An ordered consumer's MaxAckPending is not adopted but put right
+	// (see bindDirect).
+	if cfg.MaxAckPending != want.MaxAckPending && want.MaxAckPending != orderedMaxAckPending {
+		setting := "RELAY_MAX_ACK_PENDING"
+		if name != w.opts.Consumer {
+			setting = "cio-relay's direct-call default"
+		}
+		w.log.Warn("consumer's max ack pending differs from "+setting+"; using the consumer's, not changing it",
+			"consumer", name, "consumer_max_ack_pending", cfg.MaxAckPending, "relay_max_ack_pending", want.MaxAckPending)
 	}
 	return nil
 }

@@ -274,12 +274,25 @@ func (w *Worker) restoreOrdered(ctx context.Context, dc directConsumer) error {
 	if err != nil {
 		return fmt.Errorf("looking up consumer %s: %w", dc.name, err)
 	}
-	if got := cons.CachedInfo().Config.MaxAckPending; got != orderedMaxAckPending {
-		w.log.Warn("ordered consumer's MaxAckPending was changed (by an older replica?); setting it back",
-			"consumer", dc.name, "max_ack_pending", got, "want", orderedMaxAckPending)
-		if _, err := w.bindDirect(ctx, dc); err != nil {
-			return err
-		}
+	_, err = w.enforceOrdered(ctx, cons)
+	return err
+}
+
+// enforceOrdered sets an ordered consumer's MaxAckPending to 1 when it is
+// not (see orderedMaxAckPending).
+func (w *Worker) enforceOrdered(ctx context.Context, cons jetstream.Consumer) (jetstream.Consumer, error) {
+	info := cons.CachedInfo()
+	cfg := info.Config
+	if cfg.MaxAckPending == orderedMaxAckPending {
+		return cons, nil
 	}
-	return nil
+	got := cfg.MaxAckPending
+	cfg.MaxAckPending = orderedMaxAckPending
+	updated, err := w.js.UpdateConsumer(ctx, w.opts.Stream, cfg)
+	if err != nil {
+		return nil, fmt.Errorf("setting MaxAckPending of ordered consumer %s to %d: %w", info.Name, orderedMaxAckPending, err)
+	}
+	w.log.Warn("ordered consumer's MaxAckPending was changed (by an older replica?); set it back",
+		"consumer", info.Name, "max_ack_pending", got, "want", orderedMaxAckPending)
+	return updated, nil
 }

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -227,17 +228,22 @@ func (w *Worker) Run(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	// Pull about one batch's worth ahead: enough to keep the batcher busy,
-	// little enough that messages waiting in the client's buffer do not
-	// outlive their ack deadline when Customer.io slows down.
-	iter, err := cons.Messages(jetstream.PullMaxMessages(w.pullAhead()))
-	if err != nil {
-		return fmt.Errorf("consuming from %s/%s: %w", w.opts.Stream, w.opts.Consumer, err)
-	}
-	// Whatever path Run leaves by, no pull subscription is left holding
-	// messages until their ack wait ends.
-	defer iter.Stop()
-	var directIters []jetstream.MessagesContext
+	leases := newLeases[*held](time.Second) // interval set below, once every consumer is bound
+	// About one batch's worth received ahead of the batcher: enough to keep
+	// it busy. Carved one by one from shared blocks: one allocation per
+	// heldSlab messages, which pass through within seconds.
+	var helds []held
+	intakes := []*intake{newIntake(cons, w.pullAhead(cons), func(m jetstream.Msg) (*held, bool) {
+		return w.hold(m, idPrefix, leases, func() *held {
+			if len(helds) == 0 {
+				helds = make([]held, heldSlab)
+			}
+			h := &helds[0]
+			helds = helds[1:]
+			return h
+		})
+	}, w.log)}
+	consumers := []jetstream.Consumer{cons} // the batch consumer first
 	var pacers []*trigger.Pacer[*held]
 	for _, dc := range w.boundDirectConsumers(ctx) {
 		pacer, err := trigger.NewPacer[*held](trigger.PacerOptions{Interval: w.opts.BroadcastInterval})
@@ -250,13 +256,14 @@ func (w *Worker) Run(ctx context.Context) error {
 			return err
 		}
 		// Direct calls are few and slow (one trigger per broadcast per
-		// 10s): pull little ahead.
-		it, err := cons.Messages(jetstream.PullMaxMessages(100))
-		if err != nil {
-			return fmt.Errorf("consuming from %s/%s: %w", w.opts.Stream, dc.name, err)
-		}
-		defer it.Stop()
-		directIters = append(directIters, it)
+		// 10s): receive little ahead. A trigger may wait for its turn for
+		// hours, so each record is allocated on its own and freed once
+		// settled, rather than carved from a block that lives as long as
+		// its longest-waiting member.
+		intakes = append(intakes, newIntake(cons, 100, func(m jetstream.Msg) (*held, bool) {
+			return w.hold(m, idPrefix, leases, func() *held { return new(held) })
+		}, w.log))
+		consumers = append(consumers, cons)
 	}
 	if w.opts.App == nil {
 		w.log.Warn("broadcast triggers not configured (CIO_APP_API_KEY unset): messages on " + SubjectBroadcast +
@@ -282,13 +289,13 @@ func (w *Worker) Run(ctx context.Context) error {
 	bgCtx, stopBackground := context.WithCancel(context.WithoutCancel(ctx))
 	defer stopBackground()
 
-	leases := newLeases[*held]()
+	leases.setInterval(leaseInterval(consumerAckWaits(consumers)))
 	calls := make(chan batcher.Call[*held])
 	batches := make(chan *batcher.Batch[*held])
 
 	var wg sync.WaitGroup
 	wg.Go(func() {
-		leases.run(bgCtx, w.opts.AckWait/3, func(err error) {
+		leases.run(bgCtx, func(err error) {
 			// A message settled between the keeper's snapshot and its
 			// InProgress is no one's concern.
 			if !errors.Is(err, jetstream.ErrMsgAlreadyAckd) {
@@ -296,7 +303,7 @@ func (w *Worker) Run(ctx context.Context) error {
 			}
 		})
 	})
-	wg.Go(func() { w.sampleConsumer(bgCtx, cons, leases) })
+	wg.Go(func() { w.sampleConsumers(bgCtx, consumers, leases) })
 	for _, dc := range w.directConsumers() {
 		if dc.ordered && w.opts.ManageStreams {
 			wg.Go(func() { w.watchOrdered(bgCtx, dc) })
@@ -308,35 +315,19 @@ func (w *Worker) Run(ctx context.Context) error {
 	stop, stopAll := context.WithCancelCause(ctx)
 	defer stopAll(nil)
 	fail := func(err error) { stopAll(err) }
-	// nextCtx bounds the readers' waits on JetStream: a drain waiting on
-	// an unreachable server must not hold them past the shutdown timeout.
-	nextCtx, cancelNext := context.WithCancel(context.WithoutCancel(ctx))
-	defer cancelNext()
 	stopped := make(chan struct{})
 	wg.Go(func() {
 		select {
 		case <-stop.Done():
 			w.ready.Store(false)
-			// Drain: stop pulling but hand out what is already buffered,
-			// so it is delivered or nakked rather than left to time out.
-			iter.Drain()
-			for _, it := range directIters {
-				it.Drain()
-			}
+			// The intakes stop pulling (below) and hand what they have
+			// received to the pipeline, so it is delivered or nakked.
 			timer := time.NewTimer(w.opts.ShutdownTimeout)
 			defer timer.Stop()
 			select {
 			case <-timer.C:
 				w.log.Warn("shutdown timeout reached; nakking what is left", "timeout", w.opts.ShutdownTimeout.String())
 				cancelSend()
-				// Connected, the drain ends by itself once the buffered
-				// messages are handed out (and nakked); give it a moment.
-				// Unreachable, it would wait for the server: stop now.
-				if nc := w.js.Conn(); nc != nil && nc.IsConnected() {
-					time.AfterFunc(5*time.Second, cancelNext) // harmless once Run has returned
-				} else {
-					cancelNext()
-				}
 			case <-stopped:
 			}
 		case <-stopped:
@@ -344,9 +335,20 @@ func (w *Worker) Run(ctx context.Context) error {
 	})
 
 	var pipe sync.WaitGroup
+	for _, in := range intakes {
+		// An intake ends when stop does, or with an error when its
+		// consumer is gone; either way it closes its queue, which ends its
+		// reader once everything received has been handed on.
+		pipe.Go(func() {
+			if err := in.run(stop); err != nil {
+				w.log.Error("pulling messages failed; stopping", "consumer", in.name, "err", err)
+				fail(err)
+			}
+		})
+	}
 	pipe.Go(func() {
 		defer close(calls)
-		w.read(sendCtx, nextCtx, iter, idPrefix, leases, calls, fail)
+		w.read(sendCtx, intakes[0], leases, calls)
 	})
 	pipe.Go(func() {
 		defer close(batches)
@@ -359,8 +361,8 @@ func (w *Worker) Run(ctx context.Context) error {
 		})
 	})
 	pipe.Go(func() { w.dispatch(sendCtx, batches, leases) })
-	for i, it := range directIters {
-		pipe.Go(func() { w.runDirect(sendCtx, nextCtx, it, idPrefix, pacers[i], leases, fail) })
+	for i, in := range intakes[1:] {
+		pipe.Go(func() { w.runDirect(sendCtx, in, pacers[i], leases) })
 	}
 	pipe.Wait()
 
@@ -381,37 +383,25 @@ func (w *Worker) Run(ctx context.Context) error {
 	return context.Cause(stop)
 }
 
-// read pulls messages until the iterator is closed and sends each valid call
-// on calls; invalid ones are dead-lettered at once.
-func (w *Worker) read(ctx, nextCtx context.Context, iter jetstream.MessagesContext, idPrefix string, leases *leases[*held], calls chan<- batcher.Call[*held], fail func(error)) {
+// read takes messages from the intake until it has stopped and sends each
+// valid call on calls; invalid ones are dead-lettered at once.
+func (w *Worker) read(ctx context.Context, in *intake, leases *leases[*held], calls chan<- batcher.Call[*held]) {
 	var prep event.Preparer
 	// Calls are prepared into a slab shared by many calls rather than one
 	// allocation each; a slab is released when the last batch using it is.
 	var slab []byte
-	var helds []held // carved one by one: one allocation per heldSlab messages
-	stale := 0       // buffered messages to extend at once after a long block
-	for {
-		msg, err := iter.Next(jetstream.NextContext(nextCtx))
-		if err != nil {
-			if !errors.Is(err, jetstream.ErrMsgIteratorClosed) && nextCtx.Err() == nil {
-				w.log.Error("pulling messages failed; stopping", "consumer", w.opts.Consumer, "err", err)
-				fail(fmt.Errorf("pulling from consumer %s: %w", w.opts.Consumer, err))
-			}
-			return
-		}
-		h, ok := w.hold(msg, idPrefix, leases, &helds)
-		if !ok {
-			continue
-		}
+	for h, ok := in.next(); ok; h, ok = in.next() {
+		data := h.msg.Data()
 		// Compaction only shrinks a body; what Prepare inserts is short.
-		if need := len(msg.Data()) + 192 + len(h.id.Override); cap(slab)-len(slab) < need {
+		if need := len(data) + 192 + len(h.id.Override); cap(slab)-len(slab) < need {
 			slab = make([]byte, 0, max(slabSize, need))
 		}
 		start := len(slab)
 		// A call without a timestamp gets its publish time, so a backlog
 		// does not shift when Customer.io records it.
 		var stamp event.Stamp
-		slab, stamp, err = prep.PrepareAt(slab, h.typ, msg.Data(), h.id, h.published)
+		var err error
+		slab, stamp, err = prep.PrepareAt(slab, h.typ, data, h.id, h.published)
 		h.call = slab[start:len(slab):len(slab)]
 		if err != nil {
 			w.rejectInput(ctx, h, err, leases)
@@ -420,37 +410,29 @@ func (w *Worker) read(ctx, nextCtx context.Context, iter jetstream.MessagesConte
 		if stamp == event.StampOmitted {
 			w.m.timestampOmitted.Inc()
 		}
-		if stale > 0 {
-			// Waited in the client's buffer while the pipeline was
-			// blocked: extend its deadline now, before it expires.
-			stale--
-			if err := h.msg.InProgress(); err != nil && !errors.Is(err, jetstream.ErrMsgAlreadyAckd) {
-				w.log.Warn("extending ack deadline failed", "err", err)
-			}
-		}
-		blocked := time.Now()
 		calls <- batcher.Call[*held]{Data: h.call, Item: h}
-		if time.Since(blocked) > w.opts.AckWait/6 {
-			// The messages nats.go buffered meanwhile have no lease yet.
-			stale = w.pullAhead()
-		}
 	}
 }
 
-// pullAhead is how many messages nats.go may buffer ahead of the reader:
-// about one batch, enough to keep the batcher busy, few enough that they
-// pass through well within their ack wait.
-func (w *Worker) pullAhead() int {
-	return min(w.opts.BatchMaxCalls, 1000, w.opts.MaxAckPending)
+// pullAhead is how many messages the batch intake may hold ahead of the
+// batcher: about one batch, enough to keep the batcher busy, and no more
+// than the consumer lets one client have unacknowledged.
+func (w *Worker) pullAhead(cons jetstream.Consumer) int {
+	n := min(w.opts.BatchMaxCalls, 1000)
+	if m := cons.CachedInfo().Config.MaxAckPending; m > 0 {
+		n = min(n, m)
+	}
+	return n
 }
 
 // slabSize is the size of the buffers calls are prepared into: a few
 // hundred typical calls each.
 const slabSize = 256 << 10
 
-// hold takes a message into the worker's hands: reads its metadata, counts
-// it and starts extending its ack deadline.
-func (w *Worker) hold(msg jetstream.Msg, idPrefix string, leases *leases[*held], slab *[]held) (*held, bool) {
+// hold takes a message into the worker's hands the moment it arrives: reads
+// its metadata, counts it and starts extending its ack deadline. alloc
+// gives the record to fill.
+func (w *Worker) hold(msg jetstream.Msg, idPrefix string, leases *leases[*held], alloc func() *held) (*held, bool) {
 	seq, deliveries, ts, ok := parseAckReply(msg.Reply())
 	if !ok {
 		meta, err := msg.Metadata()
@@ -463,11 +445,7 @@ func (w *Worker) hold(msg jetstream.Msg, idPrefix string, leases *leases[*held],
 		seq, deliveries, ts = meta.Sequence.Stream, meta.NumDelivered, meta.Timestamp.UnixNano()
 	}
 	now := time.Now()
-	if len(*slab) == 0 {
-		*slab = make([]held, heldSlab)
-	}
-	h := &(*slab)[0]
-	*slab = (*slab)[1:]
+	h := alloc()
 	*h = held{msg: msg, typ: event.TypeOfSubject(msg.Subject()), seq: seq,
 		deliveries: deliveries, published: time.Unix(0, ts), received: now,
 		id: event.ID{Prefix: idPrefix, Seq: seq}}
@@ -485,9 +463,8 @@ func (w *Worker) hold(msg jetstream.Msg, idPrefix string, leases *leases[*held],
 	if h.deliveries > 1 {
 		w.m.redeliveries.Inc()
 	}
-	// Due at the keeper's next round: the message may already have waited
-	// in the client's buffer for part of its ack wait.
-	leases.add(h, time.Time{})
+	// Just delivered: its ack wait starts now.
+	leases.add(h, now)
 	return h, true
 }
 
@@ -503,24 +480,64 @@ func (w *Worker) rejectInput(ctx context.Context, h *held, err error, leases *le
 	leases.remove(h)
 }
 
-// sampleConsumer keeps the consumer and held-message gauges current.
-func (w *Worker) sampleConsumer(ctx context.Context, cons jetstream.Consumer, leases *leases[*held]) {
+// sampleConsumers keeps the consumer and held-message gauges current, and
+// the lease keeper's interval a third of the shortest ack wait the
+// consumers have now: another replica or an operator may change it at any
+// time, and a lease extended by a stale, longer interval lets the message
+// expire and be delivered again elsewhere.
+func (w *Worker) sampleConsumers(ctx context.Context, consumers []jetstream.Consumer, leases *leases[*held]) {
 	t := time.NewTicker(5 * time.Second)
 	defer t.Stop()
+	waits := consumerAckWaits(consumers)
 	for {
 		w.m.held.Set(float64(leases.len()))
-		infoCtx, cancel := context.WithTimeout(ctx, 5*time.Second)
-		if info, err := cons.Info(infoCtx); err == nil {
-			w.m.pending.Set(float64(info.NumPending))
-			w.m.ackPending.Set(float64(info.NumAckPending))
+		for i, cons := range consumers {
+			infoCtx, cancel := context.WithTimeout(ctx, 5*time.Second)
+			info, err := cons.Info(infoCtx)
+			cancel()
+			if err != nil {
+				continue
+			}
+			if i == 0 {
+				w.m.pending.Set(float64(info.NumPending))
+				w.m.ackPending.Set(float64(info.NumAckPending))
+			}
+			if d := ackWaitOf(info); d != waits[i] {
+				w.log.Warn("consumer's ack wait changed; extending leases by it", "consumer", info.Name,
+					"ack_wait", d.String(), "was", waits[i].String())
+				waits[i] = d
+			}
 		}
-		cancel()
+		leases.setInterval(leaseInterval(waits))
 		select {
 		case <-ctx.Done():
 			return
 		case <-t.C:
 		}
 	}
+}
+
+// consumerAckWaits returns the ack wait of each consumer as bound.
+func consumerAckWaits(consumers []jetstream.Consumer) []time.Duration {
+	waits := make([]time.Duration, len(consumers))
+	for i, c := range consumers {
+		waits[i] = ackWaitOf(c.CachedInfo())
+	}
+	return waits
+}
+
+// ackWaitOf is a consumer's ack wait: JetStream's default when unset.
+func ackWaitOf(info *jetstream.ConsumerInfo) time.Duration {
+	if d := info.Config.AckWait; d > 0 {
+		return d
+	}
+	return 30 * time.Second
+}
+
+// leaseInterval is how often leases are extended: a third of the shortest
+// ack wait, so each message is extended at least twice within any ack wait.
+func leaseInterval(ackWaits []time.Duration) time.Duration {
+	return max(slices.Min(ackWaits)/3, time.Millisecond)
 }
 
 // dispatch runs up to SendConcurrency deliveries at once. While all are busy

@@ -25,7 +25,7 @@ func (f *fakeMsg) InProgress() error {
 }
 
 func TestLeasesExtendOnlyWhatIsDue(t *testing.T) {
-	l := newLeases[*fakeMsg]()
+	l := newLeases[*fakeMsg](time.Millisecond)
 	t0 := time.Unix(1000, 0)
 	old, fresh, gone := &fakeMsg{}, &fakeMsg{}, &fakeMsg{}
 	l.add(old, t0)
@@ -47,12 +47,12 @@ func TestLeasesExtendOnlyWhatIsDue(t *testing.T) {
 }
 
 func TestLeasesRunCallsInProgress(t *testing.T) {
-	l := newLeases[*fakeMsg]()
+	l := newLeases[*fakeMsg](time.Millisecond)
 	m := &fakeMsg{signal: make(chan struct{}, 1)}
 	l.add(m, time.Now().Add(-time.Hour))
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
-	go func() { l.run(ctx, time.Millisecond, func(err error) { t.Error(err) }); close(done) }()
+	go func() { l.run(ctx, func(err error) { t.Error(err) }); close(done) }()
 	select {
 	case <-m.signal:
 	case <-time.After(5 * time.Second):
