@@ -11,6 +11,8 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	"github.com/nats-io/nats-server/v2/server"
 )
 
 // natsModule is the package path of the nats-server binary, built at the
@@ -18,9 +20,10 @@ import (
 const natsModule = "github.com/nats-io/nats-server/v2"
 
 // findServerBinary returns a nats-server binary to start and how it was
-// found: bin when given; else one built from the module go.mod pins (the
-// build cache makes that a link, a second or two) into dir; else the first
-// nats-server on PATH.
+// found: bin when given; else one built into dir from the module go.mod
+// pins (the build cache makes that a link, a second or two), or, outside
+// this module's tree, `go install` of the version linked into the bench;
+// else the first nats-server on PATH.
 func findServerBinary(ctx context.Context, bin, dir string) (string, string, error) {
 	if bin != "" {
 		return bin, "given", nil
@@ -28,11 +31,17 @@ func findServerBinary(ctx context.Context, bin, dir string) (string, string, err
 	var buildErr error
 	if goBin, err := exec.LookPath("go"); err == nil {
 		out := filepath.Join(dir, "nats-server")
-		cmd := exec.CommandContext(ctx, goBin, "build", "-o", out, natsModule)
-		if msg, err := cmd.CombinedOutput(); err == nil {
+		msg, err := exec.CommandContext(ctx, goBin, "build", "-o", out, natsModule).CombinedOutput()
+		if err == nil {
 			return out, "built from the module in go.mod", nil
+		}
+		buildErr = fmt.Errorf("go build %s: %w: %s", natsModule, err, strings.TrimSpace(string(msg)))
+		install := exec.CommandContext(ctx, goBin, "install", natsModule+"@v"+server.VERSION)
+		install.Env = append(os.Environ(), "GOBIN="+dir)
+		if msg, err := install.CombinedOutput(); err == nil {
+			return out, "go install " + natsModule + "@v" + server.VERSION, nil
 		} else {
-			buildErr = fmt.Errorf("go build %s: %w: %s", natsModule, err, strings.TrimSpace(string(msg)))
+			buildErr = errors.Join(buildErr, fmt.Errorf("go install: %w: %s", err, strings.TrimSpace(string(msg))))
 		}
 	} else {
 		buildErr = errors.New("no go toolchain on PATH to build it")
