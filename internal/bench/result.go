@@ -57,7 +57,7 @@ type Result struct {
 	CPURatio    float64    `json:"cpu_ratio"`
 	Batches     BatchStats `json:"batches"`
 	Latency     []*Latency `json:"latency,omitempty"`
-	MaxRSSBytes int64      `json:"max_rss_bytes"` // whole run (getrusage)
+	MaxRSSBytes int64      `json:"max_rss_bytes"` // whole run: the largest phase peak, or getrusage
 	Targets     []Target   `json:"targets"`
 	// InProcess is a second run with nats-server inside the bench process
 	// (cio-relay bench --inprocess), for comparison.

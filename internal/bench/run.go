@@ -292,7 +292,12 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 	if n := si.stray.Load(); n > 0 {
 		return nil, fmt.Errorf("the stand-in got %d requests outside any phase", n)
 	}
-	r.MaxRSSBytes = maxRSS()
+	// getrusage's maxrss is the same high-water mark each phase resets:
+	// the run's peak is the largest of the phases'.
+	r.MaxRSSBytes = max(maxRSS(), r.Publish.PeakRSSBytes, r.Bare.PeakRSSBytes, r.Worker.PeakRSSBytes)
+	for _, l := range r.Latency {
+		r.MaxRSSBytes = max(r.MaxRSSBytes, l.Phase.PeakRSSBytes)
+	}
 	r.evaluate()
 	return r, nil
 }
