@@ -175,7 +175,7 @@ func runBench(ctx context.Context, args []string, getenv func(string) string, st
 	}
 	if inprocess {
 		ip := cfg
-		ip.InProcess, ip.NATSURL, ip.ServerPID, ip.ServerBinary = true, "", 0, ""
+		ip.InProcess, ip.NATSURL, ip.ServerPID, ip.ServerBinary, ip.StoreDir = true, "", 0, "", ""
 		ip.LatencyDuration = -1
 		ip.CPUProfile, ip.Trace, ip.MemProfile, ip.MemProfileBase = nil, nil, nil, nil
 		if res.InProcess, err = bench.Run(ctx, ip); err != nil {
