@@ -6,7 +6,9 @@
 // directly into the body buffer, so the size it checks is the size of the
 // body: no re-encoding happens after a call has been measured. Batches are
 // closed when the next call would not fit, when they hold MaxCalls calls, or
-// (in Run) when their oldest call has waited FlushInterval.
+// (in Run) when their oldest call has waited FlushInterval — or, once the
+// source has said it is drained (Call.Drained), after a short linger: with
+// nothing more coming, waiting the flush interval would only add latency.
 //
 // The package knows nothing of NATS or HTTP: each call carries an opaque item
 // of type T (the worker uses its JetStream message) that comes back with the
@@ -42,7 +44,8 @@ var ErrCallTooLarge = errors.New("call does not fit in an empty batch")
 type Batch[T any] struct {
 	body    []byte // complete body, suffix included
 	Items   []T
-	Created time.Time // when the first call was added
+	Created time.Time   // when the first call was added
+	Reason  FlushReason // why it was closed
 	bodies  *sync.Pool
 }
 
@@ -98,7 +101,7 @@ func (p *Packer[T]) Add(call []byte, item T, now time.Time) (*Batch[T], error) {
 	}
 	var closed *Batch[T]
 	if len(p.items) > 0 && len(p.buf)+1+len(call)+len(bodySuffix) > p.maxBytes {
-		closed = p.Flush()
+		closed = p.flush(FlushFull)
 	}
 	if len(p.items) == 0 {
 		if p.buf == nil {
@@ -116,17 +119,20 @@ func (p *Packer[T]) Add(call []byte, item T, now time.Time) (*Batch[T], error) {
 	p.buf = append(p.buf, call...)
 	p.items = append(p.items, item)
 	if closed == nil && len(p.items) >= p.maxCalls {
-		closed = p.Flush()
+		closed = p.flush(FlushCap)
 	}
 	return closed, nil
 }
 
-// Flush closes and returns the open batch, or nil when it is empty.
-func (p *Packer[T]) Flush() *Batch[T] {
+// Flush closes and returns the open batch, or nil when it is empty. The
+// batch's Reason is FlushRequested.
+func (p *Packer[T]) Flush() *Batch[T] { return p.flush(FlushRequested) }
+
+func (p *Packer[T]) flush(why FlushReason) *Batch[T] {
 	if len(p.items) == 0 {
 		return nil
 	}
-	b := &Batch[T]{body: append(p.buf, bodySuffix...), Items: p.items, Created: p.created, bodies: p.bodies}
+	b := &Batch[T]{body: append(p.buf, bodySuffix...), Items: p.items, Created: p.created, Reason: why, bodies: p.bodies}
 	// The closed batch owns its buffers; the next batch gets fresh ones so a
 	// batch in flight is never overwritten.
 	p.buf, p.items = nil, nil
@@ -151,25 +157,59 @@ func (p *Packer[T]) Size() int {
 type Call[T any] struct {
 	Data []byte
 	Item T
+	// Drained says the source had nothing more to give when it read this
+	// call: the consumer had no message pending on the server (NumPending 0
+	// in the message's ack reply) and the reader nothing buffered. The open
+	// batch then goes after the linger (see WithLinger) instead of waiting
+	// for the flush interval, since waiting longer would only add latency.
+	// Leave it false when unsure: the batch then goes by size, call cap or
+	// flush interval, as it would without the hint. Under load the server
+	// always has more pending, so no call is drained and batches fill.
+	Drained bool
 }
 
-// Batcher runs a Packer as a stage of a pipeline, adding the flush deadline.
+// Batcher runs a Packer as a stage of a pipeline, adding the flush deadline
+// and the linger.
 type Batcher[T any] struct {
-	packer   *Packer[T]
-	interval time.Duration
+	packer *Packer[T]
+	due    deadline
+}
+
+// Option configures a Batcher.
+type Option func(*options)
+
+type options struct {
+	linger    time.Duration
+	lingerSet bool
+}
+
+// WithLinger sets how long the open batch waits, after the first drained
+// call (Call.Drained) went into it, for calls that arrive just behind it.
+// It must be positive and at most the flush interval. Default: DefaultLinger,
+// or the flush interval when that is shorter.
+func WithLinger(d time.Duration) Option {
+	return func(o *options) { o.linger, o.lingerSet = d, true }
 }
 
 // New returns a Batcher; see NewPacker for maxBytes and maxCalls. A batch is
-// closed when its oldest call has waited interval.
-func New[T any](maxBytes, maxCalls int, interval time.Duration) (*Batcher[T], error) {
+// closed when its oldest call has waited interval, or a linger after the
+// first drained call went into it, whichever comes first.
+func New[T any](maxBytes, maxCalls int, interval time.Duration, opts ...Option) (*Batcher[T], error) {
 	if interval <= 0 {
 		return nil, fmt.Errorf("flush interval %v must be positive", interval)
+	}
+	o := options{linger: min(DefaultLinger, interval)}
+	for _, opt := range opts {
+		opt(&o)
+	}
+	if o.lingerSet && (o.linger <= 0 || o.linger > interval) {
+		return nil, fmt.Errorf("linger %v out of range (0, flush interval %v]", o.linger, interval)
 	}
 	p, err := NewPacker[T](maxBytes, maxCalls)
 	if err != nil {
 		return nil, err
 	}
-	return &Batcher[T]{packer: p, interval: interval}, nil
+	return &Batcher[T]{packer: p, due: deadline{interval: interval, linger: o.linger}}, nil
 }
 
 // Run reads calls from in and sends closed batches to out until in is closed,
@@ -181,10 +221,26 @@ func New[T any](maxBytes, maxCalls int, interval time.Duration) (*Batcher[T], er
 // A call that cannot fit even alone is passed to reject and dropped from the
 // pipeline; reject must not block.
 func (b *Batcher[T]) Run(ctx context.Context, in <-chan Call[T], out chan<- *Batch[T], reject func(Call[T], error)) error {
+	// One timer, set to the open batch's deadline (interval or linger,
+	// whichever is sooner); armedAt is what it is set to, zero when stopped.
 	timer := time.NewTimer(time.Hour)
 	timer.Stop()
+	var armedAt time.Time
+	rearm := func() {
+		oldest, open := b.packer.Oldest()
+		if !open {
+			if !armedAt.IsZero() {
+				timer.Stop()
+				armedAt = time.Time{}
+			}
+			return
+		}
+		if at, _ := b.due.at(oldest); !at.Equal(armedAt) {
+			timer.Reset(time.Until(at))
+			armedAt = at
+		}
+	}
 	send := func(batch *Batch[T]) error {
-		timer.Stop()
 		select {
 		case out <- batch:
 			return nil
@@ -198,30 +254,41 @@ func (b *Batcher[T]) Run(ctx context.Context, in <-chan Call[T], out chan<- *Bat
 			return ctx.Err()
 		case c, ok := <-in:
 			if !ok {
+				timer.Stop()
 				if batch := b.packer.Flush(); batch != nil {
 					return send(batch)
 				}
 				return nil
 			}
-			wasEmpty := b.packer.Size() == 0
-			closed, err := b.packer.Add(c.Data, c.Item, time.Now())
+			now := time.Now()
+			closed, err := b.packer.Add(c.Data, c.Item, now)
 			if err != nil {
 				reject(c, err)
 				continue
 			}
 			if closed != nil {
+				b.due.reset()
+			}
+			if b.packer.Size() > 0 { // c is in the open batch
+				b.due.added(now, c.Drained)
+			}
+			rearm()
+			if closed != nil {
 				if err := send(closed); err != nil {
 					return err
 				}
 			}
-			if oldest, ok := b.packer.Oldest(); ok && (wasEmpty || closed != nil) {
-				timer.Reset(time.Until(oldest.Add(b.interval)))
-			}
 		case <-timer.C:
-			if batch := b.packer.Flush(); batch != nil {
-				if err := send(batch); err != nil {
-					return err
-				}
+			armedAt = time.Time{}
+			oldest, open := b.packer.Oldest()
+			if !open {
+				continue
+			}
+			_, why := b.due.at(oldest)
+			batch := b.packer.flush(why)
+			b.due.reset()
+			if err := send(batch); err != nil {
+				return err
 			}
 		}
 	}

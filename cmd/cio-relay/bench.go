@@ -8,6 +8,8 @@ import (
 	"io"
 	"log/slog"
 	"os"
+	"strconv"
+	"strings"
 	"time"
 
 	"github.com/cio-relay/cio-relay/internal/bench"
@@ -16,11 +18,14 @@ import (
 
 const benchUsage = `Usage: cio-relay bench [flags]
 
-Measures cio-relay end to end on this machine: publishes a backlog to a
-JetStream stream (an in-process nats-server with file storage unless
---nats-url is given), drains it with a bare pull consumer that only acks
-(the limit), then with the worker delivering to a local Customer.io
-stand-in, then measures publish→delivery latency at a fixed rate.
+Measures cio-relay end to end on this machine: starts nats-server in its
+own process with file storage (built from the version go.mod pins, or
+--nats-server PATH; --nats-url uses a running one), publishes a backlog,
+drains it with a bare pull consumer that only acks (the limit), then with
+the worker delivering to a local Customer.io stand-in, then measures
+publish→accepted latency at fixed rates for the bench's calls and for
+~100-byte ones. --inprocess adds a second run with nats-server inside the
+bench process.
 
 A table goes to stdout (JSON with --json), progress to stderr.
 
@@ -46,6 +51,9 @@ func runBench(ctx context.Context, args []string, getenv func(string) string, st
 		memProfile   string
 		logLevel     string
 		latencyOff   bool
+		inprocess    bool
+		rates        string
+		corpora      string
 		sendConc     int
 		maxAck       int
 		maxCalls     int
@@ -54,14 +62,18 @@ func runBench(ctx context.Context, args []string, getenv func(string) string, st
 	)
 	fs.IntVar(&cfg.Events, "events", 1_000_000, "backlog `size` in events")
 	fs.Uint64Var(&cfg.Seed, "seed", 1, "generator seed")
-	fs.StringVar(&cfg.NATSURL, "nats-url", "", "use this NATS server instead of starting one in-process; the stream must not exist and is deleted at the end")
-	fs.StringVar(&cfg.StoreDir, "store-dir", "", "JetStream store of the in-process server (default: a temporary directory, removed at the end)")
+	fs.StringVar(&cfg.NATSURL, "nats-url", "", "use this running NATS server instead of starting one; the stream must not exist and is deleted at the end")
+	fs.IntVar(&cfg.ServerPID, "nats-pid", 0, "with --nats-url: the server's `pid`, to report its CPU")
+	fs.StringVar(&cfg.ServerBinary, "nats-server", "", "nats-server binary to start (default: built from the module go.mod pins, else nats-server on PATH)")
+	fs.BoolVar(&inprocess, "inprocess", false, "then run again with nats-server inside the bench process (throughput only), as a second row")
+	fs.StringVar(&cfg.StoreDir, "store-dir", "", "JetStream store of a server the bench starts (default: a temporary directory, removed at the end)")
 	fs.StringVar(&cfg.Stream, "stream", "CIO", "stream `name`")
 	fs.IntVar(&cfg.PublishInFlight, "publish-inflight", 4_000, "async publishes awaiting a PubAck at once")
 	fs.IntVar(&cfg.BarePullMax, "bare-pull-max", 1_000, "PullMaxMessages of the bare consumer (the worker's default is 1000)")
 	fs.BoolVar(&cfg.SkipBare, "skip-bare", false, "skip the bare-consumer phase")
-	fs.IntVar(&cfg.LatencyRate, "latency-rate", 5_000, "events per second in the latency phase")
-	fs.DurationVar(&cfg.LatencyDuration, "latency-duration", 10*time.Second, "length of the latency phase")
+	fs.StringVar(&rates, "latency-rates", "5000,50", "events per second of the latency scenarios, comma-separated")
+	fs.StringVar(&corpora, "latency-corpora", "bench,small", "calls of the latency scenarios: bench (the backlog's mix), small (~100 bytes)")
+	fs.DurationVar(&cfg.LatencyDuration, "latency-duration", 10*time.Second, "length of each latency scenario")
 	fs.BoolVar(&latencyOff, "skip-latency", false, "skip the latency phase")
 	fs.IntVar(&sendConc, "send-concurrency", 0, "worker option: batches in flight (0: the worker's default)")
 	fs.IntVar(&maxAck, "max-ack-pending", 0, "worker option: consumer MaxAckPending (0: the worker's default)")
@@ -90,6 +102,17 @@ func runBench(ctx context.Context, args []string, getenv func(string) string, st
 	}
 	if latencyOff {
 		cfg.LatencyDuration = -1
+	}
+	for f := range strings.SplitSeq(rates, ",") {
+		n, err := strconv.Atoi(strings.TrimSpace(f))
+		if err != nil {
+			fmt.Fprintf(stderr, "cio-relay bench: --latency-rates: %q is not a number\n", f)
+			return 2
+		}
+		cfg.LatencyRates = append(cfg.LatencyRates, n)
+	}
+	for f := range strings.SplitSeq(corpora, ",") {
+		cfg.LatencyCorpora = append(cfg.LatencyCorpora, bench.Corpus(strings.TrimSpace(f)))
 	}
 	cfg.StallTimeout = stallTimeout
 	cfg.Worker = worker.Options{
@@ -149,6 +172,16 @@ func runBench(ctx context.Context, args []string, getenv func(string) string, st
 	if err != nil {
 		fmt.Fprintf(stderr, "cio-relay bench: %v\n", err)
 		return 1
+	}
+	if inprocess {
+		ip := cfg
+		ip.InProcess, ip.NATSURL, ip.ServerPID, ip.ServerBinary, ip.StoreDir = true, "", 0, "", ""
+		ip.LatencyDuration = -1
+		ip.CPUProfile, ip.Trace, ip.MemProfile, ip.MemProfileBase = nil, nil, nil, nil
+		if res.InProcess, err = bench.Run(ctx, ip); err != nil {
+			fmt.Fprintf(stderr, "cio-relay bench: in-process run: %v\n", err)
+			return 1
+		}
 	}
 	if asJSON {
 		err = res.WriteJSON(stdout)

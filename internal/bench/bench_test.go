@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"net/http"
+	"os"
 	"strconv"
 	"strings"
 	"testing"
@@ -13,8 +14,9 @@ import (
 	"github.com/cio-relay/cio-relay/event"
 )
 
-// TestBenchSmall runs every phase on a small backlog, so CI covers the bench
-// code: Run fails unless every call arrives exactly as published.
+// TestBenchSmall runs every phase on a small backlog, as the bench's
+// headline runs them (nats-server in its own process), so CI covers the
+// bench code: Run fails unless every call arrives exactly as published.
 func TestBenchSmall(t *testing.T) {
 	if testing.Short() {
 		t.Skip("starts a NATS server and the worker")
@@ -25,7 +27,7 @@ func TestBenchSmall(t *testing.T) {
 	r, err := Run(ctx, Config{
 		Events:          5_000,
 		StoreDir:        t.TempDir(),
-		LatencyRate:     2_000,
+		LatencyRates:    []int{1_000, 50},
 		LatencyDuration: time.Second,
 		StallTimeout:    30 * time.Second,
 		Progress:        &progress,
@@ -36,8 +38,16 @@ func TestBenchSmall(t *testing.T) {
 	if r.Batches.DistinctArrived != 5_000 || r.Batches.Duplicates != 0 || r.Batches.UnknownIDs != 0 {
 		t.Errorf("backlog: %+v", r.Batches)
 	}
-	if over := r.Batches.OverLimit + r.Latency.Batches.OverLimit; over != 0 {
-		t.Errorf("%d over-limit requests", over)
+	if !r.NATSExternal || r.NATSServerPID <= 0 {
+		t.Errorf("nats-server not in its own process: %s (pid %d)", r.NATS, r.NATSServerPID)
+	}
+	for _, p := range []Phase{r.Bare, r.Worker} {
+		if p.ServerCPUSeconds <= 0 || p.ServerPeakRSSBytes <= 0 {
+			t.Errorf("%s: server CPU %.3fs, RSS %d: not measured", p.Name, p.ServerCPUSeconds, p.ServerPeakRSSBytes)
+		}
+	}
+	if r.Worker.StandInCPUSeconds <= 0 || r.Worker.StandInCPUSeconds >= r.Worker.CPUSeconds {
+		t.Errorf("stand-in CPU %.3fs of the phase's %.3fs", r.Worker.StandInCPUSeconds, r.Worker.CPUSeconds)
 	}
 	if r.Batches.BadAuth+r.Batches.BadRequests != 0 {
 		t.Errorf("bad requests: %+v", r.Batches)
@@ -45,11 +55,29 @@ func TestBenchSmall(t *testing.T) {
 	if r.Batches.MeanFill <= 0.8 {
 		t.Errorf("mean fill %.3f, want > 0.8", r.Batches.MeanFill)
 	}
-	if r.Bare.Events != 5_000 || r.Bare.EventsPerSec <= 0 || r.Worker.EventsPerSec <= 0 || r.Ratio <= 0 {
-		t.Errorf("rates: bare %+v, worker %+v, ratio %v", r.Bare, r.Worker, r.Ratio)
+	if r.Bare.Events != 5_000 || r.Bare.EventsPerSec <= 0 || r.Worker.EventsPerSec <= 0 || r.Ratio <= 0 || r.CPURatio <= 0 {
+		t.Errorf("rates: bare %+v, worker %+v, ratio %v, CPU ratio %v", r.Bare, r.Worker, r.Ratio, r.CPURatio)
 	}
-	if l := r.Latency; l.Events != 2_000 || l.P50 <= 0 || l.P99 < l.P50 || l.Max < l.P99 || l.Max > 10 {
-		t.Errorf("latency: %+v", l)
+	if r.Worker.Seconds < r.WorkerBacklogSeconds {
+		t.Errorf("the phase (%.3fs) ends before the last full batch (%.3fs)", r.Worker.Seconds, r.WorkerBacklogSeconds)
+	}
+	want := []struct {
+		rate   int
+		corpus Corpus
+	}{{1_000, CorpusBench}, {1_000, CorpusSmall}, {50, CorpusBench}, {50, CorpusSmall}}
+	if len(r.Latency) != len(want) {
+		t.Fatalf("%d latency scenarios, want %d", len(r.Latency), len(want))
+	}
+	for i, l := range r.Latency {
+		if l.Rate != want[i].rate || l.Corpus != want[i].corpus || l.Events != want[i].rate {
+			t.Errorf("scenario %d: %d %s/s, %d events; want %d %s", i, l.Rate, l.Corpus, l.Events, want[i].rate, want[i].corpus)
+		}
+		if l.P50 <= 0 || l.P99 < l.P50 || l.Max < l.P99 || l.Max > 10 || l.RequestsPerSec <= 0 || l.Batches.OverLimit != 0 {
+			t.Errorf("latency %d %s/s: %+v", l.Rate, l.Corpus, l)
+		}
+		if small := l.Corpus == CorpusSmall; small != (l.MeanBodyBytes < 150) {
+			t.Errorf("%s corpus: mean body %.0f bytes", l.Corpus, l.MeanBodyBytes)
+		}
 	}
 	var table, js bytes.Buffer
 	if err := r.WriteTable(&table); err != nil {
@@ -58,18 +86,44 @@ func TestBenchSmall(t *testing.T) {
 	if err := r.WriteJSON(&js); err != nil {
 		t.Fatal(err)
 	}
-	for _, want := range []string{"bare consumer", "cio-relay", "latency", "mean fill", "GOMAXPROCS"} {
+	for _, want := range []string{"bare consumer", "cio-relay", "latency small", "requests/s", "server CPU-s/M", "mean fill", "GOMAXPROCS"} {
 		if !strings.Contains(table.String(), want) {
 			t.Errorf("table lacks %q:\n%s", want, table.String())
+		}
+	}
+	for _, want := range []string{`"server_cpu_seconds_per_million_events"`, `"requests_per_sec"`, `"corpus": "small"`, `"cpu_ratio"`} {
+		if !strings.Contains(js.String(), want) {
+			t.Errorf("JSON lacks %s", want)
 		}
 	}
 	t.Logf("\n%s", table.String())
 }
 
-// BenchmarkEndToEnd runs the bench on 50,000 events per iteration (go test
-// -bench EndToEnd -benchtime 1x ./internal/bench).
+// TestBenchInProcess runs the second row's setup: nats-server inside the
+// bench process, whose CPU the bench then cannot tell apart.
+func TestBenchInProcess(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts a NATS server and the worker")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	r, err := Run(ctx, Config{Events: 2_000, InProcess: true, StoreDir: t.TempDir(), LatencyDuration: -1, StallTimeout: 30 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r.NATSExternal || r.Batches.DistinctArrived != 2_000 || r.Ratio <= 0 {
+		t.Errorf("external %v, delivered %d, ratio %v", r.NATSExternal, r.Batches.DistinctArrived, r.Ratio)
+	}
+	if r.Worker.ServerCPUSeconds != -1 || len(r.Latency) != 0 {
+		t.Errorf("server CPU %v (want -1: not a process of its own), %d latency scenarios", r.Worker.ServerCPUSeconds, len(r.Latency))
+	}
+}
+
+// BenchmarkEndToEnd runs the bench on 50,000 events per iteration, with
+// nats-server in its own process (go test -bench EndToEnd -benchtime 1x
+// ./internal/bench).
 func BenchmarkEndToEnd(b *testing.B) {
-	var rate, bare, fill, allocs, cpu float64
+	var rate, backlog, bare, fill, allocs, cpu, srv float64
 	for b.Loop() {
 		r, err := Run(context.Background(), Config{
 			Events:          50_000,
@@ -79,19 +133,59 @@ func BenchmarkEndToEnd(b *testing.B) {
 		if err != nil {
 			b.Fatal(err)
 		}
-		rate += r.WorkerBacklogRate
+		rate += r.Worker.EventsPerSec
+		backlog += r.WorkerBacklogRate
 		bare += r.Bare.EventsPerSec
 		fill += r.Batches.MeanFill
 		allocs += r.Worker.AllocsPerEv
-		cpu += r.Worker.CPUSecondsPerMillion
+		cpu += r.Worker.RelayCPUSecondsPerMillion
+		srv += r.Worker.ServerCPUSecondsPerMillion
 	}
 	n := float64(b.N)
 	b.ReportMetric(rate/n, "events/s")
 	b.ReportMetric(bare/n, "bare-events/s")
 	b.ReportMetric(rate/bare, "ratio")
+	b.ReportMetric(backlog/bare, "backlog-ratio") // without the last batch's wait
 	b.ReportMetric(100*fill/n, "fill%")
 	b.ReportMetric(allocs/n, "allocs/event")
 	b.ReportMetric(cpu/n, "CPU-s/Mevent")
+	b.ReportMetric(srv/n, "server-CPU-s/Mevent")
+}
+
+func TestSmallCorpus(t *testing.T) {
+	g := newCorpusGenerator(5, "bench-latency-small-50-", CorpusSmall)
+	var prep event.Preparer
+	total := 0
+	for i := range 2_000 {
+		subject, body := g.next(i)
+		wire, err := prep.Prepare(nil, event.TypeOfSubject(subject), body, event.ID{Prefix: "unused-", Seq: uint64(i)})
+		if err != nil {
+			t.Fatalf("call %d (%s) invalid: %v\n%s", i, subject, err, body)
+		}
+		if len(wire) < 60 || len(wire) > 140 {
+			t.Errorf("call %d: %d bytes on the wire, want about 100: %s", i, len(wire), wire)
+		}
+		total += len(wire)
+	}
+	if mean := total / 2_000; mean < 80 || mean > 120 {
+		t.Errorf("mean %d bytes on the wire, want about 100", mean)
+	}
+}
+
+func TestProcCPU(t *testing.T) {
+	// Burn a little CPU so there is something to read at USER_HZ.
+	deadline := time.Now().Add(50 * time.Millisecond)
+	for x := 0; time.Now().Before(deadline); x++ {
+		_ = x * x
+	}
+	got := procCPU(os.Getpid())
+	self := processCPU()
+	if got <= 0 || got > (self.user+self.sys).Seconds()+0.02 {
+		t.Errorf("procCPU(self) = %.3fs, getrusage says %.3fs", got, (self.user + self.sys).Seconds())
+	}
+	if procCPU(-1) != -1 {
+		t.Error("procCPU of no process is not -1")
+	}
 }
 
 func TestGenerator(t *testing.T) {

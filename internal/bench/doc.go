@@ -5,37 +5,43 @@
 //
 // # The model
 //
+// The server runs as a user runs it: nats-server in its own process (a
+// binary given, else built from the module go.mod pins, else the one on
+// PATH), on the same machine, competing for the same cores. Config.InProcess
+// runs it inside the bench process instead (the old setup, kept as a second
+// row: cheaper messaging, no process boundary, flattering), Config.NATSURL
+// uses one already running.
+//
 // One run publishes a backlog of N calls (a fixed mix of types and sizes
 // drawn from a seeded generator) to the stream, then drains that same
 // backlog twice, each time with its own durable consumer:
 //
 //  1. the bare limit: a plain pull consumer (the worker's consumer settings
-//     and pull size) that acks every message and does nothing else. No relay
-//     can consume faster than this on this machine.
+//     and pull size) that acks every message and does nothing else, until
+//     the server holds no unacked message. No relay can consume faster.
 //  2. cio-relay: worker.New with its default options, delivering every call
-//     to the stand-in, timed from worker start until the stand-in has every
-//     call.
+//     to the stand-in, timed from worker start until the stand-in has
+//     accepted the last call. That is the headline ratio. The rate up to
+//     the last full batch ("while the backlog lasted") is reported beside
+//     it: the difference is how long the backlog's last, partial batch
+//     waited to be sent.
 //
-// Then, with the worker still running, a latency phase publishes at a fixed
-// rate and measures each call's publish→arrival time at the stand-in.
-//
-// The backlog's last batch is never full, so the worker sends it only when
-// the flush interval expires: up to a second of waiting that says nothing
-// about throughput. The ratio to the bare limit therefore uses the worker's
-// rate up to its last full batch ("while the backlog lasted"); the rate up
-// to the very last call is reported beside it.
+// Then, with the worker still running, latency scenarios publish at fixed
+// rates (5,000 and 50 events/s by default), each with the bench's calls and
+// with ~100-byte ones, and measure each call's publish → accepted time and
+// the requests per second it cost.
 //
 // # What is measured, and what it includes
 //
 // CPU (getrusage), peak RSS (VmHWM, reset before each phase) and
-// allocations (runtime.MemStats) are the whole process's: unless --nats-url
-// names an external server they include the in-process nats-server, and for
-// the worker phase the stand-in too. Both consume phases pay for the same
-// server work (reading the stream, processing acks), so their ratio is fair;
-// the stand-in's cost (reading and scanning every body, about 5% of the
-// phase's CPU) is charged to the worker phase only, which makes the ratio
-// slightly pessimistic. Each phase also reports the CPU the rest of the
-// machine used meanwhile (/proc/stat): on a shared machine that number says
+// allocations (runtime.MemStats) are the bench process's: the worker, the
+// publisher, the bare consumer and the stand-in. The stand-in's handlers
+// are measured apart (each request on a locked thread, its thread CPU
+// clock), so "relay CPU" is the worker's own. The nats-server's CPU and
+// peak RSS come from /proc/<pid> when the bench started it (or was given
+// its pid); in-process they are inside the process's figures. Each phase
+// also reports the CPU the rest of the machine used meanwhile (/proc/stat,
+// less this process and the server): on a shared machine that number says
 // how far to trust the rates.
 //
 // Publishing leaves hundreds of megabytes of dirty pages. Left to the

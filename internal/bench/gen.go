@@ -49,16 +49,34 @@ var (
 	words       = []string{"lorem", "ipsum", "dolor", "sit", "amet", "relay", "batch", "order", "green", "tea", "honey", "checkout", "customer", "journey", "segment"}
 )
 
+// Corpus is a kind of calls a generator makes.
+type Corpus string
+
+// The corpora.
+const (
+	// CorpusBench is the backlog's mix: 200 B–4 KB with a 1% tail to 30 KB.
+	CorpusBench Corpus = "bench"
+	// CorpusSmall is about 100-byte calls, the same mix of types: the case
+	// where the call cap (2,000), not the 500,000-byte limit, closes a
+	// batch, and the one a latency target must hold for too.
+	CorpusSmall Corpus = "small"
+)
+
 // generator produces the bench's calls: deterministic for a seed, each
 // with a messageId of idPrefix followed by its index.
 type generator struct {
 	rng      *rand.Rand
+	small    bool // CorpusSmall
 	idPrefix string
 	base     time.Time
 	filler   []byte // ASCII text padding is cut from
 }
 
 func newGenerator(seed uint64, idPrefix string) *generator {
+	return newCorpusGenerator(seed, idPrefix, CorpusBench)
+}
+
+func newCorpusGenerator(seed uint64, idPrefix string, c Corpus) *generator {
 	rng := rand.New(rand.NewPCG(seed, 0x5eed))
 	filler := make([]byte, 0, 2*sizeTail+64)
 	for len(filler) < 2*sizeTail {
@@ -67,6 +85,7 @@ func newGenerator(seed uint64, idPrefix string) *generator {
 	}
 	return &generator{
 		rng:      rng,
+		small:    c == CorpusSmall,
 		idPrefix: idPrefix,
 		base:     time.Date(2026, 11, 29, 0, 0, 0, 0, time.UTC),
 		filler:   filler,
@@ -92,6 +111,9 @@ func (g *generator) next(i int) (string, []byte) {
 		r -= mix[k].pct
 	}
 	t := mix[k].typ
+	if g.small {
+		return subjects[k], g.nextSmall(i, t)
+	}
 	target := g.size()
 	user := g.rng.IntN(5_000_000)
 
@@ -154,4 +176,32 @@ func (g *generator) next(i int) (string, []byte) {
 	}
 	b = append(b, tail...)
 	return subjects[k], b
+}
+
+// nextSmall returns a call of about 100 bytes: the fields its type needs, a
+// messageId and nothing else.
+func (g *generator) nextSmall(i int, t event.Type) []byte {
+	b := make([]byte, 0, 128)
+	b = strconv.AppendInt(append(b, `{"userId":"u`...), int64(g.rng.IntN(5_000_000)), 10)
+	b = append(b, '"')
+	switch t {
+	case event.Track:
+		b = append(append(append(b, `,"event":"`...), trackEvents[g.rng.IntN(len(trackEvents))]...), '"')
+	case event.Page:
+		b = append(append(append(b, `,"name":"`...), pageNames[g.rng.IntN(len(pageNames))]...), '"')
+	case event.Screen:
+		b = append(append(append(b, `,"name":"`...), screenNames[g.rng.IntN(len(screenNames))]...), '"')
+	case event.Group:
+		b = strconv.AppendInt(append(b, `,"groupId":"o`...), int64(g.rng.IntN(100_000)), 10)
+		b = append(b, '"')
+	case event.Alias:
+		b = strconv.AppendInt(append(b, `,"previousId":"a`...), int64(g.rng.Uint32()), 16)
+		b = append(b, '"')
+	case event.Identify:
+		b = append(b, `,"traits":{"plan":"pro"}`...)
+	}
+	b = append(b, `,"messageId":"`...)
+	b = append(b, g.idPrefix...)
+	b = strconv.AppendInt(b, int64(i), 10)
+	return append(b, `"}`...)
 }

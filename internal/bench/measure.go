@@ -14,7 +14,8 @@ import (
 )
 
 // Phase is what one phase of a run measured. CPU, RSS and allocations are
-// the whole process's (see the package doc).
+// the bench process's (see the package doc); Server* are the nats-server
+// process's, when it runs in its own.
 type Phase struct {
 	Name                 string  `json:"name"`
 	Events               int     `json:"events"`
@@ -40,6 +41,20 @@ type Phase struct {
 	AllocsPerEv   float64 `json:"allocs_per_event"` // Mallocs / Events
 	AllocBytesEv  float64 `json:"alloc_bytes_per_event"`
 	GCs           uint32  `json:"gcs"`
+
+	// StandInCPUSeconds is the CPU the Customer.io stand-in's handlers used
+	// (measured per request on its thread; 0 when not measured), included
+	// in CPUSeconds. RelayCPUSecondsPerMillion leaves it out: what cio-relay
+	// itself costs.
+	StandInCPUSeconds         float64 `json:"standin_cpu_seconds"`
+	RelayCPUSecondsPerMillion float64 `json:"relay_cpu_seconds_per_million_events"`
+
+	// The nats-server process's CPU (/proc/<pid>/stat) and peak RSS during
+	// the phase; -1 when it is not a process the bench can see (in-process:
+	// then its CPU is inside CPUSeconds).
+	ServerCPUSeconds           float64 `json:"server_cpu_seconds"`
+	ServerCPUSecondsPerMillion float64 `json:"server_cpu_seconds_per_million_events"`
+	ServerPeakRSSBytes         int64   `json:"server_peak_rss_bytes"`
 }
 
 // meter measures one phase: begin, then end.
@@ -47,6 +62,11 @@ type meter struct {
 	name      string
 	start     time.Time
 	cpu0      cpuTimes
+	server    int     // the nats-server's pid, or 0
+	srvCPU0   float64 // its CPU seconds at the start, or -1
+	srvReset  bool
+	standIn   *standIn // whose handler CPU is counted, or nil
+	standIn0  time.Duration
 	busy0     float64 // machine-wide busy CPU seconds, or -1
 	ms0       runtime.MemStats
 	rssReset  bool
@@ -59,10 +79,20 @@ type meter struct {
 
 // begin collects garbage and returns memory to the OS (outside the timed
 // span), resets the peak RSS and starts sampling the heap.
-func begin(name string) *meter {
+//
+// server is the nats-server's pid (0: none to measure); si, when not nil,
+// is the stand-in whose CPU the phase reports apart.
+func begin(name string, server int, si *standIn) *meter {
 	debug.FreeOSMemory()
-	m := &meter{name: name, stop: make(chan struct{})}
-	m.rssReset = resetPeakRSS()
+	m := &meter{name: name, stop: make(chan struct{}), server: server, srvCPU0: -1, standIn: si}
+	m.rssReset = resetPeakRSS("self")
+	if server > 0 {
+		m.srvReset = resetPeakRSS(strconv.Itoa(server))
+		m.srvCPU0 = procCPU(server)
+	}
+	if si != nil {
+		m.standIn0 = si.cpu()
+	}
 	runtime.ReadMemStats(&m.ms0)
 	m.samples.Go(m.sample)
 	m.cpu0 = processCPU()
@@ -101,6 +131,14 @@ func (m *meter) sample() {
 func (m *meter) end(finished time.Time, events int, bytes int64) Phase {
 	cpu := processCPU()
 	busy := machineBusy()
+	srvCPU := -1.0
+	if m.server > 0 && m.srvCPU0 >= 0 {
+		srvCPU = procCPU(m.server)
+	}
+	var standIn time.Duration
+	if m.standIn != nil {
+		standIn = m.standIn.cpu() - m.standIn0
+	}
 	now := time.Now()
 	close(m.stop)
 	m.samples.Wait()
@@ -120,10 +158,18 @@ func (m *meter) end(finished time.Time, events int, bytes int64) Phase {
 		GCs:            ms.NumGC - m.ms0.NumGC,
 	}
 	p.CPUSeconds = p.CPUUserSeconds + p.CPUSysSeconds
+	p.StandInCPUSeconds = standIn.Seconds()
+	p.ServerCPUSeconds, p.ServerCPUSecondsPerMillion, p.ServerPeakRSSBytes = -1, -1, -1
+	if srvCPU >= 0 {
+		p.ServerCPUSeconds = srvCPU - m.srvCPU0
+		if m.srvReset {
+			p.ServerPeakRSSBytes = peakRSS(strconv.Itoa(m.server))
+		}
+	}
 	p.OtherCores = -1
 	if m.busy0 >= 0 && busy >= 0 {
 		if span := now.Sub(m.start).Seconds(); span > 0 {
-			p.OtherCores = max(0, (busy-m.busy0-p.CPUSeconds)/span)
+			p.OtherCores = max(0, (busy-m.busy0-p.CPUSeconds-max(0, p.ServerCPUSeconds))/span)
 		}
 	}
 	if wall > 0 {
@@ -133,11 +179,15 @@ func (m *meter) end(finished time.Time, events int, bytes int64) Phase {
 	}
 	if events > 0 {
 		p.CPUSecondsPerMillion = p.CPUSeconds * 1e6 / float64(events)
+		p.RelayCPUSecondsPerMillion = (p.CPUSeconds - p.StandInCPUSeconds) * 1e6 / float64(events)
+		if p.ServerCPUSeconds >= 0 {
+			p.ServerCPUSecondsPerMillion = p.ServerCPUSeconds * 1e6 / float64(events)
+		}
 		p.AllocsPerEv = float64(p.Mallocs) / float64(events)
 		p.AllocBytesEv = float64(ms.TotalAlloc-m.ms0.TotalAlloc) / float64(events)
 	}
 	if m.rssReset {
-		p.PeakRSSBytes = peakRSS()
+		p.PeakRSSBytes = peakRSS("self")
 	}
 	return p
 }
@@ -169,15 +219,41 @@ func machineBusy() float64 {
 // architecture Go supports.
 const clockTicks = 100
 
-// resetPeakRSS resets the kernel's high-water mark of this process's RSS to
-// its current RSS (Linux 4.0+), so each phase's peak is its own.
-func resetPeakRSS() bool {
-	return os.WriteFile("/proc/self/clear_refs", []byte("5"), 0) == nil
+// procCPU returns the CPU seconds (user and system) process pid has used,
+// from /proc/<pid>/stat, or -1.
+func procCPU(pid int) float64 {
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+	if err != nil {
+		return -1
+	}
+	// The command name, field 2, is in parentheses and may hold spaces;
+	// utime and stime are fields 14 and 15, the 12th and 13th after it.
+	i := bytes.LastIndexByte(b, ')')
+	if i < 0 {
+		return -1
+	}
+	f := strings.Fields(string(b[i+1:]))
+	if len(f) < 13 {
+		return -1
+	}
+	utime, err1 := strconv.ParseInt(f[11], 10, 64)
+	stime, err2 := strconv.ParseInt(f[12], 10, 64)
+	if err1 != nil || err2 != nil {
+		return -1
+	}
+	return float64(utime+stime) / clockTicks
 }
 
-// peakRSS returns VmHWM in bytes, or 0.
-func peakRSS() int64 {
-	b, err := os.ReadFile("/proc/self/status")
+// resetPeakRSS resets the kernel's high-water mark of a process's RSS
+// ("self" or a pid) to its current RSS (Linux 4.0+), so each phase's peak
+// is its own.
+func resetPeakRSS(proc string) bool {
+	return os.WriteFile("/proc/"+proc+"/clear_refs", []byte("5"), 0) == nil
+}
+
+// peakRSS returns a process's VmHWM ("self" or a pid) in bytes, or 0.
+func peakRSS(proc string) int64 {
+	b, err := os.ReadFile("/proc/" + proc + "/status")
 	if err != nil {
 		return 0
 	}

@@ -7,10 +7,12 @@ import (
 	"io"
 	"log/slog"
 	"os"
+	"path/filepath"
 	"runtime"
 	"runtime/pprof"
 	"runtime/trace"
 	"slices"
+	"strings"
 	"sync/atomic"
 	"time"
 
@@ -27,11 +29,18 @@ type Config struct {
 	Events int    // backlog size; default 1,000,000
 	Seed   uint64 // generator seed; default 1
 
-	// NATSURL names an external server to use; "" starts nats-server
-	// in-process with JetStream file storage in StoreDir.
-	NATSURL string
-	// StoreDir is the in-process server's store; default a temporary
-	// directory, removed at the end.
+	// Where NATS runs. By default the bench starts a nats-server binary in
+	// its own process, as a user runs it: ServerBinary, else one built from
+	// the module go.mod pins, else the nats-server on PATH. InProcess starts
+	// it inside the bench process instead (then its CPU and memory count as
+	// the bench's). NATSURL uses a running server; ServerPID, when given, is
+	// its process, whose CPU the bench then reads.
+	NATSURL      string
+	ServerPID    int
+	ServerBinary string
+	InProcess    bool
+	// StoreDir is the JetStream store of a server the bench starts; default
+	// a temporary directory, removed at the end.
 	StoreDir string
 	// Stream is the stream published to; default "CIO". It must not exist
 	// yet: the run creates it (as the worker would) and deletes it at the
@@ -44,8 +53,11 @@ type Config struct {
 	BarePullMax int
 	SkipBare    bool
 
-	LatencyRate     int           // events per second; default 5,000
-	LatencyDuration time.Duration // default 10s; negative skips the latency phase
+	// The latency phase runs one scenario per rate and corpus, in that
+	// order, each for LatencyDuration (default 10s; negative skips them).
+	LatencyRates    []int    // events per second; default 5,000 and 50
+	LatencyCorpora  []Corpus // default CorpusBench and CorpusSmall
+	LatencyDuration time.Duration
 
 	// Worker overrides the worker's options; zero fields keep the worker's
 	// defaults. Stream and ManageStreams are always set by the run.
@@ -80,8 +92,11 @@ func (c *Config) setDefaults() {
 	if c.BarePullMax == 0 {
 		c.BarePullMax = 1_000
 	}
-	if c.LatencyRate == 0 {
-		c.LatencyRate = 5_000
+	if c.LatencyRates == nil {
+		c.LatencyRates = []int{5_000, 50}
+	}
+	if c.LatencyCorpora == nil {
+		c.LatencyCorpora = []Corpus{CorpusBench, CorpusSmall}
 	}
 	if c.LatencyDuration == 0 {
 		c.LatencyDuration = 10 * time.Second
@@ -105,8 +120,21 @@ func (c *Config) validate() error {
 	if c.BarePullMax < 1 {
 		errs = append(errs, fmt.Errorf("bare pull max %d must be at least 1", c.BarePullMax))
 	}
-	if c.LatencyRate < 1 {
-		errs = append(errs, fmt.Errorf("latency rate %d must be at least 1", c.LatencyRate))
+	for _, rate := range c.LatencyRates {
+		if rate < 1 {
+			errs = append(errs, fmt.Errorf("latency rate %d must be at least 1", rate))
+		}
+	}
+	for _, c := range c.LatencyCorpora {
+		if c != CorpusBench && c != CorpusSmall {
+			errs = append(errs, fmt.Errorf("corpus %q is neither %q nor %q", c, CorpusBench, CorpusSmall))
+		}
+	}
+	if c.InProcess && (c.NATSURL != "" || c.ServerBinary != "") {
+		errs = append(errs, errors.New("in-process and an external server (URL or binary) at once"))
+	}
+	if c.NATSURL != "" && c.ServerBinary != "" {
+		errs = append(errs, errors.New("both a server URL and a server binary to start"))
 	}
 	return errors.Join(errs...)
 }
@@ -134,7 +162,6 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 		NATSVersion:     server.VERSION,
 		Machine:         describeMachine(),
 		FlushInterval:   cfg.Worker.FlushInterval.Seconds(),
-		LatencyRate:     cfg.LatencyRate,
 		LatencyDuration: cfg.LatencyDuration.Seconds(),
 	}
 	if r.FlushInterval == 0 {
@@ -144,25 +171,12 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 		fmt.Fprintf(cfg.Progress, "bench: "+format+"\n", args...)
 	}
 
-	url := cfg.NATSURL
-	if url == "" {
-		srv, dir, err := startServer(cfg.StoreDir)
-		if err != nil {
-			return nil, err
-		}
-		defer func() {
-			srv.Shutdown()
-			srv.WaitForShutdown()
-			if cfg.StoreDir == "" {
-				os.RemoveAll(dir)
-			}
-		}()
-		url = srv.ClientURL()
-		r.NATS = "nats-server " + server.VERSION + " in-process, JetStream file storage in " + dir
-	} else {
-		r.NATS = "external nats-server at " + cfg.NATSURL
-		r.NATSExternal = true
+	url, closeServer, err := r.openServer(ctx, &cfg, prog)
+	if err != nil {
+		return nil, err
 	}
+	defer closeServer()
+	pid := r.NATSServerPID
 
 	si := newStandIn(apiKey)
 	defer si.Close()
@@ -193,7 +207,7 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 		return nil, fmt.Errorf("creating stream %s: %w", cfg.Stream, err)
 	}
 	if cfg.NATSURL != "" {
-		// An external server outlives the run: leave it as found. The
+		// A server the bench did not start outlives the run: leave it as found. The
 		// dead-letter stream is deleted only if the worker created it.
 		dlq := cfg.Worker.DLQStream
 		if dlq == "" {
@@ -213,7 +227,7 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 
 	// 1. Publish the backlog.
 	prog("publishing %d events to stream %s…", cfg.Events, cfg.Stream)
-	if r.Publish, r.PublishedBytes, err = publishBacklog(ctx, pubJS, cfg); err != nil {
+	if r.Publish, r.PublishedBytes, err = publishBacklog(ctx, pubJS, cfg, pid); err != nil {
 		return nil, err
 	}
 	if n := pubErrs.Load(); n > 0 {
@@ -233,7 +247,7 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 	// 2. The bare limit.
 	if !cfg.SkipBare {
 		prog("bare consumer: pull and ack %d events…", cfg.Events)
-		r.Bare, err = runBare(ctx, url, cfg)
+		r.Bare, err = runBare(ctx, url, cfg, pid)
 		if err != nil {
 			return nil, fmt.Errorf("bare consumer: %w", err)
 		}
@@ -248,23 +262,29 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 		return nil, err
 	}
 	defer wr.stop() // after an error; the normal path stops it below
-	if err := r.workerPhase(ctx, si, wr, cfg); err != nil {
+	if err := r.workerPhase(ctx, si, wr, cfg, pid); err != nil {
 		return nil, fmt.Errorf("cio-relay: %w", err)
 	}
 	prog("cio-relay: %.2fs (%.0f events/s), %d requests, mean fill %.1f%%", r.Worker.Seconds, r.Worker.EventsPerSec,
 		r.Batches.Requests, 100*r.Batches.MeanFill)
 
-	// 4. Latency at a fixed rate, the worker still running.
-	if cfg.LatencyDuration > 0 {
-		prog("latency: %d events/s for %v…", cfg.LatencyRate, cfg.LatencyDuration)
-		r.Latency, err = runLatency(ctx, pubJS, si, wr, cfg)
-		if err != nil {
-			return nil, fmt.Errorf("latency: %w", err)
+	// 4. Latency at fixed rates, the worker still running.
+	for _, rate := range cfg.LatencyRates {
+		for _, corpus := range cfg.LatencyCorpora {
+			if cfg.LatencyDuration <= 0 {
+				break
+			}
+			prog("latency: %d %s events/s for %v…", rate, corpus, cfg.LatencyDuration)
+			l, err := runLatency(ctx, pubJS, si, wr, cfg, rate, corpus, pid)
+			if err != nil {
+				return nil, fmt.Errorf("latency at %d/s (%s): %w", rate, corpus, err)
+			}
+			if n := pubErrs.Load(); n > 0 {
+				return nil, fmt.Errorf("latency: %d publishes failed, the first with: %v", n, firstPubErr.Load())
+			}
+			prog("latency: p50 %.0fms p99 %.0fms max %.0fms, %.1f requests/s", 1e3*l.P50, 1e3*l.P99, 1e3*l.Max, l.RequestsPerSec)
+			r.Latency = append(r.Latency, l)
 		}
-		if n := pubErrs.Load(); n > 0 {
-			return nil, fmt.Errorf("latency: %d publishes failed, the first with: %v", n, firstPubErr.Load())
-		}
-		prog("latency: p50 %.0fms p99 %.0fms max %.0fms", 1e3*r.Latency.P50, 1e3*r.Latency.P99, 1e3*r.Latency.Max)
 	}
 	if err := wr.stop(); err != nil {
 		return nil, err
@@ -272,7 +292,12 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 	if n := si.stray.Load(); n > 0 {
 		return nil, fmt.Errorf("the stand-in got %d requests outside any phase", n)
 	}
-	r.MaxRSSBytes = maxRSS()
+	// getrusage's maxrss is the same high-water mark each phase resets:
+	// the run's peak is the largest of the phases'.
+	r.MaxRSSBytes = max(maxRSS(), r.Publish.PeakRSSBytes, r.Bare.PeakRSSBytes, r.Worker.PeakRSSBytes)
+	for _, l := range r.Latency {
+		r.MaxRSSBytes = max(r.MaxRSSBytes, l.Phase.PeakRSSBytes)
+	}
 	r.evaluate()
 	return r, nil
 }
@@ -281,9 +306,9 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 // cfg.PublishInFlight awaiting their PubAck, and waits for every PubAck.
 // Generating the calls is part of the timed phase: a publisher has to
 // produce its calls too.
-func publishBacklog(ctx context.Context, js jetstream.JetStream, cfg Config) (Phase, int64, error) {
+func publishBacklog(ctx context.Context, js jetstream.JetStream, cfg Config, server int) (Phase, int64, error) {
 	gen := newGenerator(cfg.Seed, backlogPrefix)
-	m := begin("publish")
+	m := begin("publish", server, nil)
 	var bytes int64
 	for i := range cfg.Events {
 		subject, body := gen.next(i)
@@ -306,9 +331,10 @@ func publishBacklog(ctx context.Context, js jetstream.JetStream, cfg Config) (Ph
 }
 
 // workerPhase starts the worker on the backlog and measures it until the
-// stand-in has every call (r.Worker) and the server every ack
-// (r.WorkerSettledSeconds). Profiles and the trace cover this phase only.
-func (r *Result) workerPhase(ctx context.Context, si *standIn, wr *runningWorker, cfg Config) error {
+// stand-in has accepted the last call (r.Worker) and the server has every
+// ack (r.WorkerSettledSeconds). Profiles and the trace cover this phase
+// only.
+func (r *Result) workerPhase(ctx context.Context, si *standIn, wr *runningWorker, cfg Config, server int) error {
 	backlog := newTracker(backlogPrefix, cfg.Events, false)
 	si.track(backlog)
 	if cfg.MemProfileBase != nil {
@@ -317,7 +343,7 @@ func (r *Result) workerPhase(ctx context.Context, si *standIn, wr *runningWorker
 			return fmt.Errorf("writing memory profile: %w", err)
 		}
 	}
-	m := begin("cio-relay")
+	m := begin("cio-relay", server, si)
 	if cfg.CPUProfile != nil {
 		if err := pprof.StartCPUProfile(cfg.CPUProfile); err != nil {
 			return fmt.Errorf("starting CPU profile: %w", err)
@@ -331,7 +357,9 @@ func (r *Result) workerPhase(ctx context.Context, si *standIn, wr *runningWorker
 	started := si.now()
 	wr.start()
 	err := await(ctx, backlog, wr, cfg.StallTimeout)
-	delivered := time.Now()
+	// The phase ends when the stand-in accepted the last call, not when
+	// await noticed.
+	delivered := si.start.Add(time.Duration(backlog.complete.Load()))
 	var settled time.Time
 	if err == nil {
 		settled, err = waitSettled(ctx, wr.js, cfg.Stream, wr.consumer, cfg.StallTimeout)
@@ -361,6 +389,64 @@ func (r *Result) workerPhase(ctx context.Context, si *standIn, wr *runningWorker
 	}
 	r.Batches = backlog.stats()
 	return nil
+}
+
+// openServer starts or finds the NATS server cfg asks for, records what it
+// is in r, and returns its URL and what to call at the end.
+func (r *Result) openServer(ctx context.Context, cfg *Config, prog func(string, ...any)) (string, func(), error) {
+	switch {
+	case cfg.NATSURL != "":
+		r.NATS = "nats-server at " + cfg.NATSURL + ", not started by the bench"
+		r.NATSExternal = true
+		r.NATSServerPID = cfg.ServerPID
+		if cfg.ServerPID > 0 {
+			r.NATS += fmt.Sprintf(" (pid %d)", cfg.ServerPID)
+		}
+		return cfg.NATSURL, func() {}, nil
+	case cfg.InProcess:
+		srv, dir, err := startServer(cfg.StoreDir)
+		if err != nil {
+			return "", nil, err
+		}
+		r.NATS = "nats-server " + server.VERSION + " in-process, JetStream file storage in " + dir
+		return srv.ClientURL(), func() {
+			srv.Shutdown()
+			srv.WaitForShutdown()
+			if cfg.StoreDir == "" {
+				os.RemoveAll(dir)
+			}
+		}, nil
+	}
+	tmp, err := os.MkdirTemp("", "cio-relay-bench-")
+	if err != nil {
+		return "", nil, err
+	}
+	bin, how, err := findServerBinary(ctx, cfg.ServerBinary, tmp)
+	if err != nil {
+		os.RemoveAll(tmp)
+		return "", nil, err
+	}
+	dir := cfg.StoreDir
+	if dir == "" {
+		dir = filepath.Join(tmp, "store")
+	}
+	proc, err := startServerProcess(ctx, bin, dir)
+	if err != nil {
+		os.RemoveAll(tmp)
+		return "", nil, err
+	}
+	r.NATSExternal = true
+	r.NATSServerPID = proc.pid()
+	if proc.version != "" {
+		r.NATSVersion = strings.TrimPrefix(proc.version, "v")
+	}
+	r.NATS = fmt.Sprintf("nats-server %s in its own process (pid %d, %s), JetStream file storage in %s",
+		proc.version, proc.pid(), how, dir)
+	prog("started %s", r.NATS)
+	return proc.url, func() {
+		proc.stop()
+		os.RemoveAll(tmp)
+	}, nil
 }
 
 func startServer(dir string) (*server.Server, string, error) {
@@ -396,7 +482,7 @@ func startServer(dir string) (*server.Server, string, error) {
 
 // runBare drains the backlog with a plain pull consumer that acks each
 // message and does nothing else.
-func runBare(ctx context.Context, url string, cfg Config) (Phase, error) {
+func runBare(ctx context.Context, url string, cfg Config, server int) (Phase, error) {
 	nc, err := nats.Connect(url, nats.Name("cio-relay bench bare consumer"))
 	if err != nil {
 		return Phase{}, err
@@ -406,7 +492,7 @@ func runBare(ctx context.Context, url string, cfg Config) (Phase, error) {
 	if err != nil {
 		return Phase{}, err
 	}
-	m := begin("bare consumer")
+	m := begin("bare consumer", server, nil)
 	// The worker's consumer, under another name.
 	cons, err := js.CreateOrUpdateConsumer(ctx, cfg.Stream, jetstream.ConsumerConfig{
 		Durable:        bareConsumer,
@@ -617,23 +703,24 @@ func await(ctx context.Context, t *tracker, w *runningWorker, stall time.Duratio
 	}
 }
 
-// runLatency publishes at cfg.LatencyRate for cfg.LatencyDuration while the
-// worker runs and measures each call's publish → stand-in arrival time.
-func runLatency(ctx context.Context, js jetstream.JetStream, si *standIn, wr *runningWorker, cfg Config) (*Latency, error) {
-	n := int(float64(cfg.LatencyRate) * cfg.LatencyDuration.Seconds())
+// runLatency publishes calls of corpus at rate for cfg.LatencyDuration
+// while the worker runs and measures each call's publish → accepted time.
+func runLatency(ctx context.Context, js jetstream.JetStream, si *standIn, wr *runningWorker, cfg Config, rate int, corpus Corpus, server int) (*Latency, error) {
+	n := int(float64(rate) * cfg.LatencyDuration.Seconds())
 	if n < 1 {
 		return nil, errors.New("latency phase of no event")
 	}
-	t := newTracker(latencyPrefix, n, true)
+	prefix := fmt.Sprintf("%s%s-%d-", latencyPrefix, corpus, rate)
+	t := newTracker(prefix, n, true)
 	si.track(t)
-	gen := newGenerator(cfg.Seed+1, latencyPrefix)
+	gen := newCorpusGenerator(cfg.Seed+uint64(rate), prefix, corpus)
 	published := make([]int64, n)
-	m := begin("latency")
+	m := begin(fmt.Sprintf("latency %s %d/s", corpus, rate), server, si)
 	var pubBytes int64
 	start := time.Now()
 	for i := range n {
 		subject, body := gen.next(i)
-		if d := time.Until(start.Add(time.Duration(i) * time.Second / time.Duration(cfg.LatencyRate))); d > 0 {
+		if d := time.Until(start.Add(time.Duration(i) * time.Second / time.Duration(rate))); d > 0 {
 			time.Sleep(d) // pacing, not waiting for an event
 		}
 		published[i] = si.now()
@@ -649,7 +736,7 @@ func runLatency(ctx context.Context, js jetstream.JetStream, si *standIn, wr *ru
 	if err := await(ctx, t, wr, cfg.StallTimeout); err != nil {
 		return nil, fmt.Errorf("%w (%s)", err, t.summary())
 	}
-	p := m.end(time.Now(), n, pubBytes)
+	p := m.end(si.start.Add(time.Duration(t.complete.Load())), n, pubBytes)
 	lat := make([]int64, n)
 	for i := range n {
 		lat[i] = t.arrived[i].Load() - published[i]
@@ -662,17 +749,24 @@ func runLatency(ctx context.Context, js jetstream.JetStream, si *standIn, wr *ru
 	for _, l := range lat {
 		sum += l
 	}
-	return &Latency{
-		Events:       n,
-		AchievedRate: float64(n) / pubEnd.Sub(start).Seconds(),
-		P50:          q(0.50),
-		P90:          q(0.90),
-		P99:          q(0.99),
-		Max:          float64(lat[n-1]) / 1e9,
-		Mean:         float64(sum) / float64(n) / 1e9,
-		Phase:        p,
-		Batches:      t.stats(),
-	}, nil
+	l := &Latency{
+		Rate:          rate,
+		Corpus:        corpus,
+		Events:        n,
+		MeanBodyBytes: float64(pubBytes) / float64(n),
+		AchievedRate:  float64(n) / pubEnd.Sub(start).Seconds(),
+		P50:           q(0.50),
+		P90:           q(0.90),
+		P99:           q(0.99),
+		Max:           float64(lat[n-1]) / 1e9,
+		Mean:          float64(sum) / float64(n) / 1e9,
+		Phase:         p,
+		Batches:       t.stats(),
+	}
+	if p.Seconds > 0 {
+		l.RequestsPerSec = float64(l.Batches.Requests) / p.Seconds
+	}
+	return l, nil
 }
 
 // timeSync flushes dirty pages before a consume phase (see syncDisk) and
