@@ -1,0 +1,263 @@
+package natstest
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+// clusterName is the name every test cluster's nodes share. Clusters of
+// different tests never meet: each node routes only to its own cluster's
+// ports.
+const clusterName = "natstest"
+
+// leaderTimeout bounds the wait for a leader: a meta leader after start, a
+// stream or consumer leader after a step-down or a lost node. Elections take
+// a few seconds at most; the margin is for a loaded CI machine.
+const leaderTimeout = 30 * time.Second
+
+// Cluster is a JetStream cluster of nodes for one test, each a [Server] on
+// 127.0.0.1 with its own ports and store. Its methods are meant to be called
+// from the test's goroutine, not concurrently.
+type Cluster struct {
+	nodes []*Server
+}
+
+// StartCluster starts a cluster of n nodes (3 is the usual minimum for R3
+// streams) on the backend CIO_RELAY_NATS chooses, as [Start] does, and
+// registers t.Cleanup to remove it. It returns once JetStream answers, that
+// is once a meta leader is elected.
+//
+// Node i routes to the nodes started before it, and the others find it
+// from them, so every port can be picked when its node starts: nothing
+// needs to know a port before it is bound. A restarted node keeps its
+// ports, routes and store.
+func StartCluster(t testing.TB, n int) *Cluster {
+	t.Helper()
+	if n < 1 {
+		t.Fatalf("NATS: a cluster needs at least one node, got %d", n)
+	}
+	kind, reason := choose(t)
+	announce(t, kind, fmt.Sprintf("%s; cluster of %d", reason, n))
+	began := time.Now()
+	c := &Cluster{}
+	for i := range n {
+		node := &clusterNode{cluster: clusterName, name: fmt.Sprintf("n%d", i)}
+		for _, prev := range c.nodes {
+			node.routes = append(node.routes, prev.routeURL())
+		}
+		s := newServer(t, kind, node)
+		s.start(t)
+		c.nodes = append(c.nodes, s)
+	}
+	c.WaitJetStream(t)
+	t.Logf("NATS: %s cluster of %d ready at %s in %v", kind, n, c.URL(), time.Since(began).Round(time.Millisecond))
+	return c
+}
+
+// Len returns the number of nodes.
+func (c *Cluster) Len() int { return len(c.nodes) }
+
+// Node returns node i, 0 ≤ i < Len(). Its Stop and Restart take that node
+// down and bring it back with its store.
+func (c *Cluster) Node(i int) *Server { return c.nodes[i] }
+
+// Kind returns how the nodes run: [KindContainer] or [KindInProcess].
+func (c *Cluster) Kind() string { return c.nodes[0].kind }
+
+// URLs returns every node's client URL, in node order.
+func (c *Cluster) URLs() []string {
+	urls := make([]string, len(c.nodes))
+	for i, s := range c.nodes {
+		urls[i] = s.URL()
+	}
+	return urls
+}
+
+// URL returns the client URLs joined by commas, the form nats.Connect and
+// NATS_URL take for a client that fails over between the nodes.
+func (c *Cluster) URL() string { return strings.Join(c.URLs(), ",") }
+
+// reconnectWait is how long a cluster client waits before trying a server
+// again. nats.go's 2s default would make every node loss in a test cost
+// seconds; another node is tried at once either way.
+const reconnectWait = 100 * time.Millisecond
+
+// Connect returns a client of the cluster, closed when the test ends. It
+// knows every node and reconnects forever, so it fails over when its node
+// stops.
+func (c *Cluster) Connect(t testing.TB) (*nats.Conn, jetstream.JetStream) {
+	t.Helper()
+	nc, err := nats.Connect(c.URL(), nats.MaxReconnects(-1), nats.ReconnectWait(reconnectWait))
+	if err != nil {
+		t.Fatalf("connecting to NATS cluster %s: %v", c.URL(), err)
+	}
+	t.Cleanup(nc.Close)
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatalf("opening JetStream: %v", err)
+	}
+	return nc, js
+}
+
+// WaitJetStream returns once JetStream answers through the running nodes,
+// which takes an elected meta leader, and so a majority of the nodes up.
+func (c *Cluster) WaitJetStream(t testing.TB) {
+	t.Helper()
+	var urls []string
+	for _, s := range c.nodes {
+		if s.running {
+			urls = append(urls, s.URL())
+		}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), leaderTimeout)
+	defer cancel()
+	err := waitReady(ctx, "a JetStream meta leader", func(ctx context.Context) error {
+		var errs []error
+		for _, u := range urls {
+			err := pingJetStream(ctx, u)
+			if err == nil {
+				return nil
+			}
+			errs = append(errs, fmt.Errorf("%s: %w", u, err))
+		}
+		return errors.Join(errs...)
+	}, func(context.Context) error { return nil })
+	if err != nil {
+		t.Fatalf("NATS: cluster: %v", err)
+	}
+}
+
+// StreamLeader returns the index of the node that leads stream, waiting
+// for one to be elected if need be (after a step-down or a lost leader).
+// Only a running node counts: a stopped one may still be named until the
+// others notice.
+func (c *Cluster) StreamLeader(t testing.TB, js jetstream.JetStream, stream string) int {
+	t.Helper()
+	return c.leader(t, "stream "+stream, -1, func(ctx context.Context) (*jetstream.ClusterInfo, error) {
+		s, err := js.Stream(ctx, stream)
+		if err != nil {
+			return nil, err
+		}
+		return s.CachedInfo().Cluster, nil
+	})
+}
+
+// ConsumerLeader returns the index of the node that leads the consumer, as
+// StreamLeader does for a stream.
+func (c *Cluster) ConsumerLeader(t testing.TB, js jetstream.JetStream, stream, consumer string) int {
+	t.Helper()
+	return c.leader(t, "consumer "+stream+" > "+consumer, -1, func(ctx context.Context) (*jetstream.ClusterInfo, error) {
+		cons, err := js.Consumer(ctx, stream, consumer)
+		if err != nil {
+			return nil, err
+		}
+		return cons.CachedInfo().Cluster, nil
+	})
+}
+
+// StepDownStream asks stream's leader to step down and returns the node
+// elected in its place.
+func (c *Cluster) StepDownStream(t testing.TB, js jetstream.JetStream, stream string) int {
+	t.Helper()
+	old := c.StreamLeader(t, js, stream)
+	c.stepDown(t, js, "$JS.API.STREAM.LEADER.STEPDOWN."+stream, "stream "+stream)
+	return c.leader(t, "stream "+stream, old, func(ctx context.Context) (*jetstream.ClusterInfo, error) {
+		s, err := js.Stream(ctx, stream)
+		if err != nil {
+			return nil, err
+		}
+		return s.CachedInfo().Cluster, nil
+	})
+}
+
+// StepDownConsumer asks the consumer's leader to step down and returns the
+// node elected in its place.
+func (c *Cluster) StepDownConsumer(t testing.TB, js jetstream.JetStream, stream, consumer string) int {
+	t.Helper()
+	old := c.ConsumerLeader(t, js, stream, consumer)
+	what := "consumer " + stream + " > " + consumer
+	c.stepDown(t, js, "$JS.API.CONSUMER.LEADER.STEPDOWN."+stream+"."+consumer, what)
+	return c.leader(t, what, old, func(ctx context.Context) (*jetstream.ClusterInfo, error) {
+		cons, err := js.Consumer(ctx, stream, consumer)
+		if err != nil {
+			return nil, err
+		}
+		return cons.CachedInfo().Cluster, nil
+	})
+}
+
+// apiResponse is the part of a JetStream API answer a step-down needs.
+type apiResponse struct {
+	Success bool `json:"success"`
+	Error   *struct {
+		Code        int    `json:"code"`
+		ErrCode     int    `json:"err_code"`
+		Description string `json:"description"`
+	} `json:"error"`
+}
+
+// stepDown sends a leader step-down request and checks the answer.
+func (c *Cluster) stepDown(t testing.TB, js jetstream.JetStream, subject, what string) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), leaderTimeout)
+	defer cancel()
+	msg, err := js.Conn().RequestWithContext(ctx, subject, nil)
+	if err != nil {
+		t.Fatalf("NATS: stepping down the leader of %s: %v", what, err)
+	}
+	var resp apiResponse
+	if err := json.Unmarshal(msg.Data, &resp); err != nil {
+		t.Fatalf("NATS: stepping down the leader of %s: answer %q: %v", what, msg.Data, err)
+	}
+	if resp.Error != nil || !resp.Success {
+		t.Fatalf("NATS: stepping down the leader of %s: %s", what, msg.Data)
+	}
+}
+
+// leader polls info until it names a running node other than not (-1: any)
+// as leader, and returns that node's index.
+func (c *Cluster) leader(t testing.TB, what string, not int, info func(context.Context) (*jetstream.ClusterInfo, error)) int {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), leaderTimeout)
+	defer cancel()
+	tick := time.NewTicker(pollInterval)
+	defer tick.Stop()
+	var last string
+	for {
+		reqCtx, reqCancel := context.WithTimeout(ctx, time.Second)
+		ci, err := info(reqCtx)
+		reqCancel()
+		switch {
+		case err != nil:
+			last = err.Error()
+		case ci == nil:
+			t.Fatalf("NATS: %s has no cluster information: is it on a cluster?", what)
+		default:
+			i := slices.IndexFunc(c.nodes, func(s *Server) bool { return s.name == ci.Leader })
+			switch {
+			case i < 0:
+				last = fmt.Sprintf("leader %q", ci.Leader)
+			case !c.nodes[i].running:
+				last = fmt.Sprintf("leader %s, which is stopped", ci.Leader)
+			case i == not:
+				last = fmt.Sprintf("leader still %s", ci.Leader)
+			default:
+				return i
+			}
+		}
+		select {
+		case <-ctx.Done():
+			t.Fatalf("NATS: no leader of %s within %v (last: %s)", what, leaderTimeout, last)
+		case <-tick.C:
+		}
+	}
+}
