@@ -4,11 +4,9 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"strings"
 	"testing"
 	"time"
 
-	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/cio-relay/cio-relay/internal/natstest"
@@ -38,24 +36,7 @@ func TestPublishRidesThroughLeaderElections(t *testing.T) {
 	// The publisher's client is on the stream leader's node, and fails over
 	// to the others.
 	leader := c.StreamLeader(t, admin, "CIO")
-	urls := []string{c.Node(leader).URL()}
-	for i, u := range c.URLs() {
-		if i != leader {
-			urls = append(urls, u)
-		}
-	}
-	nc, err := nats.Connect(strings.Join(urls, ","), nats.DontRandomize(), nats.MaxReconnects(-1), nats.ReconnectWait(100*time.Millisecond))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(nc.Close)
-	js, err := jetstream.New(nc)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if got := nc.ConnectedServerName(); got != c.Node(leader).Name() {
-		t.Fatalf("publisher connected to %s, want the stream leader %s", got, c.Node(leader).Name())
-	}
+	_, js := c.ConnectTo(t, leader)
 	var failures []*PublishError
 	p, err := New(js, Options{Stream: "CIO", IDPrefix: "c-", AckTimeout: time.Second,
 		OnFailure: func(pe *PublishError) { failures = append(failures, pe) }})

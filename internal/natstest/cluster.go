@@ -96,9 +96,33 @@ const reconnectWait = 100 * time.Millisecond
 // stops.
 func (c *Cluster) Connect(t testing.TB) (*nats.Conn, jetstream.JetStream) {
 	t.Helper()
-	nc, err := nats.Connect(c.URL(), nats.MaxReconnects(-1), nats.ReconnectWait(reconnectWait))
+	return c.connect(t, c.URL())
+}
+
+// ConnectTo is Connect with the client on node i: it connects there first
+// and tries the others, in order, only when that node is down. A test that
+// stops node i then knows the client loses its server, not only a peer.
+func (c *Cluster) ConnectTo(t testing.TB, i int) (*nats.Conn, jetstream.JetStream) {
+	t.Helper()
+	urls := []string{c.nodes[i].URL()}
+	for j, s := range c.nodes {
+		if j != i {
+			urls = append(urls, s.URL())
+		}
+	}
+	nc, js := c.connect(t, strings.Join(urls, ","), nats.DontRandomize())
+	if got := nc.ConnectedServerName(); got != c.nodes[i].name {
+		t.Fatalf("NATS: connected to %s, want node %s", got, c.nodes[i].name)
+	}
+	return nc, js
+}
+
+func (c *Cluster) connect(t testing.TB, urls string, opts ...nats.Option) (*nats.Conn, jetstream.JetStream) {
+	t.Helper()
+	opts = append(opts, nats.MaxReconnects(-1), nats.ReconnectWait(reconnectWait))
+	nc, err := nats.Connect(urls, opts...)
 	if err != nil {
-		t.Fatalf("connecting to NATS cluster %s: %v", c.URL(), err)
+		t.Fatalf("connecting to NATS cluster %s: %v", urls, err)
 	}
 	t.Cleanup(nc.Close)
 	js, err := jetstream.New(nc)
@@ -142,26 +166,14 @@ func (c *Cluster) WaitJetStream(t testing.TB) {
 // others notice.
 func (c *Cluster) StreamLeader(t testing.TB, js jetstream.JetStream, stream string) int {
 	t.Helper()
-	return c.leader(t, "stream "+stream, -1, func(ctx context.Context) (*jetstream.ClusterInfo, error) {
-		s, err := js.Stream(ctx, stream)
-		if err != nil {
-			return nil, err
-		}
-		return s.CachedInfo().Cluster, nil
-	})
+	return c.leader(t, "stream "+stream, -1, streamCluster(js, stream))
 }
 
 // ConsumerLeader returns the index of the node that leads the consumer, as
 // StreamLeader does for a stream.
 func (c *Cluster) ConsumerLeader(t testing.TB, js jetstream.JetStream, stream, consumer string) int {
 	t.Helper()
-	return c.leader(t, "consumer "+stream+" > "+consumer, -1, func(ctx context.Context) (*jetstream.ClusterInfo, error) {
-		cons, err := js.Consumer(ctx, stream, consumer)
-		if err != nil {
-			return nil, err
-		}
-		return cons.CachedInfo().Cluster, nil
-	})
+	return c.leader(t, "consumer "+stream+" > "+consumer, -1, consumerCluster(js, stream, consumer))
 }
 
 // StepDownStream asks stream's leader to step down and returns the node
@@ -169,14 +181,68 @@ func (c *Cluster) ConsumerLeader(t testing.TB, js jetstream.JetStream, stream, c
 func (c *Cluster) StepDownStream(t testing.TB, js jetstream.JetStream, stream string) int {
 	t.Helper()
 	old := c.StreamLeader(t, js, stream)
-	c.stepDown(t, js, "$JS.API.STREAM.LEADER.STEPDOWN."+stream, "stream "+stream)
-	return c.leader(t, "stream "+stream, old, func(ctx context.Context) (*jetstream.ClusterInfo, error) {
+	c.stepDown(t, js, "$JS.API.STREAM.LEADER.STEPDOWN."+stream, "stream "+stream, "")
+	return c.leader(t, "stream "+stream, old, streamCluster(js, stream))
+}
+
+// MoveStreamLeader makes node to the leader of stream, by a step-down that
+// names it as the preferred successor, so that a test can put the roles it
+// means to lose on one node.
+func (c *Cluster) MoveStreamLeader(t testing.TB, js jetstream.JetStream, stream string, to int) {
+	t.Helper()
+	if c.StreamLeader(t, js, stream) == to {
+		return
+	}
+	c.stepDown(t, js, "$JS.API.STREAM.LEADER.STEPDOWN."+stream, "stream "+stream, c.nodes[to].name)
+	c.waitLeader(t, "stream "+stream, to, streamCluster(js, stream))
+}
+
+// MoveConsumerLeader makes node to the leader of the consumer, as
+// MoveStreamLeader does for a stream.
+func (c *Cluster) MoveConsumerLeader(t testing.TB, js jetstream.JetStream, stream, consumer string, to int) {
+	t.Helper()
+	if c.ConsumerLeader(t, js, stream, consumer) == to {
+		return
+	}
+	what := "consumer " + stream + " > " + consumer
+	c.stepDown(t, js, "$JS.API.CONSUMER.LEADER.STEPDOWN."+stream+"."+consumer, what, c.nodes[to].name)
+	c.waitLeader(t, what, to, consumerCluster(js, stream, consumer))
+}
+
+// waitLeader waits until info names node to as the leader.
+func (c *Cluster) waitLeader(t testing.TB, what string, to int, info func(context.Context) (*jetstream.ClusterInfo, error)) {
+	t.Helper()
+	deadline := time.Now().Add(leaderTimeout)
+	for {
+		got := c.leader(t, what, -1, info)
+		if got == to {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("NATS: the leader of %s is node %d, not node %d, %v after the step-down", what, got, to, leaderTimeout)
+		}
+		time.Sleep(pollInterval) // the server's view; no event to await
+	}
+}
+
+func streamCluster(js jetstream.JetStream, stream string) func(context.Context) (*jetstream.ClusterInfo, error) {
+	return func(ctx context.Context) (*jetstream.ClusterInfo, error) {
 		s, err := js.Stream(ctx, stream)
 		if err != nil {
 			return nil, err
 		}
 		return s.CachedInfo().Cluster, nil
-	})
+	}
+}
+
+func consumerCluster(js jetstream.JetStream, stream, consumer string) func(context.Context) (*jetstream.ClusterInfo, error) {
+	return func(ctx context.Context) (*jetstream.ClusterInfo, error) {
+		cons, err := js.Consumer(ctx, stream, consumer)
+		if err != nil {
+			return nil, err
+		}
+		return cons.CachedInfo().Cluster, nil
+	}
 }
 
 // StepDownConsumer asks the consumer's leader to step down and returns the
@@ -185,14 +251,8 @@ func (c *Cluster) StepDownConsumer(t testing.TB, js jetstream.JetStream, stream,
 	t.Helper()
 	old := c.ConsumerLeader(t, js, stream, consumer)
 	what := "consumer " + stream + " > " + consumer
-	c.stepDown(t, js, "$JS.API.CONSUMER.LEADER.STEPDOWN."+stream+"."+consumer, what)
-	return c.leader(t, what, old, func(ctx context.Context) (*jetstream.ClusterInfo, error) {
-		cons, err := js.Consumer(ctx, stream, consumer)
-		if err != nil {
-			return nil, err
-		}
-		return cons.CachedInfo().Cluster, nil
-	})
+	c.stepDown(t, js, "$JS.API.CONSUMER.LEADER.STEPDOWN."+stream+"."+consumer, what, "")
+	return c.leader(t, what, old, consumerCluster(js, stream, consumer))
 }
 
 // apiResponse is the part of a JetStream API answer a step-down needs.
@@ -205,12 +265,26 @@ type apiResponse struct {
 	} `json:"error"`
 }
 
+// stepDownRequest is the body of a step-down that names the successor.
+type stepDownRequest struct {
+	Placement struct {
+		Preferred string `json:"preferred"`
+	} `json:"placement"`
+}
+
 // stepDown sends a leader step-down request and checks the answer.
-func (c *Cluster) stepDown(t testing.TB, js jetstream.JetStream, subject, what string) {
+// preferred, if not "", names the node to take over.
+func (c *Cluster) stepDown(t testing.TB, js jetstream.JetStream, subject, what, preferred string) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), leaderTimeout)
 	defer cancel()
-	msg, err := js.Conn().RequestWithContext(ctx, subject, nil)
+	var body []byte
+	if preferred != "" {
+		var req stepDownRequest
+		req.Placement.Preferred = preferred
+		body, _ = json.Marshal(req)
+	}
+	msg, err := js.Conn().RequestWithContext(ctx, subject, body)
 	if err != nil {
 		t.Fatalf("NATS: stepping down the leader of %s: %v", what, err)
 	}

@@ -157,6 +157,17 @@ func TestClusterStepDownMovesLeaders(t *testing.T) {
 		t.Fatalf("StepDownConsumer: leader still node %d", cBefore)
 	}
 
+	// Both leaders onto the one node that leads neither now.
+	to := 3 - after - cAfter
+	if after == cAfter {
+		to = (after + 1) % 3
+	}
+	c.MoveStreamLeader(t, js, "EVENTS", to)
+	c.MoveConsumerLeader(t, js, "EVENTS", "C", to)
+	if s, cons := c.StreamLeader(t, js, "EVENTS"), c.ConsumerLeader(t, js, "EVENTS", "C"); s != to || cons != to {
+		t.Fatalf("after moving both to node %d: stream leader %d, consumer leader %d", to, s, cons)
+	}
+
 	// The consumer kept its state across the move: it hands out the 10.
 	cons, err := js.Consumer(ctx, "EVENTS", "C")
 	if err != nil {
