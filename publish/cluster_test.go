@@ -13,7 +13,7 @@ import (
 )
 
 // TestPublishRidesThroughLeaderElections publishes a steady flow of calls
-// to an R3 stream while its leader is stopped (the node the publisher is
+// to an R3 stream while its leader is killed (the node the publisher is
 // connected to, so PubAcks in flight are lost with it), restarted, and
 // then stepped down. Every call must be stored exactly once: calls caught
 // in an election are sent again with the same Nats-Msg-Id, and the stream
@@ -69,8 +69,8 @@ func TestPublishRidesThroughLeaderElections(t *testing.T) {
 	}()
 
 	<-milestones[0]
-	c.Node(leader).Stop(t)
-	t.Logf("stopped node %d, the stream leader and the publisher's server; now node %d leads", leader, c.StreamLeader(t, admin, "CIO"))
+	c.Node(leader).Kill(t)
+	t.Logf("killed node %d, the stream leader and the publisher's server; now node %d leads", leader, c.StreamLeader(t, admin, "CIO"))
 	<-milestones[1]
 	c.Node(leader).Restart(t)
 	t.Logf("restarted node %d", leader)

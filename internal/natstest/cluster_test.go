@@ -59,7 +59,10 @@ func streamMsgs(ctx context.Context, t *testing.T, js jetstream.JetStream) uint6
 	return s.CachedInfo().State.Msgs
 }
 
-func TestClusterReplicatedStreamSurvivesLeaderStop(t *testing.T) {
+// TestClusterReplicatedStreamSurvivesLeaderLoss kills the leader of an R3
+// stream (SIGKILL in a container; a stop in-process, see Server.Kill) and
+// restarts it.
+func TestClusterReplicatedStreamSurvivesLeaderLoss(t *testing.T) {
 	t.Parallel()
 	ctx, cancel := context.WithTimeout(t.Context(), 2*time.Minute)
 	defer cancel()
@@ -76,22 +79,22 @@ func TestClusterReplicatedStreamSurvivesLeaderStop(t *testing.T) {
 	publishN(ctx, t, js, 0, 100)
 
 	leader := c.StreamLeader(t, js, "EVENTS")
-	c.Node(leader).Stop(t)
+	c.Node(leader).Kill(t)
 	if c.Node(leader).Running() {
-		t.Fatalf("node %d still running after Stop", leader)
+		t.Fatalf("node %d still running after Kill", leader)
 	}
 
 	next := c.StreamLeader(t, js, "EVENTS")
 	if next == leader {
-		t.Fatalf("stream leader is still the stopped node %d", leader)
+		t.Fatalf("stream leader is still the killed node %d", leader)
 	}
 	if got := streamMsgs(ctx, t, js); got != 100 {
-		t.Fatalf("after the leader stopped the stream holds %d messages, want 100", got)
+		t.Fatalf("after the leader was killed the stream holds %d messages, want 100", got)
 	}
 	// The remaining two nodes are a quorum: the stream still takes writes.
 	publishN(ctx, t, js, 100, 50)
 
-	// The stopped node comes back with its store and catches up.
+	// The killed node comes back with its store and catches up.
 	c.Node(leader).Restart(t)
 	c.WaitJetStream(t)
 	if got := streamMsgs(ctx, t, js); got != 150 {

@@ -225,6 +225,35 @@ func (b *containerBackend) stop(ctx context.Context) error {
 	return nil
 }
 
+// kill sends SIGKILL and waits until the container has exited. Its
+// filesystem, and so the JetStream store, stays for the next start.
+func (b *containerBackend) kill(ctx context.Context) error {
+	cli, err := testcontainers.NewDockerClientWithOpts(ctx)
+	if err != nil {
+		return fmt.Errorf("connecting to Docker: %w", err)
+	}
+	defer cli.Close()
+	if _, err := cli.ContainerKill(ctx, b.ctr.GetContainerID(), client.ContainerKillOptions{Signal: "KILL"}); err != nil {
+		return fmt.Errorf("killing container %s: %w", shortID(b.ctr), err)
+	}
+	tick := time.NewTicker(pollInterval)
+	defer tick.Stop()
+	for {
+		state, err := b.ctr.State(ctx)
+		if err != nil {
+			return fmt.Errorf("inspecting container %s: %w", shortID(b.ctr), err)
+		}
+		if !state.Running {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("container %s still running after SIGKILL: %w", shortID(b.ctr), ctx.Err())
+		case <-tick.C:
+		}
+	}
+}
+
 func (b *containerBackend) remove(ctx context.Context) error {
 	var errs []error
 	if b.ctr != nil {

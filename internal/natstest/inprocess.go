@@ -92,6 +92,11 @@ func (b *inProcessBackend) stop(context.Context) error {
 	return nil
 }
 
+// kill is stop: an embedded server has no abrupt way out (see Server.Kill).
+func (b *inProcessBackend) kill(ctx context.Context) error {
+	return b.stop(ctx)
+}
+
 func (b *inProcessBackend) remove(ctx context.Context) error {
 	return b.stop(ctx)
 }

@@ -72,6 +72,9 @@ type backend interface {
 	start(ctx context.Context) (listen, error)
 	// stop shuts the server down cleanly, keeping its store.
 	stop(ctx context.Context) error
+	// kill ends the server as abruptly as the backend can, keeping what
+	// its store holds, and returns once it is down.
+	kill(ctx context.Context) error
 	// remove releases everything the backend holds; the server must not be
 	// started again.
 	remove(ctx context.Context) error
@@ -188,6 +191,25 @@ func (s *Server) Stop(t testing.TB) {
 	defer cancel()
 	if err := s.b.stop(ctx); err != nil {
 		t.Fatalf("NATS: stopping %s server %sat %s: %v", s.kind, s.label(), s.URL(), err)
+	}
+	s.running = false
+}
+
+// Kill ends the server abruptly, as a node that crashes or loses its
+// power: in a container with SIGKILL, so it neither steps down the leaders
+// it holds nor says goodbye to its clients and routes, and the cluster
+// finds out by timeouts. The in-process server cannot die that way: there
+// Kill is Stop, whose leaders step down first, as in a drain. Like Stop,
+// it keeps the store and leaves the server down until [Server.Restart].
+func (s *Server) Kill(t testing.TB) {
+	t.Helper()
+	if !s.running {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), stopTimeout+5*time.Second)
+	defer cancel()
+	if err := s.b.kill(ctx); err != nil {
+		t.Fatalf("NATS: killing %s server %sat %s: %v", s.kind, s.label(), s.URL(), err)
 	}
 	s.running = false
 }
