@@ -78,7 +78,9 @@ type Options struct {
 	IDPrefix string
 	// AckTimeout is how long a call waits for its PubAck before it is sent
 	// again (the PubAck of a call the stream leader took as it died never
-	// comes). Default DefaultAckTimeout.
+	// comes). Default DefaultAckTimeout. nats.go keeps waiting for such a
+	// PubAck unless the JetStream context was made with
+	// jetstream.WithPublishAsyncTimeout, which lets it forget one.
 	AckTimeout time.Duration
 	// RetryMaxElapsed bounds how long a call is sent again, with the same
 	// Nats-Msg-Id, after a PubAck timeout, "no responders" (no stream
@@ -417,6 +419,17 @@ func (p *Publisher) settleOldest(ctx context.Context) error {
 // settles a stored call, and records a failure (a PubAck timeout
 // included) in c.err.
 func (p *Publisher) await(ctx context.Context, c *pending) (stored bool, err error) {
+	// An answer already in takes precedence over a deadline already past,
+	// which the select below would pick at random.
+	select {
+	case ack := <-c.fut.Ok():
+		p.settle(ack, nil)
+		return true, nil
+	case err := <-c.fut.Err():
+		c.err = err
+		return false, nil
+	default:
+	}
 	timer := time.NewTimer(time.Until(c.deadline))
 	defer timer.Stop()
 	select {

@@ -14,9 +14,14 @@
 // [StartCluster] starts a JetStream cluster of n nodes (3 for R3 streams),
 // each a [Server] with its own ports and store, and returns once a meta
 // leader is elected. [Cluster.URL] lists every node for a client that fails
-// over; [Cluster.Node] gives one node to Stop and Restart; StreamLeader,
-// ConsumerLeader, StepDownStream and StepDownConsumer find and move the
-// leaders, so a test can take down exactly the node that matters. Node i
+// over, [Cluster.ConnectTo] a client that starts on a given node;
+// [Cluster.Node] gives one node to Stop, Kill and Restart; StreamLeader,
+// ConsumerLeader, StepDownStream, StepDownConsumer, MoveStreamLeader and
+// MoveConsumerLeader find and move the leaders, so a test can take down
+// exactly the node that matters. [Server.Kill] is SIGKILL in a container
+// (no leader steps down, no client is told) and a clean stop in-process,
+// which has no abrupt way out: a test of a crash is only as hard as that
+// on the in-process path. Node i
 // routes to the nodes started before it (the others learn of it from
 // them), so every port is picked when its node first starts.
 //
