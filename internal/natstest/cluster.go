@@ -37,9 +37,10 @@ type Cluster struct {
 // is once a meta leader is elected.
 //
 // Node i routes to the nodes started before it, and the others find it
-// from them, so every port can be picked when its node starts: nothing
-// needs to know a port before it is bound. A restarted node keeps its
-// ports, routes and store.
+// from them, so a port can be picked when its node starts (the first node
+// routes to itself, as JetStream needs a configured route, and so picks
+// its route port just before). A restarted node keeps its ports, routes
+// and store.
 func StartCluster(t testing.TB, n int) *Cluster {
 	t.Helper()
 	if n < 1 {

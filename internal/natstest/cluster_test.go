@@ -37,7 +37,10 @@ func publishN(ctx context.Context, t *testing.T, js jetstream.JetStream, from, n
 	for i := from; i < from+n; i++ {
 		id := fmt.Sprintf("m-%d", i)
 		for {
-			_, err := js.Publish(ctx, "events.track", []byte(id), jetstream.WithMsgID(id))
+			// One attempt may go to a leader that is gone: bound it.
+			actx, cancel := context.WithTimeout(ctx, attemptTimeout)
+			_, err := js.Publish(actx, "events.track", []byte(id), jetstream.WithMsgID(id))
+			cancel()
 			if err == nil {
 				break
 			}
@@ -50,13 +53,42 @@ func publishN(ctx context.Context, t *testing.T, js jetstream.JetStream, from, n
 	}
 }
 
-func streamMsgs(ctx context.Context, t *testing.T, js jetstream.JetStream) uint64 {
+// attemptTimeout bounds one request of these tests: one to a leader that
+// has just gone would otherwise wait for the test's whole deadline.
+const attemptTimeout = 2 * time.Second
+
+// eventually retries f, each attempt bounded by attemptTimeout, until it
+// succeeds or timeout passes.
+func eventually(t *testing.T, timeout time.Duration, what string, f func(ctx context.Context) error) {
 	t.Helper()
-	s, err := js.Stream(ctx, "EVENTS")
-	if err != nil {
-		t.Fatalf("Stream: %v", err)
+	deadline := time.Now().Add(timeout)
+	for {
+		ctx, cancel := context.WithTimeout(t.Context(), attemptTimeout)
+		err := f(ctx)
+		cancel()
+		if err == nil {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: not within %v: %v", what, timeout, err)
+		}
+		time.Sleep(100 * time.Millisecond) // polling the server's view; no event to await
 	}
-	return s.CachedInfo().State.Msgs
+}
+
+// wantMsgs waits until the stream reports n messages.
+func wantMsgs(t *testing.T, js jetstream.JetStream, n uint64, when string) {
+	t.Helper()
+	eventually(t, 30*time.Second, fmt.Sprintf("%s the stream holds %d messages", when, n), func(ctx context.Context) error {
+		s, err := js.Stream(ctx, "EVENTS")
+		if err != nil {
+			return err
+		}
+		if got := s.CachedInfo().State.Msgs; got != n {
+			return fmt.Errorf("it holds %d", got)
+		}
+		return nil
+	})
 }
 
 // TestClusterReplicatedStreamSurvivesLeaderLoss kills the leader of an R3
@@ -88,34 +120,26 @@ func TestClusterReplicatedStreamSurvivesLeaderLoss(t *testing.T) {
 	if next == leader {
 		t.Fatalf("stream leader is still the killed node %d", leader)
 	}
-	if got := streamMsgs(ctx, t, js); got != 100 {
-		t.Fatalf("after the leader was killed the stream holds %d messages, want 100", got)
-	}
+	wantMsgs(t, js, 100, "after the leader was killed")
 	// The remaining two nodes are a quorum: the stream still takes writes.
 	publishN(ctx, t, js, 100, 50)
 
 	// The killed node comes back with its store and catches up.
 	c.Node(leader).Restart(t)
 	c.WaitJetStream(t)
-	if got := streamMsgs(ctx, t, js); got != 150 {
-		t.Fatalf("after the restart the stream holds %d messages, want 150", got)
-	}
-	// Read through the restarted node alone: its replica has every message.
-	nc := connect(t, c.Node(leader).URL())
-	direct := newJetStream(t, nc)
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		s, err := direct.Stream(ctx, "EVENTS")
-		if err == nil {
-			if r := replica(s.CachedInfo(), c.Node(leader).Name()); r != nil && r.Current && r.Lag == 0 {
-				break
-			}
+	wantMsgs(t, js, 150, "after the restart")
+	// The restarted node catches up: its replica is current, with no lag.
+	name := c.Node(leader).Name()
+	eventually(t, 30*time.Second, "restarted node "+name+" catches up", func(ctx context.Context) error {
+		s, err := js.Stream(ctx, "EVENTS")
+		if err != nil {
+			return err
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("restarted node %s did not catch up within 30s (last error %v)", c.Node(leader).Name(), err)
+		if r := replica(s.CachedInfo(), name); r == nil || !r.Current || r.Lag != 0 {
+			return fmt.Errorf("replica %+v", r)
 		}
-		time.Sleep(100 * time.Millisecond) // polling the server's view; no event to await
-	}
+		return nil
+	})
 }
 
 // replica returns name's entry among the stream's followers, nil if it

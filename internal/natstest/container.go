@@ -155,9 +155,7 @@ func (b *containerBackend) args(l listen) []string {
 	if n := b.node; n != nil {
 		args = append(args, "--server_name", n.name, "--cluster_name", n.cluster,
 			"--cluster", "nats://"+net.JoinHostPort(host, strconv.Itoa(l.cluster)))
-		if len(n.routes) > 0 {
-			args = append(args, "--routes", strings.Join(n.routes, ","))
-		}
+		args = append(args, "--routes", strings.Join(n.routesFor(l.cluster), ","))
 	}
 	return args
 }

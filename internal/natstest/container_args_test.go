@@ -4,6 +4,7 @@ import (
 	"flag"
 	"io"
 	"testing"
+	"time"
 
 	"github.com/nats-io/nats-server/v2/server"
 )
@@ -20,7 +21,8 @@ func TestContainerArgsParseAsNatsServerFlags(t *testing.T) {
 		wantRoutes int
 	}{
 		{name: "lone server", l: listen{client: 4222}},
-		{name: "first node", node: &clusterNode{cluster: "c", name: "n0"}, l: listen{client: 4222, cluster: 6222}},
+		// JetStream needs a configured route: the first node routes to itself.
+		{name: "first node", node: &clusterNode{cluster: "c", name: "n0"}, l: listen{client: 4222, cluster: 6222}, wantRoutes: 1},
 		{name: "third node", node: &clusterNode{cluster: "c", name: "n2",
 			routes: []string{"nats://127.0.0.1:6222", "nats://127.0.0.1:6223"}}, l: listen{client: 4224, cluster: 6224}, wantRoutes: 2},
 	}
@@ -53,5 +55,40 @@ func TestContainerArgsParseAsNatsServerFlags(t *testing.T) {
 				t.Fatalf("%d routes %v, want %d", len(opts.Routes), opts.Routes, tt.wantRoutes)
 			}
 		})
+	}
+}
+
+// TestContainerArgsStartAJetStreamNode starts nats-server in-process with
+// the options the container's command parses to (the store moved to a temp
+// dir): JetStream must start, which a cluster node without a configured
+// route would not do.
+func TestContainerArgsStartAJetStreamNode(t *testing.T) {
+	t.Parallel()
+	b := newContainerBackend(t, "img", &clusterNode{cluster: "c", name: "n0"})
+	l, err := b.freePorts()
+	if err != nil {
+		t.Fatal(err)
+	}
+	fs := flag.NewFlagSet("nats-server", flag.ContinueOnError)
+	fs.SetOutput(io.Discard)
+	noop := func() {}
+	opts, err := server.ConfigureOptions(fs, b.args(l), noop, noop, noop)
+	if err != nil {
+		t.Fatal(err)
+	}
+	opts.StoreDir, opts.NoSigs = t.TempDir(), true
+	srv, err := server.NewServer(opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	logs := &logBuffer{}
+	srv.SetLoggerV2(logs, false, false, false)
+	srv.Start()
+	defer func() {
+		srv.Shutdown()
+		srv.WaitForShutdown()
+	}()
+	if !srv.ReadyForConnections(10*time.Second) || !srv.JetStreamEnabled() {
+		t.Fatalf("nats-server %q did not start with JetStream; log:\n%s", b.args(l), logs)
 	}
 }

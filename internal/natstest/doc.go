@@ -23,7 +23,8 @@
 // which has no abrupt way out: a test of a crash is only as hard as that
 // on the in-process path. Node i
 // routes to the nodes started before it (the others learn of it from
-// them), so every port is picked when its node first starts.
+// them; the first routes to itself, as JetStream needs a configured
+// route), so every port is picked when its node first starts.
 //
 // # Where the server runs
 //

@@ -46,9 +46,19 @@ func (b *inProcessBackend) start(ctx context.Context) (listen, error) {
 		NoSigs: true,
 	}
 	if n := b.node; n != nil {
+		port := b.listen.cluster
+		if port == 0 && len(n.routes) == 0 {
+			// The first node routes to itself, so it needs its port before
+			// it binds it: picked here, with the small risk freePort
+			// describes. The others bind a random one.
+			var err error
+			if port, err = freePort(); err != nil {
+				return listen{}, err
+			}
+		}
 		opts.ServerName = n.name
-		opts.Cluster = server.ClusterOpts{Name: n.cluster, Host: host, Port: orRandom(b.listen.cluster)}
-		opts.Routes = server.RoutesFromStr(strings.Join(n.routes, ","))
+		opts.Cluster = server.ClusterOpts{Name: n.cluster, Host: host, Port: orRandom(port)}
+		opts.Routes = server.RoutesFromStr(strings.Join(n.routesFor(port), ","))
 	}
 	srv, err := server.NewServer(opts)
 	if err != nil {

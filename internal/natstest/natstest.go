@@ -64,6 +64,17 @@ type clusterNode struct {
 	routes  []string // nats://127.0.0.1:PORT route URLs of the nodes started before it
 }
 
+// routesFor returns the routes of the node when it listens for routes on
+// port. The first node has no earlier node to route to, and routes to
+// itself: a JetStream cluster needs a configured route, and nats-server
+// ignores one to itself.
+func (n *clusterNode) routesFor(port int) []string {
+	if len(n.routes) > 0 {
+		return n.routes
+	}
+	return []string{"nats://" + net.JoinHostPort(host, strconv.Itoa(port))}
+}
+
 // backend is one way of running nats-server.
 type backend interface {
 	// start starts the server and returns once it accepts connections (a
