@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"fmt"
 	"log/slog"
 	"strings"
 	"sync"
@@ -15,6 +16,7 @@ import (
 	"github.com/cio-relay/cio-relay/deadletter"
 	"github.com/cio-relay/cio-relay/internal/ciotest"
 	"github.com/cio-relay/cio-relay/internal/natstest"
+	"github.com/cio-relay/cio-relay/publish"
 	"github.com/cio-relay/cio-relay/sink"
 	"github.com/cio-relay/cio-relay/worker"
 )
@@ -169,4 +171,215 @@ func TestStreamReplicasOnASingleServerFailClearly(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), "creating stream CIO") || !strings.Contains(err.Error(), "RELAY_STREAM_REPLICAS=3") {
 		t.Fatalf("Run = %v, want an error creating stream CIO that names RELAY_STREAM_REPLICAS=3", err)
 	}
+}
+
+// clusterWorker is a worker of TestRelayRidesThroughStreamLeaderLoss, on
+// its own connection to the cluster, as a replica of the Deployment is.
+type clusterWorker struct {
+	name string
+	w    *worker.Worker
+	done chan error // Run's result
+}
+
+// startClusterWorker runs a worker on its own client, connected to node
+// (and failing over to the others), until the test ends. Unlike runWorker
+// it hands back Run's result as it comes, so a worker that gives up
+// mid-test fails the test at once.
+func startClusterWorker(t *testing.T, e *env, c *natstest.Cluster, node int, name string, opts worker.Options) *clusterWorker {
+	t.Helper()
+	_, js := c.ConnectTo(t, node)
+	cdp, err := sink.NewCDP(sink.CDPOptions{
+		URL:       e.cio.CDPURL(),
+		APIKey:    func() string { return cdpKey },
+		UserAgent: "cio-relay/test",
+		Client:    sink.NewHTTPClient(4, 10*time.Second),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	opts.ManageStreams = true
+	w, err := worker.New(js, cdp, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	cw := &clusterWorker{name: name, w: w, done: make(chan error, 1)}
+	go func() { cw.done <- w.Run(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		select {
+		case <-cw.done:
+		case <-time.After(30 * time.Second):
+			t.Errorf("worker %s did not stop within 30s", name)
+		}
+	})
+	waitReady(t, w)
+	return cw
+}
+
+// TestRelayRidesThroughStreamLeaderLoss runs two workers against a
+// three-node cluster with RELAY_STREAM_REPLICAS=3 while events flow, and
+// kills the node that leads the CIO stream mid-run (SIGKILL in a
+// container; in-process a stop, see natstest.Server.Kill), then restarts
+// it. The node also leads the workers' consumer. One worker pulls through
+// it, so it loses its server and must reconnect to another node and resume;
+// the other pulls through another node, so its pull requests die with the
+// consumer leader without its connection noticing. Every event must reach
+// Customer.io (duplicates are counted and reported), nothing may be
+// dead-lettered, and both workers must keep running.
+func TestRelayRidesThroughStreamLeaderLoss(t *testing.T) {
+	t.Parallel()
+	const events = 10000
+	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
+	defer cancel()
+
+	e, c := newClusterEnv(t, ciotest.Options{})
+	opts := fastOptions()
+	opts.StreamReplicas = 3
+	opts.AckWait = 5 * time.Second // what a lost node held comes back soon
+	opts.BatchMaxCalls = 250       // more batches, so more of them are in flight at the loss
+	opts.MaxAckPending = 2000
+	const lost = 0 // the node killed mid-run
+	workers := []*clusterWorker{
+		startClusterWorker(t, e, c, lost, "w1", opts),
+		startClusterWorker(t, e, c, 1, "w2", opts),
+	}
+	c.MoveStreamLeader(t, e.js, "CIO", lost)
+	c.MoveConsumerLeader(t, e.js, "CIO", "cio-relay", lost)
+
+	// Publishing runs alongside with the publish package, which rides
+	// through the election itself; paced so that events are still flowing
+	// when the node goes.
+	_, pubJS := c.Connect(t)
+	p, err := publish.New(pubJS, publish.Options{Stream: "CIO", IDPrefix: "cl-"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	published := make(chan error, 1)
+	go func() {
+		tick := time.NewTicker(200 * time.Microsecond)
+		defer tick.Stop()
+		for i := range events {
+			<-tick.C
+			call := fmt.Sprintf(`{"type":"track","userId":"u-%d","event":"Clustered","properties":{"i":%d}}`, i, i)
+			if _, err := p.Publish(ctx, []byte(call)); err != nil {
+				published <- fmt.Errorf("call %d: %w", i, err)
+				return
+			}
+		}
+		published <- p.Wait(ctx)
+	}()
+
+	// waitDelivered waits until the stand-in has accepted n calls, failing
+	// at once if a worker stops or publishing fails.
+	pubErr := error(nil)
+	pubDone := false
+	waitDelivered := func(n int) {
+		t.Helper()
+		wctx, stop := context.WithCancel(ctx)
+		defer stop()
+		reason := make(chan string, 1)
+		go func() {
+			cases := make(chan string, len(workers))
+			for _, w := range workers {
+				go func() {
+					select {
+					case err := <-w.done:
+						w.done <- err // for the cleanup
+						cases <- fmt.Sprintf("worker %s stopped: Run returned %v", w.name, err)
+					case <-wctx.Done():
+					}
+				}()
+			}
+			select {
+			case r := <-cases:
+				reason <- r
+				stop()
+			case <-wctx.Done():
+			}
+		}()
+		if err := e.cio.WaitDelivered(wctx, n); err != nil {
+			select {
+			case r := <-reason:
+				t.Fatalf("%s, with %d calls accepted, waiting for %d", r, e.cio.Stats().CallsAccepted, n)
+			default:
+			}
+			t.Fatalf("waiting for %d calls accepted: %v (%d accepted; publishing done %v, error %v)", n, err, e.cio.Stats().CallsAccepted, pubDone, pubErr)
+		}
+	}
+
+	start := time.Now()
+	waitDelivered(events * 3 / 10)
+	if got := c.StreamLeader(t, e.js, "CIO"); got != lost {
+		t.Fatalf("the CIO stream leader moved to node %d on its own before the loss", got)
+	}
+	c.Node(lost).Kill(t)
+	t.Logf("%v: killed node %d (stream and consumer leader, w1's server) at %d calls accepted; node %d leads the stream, node %d the consumer",
+		time.Since(start).Round(time.Millisecond), lost, e.cio.Stats().CallsAccepted,
+		c.StreamLeader(t, e.js, "CIO"), c.ConsumerLeader(t, e.js, "CIO", "cio-relay"))
+	waitDelivered(events * 6 / 10)
+	c.Node(lost).Restart(t)
+	t.Logf("%v: restarted node %d at %d calls accepted", time.Since(start).Round(time.Millisecond), lost, e.cio.Stats().CallsAccepted)
+
+	// Every event delivered at least once: wait on the distinct messageIds.
+	counts := map[string]int{}
+	for {
+		delivered := e.cio.Delivered()
+		clear(counts)
+		for _, call := range delivered {
+			counts[call.MessageID]++
+		}
+		if len(counts) >= events {
+			break
+		}
+		waitDelivered(len(delivered) + 1)
+	}
+	pubErr, pubDone = <-published, true
+	if pubErr != nil {
+		t.Fatalf("publishing: %v", pubErr)
+	}
+	waitSettled(t, e.js, time.Minute)
+	elapsed := time.Since(start)
+
+	// Counted again now that nothing is in flight: a redelivery can land
+	// after the last new messageId did.
+	clear(counts)
+	for _, call := range e.cio.Delivered() {
+		counts[call.MessageID]++
+	}
+	duplicates, twice := 0, 0
+	for i := 1; i <= events; i++ {
+		n := counts[fmt.Sprintf("cl-%d", i)]
+		if n == 0 {
+			t.Errorf("event cl-%d never delivered", i)
+		}
+		if n > 1 {
+			duplicates += n - 1
+			twice++
+		}
+	}
+	if len(counts) != events {
+		t.Errorf("%d distinct messageIds delivered, want %d", len(counts), events)
+	}
+	if dead := streamMsgs(t, e.js, "CIO_DLQ"); dead != 0 {
+		for _, d := range readDLQ(t, e.js) {
+			t.Errorf("dead letter %d: %s, %s (%d deliveries)", d.Seq, d.Record.Reason, d.Record.Detail, d.Record.Deliveries)
+		}
+	}
+	if n := streamMsgs(t, e.js, "CIO"); n != events {
+		t.Errorf("stream CIO holds %d messages for %d events", n, events)
+	}
+	for _, w := range workers {
+		select {
+		case err := <-w.done:
+			w.done <- err
+			t.Errorf("worker %s stopped: Run returned %v", w.name, err)
+		default:
+		}
+	}
+	ps, info := p.Stats(), consumerInfo(t, e.js)
+	t.Logf("cluster: %d events, %d calls delivered, %d duplicates (%d events more than once), 0 lost; "+
+		"publisher sent %d again (%d already stored); %d JetStream deliveries; %v",
+		events, e.cio.Stats().CallsAccepted, duplicates, twice, ps.Retries, ps.Duplicates, info.Delivered.Consumer,
+		elapsed.Round(time.Millisecond))
 }
