@@ -69,6 +69,10 @@ func (c *Config) check(vars []variable, given, bad map[string]bool) []error {
 		errs = append(errs, fmt.Errorf("RELAY_DLQ_STREAM: must differ from RELAY_STREAM, or dead letters would be delivered again, got %s for both",
 			c.Queue.DLQStream))
 	}
+	if ok("RELAY_STREAM_REPLICAS") && c.Queue.Replicas > 1 && !given["NATS_URL"] {
+		errs = append(errs, fmt.Errorf("RELAY_STREAM_REPLICAS: must be 1 with the embedded server (NATS_URL unset), a single node; "+
+			"more replicas need a JetStream cluster, got %d", c.Queue.Replicas))
+	}
 	if ok("RELAY_MAX_ACK_PENDING", "RELAY_BATCH_MAX_CALLS", "RELAY_SEND_CONCURRENCY") {
 		need := c.Batch.MaxCalls * (c.Send.Concurrency + 1)
 		if c.Queue.MaxAckPending < need {

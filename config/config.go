@@ -51,6 +51,7 @@ type Queue struct {
 	Consumer      string
 	DLQStream     string
 	DLQMaxAge     time.Duration // retention of a dead-letter stream cio-relay creates
+	Replicas      int           // of the streams cio-relay creates
 	ManageStreams bool          // create or update the streams and consumer at start
 	AckWait       time.Duration
 	MaxAckPending int

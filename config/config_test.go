@@ -56,7 +56,7 @@ func TestLoadDefaults(t *testing.T) {
 		NATS:     NATS{},
 		Embedded: Embedded{DataDir: "./data", Listen: "127.0.0.1:4222"},
 		Queue: Queue{
-			Stream: "CIO", Consumer: "cio-relay", DLQStream: "CIO_DLQ", DLQMaxAge: 720 * time.Hour, ManageStreams: true,
+			Stream: "CIO", Consumer: "cio-relay", DLQStream: "CIO_DLQ", DLQMaxAge: 720 * time.Hour, Replicas: 1, ManageStreams: true,
 			AckWait: 30 * time.Second, MaxAckPending: 20000, MaxDeliver: 20, NakDelay: 30 * time.Second,
 		},
 		Batch: Batch{MaxBytes: 500000, MaxCalls: 2000, FlushInterval: time.Second},
@@ -202,6 +202,12 @@ func TestLoadRejects(t *testing.T) {
 		{"retry initial over max", map[string]string{"RELAY_RETRY_INITIAL_INTERVAL": "1m"}, nil, "RELAY_RETRY_INITIAL_INTERVAL:", "at most RELAY_RETRY_MAX_INTERVAL (30s), got 1m0s"},
 		{"nak delay negative", map[string]string{"RELAY_NAK_DELAY": "-1s"}, nil, "RELAY_NAK_DELAY:", "not be negative"},
 		{"dlq max age too short", map[string]string{"RELAY_DLQ_MAX_AGE": "10m"}, nil, "RELAY_DLQ_MAX_AGE:", "at least 1h"},
+		{"stream replicas zero", map[string]string{"NATS_URL": url, "RELAY_STREAM_REPLICAS": "0"}, nil, "RELAY_STREAM_REPLICAS:", "at least 1, got 0"},
+		{"stream replicas over JetStream's limit", map[string]string{"NATS_URL": url, "RELAY_STREAM_REPLICAS": "6"}, nil,
+			"RELAY_STREAM_REPLICAS:", "at most 5 (JetStream's limit), got 6"},
+		{"stream replicas not a number", map[string]string{"NATS_URL": url, "RELAY_STREAM_REPLICAS": "three"}, nil, "RELAY_STREAM_REPLICAS:", "whole number"},
+		{"stream replicas on the embedded server", map[string]string{"RELAY_STREAM_REPLICAS": "3"}, nil,
+			"RELAY_STREAM_REPLICAS:", "must be 1 with the embedded server (NATS_URL unset), a single node; more replicas need a JetStream cluster, got 3"},
 		{"shutdown timeout zero", map[string]string{"RELAY_SHUTDOWN_TIMEOUT": "0s"}, nil, "RELAY_SHUTDOWN_TIMEOUT:", "greater than 0"},
 		{"http addr without port", map[string]string{"RELAY_HTTP_ADDR": "9090"}, nil, "RELAY_HTTP_ADDR:", `or "off"`},
 		{"log format", map[string]string{"RELAY_LOG_FORMAT": "xml"}, nil, "RELAY_LOG_FORMAT:", "auto, text, json"},
@@ -641,5 +647,15 @@ func TestCheckRunRefusesASilentDryRun(t *testing.T) {
 				t.Errorf("DryRun = %v, want %v", c.DryRun(), tt.dryRun)
 			}
 		})
+	}
+}
+
+func TestStreamReplicasWithACluster(t *testing.T) {
+	c := mustLoad(t, nil, map[string]string{"NATS_URL": "nats://a:4222,nats://b:4222,nats://c:4222", "RELAY_STREAM_REPLICAS": "3"})
+	if c.Queue.Replicas != 3 {
+		t.Fatalf("Queue.Replicas = %d, want 3", c.Queue.Replicas)
+	}
+	if r := c.Redacted(); !strings.Contains(r, "RELAY_STREAM_REPLICAS=3\n") {
+		t.Errorf("Redacted() lacks RELAY_STREAM_REPLICAS=3:\n%s", r)
 	}
 }

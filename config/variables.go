@@ -75,6 +75,14 @@ func (c *Config) variables() []variable {
 			{name: "RELAY_DLQ_MAX_AGE", def: "720h", value: durationField(&c.Queue.DLQMaxAge,
 				atLeast(time.Hour, "dead letters must outlive the time it takes an operator to act on them")),
 				help: "How long RELAY_DLQ_STREAM keeps a dead letter when cio-relay creates the stream. At least 1h."},
+			// One for the embedded server and a lone one; a cluster's
+			// operators ask for more (3 survives the loss of a node). 5 is
+			// JetStream's limit.
+			{name: "RELAY_STREAM_REPLICAS", def: "1", value: intField(&c.Queue.Replicas,
+				atLeast(1, ""), atMost(5, "JetStream's limit")),
+				help: "Replicas of RELAY_STREAM and RELAY_DLQ_STREAM when cio-relay creates them, 1 to 5; their consumers follow. " +
+					"More than 1 needs a JetStream cluster of at least that many nodes (3 survives the loss of one). " +
+					"A stream that exists with another count is left as it is, with a warning."},
 			{name: "RELAY_MANAGE_STREAMS", def: "true", value: boolField(&c.Queue.ManageStreams),
 				help: "Create or update the streams and the consumer at start (true/false, 1/0, yes/no). " +
 					"Set false when they are managed elsewhere, such as by Terraform or NACK."},

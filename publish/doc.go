@@ -23,6 +23,19 @@
 // waits for the oldest when that many do. [Publisher.Wait] waits for every
 // PubAck and returns the first failure.
 //
+// # Leader elections
+//
+// On a JetStream cluster a stream's leader can change under a publisher: a
+// node is drained or dies, a leader steps down. Calls caught in between get
+// no PubAck, "no responders", or a not-leader answer; the PubAck of a call
+// the old leader stored can be lost with it. Such a call ([Retryable]) is
+// sent again, unchanged and with the same Nats-Msg-Id, with backoff, for up
+// to [Options.RetryMaxElapsed]: the new leader stores it, or drops it as a
+// duplicate if the old one had (counted in [Stats].Duplicates). Nothing is
+// lost and nothing stored twice, as long as the retries end within the
+// stream's duplicate window. A call still not stored then fails, reported
+// by Wait and [Options.OnFailure].
+//
 //	js, _ := jetstream.New(nc)
 //	p, err := publish.New(js, publish.Options{Stream: "CIO"})
 //	if err != nil {

@@ -34,7 +34,7 @@ func Example() {
 	// Output:
 	// m-1 <nil>
 	// invalid call (missing_user): track needs userId or anonymousId
-	// {Published:1 Duplicates:0 Failed:0 Bytes:69}
+	// {Published:1 Duplicates:0 Failed:0 Retries:0 Bytes:69}
 }
 
 // jetStreamForExample runs an in-process JetStream server with cio-relay's

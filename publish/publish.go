@@ -14,6 +14,7 @@ import (
 	"time"
 	"unicode/utf8"
 
+	"github.com/cenkalti/backoff/v4"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
@@ -36,6 +37,31 @@ const maxMsgIDHeader = 256
 // the library's default 200ms.
 const stallWait = 30 * time.Second
 
+// DefaultAckTimeout is the default of [Options.AckTimeout]: nats.go's own
+// timeout of a JetStream request. A stored call is acknowledged in
+// milliseconds; one that waits this long was lost with a node or an
+// election.
+const DefaultAckTimeout = 5 * time.Second
+
+// DefaultRetryMaxElapsed is the default of [Options.RetryMaxElapsed]: a
+// JetStream leader election takes a few seconds, the loss of a node with
+// the meta leader on it some more; 30 seconds rides out several, and stays
+// well inside cio-relay's 2-minute duplicate window (see
+// [Options.RetryMaxElapsed]).
+const DefaultRetryMaxElapsed = 30 * time.Second
+
+// NoRetry, as [Options.RetryMaxElapsed], fails a call at its first
+// failure.
+const NoRetry = time.Duration(-1)
+
+// Backoff between attempts of one call: from retryInitial, doubling up to
+// retryMaxInterval, with jitter so that the calls failed by one election
+// are not sent again all at once.
+const (
+	retryInitial     = 100 * time.Millisecond
+	retryMaxInterval = 2 * time.Second
+)
+
 // Options configures a Publisher. Zero values take the defaults noted.
 type Options struct {
 	// MaxPending bounds the calls awaiting their PubAck; Publish waits for
@@ -50,11 +76,36 @@ type Options struct {
 	// follows. Letters, digits and . _ : - only. Default: 32 random hex
 	// digits and "-", new for each Publisher.
 	IDPrefix string
+	// AckTimeout is how long a call waits for its PubAck before it is sent
+	// again (the PubAck of a call the stream leader took as it died never
+	// comes). Default DefaultAckTimeout. nats.go keeps waiting for such a
+	// PubAck unless the JetStream context was made with
+	// jetstream.WithPublishAsyncTimeout, which lets it forget one.
+	AckTimeout time.Duration
+	// RetryMaxElapsed bounds how long a call is sent again, with the same
+	// Nats-Msg-Id, after a PubAck timeout, "no responders" (no stream
+	// leader) or a stream that is between leaders; after that it fails.
+	// Keep it below the stream's duplicate window, which is what drops the
+	// copy of a call stored before its PubAck was lost. Default
+	// DefaultRetryMaxElapsed; NoRetry for none.
+	RetryMaxElapsed time.Duration
+	// OnFailure, if set, is called with each call that was sent but not
+	// stored (retries spent, or rejected), as its failure is known, from
+	// within the Publisher's methods: it must not call them.
+	// [Publisher.Wait] returns only the first. A call that cannot be sent
+	// at all is Publish's own error.
+	OnFailure func(*PublishError)
 }
 
 func (o *Options) setDefaults() error {
 	if o.MaxPending == 0 {
 		o.MaxPending = DefaultMaxPending
+	}
+	if o.AckTimeout == 0 {
+		o.AckTimeout = DefaultAckTimeout
+	}
+	if o.RetryMaxElapsed == 0 {
+		o.RetryMaxElapsed = DefaultRetryMaxElapsed
 	}
 	if o.IDPrefix == "" {
 		var b [16]byte
@@ -74,6 +125,12 @@ func (o *Options) validate() error {
 	if err := CheckIDPrefix(o.IDPrefix); err != nil {
 		errs = append(errs, err)
 	}
+	if o.AckTimeout < 0 {
+		errs = append(errs, fmt.Errorf("AckTimeout must not be negative, got %v", o.AckTimeout))
+	}
+	if o.RetryMaxElapsed < 0 && o.RetryMaxElapsed != NoRetry {
+		errs = append(errs, fmt.Errorf("RetryMaxElapsed must not be negative (NoRetry aside), got %v", o.RetryMaxElapsed))
+	}
 	return errors.Join(errs...)
 }
 
@@ -90,7 +147,8 @@ func CheckIDPrefix(p string) error {
 }
 
 // Publisher publishes calls to JetStream. It is safe for concurrent use;
-// publishes are sent one at a time, in the order Publish is called.
+// publishes are sent one at a time, in the order Publish is called (a call
+// sent again after a failure may be stored after later ones).
 type Publisher struct {
 	js   jetstream.JetStream
 	opts Options
@@ -105,10 +163,15 @@ type Publisher struct {
 
 // pending is a call awaiting its PubAck.
 type pending struct {
-	fut     jetstream.PubAckFuture
-	id      string
-	subject string
-	size    int
+	fut      jetstream.PubAckFuture
+	msg      *nats.Msg // to send again, with the same Nats-Msg-Id
+	id       string
+	subject  string
+	size     int
+	deadline time.Time                   // for the PubAck of the last attempt
+	err      error                       // of the last attempt, taken from fut, not yet acted on
+	attempts int                         // sent so far
+	retry    *backoff.ExponentialBackOff // from the first failure; nil before
 }
 
 // Stats counts the calls whose PubAck, or failure, has come back.
@@ -116,6 +179,7 @@ type Stats struct {
 	Published  int64 // stored, or already stored (duplicates included)
 	Duplicates int64 // of Published: dropped by JetStream as a repeat of an earlier Nats-Msg-Id
 	Failed     int64 // not stored
+	Retries    int64 // times a call was sent again after a PubAck timeout, no responders or a leader change
 	Bytes      int64 // of the wire forms of the Published calls
 }
 
@@ -172,17 +236,30 @@ func (p *Publisher) PublishType(ctx context.Context, t event.Type, body []byte) 
 	}
 	m := &nats.Msg{Subject: t.Subject(), Data: wire, Header: nats.Header{}}
 	m.Header.Set(jetstream.MsgIDHeader, headerID(id))
+	c := pending{msg: m, id: id, subject: m.Subject, size: len(wire)}
+	if err := p.send(&c); err != nil && !Retryable(err) {
+		// Not sent, and sending again would not help (a closed connection,
+		// say): the caller learns it now.
+		p.stats.Failed++
+		return "", &PublishError{MessageID: id, Subject: m.Subject, Err: err}
+	}
+	// A call whose send failed transiently is queued with its error, and
+	// sent again when it is the oldest.
+	p.pending = append(p.pending, c)
+	return id, nil
+}
+
+// send sends one attempt of c.
+func (p *Publisher) send(c *pending) error {
 	opts := []jetstream.PublishOpt{jetstream.WithStallWait(stallWait)}
 	if p.opts.Stream != "" {
 		opts = append(opts, jetstream.WithExpectStream(p.opts.Stream))
 	}
-	fut, err := p.js.PublishMsgAsync(m, opts...)
-	if err != nil {
-		p.stats.Failed++
-		return "", &PublishError{MessageID: id, Subject: m.Subject, Err: err}
-	}
-	p.pending = append(p.pending, pending{fut: fut, id: id, subject: m.Subject, size: len(wire)})
-	return id, nil
+	c.attempts++
+	c.deadline = time.Now().Add(p.opts.AckTimeout)
+	fut, err := p.js.PublishMsgAsync(c.msg, opts...)
+	c.fut, c.err = fut, err
+	return err
 }
 
 // prepare validates body as the worker will and returns its type, wire
@@ -276,31 +353,106 @@ func truncate(s string) string {
 }
 
 // reap settles the calls at the head of the queue whose PubAck has come,
-// without waiting.
+// without waiting. It stops at a call that must be sent again, which
+// waits for its backoff in settleOldest.
 func (p *Publisher) reap() {
 	for len(p.pending) > 0 {
-		select {
-		case ack := <-p.pending[0].fut.Ok():
-			p.settle(ack, nil)
-		case err := <-p.pending[0].fut.Err():
-			p.settle(nil, err)
-		default:
+		c := &p.pending[0]
+		if c.err == nil {
+			select {
+			case ack := <-c.fut.Ok():
+				p.settle(ack, nil)
+				continue
+			case err := <-c.fut.Err():
+				c.err = err
+			default:
+				if !time.Now().After(c.deadline) {
+					return
+				}
+				c.err = ErrAckTimeout
+			}
+		}
+		if Retryable(c.err) && p.opts.RetryMaxElapsed != NoRetry {
 			return
 		}
+		p.settle(nil, c.err)
 	}
 }
 
-// settleOldest waits for the oldest call's PubAck, or for ctx.
+// settleOldest waits until the oldest call is stored or has failed for
+// good, sending it again while its failure is transient and its retry
+// budget lasts, or until ctx is done.
 func (p *Publisher) settleOldest(ctx context.Context) error {
-	select {
-	case ack := <-p.pending[0].fut.Ok():
-		p.settle(ack, nil)
-	case err := <-p.pending[0].fut.Err():
-		p.settle(nil, err)
-	case <-ctx.Done():
-		return ctx.Err()
+	c := &p.pending[0]
+	for {
+		if c.err == nil {
+			stored, err := p.await(ctx, c)
+			if err != nil || stored {
+				return err
+			}
+		}
+		if !Retryable(c.err) || p.opts.RetryMaxElapsed == NoRetry {
+			p.settle(nil, c.err)
+			return nil
+		}
+		if c.retry == nil {
+			c.retry = newRetry(p.opts.RetryMaxElapsed)
+		}
+		wait := c.retry.NextBackOff()
+		if wait == backoff.Stop {
+			p.settle(nil, fmt.Errorf("%w (gave up after %d attempts in %v)", c.err, c.attempts, c.retry.GetElapsedTime().Round(time.Millisecond)))
+			return nil
+		}
+		timer := time.NewTimer(wait)
+		select {
+		case <-timer.C:
+		case <-ctx.Done():
+			timer.Stop()
+			return ctx.Err() // c keeps its error: the next wait sends it again
+		}
+		p.stats.Retries++
+		p.send(c) // its error, if any, is acted on at the top
 	}
-	return nil
+}
+
+// await waits for the PubAck of the oldest call's last attempt, c: it
+// settles a stored call, and records a failure (a PubAck timeout
+// included) in c.err.
+func (p *Publisher) await(ctx context.Context, c *pending) (stored bool, err error) {
+	// An answer already in takes precedence over a deadline already past,
+	// which the select below would pick at random.
+	select {
+	case ack := <-c.fut.Ok():
+		p.settle(ack, nil)
+		return true, nil
+	case err := <-c.fut.Err():
+		c.err = err
+		return false, nil
+	default:
+	}
+	timer := time.NewTimer(time.Until(c.deadline))
+	defer timer.Stop()
+	select {
+	case ack := <-c.fut.Ok():
+		p.settle(ack, nil)
+		return true, nil
+	case err := <-c.fut.Err():
+		c.err = err
+	case <-timer.C:
+		c.err = ErrAckTimeout
+	case <-ctx.Done():
+		return false, ctx.Err()
+	}
+	return false, nil
+}
+
+func newRetry(maxElapsed time.Duration) *backoff.ExponentialBackOff {
+	b := backoff.NewExponentialBackOff()
+	b.InitialInterval = retryInitial
+	b.MaxInterval = retryMaxInterval
+	b.MaxElapsedTime = maxElapsed
+	b.Reset()
+	return b
 }
 
 // settle records the outcome of the oldest call and drops it.
@@ -310,8 +462,12 @@ func (p *Publisher) settle(ack *jetstream.PubAck, err error) {
 	p.pending = p.pending[1:]
 	if err != nil {
 		p.stats.Failed++
+		pe := &PublishError{MessageID: c.id, Subject: c.subject, Err: err}
 		if p.failure == nil {
-			p.failure = &PublishError{MessageID: c.id, Subject: c.subject, Err: err}
+			p.failure = pe
+		}
+		if p.opts.OnFailure != nil {
+			p.opts.OnFailure(pe)
 		}
 		return
 	}

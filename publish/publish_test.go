@@ -204,14 +204,21 @@ func TestPublishFailures(t *testing.T) {
 		stream  string // created on cio.>; "" none
 		expect  string // Options.Stream
 		wantErr string
+		retries bool          // sent again until the budget is spent
+		budget  time.Duration // Options.RetryMaxElapsed
 	}{
-		{"another stream", "CIO", "ELSEWHERE", "expected stream does not match"},
-		{"no stream", "", "", "no response from stream"},
+		// Another stream rejects it: sending it again would not help.
+		{"another stream", "CIO", "ELSEWHERE", "expected stream does not match", false, 500 * time.Millisecond},
+		// No responders is also what a stream between leaders answers.
+		{"no stream", "", "", "no response from stream (gave up after", true, 500 * time.Millisecond},
+		{"no stream, no retry", "", "", "no response from stream", false, NoRetry},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			js, _ := newJS(t, tt.stream)
-			p, err := New(js, Options{Stream: tt.expect})
+			var reported []*PublishError
+			p, err := New(js, Options{Stream: tt.expect, RetryMaxElapsed: tt.budget,
+				OnFailure: func(pe *PublishError) { reported = append(reported, pe) }})
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -224,8 +231,11 @@ func TestPublishFailures(t *testing.T) {
 			if !errors.As(err, &pe) || pe.MessageID != id || pe.Subject != "cio.track" || !strings.Contains(err.Error(), tt.wantErr) {
 				t.Fatalf("Wait = %v; want a *PublishError for %s on cio.track containing %q", err, id, tt.wantErr)
 			}
-			if s := p.Stats(); s.Failed != 1 || s.Published != 0 {
-				t.Errorf("stats = %+v", s)
+			if s := p.Stats(); s.Failed != 1 || s.Published != 0 || (s.Retries > 0) != tt.retries {
+				t.Errorf("stats = %+v; want 1 failed, retried: %v", s, tt.retries)
+			}
+			if len(reported) != 1 || reported[0].MessageID != id {
+				t.Errorf("OnFailure got %v, want the one failed call %s", reported, id)
 			}
 			if err := p.Wait(t.Context()); err != nil {
 				t.Errorf("a second Wait = %v; want nil: the failure was reported", err)
@@ -261,6 +271,9 @@ func TestOptions(t *testing.T) {
 		{"prefix needing escapes", Options{IDPrefix: `a"b`}, "IDPrefix"},
 		{"prefix with a space", Options{IDPrefix: "a b"}, "IDPrefix"},
 		{"negative pending", Options{MaxPending: -1}, "MaxPending"},
+		{"negative ack timeout", Options{AckTimeout: -time.Second}, "AckTimeout"},
+		{"negative retry budget", Options{RetryMaxElapsed: -time.Second}, "RetryMaxElapsed"},
+		{"no retry", Options{RetryMaxElapsed: NoRetry}, ""},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -269,7 +282,7 @@ func TestOptions(t *testing.T) {
 				if err != nil {
 					t.Fatal(err)
 				}
-				if p.opts.MaxPending < 1 || p.opts.IDPrefix == "" {
+				if p.opts.MaxPending < 1 || p.opts.IDPrefix == "" || p.opts.AckTimeout <= 0 || p.opts.RetryMaxElapsed == 0 {
 					t.Errorf("defaults not set: %+v", p.opts)
 				}
 				return

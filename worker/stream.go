@@ -29,7 +29,11 @@ func FilterSubjects() []string {
 	return s
 }
 
-// StreamConfig is the stream the worker creates when it manages streams.
+// MaxStreamReplicas is the most replicas JetStream keeps of a stream.
+const MaxStreamReplicas = 5
+
+// StreamConfig is the stream the worker creates when it manages streams,
+// with one replica; the worker sets Options.StreamReplicas.
 // Limits retention keeps messages for other consumers and for replay after
 // an outage; seven days is longer than any plausible Customer.io outage.
 func StreamConfig(name string) jetstream.StreamConfig {
@@ -68,9 +72,9 @@ func (w *Worker) bind(ctx context.Context) (jetstream.Consumer, string, error) {
 	stream, err := w.js.Stream(ctx, w.opts.Stream)
 	switch {
 	case errors.Is(err, jetstream.ErrStreamNotFound) && w.opts.ManageStreams:
-		stream, err = w.js.CreateStream(ctx, StreamConfig(w.opts.Stream))
+		stream, err = w.js.CreateStream(ctx, w.replicated(StreamConfig(w.opts.Stream)))
 		if err != nil {
-			return nil, "", fmt.Errorf("creating stream %s: %w", w.opts.Stream, err)
+			return nil, "", fmt.Errorf("creating stream %s%s: %w", w.opts.Stream, w.replicasHint(), err)
 		}
 		w.log.Info("created stream", "stream", w.opts.Stream, "subjects", StreamSubjects)
 	case errors.Is(err, jetstream.ErrStreamNotFound):
@@ -80,6 +84,7 @@ func (w *Worker) bind(ctx context.Context) (jetstream.Consumer, string, error) {
 	}
 
 	info := stream.CachedInfo()
+	w.checkReplicas(info)
 	if !slices.Contains(info.Config.Subjects, StreamSubjects) {
 		if !w.opts.ManageStreams {
 			return nil, "", fmt.Errorf("stream %s has subjects %q, not %q, and RELAY_MANAGE_STREAMS=false", w.opts.Stream, info.Config.Subjects, StreamSubjects)
@@ -119,13 +124,14 @@ func idPrefix(stream string, created time.Time) string {
 // manages streams, required otherwise. Without it a call that cannot be
 // delivered would have nowhere to go, so the worker does not start.
 func (w *Worker) bindDLQ(ctx context.Context) error {
-	_, err := w.js.Stream(ctx, w.opts.DLQStream)
+	dlq, err := w.js.Stream(ctx, w.opts.DLQStream)
 	switch {
 	case err == nil:
+		w.checkReplicas(dlq.CachedInfo())
 		return nil
 	case errors.Is(err, jetstream.ErrStreamNotFound) && w.opts.ManageStreams:
-		if _, err := w.js.CreateStream(ctx, deadletter.StreamConfig(w.opts.DLQStream, w.opts.DLQMaxAge, -1)); err != nil {
-			return fmt.Errorf("creating dead-letter stream %s: %w", w.opts.DLQStream, err)
+		if _, err := w.js.CreateStream(ctx, w.replicated(deadletter.StreamConfig(w.opts.DLQStream, w.opts.DLQMaxAge, -1))); err != nil {
+			return fmt.Errorf("creating dead-letter stream %s%s: %w", w.opts.DLQStream, w.replicasHint(), err)
 		}
 		w.log.Info("created dead-letter stream", "stream", w.opts.DLQStream, "subjects", deadletter.StreamSubjects,
 			"max_age", w.opts.DLQMaxAge.String())
@@ -248,4 +254,36 @@ func (w *Worker) checkBound(cons jetstream.Consumer, want jetstream.ConsumerConf
 			"consumer", name, "consumer_max_ack_pending", cfg.MaxAckPending, "relay_max_ack_pending", want.MaxAckPending)
 	}
 	return nil
+}
+
+// replicated returns cfg with the replica count the worker creates its
+// streams with. Consumers get none of their own: they follow their stream.
+func (w *Worker) replicated(cfg jetstream.StreamConfig) jetstream.StreamConfig {
+	cfg.Replicas = w.opts.StreamReplicas
+	return cfg
+}
+
+// replicasHint explains a failed creation of a replicated stream: a single
+// server, or a cluster smaller than the count, cannot hold it.
+func (w *Worker) replicasHint() string {
+	if w.opts.StreamReplicas == 1 {
+		return ""
+	}
+	return fmt.Sprintf(" with RELAY_STREAM_REPLICAS=%d replicas (needs a JetStream cluster of at least %d nodes)",
+		w.opts.StreamReplicas, w.opts.StreamReplicas)
+}
+
+// checkReplicas warns when a stream the worker binds to has another replica
+// count than RELAY_STREAM_REPLICAS. It is not changed: scaling a stream
+// moves its data between nodes, an operator's decision (and a stream
+// managed elsewhere is not the worker's to change), but an operator who
+// asked for 3 replicas must learn that the stream has 1.
+func (w *Worker) checkReplicas(info *jetstream.StreamInfo) {
+	have := max(info.Config.Replicas, 1) // 0 is JetStream's 1
+	if have == w.opts.StreamReplicas {
+		return
+	}
+	w.log.Warn("stream's replica count differs from RELAY_STREAM_REPLICAS; left as it is", "stream", info.Config.Name,
+		"stream_replicas", have, "relay_stream_replicas", w.opts.StreamReplicas,
+		"fix", fmt.Sprintf("nats stream edit %s --replicas %d, or set RELAY_STREAM_REPLICAS=%d", info.Config.Name, w.opts.StreamReplicas, have))
 }

@@ -35,6 +35,7 @@ type Options struct {
 	Consumer        string        // durable consumer name; default "cio-relay"
 	DLQStream       string        // dead-letter stream name; default "CIO_DLQ"
 	DLQMaxAge       time.Duration // dead-letter retention; default 30 days
+	StreamReplicas  int           // replicas of the streams it creates, 1 to MaxStreamReplicas; default 1 (see bind)
 	ManageStreams   bool          // create/update the streams and consumer at start
 	AckWait         time.Duration // default 30s
 	MaxAckPending   int           // default 20000
@@ -88,6 +89,9 @@ func (o *Options) setDefaults() {
 		o.DLQStream = "CIO_DLQ"
 	}
 	def(&o.DLQMaxAge, 30*24*time.Hour)
+	if o.StreamReplicas == 0 {
+		o.StreamReplicas = 1
+	}
 	def(&o.AckWait, 30*time.Second)
 	if o.MaxAckPending == 0 {
 		o.MaxAckPending = 20000
@@ -147,6 +151,9 @@ func (o *Options) validate() error {
 	}
 	if o.MaxDeliver < 1 {
 		errs = append(errs, fmt.Errorf("max deliver %d must be at least 1", o.MaxDeliver))
+	}
+	if o.StreamReplicas < 1 || o.StreamReplicas > MaxStreamReplicas {
+		errs = append(errs, fmt.Errorf("stream replicas %d must be from 1 to %d", o.StreamReplicas, MaxStreamReplicas))
 	}
 	return errors.Join(errs...)
 }

@@ -74,6 +74,9 @@ func TestOptionsValidate(t *testing.T) {
 		{"same streams", Options{Stream: "X", DLQStream: "X"}, "both"},
 		{"flush beyond half the ack wait", Options{AckWait: 10 * time.Second, FlushInterval: 6 * time.Second}, "flush interval"},
 		{"batch over the limit", Options{BatchMaxBytes: 500001}, "out of range"},
+		{"three replicas", Options{StreamReplicas: 3}, ""},
+		{"replicas over JetStream's limit", Options{StreamReplicas: 6}, "stream replicas 6 must be from 1 to 5"},
+		{"negative replicas", Options{StreamReplicas: -1}, "stream replicas -1"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

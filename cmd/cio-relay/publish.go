@@ -30,6 +30,12 @@ made for this run, or, with --id-prefix, one that is the same on every run
 of the same file. An invalid line is reported with its number and reason
 and skipped; the exit code is then 1.
 
+A call whose PubAck does not come within 5s, or that finds no stream
+leader (a JetStream cluster electing one), is sent again with the same
+Nats-Msg-Id for up to 30s, so a leader election stores it once; a call
+still not stored then is reported with its messageId, and the exit code
+is 1.
+
 Flags:
   --type T          the type of every call: identify, track, page, screen,
                     group or alias (a line's own "type" must agree); without
@@ -53,6 +59,10 @@ worker to deliver when it starts.
 // the wire, so a pretty-printed call still fits, and small enough that a
 // file that is not NDJSON cannot exhaust memory.
 const maxLine = 1 << 20
+
+// publishWaitLimit bounds the wait for the last PubAcks: one call's whole
+// retry budget and a margin.
+const publishWaitLimit = publish.DefaultRetryMaxElapsed + publish.DefaultAckTimeout + 10*time.Second
 
 // publishProgressEvery is how often the progress line is redrawn.
 const publishProgressEvery = 100 * time.Millisecond
@@ -117,7 +127,9 @@ func runPublish(ctx context.Context, args []string, getenv func(string) string, 
 		return 1
 	}
 	defer disconnect()
-	opts := publish.Options{Stream: cfg.Queue.Stream, MaxPending: *maxPending}
+	var pub *publisher
+	opts := publish.Options{Stream: cfg.Queue.Stream, MaxPending: *maxPending,
+		OnFailure: func(pe *publish.PublishError) { pub.failed(pe) }}
 	if *idPrefix != "" {
 		opts.IDPrefix = *idPrefix + "-"
 	}
@@ -130,7 +142,7 @@ func runPublish(ctx context.Context, args []string, getenv func(string) string, 
 	if isTerminal(stderr) {
 		progress = stderr
 	}
-	pub := &publisher{p: p, t: t, strict: *strict, stderr: stderr, progress: progress}
+	pub = &publisher{p: p, t: t, strict: *strict, stderr: stderr, progress: progress}
 	return pub.run(ctx, in, name, stdout)
 }
 
@@ -153,8 +165,9 @@ func (pub *publisher) run(ctx context.Context, in io.Reader, name string, stdout
 		fmt.Fprint(pub.progress, "\r\x1b[K")
 	}
 	// Wait for the PubAcks of what was sent, also when interrupted, so the
-	// summary says what was stored; bounded, as the server may be gone.
-	waitCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
+	// summary says what was stored; bounded, as the server may be gone,
+	// but long enough for the last call's retries.
+	waitCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), publishWaitLimit)
 	defer cancel()
 	waitErr := pub.p.Wait(waitCtx)
 	elapsed := time.Since(start)
@@ -163,6 +176,9 @@ func (pub *publisher) run(ctx context.Context, in io.Reader, name string, stdout
 	dups := ""
 	if s.Duplicates > 0 {
 		dups = fmt.Sprintf(" (%d already stored)", s.Duplicates)
+	}
+	if s.Retries > 0 {
+		dups += fmt.Sprintf(" (%d sends repeated after a PubAck timeout or a leader change)", s.Retries)
 	}
 	fmt.Fprintf(stdout, "published %d%s, invalid %d, failed %d, %d bytes in %v (%.0f calls/s)\n",
 		s.Published, dups, pub.invalid, s.Failed, s.Bytes, elapsed.Round(time.Millisecond), float64(s.Published)/max(elapsed.Seconds(), 1e-3))
@@ -173,7 +189,11 @@ func (pub *publisher) run(ctx context.Context, in io.Reader, name string, stdout
 		code = 1
 	}
 	if waitErr != nil {
-		fmt.Fprintf(pub.stderr, "cio-relay publish: %d calls not stored; the first: %v\n", s.Failed, waitErr)
+		if s.Failed > 0 {
+			fmt.Fprintf(pub.stderr, "cio-relay publish: %d calls not stored (each reported above)\n", s.Failed)
+		} else {
+			fmt.Fprintf(pub.stderr, "cio-relay publish: %v\n", waitErr)
+		}
 		code = 1
 	}
 	if pub.invalid > 0 {
@@ -280,6 +300,12 @@ func (pub *publisher) line(ctx context.Context, line []byte, tooLong bool) error
 	}
 	pub.showProgress()
 	return nil
+}
+
+// failed reports a call that was not stored (publish.Options.OnFailure).
+func (pub *publisher) failed(pe *publish.PublishError) {
+	pub.clearProgress()
+	fmt.Fprintf(pub.stderr, "not stored: %v\n", pe)
 }
 
 func (pub *publisher) showProgress() {

@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"slices"
@@ -236,5 +237,96 @@ func TestRunPublishUsage(t *testing.T) {
 				t.Errorf("exit code %d, output %q; want %d and %q", code, out.String()+errOut.String(), tt.wantCode, tt.want)
 			}
 		})
+	}
+}
+
+// TestRunPublishReportsEachFailure: every call that is not stored is
+// reported with its messageId, not only the first.
+func TestRunPublishReportsEachFailure(t *testing.T) {
+	e := newNATSEnv(t)
+	e.cio(t)
+	// The calls land in CIO, but must land in ELSEWHERE: each is rejected.
+	vars := env(map[string]string{"NATS_URL": e.srv.URL(), "RELAY_STREAM": "ELSEWHERE"})
+	const calls = `{"type":"track","userId":"u-1","event":"A","messageId":"f-1"}
+{"type":"track","userId":"u-2","event":"A","messageId":"f-2"}
+{"type":"identify","userId":"u-3","messageId":"f-3"}
+`
+	var out, errOut bytes.Buffer
+	if code := runPublish(t.Context(), nil, vars, strings.NewReader(calls), &out, &errOut); code != 1 {
+		t.Fatalf("exit %d, want 1; stderr:\n%s", code, errOut.String())
+	}
+	for _, want := range []string{
+		"not stored: publishing call f-1 to cio.track: nats: API error: code=400 err_code=10060 description=expected stream does not match\n",
+		"not stored: publishing call f-2 to cio.track: ",
+		"not stored: publishing call f-3 to cio.identify: ",
+		"cio-relay publish: 3 calls not stored (each reported above)\n",
+	} {
+		if !strings.Contains(errOut.String(), want) {
+			t.Errorf("stderr lacks %q:\n%s", want, errOut.String())
+		}
+	}
+	if !strings.Contains(out.String(), "published 0, invalid 0, failed 3") {
+		t.Errorf("summary %q; want published 0, failed 3", out.String())
+	}
+}
+
+// TestRunPublishRidesThroughALeaderKill: the command publishing to an R3
+// stream on a three-node cluster while the stream's leader is killed and
+// restarted stores every call exactly once and exits 0.
+func TestRunPublishRidesThroughALeaderKill(t *testing.T) {
+	const n = 2000
+	c := natstest.StartCluster(t, 3)
+	_, js := c.Connect(t)
+	stream, err := js.CreateStream(t.Context(), jetstream.StreamConfig{
+		Name: "CIO", Subjects: []string{"cio.>"}, Storage: jetstream.FileStorage, Replicas: 3, Duplicates: 2 * time.Minute,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	// Lines are written at a pace, so the command is mid-run when the
+	// leader goes; written[k] closes after (k+1)/3 of them.
+	in, w := io.Pipe()
+	written := [2]chan struct{}{make(chan struct{}), make(chan struct{})}
+	go func() {
+		tick := time.NewTicker(2 * time.Millisecond)
+		defer tick.Stop()
+		for i := range n {
+			if i > 0 && i%(n/3) == 0 && i/(n/3) <= len(written) {
+				close(written[i/(n/3)-1])
+			}
+			<-tick.C
+			if _, err := fmt.Fprintf(w, `{"type":"track","userId":"u-%d","event":"E"}`+"\n", i); err != nil {
+				return
+			}
+		}
+		w.Close()
+	}()
+	var out, errOut bytes.Buffer
+	done := make(chan int, 1)
+	go func() {
+		done <- runPublish(t.Context(), []string{"--id-prefix", "k"}, env(map[string]string{"NATS_URL": c.URL()}), in, &out, &errOut)
+	}()
+
+	<-written[0]
+	leader := c.StreamLeader(t, js, "CIO")
+	c.Node(leader).Kill(t)
+	<-written[1]
+	c.Node(leader).Restart(t)
+	if code := <-done; code != 0 {
+		t.Fatalf("exit %d; stdout %q; stderr:\n%s", code, out.String(), errOut.String())
+	}
+	t.Logf("killed and restarted node %d, the stream leader: %s", leader, strings.TrimSpace(out.String()))
+	if !strings.Contains(out.String(), fmt.Sprintf("published %d", n)) {
+		t.Errorf("summary %q; want published %d", out.String(), n)
+	}
+	got := storedCalls(t, stream, 0)
+	ids := map[string]bool{}
+	for _, call := range got {
+		i := strings.Index(call, `"messageId":"`)
+		ids[call[i:]] = true
+	}
+	if len(got) != n || len(ids) != n {
+		t.Errorf("stream holds %d calls, %d distinct; want %d of each", len(got), len(ids), n)
 	}
 }

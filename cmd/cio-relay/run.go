@@ -96,6 +96,7 @@ func serve(ctx context.Context, cfg *config.Config, log *slog.Logger, stdout io.
 		Consumer:         cfg.Queue.Consumer,
 		DLQStream:        cfg.Queue.DLQStream,
 		DLQMaxAge:        cfg.Queue.DLQMaxAge,
+		StreamReplicas:   cfg.Queue.Replicas,
 		ManageStreams:    cfg.Queue.ManageStreams,
 		AckWait:          cfg.Queue.AckWait,
 		MaxAckPending:    cfg.Queue.MaxAckPending,

@@ -5,7 +5,9 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -85,38 +87,39 @@ func imagePresent(image string) error {
 type containerBackend struct {
 	t        testing.TB
 	image    string
-	port     int
+	node     *clusterNode // nil for a lone server
+	listen   listen
 	ctr      *testcontainers.DockerContainer
 	provider *testcontainers.DockerProvider
 	lastLog  string // log of the last container that failed to start
 }
 
-func newContainerBackend(t testing.TB, image string) *containerBackend {
-	return &containerBackend{t: t, image: image}
+func newContainerBackend(t testing.TB, image string, node *clusterNode) *containerBackend {
+	return &containerBackend{t: t, image: image, node: node}
 }
 
-func (b *containerBackend) start(ctx context.Context) (int, error) {
+func (b *containerBackend) start(ctx context.Context) (listen, error) {
 	if b.ctr != nil {
 		// The same container keeps its filesystem, and so the JetStream
 		// store, across stop and start. Start runs the wait strategy again.
 		if err := b.ctr.Start(ctx); err != nil {
-			return 0, fmt.Errorf("starting container %s again: %w", shortID(b.ctr), err)
+			return listen{}, fmt.Errorf("starting container %s again: %w", shortID(b.ctr), err)
 		}
-		return b.port, nil
+		return b.listen, nil
 	}
 
 	var errs []error
 	for range startAttempts {
-		port, err := freePort()
+		l, err := b.freePorts()
 		if err != nil {
-			return 0, err
+			return listen{}, err
 		}
-		ctr, err := b.run(ctx, port)
+		ctr, err := b.run(ctx, l)
 		if err == nil {
-			b.ctr, b.port = ctr, port
-			return port, nil
+			b.ctr, b.listen = ctr, l
+			return l, nil
 		}
-		errs = append(errs, fmt.Errorf("port %d: %w", port, err))
+		errs = append(errs, fmt.Errorf("ports %s: %w", l, err))
 		if ctr != nil {
 			b.lastLog = containerLog(ctx, ctr)
 			if termErr := ctr.Terminate(ctx); termErr != nil {
@@ -127,10 +130,37 @@ func (b *containerBackend) start(ctx context.Context) (int, error) {
 			break
 		}
 	}
-	return 0, fmt.Errorf("running image %s: %w", b.image, errors.Join(errs...))
+	return listen{}, fmt.Errorf("running image %s: %w", b.image, errors.Join(errs...))
 }
 
-func (b *containerBackend) run(ctx context.Context, port int) (*testcontainers.DockerContainer, error) {
+// freePorts picks the ports of a first start: the client port, and for a
+// cluster node the route port too.
+func (b *containerBackend) freePorts() (listen, error) {
+	var l listen
+	var err error
+	if l.client, err = freePort(); err != nil {
+		return listen{}, err
+	}
+	if b.node != nil {
+		if l.cluster, err = freePort(); err != nil {
+			return listen{}, err
+		}
+	}
+	return l, nil
+}
+
+// args are nats-server's arguments for a server listening on l.
+func (b *containerBackend) args(l listen) []string {
+	args := []string{"-js", "-a", host, "-p", strconv.Itoa(l.client), "-sd", "/data"}
+	if n := b.node; n != nil {
+		args = append(args, "--server_name", n.name, "--cluster_name", n.cluster,
+			"--cluster", "nats://"+net.JoinHostPort(host, strconv.Itoa(l.cluster)))
+		args = append(args, "--routes", strings.Join(n.routesFor(l.cluster), ","))
+	}
+	return args
+}
+
+func (b *containerBackend) run(ctx context.Context, l listen) (*testcontainers.DockerContainer, error) {
 	if b.provider == nil {
 		// Naming host as the default network stops testcontainers-go from
 		// attaching its own: without a "bridge" network (the engine may run
@@ -147,9 +177,16 @@ func (b *containerBackend) run(ctx context.Context, port int) (*testcontainers.D
 		b.provider = p
 	}
 
-	url := "nats://" + host + ":" + strconv.Itoa(port)
+	url := "nats://" + net.JoinHostPort(host, strconv.Itoa(l.client))
+	// A lone server is ready when JetStream answers; a cluster node when it
+	// takes clients, as JetStream needs a meta leader, and so the other
+	// nodes (see StartCluster).
+	what, probe := "JetStream at "+url, func(ctx context.Context) error { return pingJetStream(ctx, url) }
+	if b.node != nil {
+		what, probe = "clients at "+url, func(ctx context.Context) error { return pingClient(ctx, url) }
+	}
 	ready := wait.ForNop(func(ctx context.Context, target wait.StrategyTarget) error {
-		return waitJetStream(ctx, url, func(ctx context.Context) error {
+		return waitReady(ctx, what, probe, func(ctx context.Context) error {
 			state, err := target.State(ctx)
 			if err != nil {
 				return fmt.Errorf("inspecting container: %w", err)
@@ -164,7 +201,7 @@ func (b *containerBackend) run(ctx context.Context, port int) (*testcontainers.D
 		Image: b.image,
 		// The image's entrypoint is nats-server (ours is FROM scratch, with
 		// no shell), so these are its arguments.
-		Cmd: []string{"-js", "-a", host, "-p", strconv.Itoa(port), "-sd", "/data"},
+		Cmd: b.args(l),
 		HostConfigModifier: func(hc *container.HostConfig) {
 			hc.NetworkMode = network.NetworkHost
 		},
@@ -184,6 +221,35 @@ func (b *containerBackend) stop(ctx context.Context) error {
 		return fmt.Errorf("stopping container %s: %w", shortID(b.ctr), err)
 	}
 	return nil
+}
+
+// kill sends SIGKILL and waits until the container has exited. Its
+// filesystem, and so the JetStream store, stays for the next start.
+func (b *containerBackend) kill(ctx context.Context) error {
+	cli, err := testcontainers.NewDockerClientWithOpts(ctx)
+	if err != nil {
+		return fmt.Errorf("connecting to Docker: %w", err)
+	}
+	defer cli.Close()
+	if _, err := cli.ContainerKill(ctx, b.ctr.GetContainerID(), client.ContainerKillOptions{Signal: "KILL"}); err != nil {
+		return fmt.Errorf("killing container %s: %w", shortID(b.ctr), err)
+	}
+	tick := time.NewTicker(pollInterval)
+	defer tick.Stop()
+	for {
+		state, err := b.ctr.State(ctx)
+		if err != nil {
+			return fmt.Errorf("inspecting container %s: %w", shortID(b.ctr), err)
+		}
+		if !state.Running {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("container %s still running after SIGKILL: %w", shortID(b.ctr), ctx.Err())
+		case <-tick.C:
+		}
+	}
 }
 
 func (b *containerBackend) remove(ctx context.Context) error {

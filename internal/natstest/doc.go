@@ -9,9 +9,27 @@
 // with the same store, so a test can check what survives a restart;
 // [Server.Stop] leaves it down for tests of NATS-down behaviour.
 //
+// # Clusters
+//
+// [StartCluster] starts a JetStream cluster of n nodes (3 for R3 streams),
+// each a [Server] with its own ports and store, and returns once a meta
+// leader is elected. [Cluster.URL] lists every node for a client that fails
+// over, [Cluster.ConnectTo] a client that starts on a given node;
+// [Cluster.Node] gives one node to Stop, Kill and Restart; StreamLeader,
+// ConsumerLeader, StepDownStream, StepDownConsumer, MoveStreamLeader and
+// MoveConsumerLeader find and move the leaders, so a test can take down
+// exactly the node that matters. [Server.Kill] is SIGKILL in a container
+// (no leader steps down, no client is told) and a clean stop in-process,
+// which has no abrupt way out: a test of a crash is only as hard as that
+// on the in-process path. Node i
+// routes to the nodes started before it (the others learn of it from
+// them; the first routes to itself, as JetStream needs a configured
+// route), so every port is picked when its node first starts.
+//
 // # Where the server runs
 //
-// The environment variable CIO_RELAY_NATS chooses how the server is run:
+// The environment variable CIO_RELAY_NATS chooses how the servers are run
+// (a cluster's nodes all the same way):
 //
 //   - "container": in a Docker container through testcontainers-go, with host
 //     networking. The test fails if no Docker engine answers; it never falls

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"strings"
 	"sync"
 	"time"
 
@@ -15,33 +16,53 @@ import (
 // inProcessBackend runs nats-server inside the test binary.
 type inProcessBackend struct {
 	storeDir string
-	port     int // 0 until the first start picks one
+	node     *clusterNode // nil for a lone server
+	listen   listen       // zero until the first start picks the ports
 	srv      *server.Server
 	logs     *logBuffer
 }
 
-func newInProcessBackend(storeDir string) *inProcessBackend {
-	return &inProcessBackend{storeDir: storeDir, logs: &logBuffer{}}
+func newInProcessBackend(storeDir string, node *clusterNode) *inProcessBackend {
+	return &inProcessBackend{storeDir: storeDir, node: node, logs: &logBuffer{}}
 }
 
-func (b *inProcessBackend) start(ctx context.Context) (int, error) {
-	port := b.port
+// orRandom is port, or server.RANDOM_PORT before the first start picks one.
+// The server binds a random port itself: unlike picking one and passing it
+// on, nothing can take it in between.
+func orRandom(port int) int {
 	if port == 0 {
-		// Let the server bind a random port itself: unlike picking one and
-		// passing it on, nothing can take it in between.
-		port = server.RANDOM_PORT
+		return server.RANDOM_PORT
 	}
+	return port
+}
+
+func (b *inProcessBackend) start(ctx context.Context) (listen, error) {
 	opts := &server.Options{
 		Host:      host,
-		Port:      port,
+		Port:      orRandom(b.listen.client),
 		JetStream: true,
 		StoreDir:  b.storeDir,
 		// The test binary owns its signals.
 		NoSigs: true,
 	}
+	if n := b.node; n != nil {
+		port := b.listen.cluster
+		if port == 0 && len(n.routes) == 0 {
+			// The first node routes to itself, so it needs its port before
+			// it binds it: picked here, with the small risk freePort
+			// describes. The others bind a random one.
+			var err error
+			if port, err = freePort(); err != nil {
+				return listen{}, err
+			}
+		}
+		opts.ServerName = n.name
+		opts.Cluster = server.ClusterOpts{Name: n.cluster, Host: host, Port: orRandom(port)}
+		opts.Routes = server.RoutesFromStr(strings.Join(n.routesFor(port), ","))
+	}
 	srv, err := server.NewServer(opts)
 	if err != nil {
-		return 0, fmt.Errorf("configuring nats-server: %w", err)
+		return listen{}, fmt.Errorf("configuring nats-server: %w", err)
 	}
 	srv.SetLoggerV2(b.logs, false, false, false)
 	srv.Start()
@@ -61,11 +82,14 @@ func (b *inProcessBackend) start(ctx context.Context) (int, error) {
 	if err != nil {
 		srv.Shutdown()
 		srv.WaitForShutdown()
-		return 0, err
+		return listen{}, err
 	}
 	b.srv = srv
-	b.port = srv.Addr().(*net.TCPAddr).Port
-	return b.port, nil
+	b.listen.client = srv.Addr().(*net.TCPAddr).Port
+	if b.node != nil {
+		b.listen.cluster = srv.ClusterAddr().Port
+	}
+	return b.listen, nil
 }
 
 func (b *inProcessBackend) stop(context.Context) error {
@@ -76,6 +100,11 @@ func (b *inProcessBackend) stop(context.Context) error {
 	b.srv.WaitForShutdown()
 	b.srv = nil
 	return nil
+}
+
+// kill is stop: an embedded server has no abrupt way out (see Server.Kill).
+func (b *inProcessBackend) kill(ctx context.Context) error {
+	return b.stop(ctx)
 }
 
 func (b *inProcessBackend) remove(ctx context.Context) error {
