@@ -29,17 +29,17 @@ func TestInWindow(t *testing.T) {
 		wantText string
 	}{
 		{"none at all", recorded, nil, nil, "none from 2026-12-01T11:59:30Z to 2026-12-01T12:05:00Z — safe to replay"},
-		{"one 2s after", recorded, []sink.Trigger{trig("9", 2 * time.Second)}, []string{"9"}, "a trigger (id 9) was created 2s after the request — probably delivered; purge?"},
-		{"in the request's second", recorded, []sink.Trigger{trig("9", -500 * time.Millisecond)}, []string{"9"}, "created 0s after the request"},
-		{"clock skew: 20s before", recorded, []sink.Trigger{trig("4", -20 * time.Second)}, []string{"4"}, "created 20s before the request"},
+		{"one 2s after", recorded, []sink.Trigger{trig("9", 2*time.Second)}, []string{"9"}, "a trigger (id 9) was created 2s after the request — probably delivered; purge?"},
+		{"in the request's second", recorded, []sink.Trigger{trig("9", -500*time.Millisecond)}, []string{"9"}, "created 0s after the request"},
+		{"clock skew: 20s before", recorded, []sink.Trigger{trig("4", -20*time.Second)}, []string{"4"}, "created 20s before the request"},
 		{"too early: an hour before", recorded, []sink.Trigger{trig("1", -time.Hour)}, nil, "safe to replay"},
-		{"just before the skew", recorded, []sink.Trigger{trig("1", -ClockSkew - time.Second)}, nil, "safe to replay"},
+		{"just before the skew", recorded, []sink.Trigger{trig("1", -ClockSkew-time.Second)}, nil, "safe to replay"},
 		{"at the window's end", recorded, []sink.Trigger{trig("5", DefaultResolveWindow)}, []string{"5"}, "created 5m after the request"},
-		{"past the window", recorded, []sink.Trigger{trig("5", DefaultResolveWindow + time.Second)}, nil, "safe to replay"},
-		{"several, nearest first", recorded, []sink.Trigger{trig("1", -time.Hour), trig("7", 90 * time.Second), trig("6", -3 * time.Second), trig("8", 4 * time.Minute)},
+		{"past the window", recorded, []sink.Trigger{trig("5", DefaultResolveWindow+time.Second)}, nil, "safe to replay"},
+		{"several, nearest first", recorded, []sink.Trigger{trig("1", -time.Hour), trig("7", 90*time.Second), trig("6", -3*time.Second), trig("8", 4*time.Minute)},
 			[]string{"6", "7", "8"}, "3 triggers in the window (ids 6, 7, 8; the nearest created 3s before the request) — probably delivered; purge?"},
 		{"request time not recorded: publish to dead-lettering", deadletter.Record{FirstSeen: req.Add(-time.Minute), DeadLettered: req.Add(time.Hour)},
-			[]sink.Trigger{trig("3", 30 * time.Minute), trig("2", 2 * time.Hour)}, []string{"3"}, "created 31m after the publish (request time not recorded)"},
+			[]sink.Trigger{trig("3", 30*time.Minute), trig("2", 2*time.Hour)}, []string{"3"}, "created 31m after the publish (request time not recorded)"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
