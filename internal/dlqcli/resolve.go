@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net/http"
 	"slices"
 	"strconv"
 	"strings"
@@ -212,8 +213,11 @@ func (c *Command) resolve(ctx context.Context, env *Env, stream jetstream.Stream
 				return nil
 			}
 		}
+		v, err := c.judge(ctx, env, l, reads)
+		if err != nil {
+			return err
+		}
 		n.checked++
-		v := c.judge(ctx, env, l, reads)
 		switch v.Verdict {
 		case verdictDelivered:
 			n.delivered++
@@ -287,8 +291,9 @@ func (c *Command) resolve(ctx context.Context, env *Env, stream jetstream.Stream
 }
 
 // judge looks up l's broadcast's triggers and says whether one was created
-// in l's window.
-func (c *Command) judge(ctx context.Context, env *Env, l *Letter, reads map[int64]*triggerRead) *jsonResolved {
+// in l's window. A key Customer.io refuses (401, 403) is an error that ends
+// the run: it would be refused for every other letter too.
+func (c *Command) judge(ctx context.Context, env *Env, l *Letter, reads map[int64]*triggerRead) (*jsonResolved, error) {
 	w := windowOf(l.Record, l.Stored, c.Window)
 	v := &jsonResolved{Seq: l.Seq, From: w.from.UTC(), To: w.to.UTC(), Verdict: verdictUnknown, Triggers: []jsonFound{}, win: w, letter: l}
 	if w.recorded {
@@ -297,12 +302,12 @@ func (c *Command) judge(ctx context.Context, env *Env, l *Letter, reads map[int6
 	}
 	if err := deadletter.ReadOmitted(ctx, env.JS, &l.Letter, env.Stream); err != nil {
 		v.Error = fmt.Sprintf("its body was left out of the dead letter, and %v", err)
-		return v
+		return v, nil
 	}
 	id, err := broadcastOf(l.Body)
 	if err != nil {
 		v.Error = err.Error()
-		return v
+		return v, nil
 	}
 	v.BroadcastID = id
 	rd, ok := reads[id]
@@ -312,8 +317,11 @@ func (c *Command) judge(ctx context.Context, env *Env, l *Letter, reads map[int6
 		reads[id] = rd
 	}
 	if rd.err != nil {
+		if st := sink.StatusOf(rd.err); st == http.StatusUnauthorized || st == http.StatusForbidden {
+			return nil, fmt.Errorf("reading broadcast %d's triggers: %w", id, rd.err)
+		}
 		v.Error = fmt.Sprintf("reading broadcast %d's triggers: %v", id, rd.err)
-		return v
+		return v, nil
 	}
 	v.found = inWindow(w, rd.triggers)
 	for _, f := range v.found {
@@ -323,7 +331,7 @@ func (c *Command) judge(ctx context.Context, env *Env, l *Letter, reads map[int6
 	if len(v.found) > 0 {
 		v.Verdict = verdictDelivered
 	}
-	return v
+	return v, nil
 }
 
 // broadcastOf reads the broadcast id of a trigger message's body.
