@@ -20,8 +20,8 @@ import (
 	"github.com/cio-relay/cio-relay/sink"
 )
 
-// runDLQ is the dlq subcommand: inspect, replay and purge the dead-letter
-// stream.
+// runDLQ is the dlq subcommand: inspect, replay, purge and resolve the
+// dead-letter stream.
 func runDLQ(ctx context.Context, args []string, getenv func(string) string, stdin io.Reader, stdout, stderr io.Writer) int {
 	cmd, connArgs, err := dlqcli.Parse(args)
 	if errors.Is(err, flag.ErrHelp) {
