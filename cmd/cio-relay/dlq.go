@@ -63,9 +63,7 @@ func runDLQ(ctx context.Context, args []string, getenv func(string) string, stdi
 		Stdin: stdin, Stdout: stdout, Stderr: stderr,
 		Triggers: triggers,
 	}
-	if f, ok := stdin.(*os.File); ok && isTerminal(f) {
-		env.Interactive = true
-	}
+	env.Interactive = isTerminal(stdin)
 	if isTerminal(stderr) {
 		env.Progress = stderr
 	}

@@ -358,3 +358,17 @@ func TestRunDLQResolve(t *testing.T) {
 		t.Errorf("%d triggers in Customer.io, want 1: resolve itself sends none (the replay is the worker's to send)", got)
 	}
 }
+
+// TestDevNullIsNoTerminal: /dev/null, where a Job's standard input points,
+// is a character device and no terminal: dlq must not wait on it for an
+// answer, nor take it for a person.
+func TestDevNullIsNoTerminal(t *testing.T) {
+	f, err := os.Open(os.DevNull)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if isTerminal(f) {
+		t.Errorf("%s is taken for a terminal", os.DevNull)
+	}
+}

@@ -78,8 +78,10 @@ resolve:
   --dry-run     only report, even on a terminal or with --yes
   --json        one JSON object per letter: seq, broadcast_id, requested_at,
                 window_from, window_to, verdict (probably_delivered, none or
-                unknown), triggers (id, created_at, after_request_s), action
-                (purged, replayed, kept, failed or reported), error
+                unknown), triggers in the window (id, created_at,
+                after_request_s), triggers_outside (how many others the
+                broadcast has), action (purged, replayed, kept, failed or
+                reported), error
   It needs the App API key, as "cio-relay cio" does: CIO_APP_API_KEY (or
   CIO_APP_API_KEY_FILE), CIO_REGION, CIO_APP_URL.
 

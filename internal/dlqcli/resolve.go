@@ -127,11 +127,20 @@ func (w window) offset(after int64) string {
 	return fmt.Sprintf("%s after %s", age(time.Duration(after)*time.Second), what)
 }
 
-// sentence is the verdict line's text for triggers found in w.
-func (w window) sentence(fs []found) string {
+// sentence is the verdict line's text for triggers found in w, of the
+// broadcast's total.
+func (w window) sentence(fs []found, total int) string {
 	switch len(fs) {
 	case 0:
-		return fmt.Sprintf("none from %s to %s — safe to replay", w.from.UTC().Format(time.RFC3339), w.to.UTC().Format(time.RFC3339))
+		outside := ""
+		switch total {
+		case 0:
+		case 1:
+			outside = " (the broadcast's one trigger was created outside it)"
+		default:
+			outside = fmt.Sprintf(" (the broadcast's %d triggers were created outside it)", total)
+		}
+		return fmt.Sprintf("none from %s to %s%s — safe to replay", w.from.UTC().Format(time.RFC3339), w.to.UTC().Format(time.RFC3339), outside)
 	case 1:
 		return fmt.Sprintf("a trigger (id %s) was created %s — probably delivered; purge?", fs[0].ID, w.offset(fs[0].After))
 	}
@@ -145,19 +154,19 @@ func (w window) sentence(fs []found) string {
 
 // jsonResolved is one letter as resolve --json prints it.
 type jsonResolved struct {
-	Seq         uint64       `json:"seq"`
-	BroadcastID int64        `json:"broadcast_id"`
-	RequestedAt *time.Time   `json:"requested_at"` // null when not recorded
-	From        time.Time    `json:"window_from"`
-	To          time.Time    `json:"window_to"`
-	Verdict     string       `json:"verdict"`
-	Triggers    []jsonFound  `json:"triggers"`
-	Action      string       `json:"action"`
-	Error       string       `json:"error,omitempty"`
-	found       []found      // for the text line
-	win         window       // for the text line
-	letter      *Letter      // to act on
-	lookup      *triggerRead // the broadcast's triggers
+	Seq         uint64      `json:"seq"`
+	BroadcastID int64       `json:"broadcast_id"`
+	RequestedAt *time.Time  `json:"requested_at"` // null when not recorded
+	From        time.Time   `json:"window_from"`
+	To          time.Time   `json:"window_to"`
+	Verdict     string      `json:"verdict"`
+	Triggers    []jsonFound `json:"triggers"`
+	Outside     int         `json:"triggers_outside"` // the broadcast's other triggers
+	Action      string      `json:"action"`
+	Error       string      `json:"error,omitempty"`
+	found       []found     // for the text line
+	win         window      // for the text line
+	letter      *Letter     // to act on
 }
 
 type jsonFound struct {
@@ -324,6 +333,7 @@ func (c *Command) judge(ctx context.Context, env *Env, l *Letter, reads map[int6
 		return v, nil
 	}
 	v.found = inWindow(w, rd.triggers)
+	v.Outside = len(rd.triggers) - len(v.found)
 	for _, f := range v.found {
 		v.Triggers = append(v.Triggers, jsonFound{ID: f.ID, CreatedAt: f.Created, AfterSeconds: f.After})
 	}
@@ -376,7 +386,7 @@ func (c *Command) say(env *Env, v *jsonResolved) {
 		fmt.Fprintf(env.Stdout, "%scould not be checked: %s; kept\n", head, v.Error)
 		return
 	}
-	fmt.Fprintln(env.Stdout, head+v.win.sentence(v.found))
+	fmt.Fprintln(env.Stdout, head+v.win.sentence(v.found, v.Outside))
 }
 
 // done prints what became of a letter, after its verdict line.
