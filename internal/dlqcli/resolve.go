@@ -166,7 +166,6 @@ type jsonResolved struct {
 	Error       string      `json:"error,omitempty"`
 	found       []found     // for the text line
 	win         window      // for the text line
-	letter      *Letter     // to act on
 }
 
 type jsonFound struct {
@@ -240,34 +239,15 @@ func (c *Command) resolve(ctx context.Context, env *Env, stream jetstream.Stream
 		} else {
 			c.say(env, v)
 		}
-		if v.Verdict == verdictUnknown {
+		switch {
+		case v.Verdict == verdictUnknown:
 			v.Action = actionKept
 			return nil
-		}
-		if !act {
+		case !act:
 			v.Action = actionReported
 			return nil
 		}
-		if !c.Yes {
-			verb := "purge"
-			if v.Verdict == verdictNone {
-				verb = "replay"
-			}
-			if !env.ask(fmt.Sprintf("%s seq %d? [y/N] ", verb, l.Seq)) {
-				v.Action = actionKept
-				n.kept++
-				c.done(env, v)
-				return nil
-			}
-		}
-		if v.Verdict == verdictDelivered {
-			v.Action = actionPurged
-			if o := c.deleteOne(ctx, env, stream, l.Seq); o == failed {
-				v.Action = actionFailed
-			}
-		} else {
-			v.Action = c.replayResolved(ctx, env, r, l)
-		}
+		v.Action = c.act(ctx, env, stream, r, l, v.Verdict)
 		switch v.Action {
 		case actionPurged:
 			n.purged++
@@ -299,12 +279,31 @@ func (c *Command) resolve(ctx context.Context, env *Env, stream jetstream.Stream
 	return nil
 }
 
+// act does what verdict proposes for l, once confirmed: a terminal's yes,
+// or --yes. It returns the action taken.
+func (c *Command) act(ctx context.Context, env *Env, stream jetstream.Stream, r *deadletter.Replayer, l *Letter, verdict string) string {
+	verb := "purge"
+	if verdict == verdictNone {
+		verb = "replay"
+	}
+	if !c.Yes && !env.ask(fmt.Sprintf("%s seq %d? [y/N] ", verb, l.Seq)) {
+		return actionKept
+	}
+	if verdict == verdictNone {
+		return c.replayResolved(ctx, env, r, l)
+	}
+	if c.deleteOne(ctx, env, stream, l.Seq) == failed {
+		return actionFailed
+	}
+	return actionPurged
+}
+
 // judge looks up l's broadcast's triggers and says whether one was created
 // in l's window. A key Customer.io refuses (401, 403) is an error that ends
 // the run: it would be refused for every other letter too.
 func (c *Command) judge(ctx context.Context, env *Env, l *Letter, reads map[int64]*triggerRead) (*jsonResolved, error) {
 	w := windowOf(l.Record, l.Stored, c.Window)
-	v := &jsonResolved{Seq: l.Seq, From: w.from.UTC(), To: w.to.UTC(), Verdict: verdictUnknown, Triggers: []jsonFound{}, win: w, letter: l}
+	v := &jsonResolved{Seq: l.Seq, From: w.from.UTC(), To: w.to.UTC(), Verdict: verdictUnknown, Triggers: []jsonFound{}, win: w}
 	if w.recorded {
 		t := w.ref.UTC()
 		v.RequestedAt = &t
