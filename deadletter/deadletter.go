@@ -46,6 +46,10 @@ const (
 	HeaderDeadLettered = "Cio-Relay-Dead-Lettered" // when it was dead-lettered (RFC 3339)
 	HeaderVersion      = "Cio-Relay-Version"       // worker version that dead-lettered it
 	HeaderMessageID    = "Cio-Relay-Message-Id"    // the call's messageId, given or derived
+	// HeaderRequestedAt is, on an ambiguous broadcast trigger, when the
+	// request that may have reached Customer.io was sent (RFC 3339): where
+	// an operator's tool looks for the trigger it may have created.
+	HeaderRequestedAt = "Cio-Relay-Requested-At"
 	// HeaderReplayedFrom is set on a message replayed from the dead-letter
 	// stream: the dead-letter sequence it came from.
 	HeaderReplayedFrom = "Cio-Relay-Replayed-From"
@@ -83,6 +87,10 @@ type Record struct {
 	// a replayed message it gives up on, so replays of a call that fails
 	// every time can be stopped.
 	Replays int
+	// RequestedAt is when the request that may have delivered the message
+	// was sent (HeaderRequestedAt): set for ambiguous triggers, zero
+	// otherwise.
+	RequestedAt time.Time
 }
 
 // Subject returns the dead-letter subject for an original subject.
@@ -130,6 +138,13 @@ func Msg(subject string, header nats.Header, body []byte, r Record) *nats.Msg {
 	}
 	if r.MessageID != "" {
 		m.Header.Set(HeaderMessageID, r.MessageID)
+	}
+	// Only this dead letter's request counts, never one copied from the
+	// original's headers.
+	if !r.RequestedAt.IsZero() {
+		m.Header.Set(HeaderRequestedAt, r.RequestedAt.UTC().Format(time.RFC3339Nano))
+	} else {
+		m.Header.Del(HeaderRequestedAt)
 	}
 	// The record, not a header copied from the original, says how often
 	// the call was replayed.
@@ -232,6 +247,11 @@ func ParseRecord(h nats.Header) (Record, error) {
 		t, err := time.Parse(time.RFC3339Nano, v)
 		errs = append(errs, err)
 		r.DeadLettered = t
+	}
+	if v := h.Get(HeaderRequestedAt); v != "" {
+		t, err := time.Parse(time.RFC3339Nano, v)
+		errs = append(errs, err)
+		r.RequestedAt = t
 	}
 	if v := h.Get(HeaderReplays); v != "" {
 		n, err := strconv.Atoi(v)

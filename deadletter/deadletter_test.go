@@ -22,6 +22,8 @@ func TestRecordRoundTrip(t *testing.T) {
 		{Reason: "rejected", Status: 422, Detail: "bad", Deliveries: 3, Stream: "CIO", StreamSeq: 42, FirstSeen: at,
 			MessageID: "m-1", Origin: "CIO-abc-42", Version: "v1", DeadLettered: at.Add(time.Hour), Replays: 2},
 		{Reason: "missing_event", Deliveries: 1, Stream: "CIO", StreamSeq: 1, DeadLettered: at}, // Origin: the fallback
+		{Reason: "ambiguous", Deliveries: 1, Stream: "CIO", StreamSeq: 7, FirstSeen: at, DeadLettered: at.Add(time.Minute),
+			RequestedAt: at.Add(30 * time.Second)},
 	}
 	for _, r := range tests {
 		t.Run(r.Reason, func(t *testing.T) {
@@ -49,11 +51,30 @@ func TestMsgReplaysFromRecord(t *testing.T) {
 	}
 }
 
+// TestMsgRequestedAtFromRecord: the request time a dead letter carries is
+// its own request's, never one copied from the original's headers (a
+// replayed trigger's earlier dead letter).
+func TestMsgRequestedAtFromRecord(t *testing.T) {
+	old := time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
+	h := nats.Header{deadletter.HeaderRequestedAt: {old.Format(time.RFC3339Nano)}}
+	for _, at := range []time.Time{{}, old.Add(time.Hour)} {
+		m := deadletter.Msg("cio.broadcast", h, nil, deadletter.Record{Reason: "ambiguous", RequestedAt: at})
+		r, err := deadletter.ParseRecord(m.Header)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !r.RequestedAt.Equal(at) {
+			t.Errorf("Record.RequestedAt %v: dead letter says %v", at, r.RequestedAt)
+		}
+	}
+}
+
 func TestParseRecordMalformed(t *testing.T) {
 	for _, h := range []nats.Header{
 		{deadletter.HeaderReason: {"rejected"}, deadletter.HeaderReplays: {"x"}},
 		{deadletter.HeaderReason: {"rejected"}, deadletter.HeaderReplays: {"-1"}},
 		{deadletter.HeaderReason: {"rejected"}, deadletter.HeaderFirstSeen: {"yesterday"}},
+		{deadletter.HeaderReason: {"ambiguous"}, deadletter.HeaderRequestedAt: {"soon"}},
 		{},
 	} {
 		if _, err := deadletter.ParseRecord(h); err == nil {

@@ -269,12 +269,14 @@ func TestTriggerSenderKilledBeforeAckIsNotSentAgain(t *testing.T) {
 	for i := 1; i <= n; i++ {
 		msgs = append(msgs, published{subject: worker.SubjectBroadcast, body: fmt.Appendf(nil, `{"broadcast_id":%d,"ids":["u-%d"]}`, i, i)})
 	}
+	published := time.Now()
 	e.publishAll(t, msgs)
 	select {
 	case <-allSent:
 	case <-time.After(20 * time.Second):
 		t.Fatalf("replica A sent %d of %d triggers", sent.Load(), n)
 	}
+	answered := time.Now()
 	if err := stopA(); err != nil {
 		t.Logf("replica A: %v", err)
 	}
@@ -293,6 +295,13 @@ func TestTriggerSenderKilledBeforeAckIsNotSentAgain(t *testing.T) {
 	t.Logf("%d of %d triggers sent more than once; dead letters %v", twice, n, reasons)
 	if reasons["ambiguous"] != n || dead != n {
 		t.Errorf("dead letters %v, want the %d triggers as ambiguous", reasons, n)
+	}
+	// B dead-letters them with A's request time (its "sending" marker's),
+	// where dlq resolve looks for the triggers A created.
+	for _, d := range readDLQ(t, e.js) {
+		if at := d.Record.RequestedAt; at.Before(published.Add(-time.Second)) || at.After(answered) {
+			t.Errorf("dead letter %d: requested at %v, want A's request, between %v and %v", d.Seq, at, published, answered)
+		}
 	}
 }
 

@@ -85,13 +85,14 @@ func (w *Worker) pace(ctx context.Context, p *trigger.Pacer[*held], work, room c
 func (w *Worker) sendTrigger(ctx context.Context, p *trigger.Pacer[*held], b *trigger.Batch[*held]) []*held {
 	var triggerID int64
 	var c *markClaim
-	requested := false // a request for b may have reached Customer.io
+	requested := false        // a request for b may have reached Customer.io
+	var requestedAt time.Time // when the last request was sent
 	err := w.attempt(ctx, "app", &w.appPause, w.opts.BroadcastInterval, stopTrigger, func(ctx context.Context) error {
 		var err error
 		if c, err = w.marks.claim(ctx, b.Items); err != nil {
 			return err
 		}
-		requested = true
+		requested, requestedAt = true, time.Now()
 		triggerID, err = w.opts.App.Trigger(ctx, b.BroadcastID, b.Body)
 		if err != nil && !sink.MaybeTriggered(err) && sink.Classify(err) != sink.Cancelled {
 			// Customer.io answered that it did not act: a later request
@@ -127,7 +128,7 @@ func (w *Worker) sendTrigger(ctx context.Context, p *trigger.Pacer[*held], b *tr
 		p.Withdraw(b, func(*held) bool { return true })
 		return b.Items
 	case sink.MaybeTriggered(err):
-		w.ambiguous(ctx, b, fmt.Sprintf("broadcast %d: request may have reached Customer.io, not retried: %v", b.BroadcastID, err))
+		w.ambiguous(ctx, b, requestedAt, fmt.Sprintf("broadcast %d: request may have reached Customer.io, not retried: %v", b.BroadcastID, err))
 		p.Done(b, now)
 		return b.Items
 	}
@@ -162,7 +163,7 @@ func (w *Worker) sendTrigger(ctx context.Context, p *trigger.Pacer[*held], b *tr
 			break
 		}
 		// The request was cut off in flight and may have been acted on.
-		w.ambiguous(ctx, b, fmt.Sprintf("broadcast %d: request cut off at shutdown, may have reached Customer.io, not retried: %v", b.BroadcastID, err))
+		w.ambiguous(ctx, b, requestedAt, fmt.Sprintf("broadcast %d: request cut off at shutdown, may have reached Customer.io, not retried: %v", b.BroadcastID, err))
 	}
 	p.Done(b, now)
 	return b.Items
@@ -193,7 +194,9 @@ func (w *Worker) sentBefore(ctx context.Context, p *trigger.Pacer[*held], b *tri
 			continue
 		}
 		w.m.direct.WithLabelValues("app", "ambiguous").Inc()
-		w.deadLetter(ctx, f.h, deadletter.ReasonAmbiguous, 0, fmt.Sprintf(
+		// The marker was written just before the earlier request: its
+		// time is the request's.
+		w.deadLetterRequested(ctx, f.h, f.since, fmt.Sprintf(
 			"broadcast %d: an earlier delivery began sending this trigger at %s and recorded no answer; it may have reached Customer.io, not sent again",
 			b.BroadcastID, f.since.UTC().Format(time.RFC3339)))
 	}
@@ -210,13 +213,15 @@ func (w *Worker) sentBefore(ctx context.Context, p *trigger.Pacer[*held], b *tri
 	return settled
 }
 
-// ambiguous dead-letters every trigger of b as ambiguous. Their markers stay
+// ambiguous dead-letters every trigger of b as ambiguous, with the time
+// its request was sent (deadletter.HeaderRequestedAt), where an operator
+// looks for the trigger it may have created. Their markers stay
 // "sending", so a copy that comes back (the dead-letter publish failed) is
 // dead-lettered again rather than sent.
-func (w *Worker) ambiguous(ctx context.Context, b *trigger.Batch[*held], detail string) {
+func (w *Worker) ambiguous(ctx context.Context, b *trigger.Batch[*held], requestedAt time.Time, detail string) {
 	w.m.direct.WithLabelValues("app", "ambiguous").Inc()
 	for _, h := range b.Items {
-		w.deadLetter(ctx, h, deadletter.ReasonAmbiguous, 0, detail)
+		w.deadLetterRequested(ctx, h, requestedAt, detail)
 	}
 }
 

@@ -253,6 +253,16 @@ func (w *Worker) nakDelay(deliveries uint64) time.Duration {
 // only then terminates the original. If the dead-letter publish fails the
 // original is nakked, so it comes back and is dead-lettered then: never lost.
 func (w *Worker) deadLetter(ctx context.Context, h *held, reason string, status int, detail string) {
+	w.writeDeadLetter(ctx, h, reason, status, detail, time.Time{})
+}
+
+// deadLetterRequested dead-letters a broadcast trigger as ambiguous,
+// recording when its request was sent.
+func (w *Worker) deadLetterRequested(ctx context.Context, h *held, requestedAt time.Time, detail string) {
+	w.writeDeadLetter(ctx, h, deadletter.ReasonAmbiguous, 0, detail, requestedAt)
+}
+
+func (w *Worker) writeDeadLetter(ctx context.Context, h *held, reason string, status int, detail string, requestedAt time.Time) {
 	// The id the call was (or would have been) sent with: its own, or the
 	// derived one, which a replay must keep.
 	messageID := h.id.String()
@@ -260,17 +270,18 @@ func (w *Worker) deadLetter(ctx context.Context, h *held, reason string, status 
 		messageID = id
 	}
 	m := deadletter.Msg(h.msg.Subject(), h.msg.Headers(), h.msg.Data(), deadletter.Record{
-		Reason:     reason,
-		Status:     status,
-		Detail:     detail,
-		Deliveries: h.deliveries,
-		Stream:     w.opts.Stream,
-		StreamSeq:  h.seq,
-		FirstSeen:  h.published,
-		MessageID:  messageID,
-		Origin:     h.id.Prefix + strconv.FormatUint(h.seq, 10),
-		Version:    w.opts.Version,
-		Replays:    deadletter.ReplaysOf(h.msg.Headers()), // so a call that fails every time stops being replayed
+		Reason:      reason,
+		Status:      status,
+		Detail:      detail,
+		Deliveries:  h.deliveries,
+		Stream:      w.opts.Stream,
+		StreamSeq:   h.seq,
+		FirstSeen:   h.published,
+		MessageID:   messageID,
+		Origin:      h.id.Prefix + strconv.FormatUint(h.seq, 10),
+		Version:     w.opts.Version,
+		Replays:     deadletter.ReplaysOf(h.msg.Headers()), // so a call that fails every time stops being replayed
+		RequestedAt: requestedAt,
 	})
 	// The publish gets its own bound: at shutdown ctx may be done, and a
 	// dead letter that can still be written should be.

@@ -9,6 +9,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"log/slog"
 	"net/http"
 	"net/netip"
 	"net/url"
@@ -290,16 +291,7 @@ func runCIOWith(ctx context.Context, args []string, getenv func(string) string, 
 		}
 	}
 	log := newLogger(cfg.Ops, stderr)
-	opts := sink.AppReaderOptions{
-		URL:       cfg.CIO.AppURL,
-		APIKey:    secretFunc(cfg.CIO.AppAPIKey, log),
-		UserAgent: "cio-relay/" + version(),
-		Client:    sink.NewHTTPClient(1, cfg.Send.HTTPTimeout),
-	}
-	if clock.sleep != nil {
-		opts.Now, opts.Sleep = clock.now, clock.sleep
-	}
-	r, err := sink.NewAppReader(opts)
+	r, err := newAppReader(cfg, log, clock)
 	if err != nil {
 		fmt.Fprintf(stderr, "cio-relay cio: %v\n", err)
 		return 1
@@ -314,6 +306,21 @@ func runCIOWith(ctx context.Context, args []string, getenv func(string) string, 
 		return 1
 	}
 	return 0
+}
+
+// newAppReader is the App API reader of the worker's settings, shared by
+// cio-relay cio and dlq resolve.
+func newAppReader(cfg *config.Config, log *slog.Logger, clock cioClock) (*sink.AppReader, error) {
+	opts := sink.AppReaderOptions{
+		URL:       cfg.CIO.AppURL,
+		APIKey:    secretFunc(cfg.CIO.AppAPIKey, log),
+		UserAgent: "cio-relay/" + version(),
+		Client:    sink.NewHTTPClient(1, cfg.Send.HTTPTimeout),
+	}
+	if clock.sleep != nil {
+		opts.Now, opts.Sleep = clock.now, clock.sleep
+	}
+	return sink.NewAppReader(opts)
 }
 
 // explainAppError says what an operator can do about err; the key is never

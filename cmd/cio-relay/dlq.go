@@ -17,10 +17,11 @@ import (
 
 	"github.com/cio-relay/cio-relay/config"
 	"github.com/cio-relay/cio-relay/internal/dlqcli"
+	"github.com/cio-relay/cio-relay/sink"
 )
 
-// runDLQ is the dlq subcommand: inspect, replay and purge the dead-letter
-// stream.
+// runDLQ is the dlq subcommand: inspect, replay, purge and resolve the
+// dead-letter stream.
 func runDLQ(ctx context.Context, args []string, getenv func(string) string, stdin io.Reader, stdout, stderr io.Writer) int {
 	cmd, connArgs, err := dlqcli.Parse(args)
 	if errors.Is(err, flag.ErrHelp) {
@@ -36,6 +37,21 @@ func runDLQ(ctx context.Context, args []string, getenv func(string) string, stdi
 		return 2
 	}
 	log := newLogger(cfg.Ops, stderr)
+	var triggers dlqcli.TriggerLister
+	if cmd.Name == dlqcli.CmdResolve {
+		// Checked before connecting: without the key there is nothing
+		// to resolve with.
+		if !cfg.CIO.AppAPIKey.IsSet() {
+			fmt.Fprintln(stderr, "cio-relay dlq resolve: CIO_APP_API_KEY is not set (nor CIO_APP_API_KEY_FILE): resolve reads the broadcasts' triggers from Customer.io's App API with the workspace's App API key (and CIO_REGION, CIO_APP_URL), as \"cio-relay cio\" does")
+			return 2
+		}
+		r, err := newAppReader(cfg, log, cioClock{})
+		if err != nil {
+			fmt.Fprintf(stderr, "cio-relay dlq resolve: %v\n", err)
+			return 1
+		}
+		triggers = explainedTriggers{r: r, cio: cfg.CIO}
+	}
 	js, disconnect, err := connectCLI(cfg, log, "dlq")
 	if err != nil {
 		fmt.Fprintf(stderr, "cio-relay dlq: %v\n", err)
@@ -45,12 +61,38 @@ func runDLQ(ctx context.Context, args []string, getenv func(string) string, stdi
 	env := dlqcli.Env{
 		JS: js, DLQStream: cfg.Queue.DLQStream, Stream: cfg.Queue.Stream,
 		Stdin: stdin, Stdout: stdout, Stderr: stderr,
+		Triggers: triggers,
 	}
+	env.Interactive = isTerminal(stdin)
 	if isTerminal(stderr) {
 		env.Progress = stderr
 	}
 	return cmd.Run(ctx, env)
 }
+
+// explainedTriggers reads triggers for dlq resolve, its errors saying what
+// to do about a refused key, as cio-relay cio's do.
+type explainedTriggers struct {
+	r   *sink.AppReader
+	cio config.CIO
+}
+
+func (e explainedTriggers) Triggers(ctx context.Context, broadcastID int64) (sink.Items[sink.Trigger], error) {
+	it, err := e.r.Triggers(ctx, broadcastID)
+	if err != nil {
+		return it, &explainedError{msg: explainAppError(err, e.cio), err: err}
+	}
+	return it, nil
+}
+
+// explainedError is an App API error with what an operator can do about it.
+type explainedError struct {
+	msg string
+	err error
+}
+
+func (e *explainedError) Error() string { return e.msg }
+func (e *explainedError) Unwrap() error { return e.err }
 
 // loadCLIConfig reads the settings of a tool subcommand (dlq, publish):
 // the worker's, so the tool reaches the same NATS and streams.

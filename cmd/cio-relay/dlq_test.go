@@ -4,7 +4,9 @@ import (
 	"bytes"
 	"encoding/json"
 	"log/slog"
+	"maps"
 	"net"
+	"net/http"
 	"net/url"
 	"os"
 	"path/filepath"
@@ -18,6 +20,8 @@ import (
 
 	"github.com/cio-relay/cio-relay/config"
 	"github.com/cio-relay/cio-relay/deadletter"
+	"github.com/cio-relay/cio-relay/internal/ciotest"
+	"github.com/cio-relay/cio-relay/sink"
 )
 
 // seedDLQ creates the CIO and CIO_DLQ streams and dead-letters one call
@@ -265,5 +269,106 @@ func testReplayManifest(t *testing.T, path string) {
 	}
 	if want := []string{"1 cio.track", "5 cio.suppress"}; !slices.Equal(replayed, want) {
 		t.Errorf("CIO holds the replays of %q; want %q", replayed, want)
+	}
+}
+
+// TestRunDLQResolve runs dlq resolve as the binary does, against NATS and
+// the Customer.io stand-in: broadcast 7 has a trigger created 2 s after its
+// ambiguous request, broadcast 8 none. Without a terminal it only reports;
+// replay keeps both and names resolve; --yes purges the first and replays
+// the second. Without the App API key, or with a refused one, it says
+// which setting to fix.
+func TestRunDLQResolve(t *testing.T) {
+	e := newNATSEnv(t)
+	cio := ciotest.NewServer(t, ciotest.Options{CDPKey: "cdp", AppKey: cioTestKey})
+	app, err := sink.NewApp(sink.AppOptions{URL: cio.AppURL(), APIKey: func() string { return cioTestKey }, Client: http.DefaultClient})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := app.Trigger(t.Context(), 7, []byte(`{"ids":["u-1"]}`)); err != nil {
+		t.Fatal(err)
+	}
+	created := time.Unix(cio.Triggers()[0].Time.Unix(), 0)
+	seedDLQ(t, e.js)
+	for i, l := range []struct {
+		body      string
+		requested time.Time
+	}{
+		{`{"broadcast_id":7,"ids":["u-1"]}`, created.Add(-2 * time.Second)},
+		{`{"broadcast_id":8,"ids":["u-2"]}`, created},
+	} {
+		m := deadletter.Msg("cio.broadcast", nil, []byte(l.body), deadletter.Record{
+			Reason: deadletter.ReasonAmbiguous, Stream: "CIO", StreamSeq: uint64(i + 1), Deliveries: 1,
+			Detail:    "broadcast: request may have reached Customer.io, not retried: 504 Gateway Timeout",
+			FirstSeen: l.requested.Add(-time.Second), RequestedAt: l.requested, DeadLettered: l.requested.Add(time.Second),
+		})
+		if err := deadletter.Publish(t.Context(), e.js, m); err != nil {
+			t.Fatal(err)
+		}
+	}
+	vars := map[string]string{"NATS_URL": e.srv.URL(), "CIO_APP_URL": cio.AppURL(), "CIO_APP_API_KEY": cioTestKey, "RELAY_LOG_FORMAT": "text"}
+	without := func(k string) map[string]string {
+		m := maps.Clone(vars)
+		delete(m, k)
+		return m
+	}
+	with := func(k, v string) map[string]string {
+		m := maps.Clone(vars)
+		m[k] = v
+		return m
+	}
+	tests := []struct {
+		name     string
+		vars     map[string]string
+		args     []string
+		wantCode int
+		wantOut  []string
+		wantErr  string
+	}{
+		{"report", vars, []string{"resolve"}, 0, []string{
+			"seq 1: broadcast 7: a trigger (id 1) was created 2s after the request — probably delivered; purge?",
+			"seq 2: broadcast 8: none from ", "— safe to replay",
+			"checked 2 ambiguous triggers: 1 probably delivered, 1 safe to replay, 0 could not be checked",
+			"nothing changed: run it on a terminal"}, ""},
+		{"json", vars, []string{"resolve", "--json"}, 0, []string{`"seq":1,"broadcast_id":7,`, `"verdict":"probably_delivered","triggers":[{"id":"1",`, `"after_request_s":2}]`, `"verdict":"none","triggers":[]`}, "checked 2"},
+		{"replay keeps them", vars, []string{"replay", "--reason", "ambiguous"}, 0, []string{"matched 2, replayed 0, failed 0, skipped 0, kept 2"}, `check it with "cio-relay dlq resolve 1"`},
+		{"no key", without("CIO_APP_API_KEY"), []string{"resolve"}, 2, nil, "cio-relay dlq resolve: CIO_APP_API_KEY is not set"},
+		{"key refused", with("CIO_APP_API_KEY", "a-track-key"), []string{"resolve", "--yes"}, 1, nil,
+			"cio-relay dlq resolve: reading broadcast 7's triggers: the App API key (CIO_APP_API_KEY) was refused (401 Unauthorized)"},
+		{"yes", vars, []string{"resolve", "--yes"}, 0, []string{"seq 1: purged", "seq 2: replayed to CIO", "purged 1, replayed 1, kept 0, failed 0"}, ""},
+		{"nothing left", vars, []string{"resolve"}, 0, []string{"no ambiguous triggers match; nothing to resolve"}, ""},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			code, out, errOut := runDLQFor(t, tt.vars, "", tt.args...)
+			if code != tt.wantCode || !strings.Contains(errOut, tt.wantErr) {
+				t.Errorf("exit code %d, stderr %q; want %d, %q", code, errOut, tt.wantCode, tt.wantErr)
+			}
+			for _, w := range tt.wantOut {
+				if !strings.Contains(out, w) {
+					t.Errorf("stdout does not say %q", w)
+				}
+			}
+			if strings.Contains(out+errOut, "a-track-key") || strings.Contains(out+errOut, cioTestKey) {
+				t.Error("the key was printed")
+			}
+		})
+	}
+	if got := len(cio.Triggers()); got != 1 {
+		t.Errorf("%d triggers in Customer.io, want 1: resolve itself sends none (the replay is the worker's to send)", got)
+	}
+}
+
+// TestDevNullIsNoTerminal: /dev/null, where a Job's standard input points,
+// is a character device and no terminal: dlq must not wait on it for an
+// answer, nor take it for a person.
+func TestDevNullIsNoTerminal(t *testing.T) {
+	f, err := os.Open(os.DevNull)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if isTerminal(f) {
+		t.Errorf("%s is taken for a terminal", os.DevNull)
 	}
 }

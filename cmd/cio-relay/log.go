@@ -6,6 +6,7 @@ import (
 	"os"
 
 	"github.com/lmittmann/tint"
+	"golang.org/x/term"
 
 	"github.com/cio-relay/cio-relay/config"
 )
@@ -26,11 +27,10 @@ func newLogger(ops config.Ops, w io.Writer) *slog.Logger {
 	return slog.New(slog.NewJSONHandler(w, &slog.HandlerOptions{Level: ops.LogLevel}))
 }
 
-func isTerminal(w io.Writer) bool {
-	f, ok := w.(*os.File)
-	if !ok {
-		return false
-	}
-	fi, err := f.Stat()
-	return err == nil && fi.Mode()&os.ModeCharDevice != 0
+// isTerminal reports whether f (standard input, output or error) is a
+// terminal. A character device is not enough: /dev/null is one, and is
+// where a Kubernetes Job's standard input points, with nobody to answer.
+func isTerminal(f any) bool {
+	file, ok := f.(*os.File)
+	return ok && term.IsTerminal(int(file.Fd()))
 }

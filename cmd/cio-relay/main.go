@@ -4,7 +4,7 @@
 // Usage:
 //
 //	cio-relay [run] [flags]   run the worker (the default)
-//	cio-relay dlq COMMAND     inspect, replay and purge the dead-letter stream
+//	cio-relay dlq COMMAND     inspect, replay, purge and resolve the dead-letter stream
 //	cio-relay cio COMMAND     read from Customer.io's App API (segments, triggers, messages, ...)
 //	cio-relay publish [FILE]  publish NDJSON calls to the queue
 //	cio-relay bench           measure throughput, batch fill and latency
@@ -65,7 +65,7 @@ const usage = `cio-relay delivers customer events from NATS JetStream to Custome
 
 Commands:
   run       run the worker (default); "cio-relay run -h" lists every setting
-  dlq       inspect, replay and purge the dead-letter stream ("cio-relay dlq -h")
+  dlq       inspect, replay, purge and resolve the dead-letter stream ("cio-relay dlq -h")
   cio       read from Customer.io's App API: segments, triggers, messages, ... ("cio-relay cio -h")
   publish   publish NDJSON calls to the queue ("cio-relay publish -h")
   bench     measure throughput, batch fill and latency on this machine ("cio-relay bench -h")

@@ -943,3 +943,56 @@ func TestCDPRule(t *testing.T) {
 		t.Fatalf("permissive: delivered %d (%v…), %d dropped; want only the fine call, 1 dropped", len(d), d, st.CallsDroppedInvalid)
 	}
 }
+
+// TestFaultAfterApplying: Customer.io acts, and the answer is lost on the
+// way (a gateway's 504, a dropped connection): the trigger exists and is
+// listed, the calls are delivered, and the client sees only the fault.
+func TestFaultAfterApplying(t *testing.T) {
+	s := newServer(t, func(o *ciotest.Options) {
+		o.Fault = func(r *ciotest.Request) *ciotest.Fault {
+			switch {
+			case strings.Contains(r.Path, "/campaigns/7/"):
+				return &ciotest.Fault{Status: 504, Body: "<html>504 Gateway Time-out</html>", AfterApplying: true}
+			case strings.Contains(r.Path, "/campaigns/8/"):
+				return &ciotest.Fault{Reset: true, AfterApplying: true}
+			case r.API == ciotest.APICDP:
+				return &ciotest.Fault{Status: 502, AfterApplying: true}
+			}
+			return nil
+		}
+	})
+	a := do(t, triggerRequest(t, s, "7", `{"ids":["u1"]}`, "Bearer "+appKey))
+	if a.status != 504 || !strings.Contains(a.body, "504 Gateway") {
+		t.Fatalf("trigger answered %d %q, want the fault's 504", a.status, a.body)
+	}
+	if resp, err := http.DefaultClient.Do(triggerRequest(t, s, "8", `{"ids":["u1"]}`, "Bearer "+appKey)); err == nil {
+		resp.Body.Close()
+		t.Fatalf("a reset answered %d, want a transport error", resp.StatusCode)
+	}
+	if a := postBatch(t, s, batch(trackCall(t, "lost-answer", 200))); a.status != 502 {
+		t.Fatalf("batch answered %d, want the fault's 502", a.status)
+	}
+	trs := s.Triggers()
+	if len(trs) != 2 || trs[0].BroadcastID != 7 || trs[1].BroadcastID != 8 {
+		t.Fatalf("triggers %+v, want broadcasts 7 and 8 triggered although their answers were lost", trs)
+	}
+	if d := s.Delivered(); len(d) != 1 || d[0].MessageID != "lost-answer" {
+		t.Fatalf("delivered %+v, want the call whose answer was lost", d)
+	}
+	// What was created is what the reads list.
+	req, err := http.NewRequest(http.MethodGet, s.AppURL()+"/broadcasts/7/triggers", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Header.Set("Authorization", "Bearer "+appKey)
+	if a := do(t, req); a.status != 200 || !strings.Contains(a.body, `"id":1,"broadcast_id":7`) {
+		t.Fatalf("GET triggers answered %d %s, want trigger 1 listed", a.status, a.body)
+	}
+	wantStatus := []int{504, 0, 502, 200}
+	rs := s.Requests()
+	for i, r := range rs {
+		if i < len(wantStatus) && (r.Status != wantStatus[i] || (i < 3 && r.Outcome != ciotest.OutcomeAccepted)) {
+			t.Errorf("request %d: %d %s, want %d, accepted", i, r.Status, r.Outcome, wantStatus[i])
+		}
+	}
+}

@@ -117,7 +117,10 @@
 // above (404). Use Options.Fault to inject 429s, 5xx answers, delays,
 // connection resets and redirects (a 3xx [Fault] with a Location, e.g. to
 // [Server.MovedURL], which answers 200 to anything and delivers nothing:
-// what a client that follows redirects takes for success). [FailCalls]
+// what a client that follows redirects takes for success), and answers
+// lost after Customer.io acted (Fault.AfterApplying: the trigger is
+// created, the calls delivered, and the client sees only a 504 or a reset,
+// as behind a gateway that timed out). [FailCalls]
 // makes every request carrying given calls fail, however they are batched:
 // one call Customer.io keeps answering 500 for.
 //

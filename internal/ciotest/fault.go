@@ -30,23 +30,40 @@ type Fault struct {
 	// ignored. A client that gives up during the delay is recorded as a
 	// fault with status 0, and nothing is applied.
 	Slow bool
+	// AfterApplying handles the request as Customer.io would first (a
+	// trigger created, calls delivered, a suppression recorded), and
+	// answers the Fault in place of the real answer: Customer.io acted,
+	// and the answer was lost on the way, as when a gateway answers 502 or
+	// 504 after its upstream accepted, or the connection drops after the
+	// work was done. The request is recorded with the Fault's status and
+	// the outcome of what was applied. Slow is ignored.
+	AfterApplying bool
 }
 
 // fault applies f to a request instead of handling it. The request is
 // recorded before the delay, so a client that gives up waiting still finds
 // it in Requests.
 func (s *Server) fault(w http.ResponseWriter, r *http.Request, req *Request, f *Fault) {
-	status := f.Status
-	switch {
-	case f.Reset:
-		status = 0
-	case status == 0:
-		status = http.StatusInternalServerError
-	}
+	status := faultStatus(f)
 	s.mu.Lock()
 	s.recordLocked(req, status, OutcomeFault, "fault injected")
 	s.mu.Unlock()
+	s.writeFault(w, r, f, status)
+}
 
+// faultStatus is the status f answers: 0 for a reset.
+func faultStatus(f *Fault) int {
+	switch {
+	case f.Reset:
+		return 0
+	case f.Status == 0:
+		return http.StatusInternalServerError
+	}
+	return f.Status
+}
+
+// writeFault waits f's delay and answers f, or resets the connection.
+func (s *Server) writeFault(w http.ResponseWriter, r *http.Request, f *Fault, status int) {
 	if f.Delay > 0 {
 		t := time.NewTimer(f.Delay)
 		defer t.Stop()

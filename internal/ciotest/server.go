@@ -404,9 +404,12 @@ func (s *Server) serve(w http.ResponseWriter, r *http.Request) {
 		s.finish(w, &req, reject(http.StatusBadRequest, "reading body: %v", err))
 		return
 	}
+	var after *Fault // answered in place of the real answer, once applied
 	if s.opts.Fault != nil {
 		probe := req
-		if f := s.opts.Fault(&probe); f != nil {
+		if f := s.opts.Fault(&probe); f != nil && f.AfterApplying {
+			after = f
+		} else if f != nil {
 			if !f.Slow {
 				s.fault(w, r, &req, f)
 				return
@@ -442,6 +445,17 @@ func (s *Server) serve(w http.ResponseWriter, r *http.Request) {
 		resp.outcome = OutcomeMoved
 	default:
 		resp = reject(http.StatusNotFound, "no such endpoint: %s", req.Path)
+	}
+	if after != nil {
+		s.mu.Lock()
+		if resp.commit != nil {
+			resp.commit(&resp)
+		}
+		status := faultStatus(after)
+		s.recordLocked(&req, status, resp.outcome, fmt.Sprintf("answer %d (%s) replaced by a fault after applying", resp.status, resp.reason))
+		s.mu.Unlock()
+		s.writeFault(w, r, after, status)
+		return
 	}
 	s.finish(w, &req, resp)
 }

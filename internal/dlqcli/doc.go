@@ -1,5 +1,5 @@
 // Package dlqcli is the logic of "cio-relay dlq": it lists, shows, counts,
-// replays and purges the messages of the dead-letter stream (CIO_DLQ, whose
+// replays, purges and resolves the messages of the dead-letter stream (CIO_DLQ, whose
 // message format package deadletter defines).
 //
 // # Model
@@ -22,6 +22,14 @@
 // cancelled replay finishes the message in hand before it stops. Replay
 // intents live in the dead-letter stream and no command lists, counts or
 // purges them.
+//
+// An ambiguous broadcast trigger (its request may have reached Customer.io)
+// is not replayed unchecked: replay asks first on a terminal and keeps it
+// otherwise. Resolve checks it instead: it reads the broadcast's triggers
+// from Customer.io's App API ([TriggerLister]) and takes one created from
+// [ClockSkew] before the request (Cio-Relay-Requested-At) to the window
+// after it as the request's: probably delivered, so purge; none, so safe
+// to replay. It acts on each as confirmed (a terminal's answer, or --yes).
 //
 // The command line is parsed by [Parse], which hands the flags it does not
 // know back to the caller for the connection settings, and run by

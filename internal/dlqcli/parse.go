@@ -25,8 +25,14 @@ Commands:
   replay        publish dead letters back to their original subject, then
                 delete them from the dead-letter stream
   purge         delete dead letters
+  resolve [SEQ ...]
+                for each ambiguous broadcast trigger (all, or these), look up
+                the broadcast's triggers in Customer.io around the request:
+                one there means it was probably delivered (purge), none that
+                it is safe to replay; then act as confirmed
 
-Filters (list, stats, replay, purge):
+Filters (list, stats, replay, purge; resolve takes --subject, --since,
+--until and --exclude-subject):
   --reason R    only this reason (rejected, retries_exhausted, invalid_json, ...);
                 repeat the flag or separate with commas for several
   --subject S   only this original subject: cio.track; wildcards as in NATS
@@ -59,9 +65,30 @@ replay:
                 --max-replays times, validation failures (every reason but
                 retries_exhausted, rejected and ambiguous: the same bytes
                 would fail the same way), and a letter an earlier, unfinished
-                replay may have published when that can no longer be checked
+                replay may have published when that can no longer be checked,
+                and an ambiguous trigger without asking (see below)
 purge:
   --yes         do not ask for confirmation
+resolve:
+  --window D    a trigger created up to D after the request (and 30s before
+                it, for clock skew) counts as the request's (default 5m)
+  --yes         purge the probably delivered and replay the rest, without
+                asking; without it resolve asks about each on a terminal and
+                only reports otherwise
+  --dry-run     only report, even on a terminal or with --yes
+  --json        one JSON object per letter: seq, broadcast_id, requested_at,
+                window_from, window_to, verdict (probably_delivered, none or
+                unknown), triggers in the window (id, created_at,
+                after_request_s), triggers_outside (how many others the
+                broadcast has), action (purged, replayed, kept, failed or
+                reported), error
+  It needs the App API key, as "cio-relay cio" does: CIO_APP_API_KEY (or
+  CIO_APP_API_KEY_FILE), CIO_REGION, CIO_APP_URL.
+
+A dead letter with reason ambiguous is a broadcast trigger whose request may
+have reached Customer.io: replaying it could message its audience twice.
+replay asks before replaying one (on a terminal) and keeps it otherwise,
+pointing to "cio-relay dlq resolve", which checks the broadcast's triggers.
 
 A replay publishes each message's original body with its original headers,
 Cio-Relay-Message-Id, Cio-Relay-Replayed-From (the dead-letter sequence),
@@ -89,6 +116,8 @@ const (
 	CmdStats  = "stats"
 	CmdReplay = "replay"
 	CmdPurge  = "purge"
+	// CmdResolve checks ambiguous triggers against Customer.io.
+	CmdResolve = "resolve"
 )
 
 // defaultLimit is how many dead letters list prints unless told: a screenful
@@ -108,7 +137,13 @@ type Command struct {
 	// MaxReplays (replay) keeps a call already replayed this many times.
 	MaxReplays int
 	Force      bool // replay: also what is kept by default
-	Yes        bool // purge: do not ask
+	Yes        bool // purge, resolve: do not ask
+	// Seqs (resolve) are the dead letters to resolve; none is every
+	// ambiguous one that matches Filter.
+	Seqs []uint64
+	// Window (resolve): a trigger created up to this long after the
+	// request counts as the request's.
+	Window time.Duration
 }
 
 // Filter selects dead letters; the zero Filter selects all of them.
@@ -207,15 +242,15 @@ func checkSubject(s string) error {
 // a usage error.
 func Parse(args []string) (cmd *Command, rest []string, err error) {
 	if len(args) == 0 {
-		return nil, nil, errors.New("missing command: list, show, stats, replay or purge")
+		return nil, nil, errors.New("missing command: list, show, stats, replay, purge or resolve")
 	}
 	c := &Command{Name: args[0]}
 	switch c.Name {
 	case "-h", "-help", "--help", "help":
 		return nil, nil, flag.ErrHelp
-	case CmdList, CmdShow, CmdStats, CmdReplay, CmdPurge:
+	case CmdList, CmdShow, CmdStats, CmdReplay, CmdPurge, CmdResolve:
 	default:
-		return nil, nil, fmt.Errorf("unknown command %q: want list, show, stats, replay or purge", c.Name)
+		return nil, nil, fmt.Errorf("unknown command %q: want list, show, stats, replay, purge or resolve", c.Name)
 	}
 	fs := c.flagSet()
 	own, positional, rest, err := SplitFlags(fs, args[1:])
@@ -234,6 +269,19 @@ func Parse(args []string) (cmd *Command, rest []string, err error) {
 			return nil, nil, fmt.Errorf("show: want a sequence number (a whole number from 1), got %q", positional[0])
 		}
 		return c, rest, nil
+	}
+	if c.Name == CmdResolve {
+		for _, p := range positional {
+			seq, err := strconv.ParseUint(p, 10, 64)
+			if err != nil || seq == 0 {
+				return nil, nil, fmt.Errorf("resolve: want dead-letter sequence numbers (whole numbers from 1), got %q", p)
+			}
+			c.Seqs = append(c.Seqs, seq)
+		}
+		positional = nil
+		if c.Window <= 0 {
+			return nil, nil, fmt.Errorf("resolve: --window must be positive, got %v", c.Window)
+		}
 	}
 	if len(positional) > 0 {
 		return nil, nil, fmt.Errorf("%s: unexpected argument %q", c.Name, positional[0])
@@ -268,8 +316,10 @@ func (c *Command) flagSet() *flag.FlagSet {
 	fs.SetOutput(io.Discard) // the caller prints Usage and the error
 	fs.Usage = func() {}
 	switch c.Name {
-	case CmdList, CmdStats, CmdReplay, CmdPurge:
-		fs.Var((*listValue)(&c.Filter.Reasons), "reason", "")
+	case CmdList, CmdStats, CmdReplay, CmdPurge, CmdResolve:
+		if c.Name != CmdResolve { // resolve's reason is ambiguous
+			fs.Var((*listValue)(&c.Filter.Reasons), "reason", "")
+		}
 		fs.Var((*listValue)(&c.Filter.Subjects), "subject", "")
 		fs.Var((*timeValue)(&c.Filter.Since), "since", "")
 		fs.Var((*timeValue)(&c.Filter.Until), "until", "")
@@ -289,6 +339,12 @@ func (c *Command) flagSet() *flag.FlagSet {
 		fs.BoolVar(&c.Force, "force", false, "")
 	case CmdPurge:
 		fs.BoolVar(&c.Yes, "yes", false, "")
+	case CmdResolve:
+		fs.DurationVar(&c.Window, "window", DefaultResolveWindow, "")
+		fs.BoolVar(&c.Yes, "yes", false, "")
+		fs.BoolVar(&c.DryRun, "dry-run", false, "")
+		fs.BoolVar(&c.JSON, "json", false, "")
+		c.MaxReplays = deadletter.DefaultMaxReplays // as replay's default
 	}
 	return fs
 }

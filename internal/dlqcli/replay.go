@@ -177,6 +177,9 @@ func (c *Command) vet(ctx context.Context, env *Env, l *Letter, res *replayCount
 				"see why with \"cio-relay dlq show %d\", or replay it anyway with --force", n, c.MaxReplays, l.Seq)
 			return kept
 		}
+		if c.Name == CmdReplay && l.Record.Reason == deadletter.ReasonAmbiguous && !c.replayUnchecked(env, l) {
+			return kept
+		}
 	}
 	if err := deadletter.ReadOmitted(ctx, env.JS, &l.Letter, env.Stream); err != nil {
 		c.report(env, l.Seq, "kept: its body was left out of the dead letter (%s says why), and %v; nothing was published",
@@ -185,6 +188,23 @@ func (c *Command) vet(ctx context.Context, env *Env, l *Letter, res *replayCount
 	}
 	l.Size = len(l.Body)
 	return done
+}
+
+// replayUnchecked decides about an ambiguous trigger, whose request may
+// have reached Customer.io, so that a replay could message its audience a
+// second time: on a terminal it asks, otherwise it keeps the letter and
+// points to resolve, which checks the broadcast's triggers first.
+func (c *Command) replayUnchecked(env *Env, l *Letter) bool {
+	const why = "an ambiguous broadcast trigger: its request may have reached Customer.io, and a replay would then message its audience twice"
+	if env.Interactive && !c.DryRun {
+		if env.ask(fmt.Sprintf("seq %d: %s; \"cio-relay dlq resolve %d\" checks the broadcast's triggers first. Replay it unchecked? [y/N] ", l.Seq, why, l.Seq)) {
+			return true
+		}
+		c.report(env, l.Seq, "kept: not replayed; check it with \"cio-relay dlq resolve %d\"", l.Seq)
+		return false
+	}
+	c.report(env, l.Seq, "kept: %s; check it with \"cio-relay dlq resolve %d\" (it looks up the broadcast's triggers), or replay it anyway with --force", why, l.Seq)
+	return false
 }
 
 // replayOne replays l, reporting on stderr what did not go as planned. It

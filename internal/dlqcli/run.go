@@ -1,6 +1,7 @@
 package dlqcli
 
 import (
+	"bufio"
 	"context"
 	"errors"
 	"fmt"
@@ -23,6 +24,16 @@ type Env struct {
 	// runs: standard error when it is a terminal; nil shows none.
 	Progress io.Writer
 	Now      func() time.Time // default time.Now
+	// Interactive says a person answers on Stdin (it is a terminal):
+	// replay asks before it replays an ambiguous trigger, and resolve asks
+	// before each purge or replay. Without it neither asks: replay keeps
+	// ambiguous triggers, resolve only reports unless told --yes.
+	Interactive bool
+	// Triggers reads a broadcast's triggers from Customer.io, for
+	// resolve; nil when no App API key is configured.
+	Triggers TriggerLister
+
+	answers *bufio.Reader // Stdin, read a line per question
 
 	// afterPublish, set by tests, runs when a replayed message has its
 	// PubAck and before its delete. An error abandons the message right
@@ -49,6 +60,19 @@ func (e *Env) setDefaults() {
 	if e.Now == nil {
 		e.Now = time.Now
 	}
+	e.answers = bufio.NewReader(e.Stdin)
+}
+
+// ask puts a yes/no question on Stderr and reads the answer from Stdin: a
+// line of y or yes is yes, anything else (end of input included) no.
+func (e *Env) ask(question string) bool {
+	if e.Progress != nil {
+		fmt.Fprint(e.Progress, "\r\x1b[K")
+	}
+	fmt.Fprint(e.Stderr, question)
+	answer, _ := e.answers.ReadString('\n')
+	a := strings.ToLower(strings.TrimSpace(answer))
+	return a == "y" || a == "yes"
 }
 
 // Run runs c and returns the process exit code: 0 on success, 1 when the
@@ -91,6 +115,8 @@ func (c *Command) run(ctx context.Context, env *Env) error {
 		return c.replay(ctx, env, stream)
 	case CmdPurge:
 		return c.purge(ctx, env, stream)
+	case CmdResolve:
+		return c.resolve(ctx, env, stream)
 	}
 	return fmt.Errorf("unknown command %q", c.Name)
 }
