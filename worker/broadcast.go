@@ -31,7 +31,7 @@ func (w *Worker) pace(ctx context.Context, p *trigger.Pacer[*held], work, room c
 			}
 			w.m.pacingWait.Observe(now.Sub(oldest).Seconds())
 			inflight.Go(func() {
-				settled := w.sendTrigger(ctx, p, b)
+				settled := w.sendTrigger(ctx, readerDone, p, b)
 				leases.remove(settled...)
 				signal(work)
 				signal(room)
@@ -76,23 +76,32 @@ func (w *Worker) pace(ctx context.Context, p *trigger.Pacer[*held], work, room c
 //     (DoubleAck), so a lost ack brings back a trigger that is then acked
 //     without being sent.
 //
-// Retries wait at least the pacing interval: a retry is a request like any
-// other to Customer.io's per-broadcast limit. A 429 is retried as long as
+// Each request, a retry included, waits for its broadcast's turn across
+// replicas (see turns.go), and stops waiting, to be nakked, when stopping
+// closes. Retries wait at least the pacing interval: a retry is a request
+// like any other to Customer.io's per-broadcast limit. A 429 is retried as long as
 // the budget lasts and is never a reason to dead-letter on its own. A
 // rejected request of several triggers goes back to the pacer in halves
 // (Pacer.Split), each sent in its broadcast's turn, so only a trigger
 // rejected on its own is dead-lettered.
-func (w *Worker) sendTrigger(ctx context.Context, p *trigger.Pacer[*held], b *trigger.Batch[*held]) []*held {
+func (w *Worker) sendTrigger(ctx context.Context, stopping <-chan struct{}, p *trigger.Pacer[*held], b *trigger.Batch[*held]) []*held {
 	var triggerID int64
 	var c *markClaim
 	requested := false // a request for b may have reached Customer.io
 	err := w.attempt(ctx, "app", &w.appPause, w.opts.BroadcastInterval, stopTrigger, func(ctx context.Context) error {
-		var err error
-		if c, err = w.marks.claim(ctx, b.Items); err != nil {
+		t, err := w.turns.acquire(ctx, stopping, b.BroadcastID)
+		if err != nil {
+			return err
+		}
+		reqCtx, cancel := t.context(ctx)
+		defer cancel()
+		if c, err = w.marks.claim(reqCtx, b.Items); err != nil {
+			t.unused(ctx)
 			return err
 		}
 		requested = true
-		triggerID, err = w.opts.App.Trigger(ctx, b.BroadcastID, b.Body)
+		triggerID, err = w.opts.App.Trigger(reqCtx, b.BroadcastID, b.Body)
+		t.answered(ctx, retryAfter(err))
 		if err != nil && !sink.MaybeTriggered(err) && sink.Classify(err) != sink.Cancelled {
 			// Customer.io answered that it did not act: a later request
 			// may send these triggers.
@@ -166,6 +175,15 @@ func (w *Worker) sendTrigger(ctx context.Context, p *trigger.Pacer[*held], b *tr
 	}
 	p.Done(b, now)
 	return b.Items
+}
+
+// retryAfter is the Retry-After of a 429 (or 503), 0 for any other answer.
+func retryAfter(err error) time.Duration {
+	var se *sink.StatusError
+	if errors.As(err, &se) {
+		return se.RetryAfter
+	}
+	return 0
 }
 
 // stopTrigger tells attempt not to retry a trigger request that may have

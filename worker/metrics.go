@@ -30,6 +30,7 @@ type metrics struct {
 	suppressions  *prometheus.CounterVec   // action
 	pacingWait    prometheus.Histogram     //
 	track         *trackMetrics            // unsubscribes, delivery metrics
+	turns         *turnMetrics             // broadcast pacing across replicas
 
 	consumedByType, deliveredByType *byType
 }
@@ -121,8 +122,10 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 	}
 	m.consumedByType, m.deliveredByType = newByType(m.consumed), newByType(m.delivered)
 	m.track = newTrackMetrics()
+	m.turns = newTurnMetrics()
 	if reg != nil {
 		reg.MustRegister(m.track.collectors()...)
+		reg.MustRegister(m.turns.collectors()...)
 		reg.MustRegister(m.consumed, m.delivered, m.batches, m.batchBytes, m.batchCalls, m.requestTime,
 			m.retries, m.deadLetters, m.inFlight, m.acksFailed, m.authPaused, m.held, m.pending, m.ackPending,
 			m.redeliveries, m.shutdownNaked, m.direct, m.coalesced, m.suppressions, m.pacingWait)

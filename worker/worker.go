@@ -161,6 +161,7 @@ type Worker struct {
 	pause, appPause, trackPause pauseState
 	ready                       atomic.Bool // consumer bound and consuming
 	marks                       *sentMarks  // broadcast triggers sent or being sent; nil without App
+	turns                       *turns      // whose turn it is to trigger each broadcast; nil without App
 }
 
 // New returns a Worker; it does not touch JetStream until Run.
@@ -223,6 +224,7 @@ func (w *Worker) Run(ctx context.Context) error {
 	if w.marks, err = w.bindSentMarks(ctx); err != nil {
 		return err
 	}
+	w.turns = w.bindTurns(ctx)
 	b, err := batcher.New[*held](w.opts.BatchMaxBytes, w.opts.BatchMaxCalls, w.opts.FlushInterval)
 	if err != nil {
 		return err
