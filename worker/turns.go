@@ -136,15 +136,14 @@ type turns struct {
 	lastFind time.Time                                // when find last ran
 	lastWarn time.Time                                // when the fallback was last logged
 	global   bool                                     // the last turn was taken in the bucket
-	now      func() time.Time                         // time.Now; a test's virtual clock is time.Now too
 }
 
 func newTurns(store turnStore, find func(context.Context) (turnStore, error), interval time.Duration, log *slog.Logger, m *turnMetrics) *turns {
 	id := make([]byte, 4)
 	_, _ = rand.Read(id)
-	g := &turns{interval: interval, replica: hex.EncodeToString(id), log: log, m: m, store: store, find: find, now: time.Now}
+	g := &turns{interval: interval, replica: hex.EncodeToString(id), log: log, m: m, store: store, find: find}
 	if store == nil {
-		g.lastFind = g.now()
+		g.lastFind = time.Now()
 	}
 	return g
 }
@@ -183,7 +182,7 @@ func (g *turns) acquire(ctx context.Context, stopping <-chan struct{}, id int64)
 			g.fallback(id, errors.New("bucket "+g.bucketHint()+" not found"))
 			return nil, nil
 		}
-		start := g.now()
+		start := time.Now()
 		opCtx, cancel := context.WithTimeout(ctx, markTimeout)
 		rev, err := store.Create(opCtx, key, g.value(turnSending, g.sendingTTL()), g.sendingTTL())
 		var wait time.Duration
@@ -199,7 +198,7 @@ func (g *turns) acquire(ctx context.Context, stopping <-chan struct{}, id int64)
 			case errors.Is(err, jetstream.ErrKeyNotFound):
 				wait = 0 // expired meanwhile: try again at once
 			case err == nil:
-				wait = turnWait(e, g.now(), g.interval)
+				wait = turnWait(e, time.Now(), g.interval)
 			}
 		}
 		cancel()
@@ -227,16 +226,25 @@ func (g *turns) acquire(ctx context.Context, stopping <-chan struct{}, id int64)
 
 // turnWait is how long a replica that found the turn taken waits before
 // trying again, given the entry it read and its own clock's now: until the
-// entry's expiry (its server time plus its TTL) when answered, at most half
-// an interval while a request is in flight (the holder keeps the turn an
-// interval after the answer, so the next look sees it answered in time),
-// and never less than turnPoll, so a clock ahead of the server's does not
-// spin.
+// entry's expiry when answered (its creation by the server's clock plus its
+// TTL, and at most the TTL from now), at most half an interval while a
+// request is in flight (the holder keeps the turn an interval after the
+// answer, so the next look sees it answered in time), and never less than
+// turnPoll, so a clock ahead of the server's does not spin. A server clock
+// off from the replica's by s costs at most s per turn; it can never make
+// a request early, as only the server's expiry frees the turn.
 func turnWait(e turnEntry, now time.Time, interval time.Duration) time.Duration {
 	state, ttl := parseTurn(e.value)
 	wait := e.created.Add(ttl).Sub(now)
-	if state != turnAnswered {
+	switch state {
+	case turnAnswered:
+		// It was written before it was read: it expires within ttl
+		// of now, whatever the server's clock says.
+		wait = min(wait, ttl)
+	case turnSending:
 		wait = min(wait, interval/2)
+	default:
+		wait = interval / 2
 	}
 	return max(wait, turnPoll(interval))
 }
@@ -318,10 +326,10 @@ func (t *turn) context(ctx context.Context) (context.Context, context.CancelFunc
 func (g *turns) current(ctx context.Context) turnStore {
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	if g.store != nil || g.find == nil || g.now().Sub(g.lastFind) < turnRefind {
+	if g.store != nil || g.find == nil || time.Now().Sub(g.lastFind) < turnRefind {
 		return g.store
 	}
-	g.lastFind = g.now()
+	g.lastFind = time.Now()
 	ctx, cancel := context.WithTimeout(ctx, markTimeout)
 	defer cancel()
 	if s, err := g.find(ctx); err == nil {
@@ -358,7 +366,7 @@ func (g *turns) fallback(id int64, err error) {
 	defer g.mu.Unlock()
 	g.global = false
 	g.m.global.Set(0)
-	if now := g.now(); g.lastWarn.IsZero() || now.Sub(g.lastWarn) >= turnRefind {
+	if now := time.Now(); g.lastWarn.IsZero() || now.Sub(g.lastWarn) >= turnRefind {
 		g.lastWarn = now
 		g.log.Warn("broadcast pacing bucket unreachable: this replica paces its own trigger requests; "+
 			"another replica may send for the same broadcast within the interval and be answered 429 (retried, nothing lost)",
