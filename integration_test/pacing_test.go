@@ -1,8 +1,12 @@
 package integration_test
 
 import (
+	"context"
 	"fmt"
+	"io"
+	"log/slog"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -118,5 +122,81 @@ func TestThreeReplicasPaceEachBroadcastGlobally(t *testing.T) {
 		if len(names) < 2 {
 			t.Errorf("broadcast %d was sent for by %d replica: the test did not make the replicas share it", id, len(names))
 		}
+	}
+}
+
+// TestTriggersPacedPerReplicaWhenThePaceBucketIsGone: with the pacing
+// bucket deleted under a running replica, triggers are still sent, each
+// paced by the replica alone, counted as such, and the replica says it is
+// no longer pacing globally.
+func TestTriggersPacedPerReplicaWhenThePaceBucketIsGone(t *testing.T) {
+	e := newEnv(t, ciotest.Options{AppKey: "app-key", Now: scaledClock()})
+	_, reg := e.runWorker(t, triggerOptions(appClient(t, e)), 0)
+	ctx := context.Background()
+	if err := e.js.DeleteKeyValue(ctx, worker.TurnsBucket("CIO")); err != nil {
+		t.Fatal(err)
+	}
+	e.publishAll(t, []published{
+		{subject: worker.SubjectBroadcast, body: []byte(`{"broadcast_id":4,"ids":["a"],"id_ignore_missing":true,"data":{"n":1}}`)},
+		{subject: worker.SubjectBroadcast, body: []byte(`{"broadcast_id":4,"ids":["b"],"id_ignore_missing":true,"data":{"n":2}}`)},
+	})
+	waitBroadcastSettled(t, e, 30*time.Second)
+	if got := acceptedPerBroadcast(e)[4]; got != 2 {
+		t.Errorf("broadcast 4 accepted %d triggers, want 2", got)
+	}
+	if got := metricValue(t, reg, "cio_relay_broadcast_pacing_fallback_total"); got != 2 {
+		t.Errorf("%v requests counted as paced per replica, want 2", got)
+	}
+	if got := metricValue(t, reg, "cio_relay_broadcast_pacing_global"); got != 0 {
+		t.Errorf("cio_relay_broadcast_pacing_global %v without the bucket, want 0", got)
+	}
+}
+
+// TestWorkerStartsWithoutThePaceBucket: a replica that does not manage
+// streams starts without the pacing bucket (unlike the marker bucket, it
+// is not needed to send a trigger once), paces per replica and says how to
+// create the bucket.
+func TestWorkerStartsWithoutThePaceBucket(t *testing.T) {
+	e := newEnv(t, ciotest.Options{AppKey: "app-key", Now: scaledClock()})
+	ctx := context.Background()
+	// A managing replica creates everything; the pacing bucket is then
+	// deleted, as if it had never been created by hand.
+	stop, _ := runWorkerOn(t, e.js, triggerOptions(appClient(t, e)))
+	if err := stop(); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.js.DeleteKeyValue(ctx, worker.TurnsBucket("CIO")); err != nil {
+		t.Fatal(err)
+	}
+
+	var logs syncBuffer
+	opts := triggerOptions(appClient(t, e))
+	opts.Logger = slog.New(slog.NewTextHandler(&logs, nil))
+	reg := prometheus.NewRegistry()
+	opts.Registerer = reg
+	w, err := worker.New(e.js, sink.NewDryRun(io.Discard), opts) // ManageStreams false
+	if err != nil {
+		t.Fatal(err)
+	}
+	runCtx, cancel := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() { done <- w.Run(runCtx) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("worker.Run: %v", err)
+		}
+	})
+	waitFor(t, 10*time.Second, "the worker to be ready", func() bool { ok, _ := w.Ready(); return ok })
+	e.publishAll(t, []published{{subject: worker.SubjectBroadcast, body: []byte(`{"broadcast_id":5,"ids":["a"]}`)}})
+	waitBroadcastSettled(t, e, 30*time.Second)
+	if got := acceptedPerBroadcast(e)[5]; got != 1 {
+		t.Errorf("broadcast 5 accepted %d times, want once", got)
+	}
+	if got := metricValue(t, reg, "cio_relay_broadcast_pacing_fallback_total"); got != 1 {
+		t.Errorf("%v requests counted as paced per replica, want 1", got)
+	}
+	if out := logs.String(); !strings.Contains(out, "nats kv add CIO_PACE") || !strings.Contains(out, "RELAY_MANAGE_STREAMS=false") {
+		t.Errorf("no warning saying how to create CIO_PACE in the log:\n%s", out)
 	}
 }
