@@ -50,7 +50,8 @@ func TestThreeReplicasPaceEachBroadcastGlobally(t *testing.T) {
 		o.BroadcastInterval = trigger10s / speedup
 		o.AckWait = r.ackWait
 		o.DirectConcurrency = r.direct
-		_, js := e.nats.Connect(t) // each replica its own connection
+		o.TriggerTimeout = 5 * time.Second // the client's
+		_, js := e.nats.Connect(t)         // each replica its own connection
 		_, reg := runWorkerOn(t, js, o)
 		regs = append(regs, reg)
 	}

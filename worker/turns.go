@@ -26,11 +26,11 @@ import (
 // Before each request (a retry included) a replica takes the broadcast's
 // turn: it creates the key, which succeeds only when the key is absent
 // (compare-and-set), with a TTL long enough for the request to be sent
-// and answered and an interval to pass (turnSendLimit + the interval): if
-// the replica dies mid-request, the server frees the turn no sooner than
-// an interval after the latest answer the request could have had. The
-// request is bounded by turnSendLimit from then, so the key cannot
-// expire while it is in flight. When the answer comes, whatever it is, the
+// and answered and an interval to pass (sendLimit + the interval: 45s
+// with the defaults): if the replica dies mid-request, the server frees
+// the turn no sooner than an interval after the latest answer the request
+// could have had. The request is bounded by sendLimit from then, so the
+// key cannot expire while it is in flight. When the answer comes, whatever it is, the
 // replica rewrites the key (compare-and-set on its own revision) as
 // "answered" with a TTL of the interval, or the Retry-After when that is
 // longer: the server removes it an interval after it stored the answer,
@@ -87,12 +87,20 @@ func TurnsConfig(stream string) jetstream.KeyValueConfig {
 	}
 }
 
-// turnSendLimit bounds the time from taking a turn to the request's answer:
-// the marker claim (markTimeout) and the request (RELAY_HTTP_TIMEOUT,
-// default 30s), with room. A trigger request still unanswered after it is
-// cut off, and dead-lettered as ambiguous, because the turn's TTL could not
-// cover it any longer.
-const turnSendLimit = 45 * time.Second
+// DefaultTriggerTimeout is Options.TriggerTimeout's default, cio-relay's
+// default RELAY_HTTP_TIMEOUT.
+const DefaultTriggerTimeout = 30 * time.Second
+
+// sendLimit bounds the time from taking a turn to the request's answer:
+// the marker claim (markTimeout) and the request (Options.TriggerTimeout).
+// A request still unanswered then is cut off, and dead-lettered as
+// ambiguous, because the turn's TTL could not cover it any longer.
+func sendLimit(triggerTimeout time.Duration) time.Duration {
+	if triggerTimeout <= 0 {
+		triggerTimeout = DefaultTriggerTimeout
+	}
+	return markTimeout + triggerTimeout
+}
 
 // turnRefind is how often a replica without the bucket looks for it again,
 // and how often the fallback is logged.
@@ -126,6 +134,7 @@ type turnStore interface {
 // turns gates trigger requests on their broadcast's turn.
 type turns struct {
 	interval time.Duration
+	limit    time.Duration // sendLimit
 	replica  string
 	log      *slog.Logger
 	m        *turnMetrics
@@ -138,10 +147,10 @@ type turns struct {
 	global   bool                                     // the last turn was taken in the bucket
 }
 
-func newTurns(store turnStore, find func(context.Context) (turnStore, error), interval time.Duration, log *slog.Logger, m *turnMetrics) *turns {
+func newTurns(store turnStore, find func(context.Context) (turnStore, error), interval, limit time.Duration, log *slog.Logger, m *turnMetrics) *turns {
 	id := make([]byte, 4)
 	_, _ = rand.Read(id)
-	g := &turns{interval: interval, replica: hex.EncodeToString(id), log: log, m: m, store: store, find: find}
+	g := &turns{interval: interval, limit: limit, replica: hex.EncodeToString(id), log: log, m: m, store: store, find: find}
 	if store == nil {
 		g.lastFind = time.Now()
 	}
@@ -190,7 +199,7 @@ func (g *turns) acquire(ctx context.Context, stopping <-chan struct{}, id int64)
 		case err == nil:
 			cancel()
 			g.taken()
-			return &turn{g: g, store: store, key: key, rev: rev, sendBy: start.Add(turnSendLimit)}, nil
+			return &turn{g: g, store: store, key: key, rev: rev, sendBy: start.Add(g.limit)}, nil
 		case errors.Is(err, jetstream.ErrKeyExists):
 			var e turnEntry
 			e, err = store.Get(opCtx, key)
@@ -276,7 +285,7 @@ func wholeSeconds(d time.Duration) time.Duration {
 
 // sendingTTL is the TTL of a turn taken for a request: long enough that it
 // outlives the request's latest answer by an interval.
-func (g *turns) sendingTTL() time.Duration { return wholeSeconds(turnSendLimit + g.interval) }
+func (g *turns) sendingTTL() time.Duration { return wholeSeconds(g.limit + g.interval) }
 
 func (g *turns) value(state string, ttl time.Duration) string {
 	return state + " " + strconv.FormatInt(int64(ttl/time.Second), 10) + " " + g.replica
@@ -482,5 +491,5 @@ func (w *Worker) bindTurns(ctx context.Context) *turns {
 		store = s
 	}
 	w.m.turns.global.Set(0)
-	return newTurns(store, find, w.opts.BroadcastInterval, w.log, w.m.turns)
+	return newTurns(store, find, w.opts.BroadcastInterval, sendLimit(w.opts.TriggerTimeout), w.log, w.m.turns)
 }

@@ -145,7 +145,7 @@ func testTurns(store turnStore, interval time.Duration) (*turns, *countWarnings)
 	if store != nil {
 		s = store
 	}
-	return newTurns(s, nil, interval, slog.New(h), m), h
+	return newTurns(s, nil, interval, sendLimit(0), slog.New(h), m), h
 }
 
 // TestTurnsKeepReplicasApart: three replicas with no local pacing at all,
@@ -372,7 +372,7 @@ func TestTurnsFindAMissingBucketLater(t *testing.T) {
 			}
 			return store, nil
 		}
-		g := newTurns(nil, find, 10*time.Second, slog.New(slog.DiscardHandler), newTurnMetrics())
+		g := newTurns(nil, find, 10*time.Second, sendLimit(0), slog.New(slog.DiscardHandler), newTurnMetrics())
 		for range 20 {
 			if tn, _ := g.acquire(t.Context(), nil, 7); tn != nil {
 				t.Fatal("a turn without the bucket")
@@ -403,9 +403,9 @@ func TestTurnWait(t *testing.T) {
 		{"answered, Retry-After", "answered 30 ab", now.Add(-4 * time.Second), 26 * time.Second},
 		{"answered, the server's clock ahead: at most its TTL", "answered 10 ab", now.Add(3 * time.Second), 10 * time.Second},
 		{"answered, expired by our clock (server behind)", "answered 10 ab", now.Add(-11 * time.Second), turnPoll(interval)},
-		{"sending: half an interval", "sending 55 ab", now.Add(-time.Second), interval / 2},
-		{"sending, nearly expired", "sending 55 ab", now.Add(-54 * time.Second), time.Second},
-		{"sending, expired by our clock", "sending 55 ab", now.Add(-60 * time.Second), turnPoll(interval)},
+		{"sending: half an interval", "sending 45 ab", now.Add(-time.Second), interval / 2},
+		{"sending, nearly expired", "sending 45 ab", now.Add(-44 * time.Second), time.Second},
+		{"sending, expired by our clock", "sending 45 ab", now.Add(-60 * time.Second), turnPoll(interval)},
 		{"unknown value", "held by hand", now, interval / 2},
 		{"empty value", "", now, interval / 2},
 	} {

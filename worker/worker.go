@@ -57,6 +57,7 @@ type Options struct {
 	Track             Suppressor
 	Delivery          DeliveryReporter      // unsubscribes and metrics attributed to a delivery; need no credentials
 	BroadcastInterval time.Duration         // Customer.io's pacing per broadcast; default trigger.Interval (10s)
+	TriggerTimeout    time.Duration         // a trigger request is cut off after this (the App client's own timeout); sizes the turn a dead replica leaves (see turns.go); default 30s
 	DirectConcurrency int                   // Track API calls in flight at once per consumer (the ordered ones have 1 anyway); default 4
 	ShutdownTimeout   time.Duration         // time to finish in-flight sends after ctx is done; default 25s
 	Version           string                // recorded on dead letters
