@@ -102,6 +102,10 @@ func sendLimit(triggerTimeout time.Duration) time.Duration {
 	return markTimeout + triggerTimeout
 }
 
+// maxTurnHold caps how long a Retry-After holds a turn: a proxy asking for
+// a day must not stop a broadcast's triggers for a day.
+const maxTurnHold = 10 * time.Minute
+
 // turnRefind is how often a replica without the bucket looks for it again,
 // and how often the fallback is logged.
 const turnRefind = time.Minute
@@ -299,7 +303,7 @@ func (t *turn) answered(ctx context.Context, hold time.Duration) {
 	if t == nil {
 		return
 	}
-	ttl := wholeSeconds(max(hold, t.g.interval))
+	ttl := wholeSeconds(max(min(hold, maxTurnHold), t.g.interval))
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), markTimeout)
 	defer cancel()
 	if _, err := t.store.Replace(ctx, t.key, t.g.value(turnAnswered, ttl), t.rev, ttl); err != nil {
