@@ -25,11 +25,6 @@ func (w *Worker) pace(ctx context.Context, p *trigger.Pacer[*held], work, room c
 	for {
 		now := time.Now()
 		for _, b := range p.Ready(now) {
-			oldest := now
-			for _, h := range b.Items {
-				oldest = minTime(oldest, h.received)
-			}
-			w.m.pacingWait.Observe(now.Sub(oldest).Seconds())
 			inflight.Go(func() {
 				settled := w.sendTrigger(ctx, readerDone, p, b)
 				leases.remove(settled...)
@@ -88,10 +83,16 @@ func (w *Worker) sendTrigger(ctx context.Context, stopping <-chan struct{}, p *t
 	var triggerID int64
 	var c *markClaim
 	requested := false // a request for b may have reached Customer.io
+	waited := false
 	err := w.attempt(ctx, "app", &w.appPause, w.opts.BroadcastInterval, stopTrigger, func(ctx context.Context) error {
 		t, err := w.turns.acquire(ctx, stopping, b.BroadcastID)
 		if err != nil {
 			return err
+		}
+		if !waited {
+			// Its turn in this replica and across replicas.
+			waited = true
+			w.observePacingWait(b)
 		}
 		reqCtx, cancel := t.context(ctx)
 		defer cancel()
@@ -175,6 +176,17 @@ func (w *Worker) sendTrigger(ctx context.Context, stopping <-chan struct{}, p *t
 	}
 	p.Done(b, now)
 	return b.Items
+}
+
+// observePacingWait records how long the oldest trigger of b waited for
+// its request to be sent.
+func (w *Worker) observePacingWait(b *trigger.Batch[*held]) {
+	now := time.Now()
+	oldest := now
+	for _, h := range b.Items {
+		oldest = minTime(oldest, h.received)
+	}
+	w.m.pacingWait.Observe(now.Sub(oldest).Seconds())
 }
 
 // retryAfter is the Retry-After of a 429 (or 503), 0 for any other answer.

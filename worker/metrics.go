@@ -116,7 +116,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Name: "cio_relay_suppressions_total", Help: "Suppressions and unsuppressions Customer.io accepted, by action.",
 		}, []string{"action"}),
 		pacingWait: prometheus.NewHistogram(prometheus.HistogramOpts{
-			Name: "cio_relay_broadcast_pacing_wait_seconds", Help: "Time a broadcast trigger waited for its turn (10s per broadcast) before its request was sent.",
+			Name: "cio_relay_broadcast_pacing_wait_seconds", Help: "Time a broadcast trigger waited for its turn (10s per broadcast, across replicas) before its request was sent.",
 			Buckets: []float64{0.01, 0.1, 1, 2.5, 5, 10, 20, 30, 60, 120, 300},
 		}),
 	}

@@ -195,30 +195,14 @@ func (g *turns) acquire(ctx context.Context, stopping <-chan struct{}, id int64)
 			g.fallback(id, errors.New("bucket "+g.bucketHint()+" not found"))
 			return nil, nil
 		}
-		start := time.Now()
-		opCtx, cancel := context.WithTimeout(ctx, markTimeout)
-		rev, err := store.Create(opCtx, key, g.value(turnSending, g.sendingTTL()), g.sendingTTL())
-		var wait time.Duration
+		t, wait, err := g.take(ctx, store, key)
 		switch {
-		case err == nil:
-			cancel()
+		case t != nil:
 			g.taken()
-			return &turn{g: g, store: store, key: key, rev: rev, sendBy: start.Add(g.limit)}, nil
-		case errors.Is(err, jetstream.ErrKeyExists):
-			var e turnEntry
-			e, err = store.Get(opCtx, key)
-			switch {
-			case errors.Is(err, jetstream.ErrKeyNotFound):
-				wait = 0 // expired meanwhile: try again at once
-			case err == nil:
-				wait = turnWait(e, time.Now(), g.interval)
-			}
-		}
-		cancel()
-		if err != nil && !errors.Is(err, jetstream.ErrKeyNotFound) {
-			if ctx.Err() != nil {
-				return nil, errStopWaiting
-			}
+			return t, nil
+		case err != nil && ctx.Err() != nil:
+			return nil, errStopWaiting
+		case err != nil:
 			g.fallback(id, err)
 			return nil, nil
 		}
@@ -235,6 +219,29 @@ func (g *turns) acquire(ctx context.Context, stopping <-chan struct{}, id int64)
 			return nil, errStopWaiting
 		}
 	}
+}
+
+// take tries once to take the turn of key: it returns the turn, or how
+// long to wait before trying again, or the store's error.
+func (g *turns) take(ctx context.Context, store turnStore, key string) (*turn, time.Duration, error) {
+	ctx, cancel := context.WithTimeout(ctx, markTimeout)
+	defer cancel()
+	start := time.Now()
+	rev, err := store.Create(ctx, key, g.value(turnSending, g.sendingTTL()), g.sendingTTL())
+	if err == nil {
+		return &turn{g: g, store: store, key: key, rev: rev, sendBy: start.Add(g.limit)}, 0, nil
+	}
+	if !errors.Is(err, jetstream.ErrKeyExists) {
+		return nil, 0, err
+	}
+	e, err := store.Get(ctx, key)
+	switch {
+	case errors.Is(err, jetstream.ErrKeyNotFound):
+		return nil, turnPoll(g.interval), nil // expired meanwhile: try again soon
+	case err != nil:
+		return nil, 0, err
+	}
+	return nil, turnWait(e, time.Now(), g.interval), nil
 }
 
 // turnWait is how long a replica that found the turn taken waits before
