@@ -346,7 +346,7 @@ func (t *turn) context(ctx context.Context) (context.Context, context.CancelFunc
 func (g *turns) current(ctx context.Context) turnStore {
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	if g.store != nil || g.find == nil || time.Now().Sub(g.lastFind) < turnRefind {
+	if g.store != nil || g.find == nil || time.Since(g.lastFind) < turnRefind {
 		return g.store
 	}
 	g.lastFind = time.Now()
