@@ -30,13 +30,15 @@ import (
 // with the defaults): if the replica dies mid-request, the server frees
 // the turn no sooner than an interval after the latest answer the request
 // could have had. The request is bounded by sendLimit from then, so the
-// key cannot expire while it is in flight. When the answer comes, whatever it is, the
-// replica rewrites the key (compare-and-set on its own revision) as
-// "answered" with a TTL of the interval, or the Retry-After when that is
-// longer: the server removes it an interval after it stored the answer,
-// which is after Customer.io received the request. Every duration is
-// measured by the NATS server alone, so the replicas' clocks need not
-// agree. A request that was never sent (its triggers turned out to be
+// key cannot expire while it is in flight. When the answer comes, whatever
+// it is, the replica rewrites the key (compare-and-set on its own
+// revision) as "answered" with a TTL of the interval, or the Retry-After
+// when that is longer (at most maxTurnHold): the server removes it an
+// interval after it stored the answer, which is after Customer.io
+// received the request. Every duration is measured by the NATS server
+// alone, so the replicas' clocks need not agree. TTLs are whole seconds,
+// the server's unit, so an interval under a second (a test's) is paced at
+// a second. A request that was never sent (its triggers turned out to be
 // sent already) frees the turn at once.
 //
 // A replica that finds the key taken reads it and waits: until the
