@@ -55,6 +55,7 @@ func triggerOptions(app worker.Triggerer) worker.Options {
 	o.App = app
 	o.BroadcastInterval = trigger10s / triggerSpeedup
 	o.AckWait = time.Second
+	o.TriggerTimeout = 5 * time.Second // appClient's
 	return o
 }
 

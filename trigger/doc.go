@@ -26,6 +26,8 @@
 // the request's arrival, which lies between the two: counting from the
 // answer can never be early, whatever the network does. Broadcasts are
 // independent: a trigger for broadcast 7 never waits behind broadcast 8.
+// A Pacer paces one process; the worker also takes the broadcast's turn
+// across replicas before sending each request a Pacer releases.
 //
 // A Pacer has no clock and no goroutine. The caller passes the time in:
 // [Pacer.Ready] returns the requests that may be sent at that time and

@@ -25,13 +25,8 @@ func (w *Worker) pace(ctx context.Context, p *trigger.Pacer[*held], work, room c
 	for {
 		now := time.Now()
 		for _, b := range p.Ready(now) {
-			oldest := now
-			for _, h := range b.Items {
-				oldest = minTime(oldest, h.received)
-			}
-			w.m.pacingWait.Observe(now.Sub(oldest).Seconds())
 			inflight.Go(func() {
-				settled := w.sendTrigger(ctx, p, b)
+				settled := w.sendTrigger(ctx, readerDone, p, b)
 				leases.remove(settled...)
 				signal(work)
 				signal(room)
@@ -76,24 +71,39 @@ func (w *Worker) pace(ctx context.Context, p *trigger.Pacer[*held], work, room c
 //     (DoubleAck), so a lost ack brings back a trigger that is then acked
 //     without being sent.
 //
-// Retries wait at least the pacing interval: a retry is a request like any
-// other to Customer.io's per-broadcast limit. A 429 is retried as long as
+// Each request, a retry included, waits for its broadcast's turn across
+// replicas (see turns.go), and stops waiting, to be nakked, when stopping
+// closes. Retries wait at least the pacing interval: a retry is a request
+// like any other to Customer.io's per-broadcast limit. A 429 is retried as long as
 // the budget lasts and is never a reason to dead-letter on its own. A
 // rejected request of several triggers goes back to the pacer in halves
 // (Pacer.Split), each sent in its broadcast's turn, so only a trigger
 // rejected on its own is dead-lettered.
-func (w *Worker) sendTrigger(ctx context.Context, p *trigger.Pacer[*held], b *trigger.Batch[*held]) []*held {
+func (w *Worker) sendTrigger(ctx context.Context, stopping <-chan struct{}, p *trigger.Pacer[*held], b *trigger.Batch[*held]) []*held {
 	var triggerID int64
 	var c *markClaim
 	requested := false        // a request for b may have reached Customer.io
 	var requestedAt time.Time // when the last request was sent
+	waited := false
 	err := w.attempt(ctx, "app", &w.appPause, w.opts.BroadcastInterval, stopTrigger, func(ctx context.Context) error {
-		var err error
-		if c, err = w.marks.claim(ctx, b.Items); err != nil {
+		t, err := w.turns.acquire(ctx, stopping, b.BroadcastID)
+		if err != nil {
+			return err
+		}
+		if !waited {
+			// Its turn in this replica and across replicas.
+			waited = true
+			w.observePacingWait(b)
+		}
+		reqCtx, cancel := t.context(ctx)
+		defer cancel()
+		if c, err = w.marks.claim(reqCtx, b.Items); err != nil {
+			t.unused(ctx)
 			return err
 		}
 		requested, requestedAt = true, time.Now()
-		triggerID, err = w.opts.App.Trigger(ctx, b.BroadcastID, b.Body)
+		triggerID, err = w.opts.App.Trigger(reqCtx, b.BroadcastID, b.Body)
+		t.answered(ctx, retryAfter(err))
 		if err != nil && !sink.MaybeTriggered(err) && sink.Classify(err) != sink.Cancelled {
 			// Customer.io answered that it did not act: a later request
 			// may send these triggers.
@@ -167,6 +177,26 @@ func (w *Worker) sendTrigger(ctx context.Context, p *trigger.Pacer[*held], b *tr
 	}
 	p.Done(b, now)
 	return b.Items
+}
+
+// observePacingWait records how long the oldest trigger of b waited for
+// its request to be sent.
+func (w *Worker) observePacingWait(b *trigger.Batch[*held]) {
+	now := time.Now()
+	oldest := now
+	for _, h := range b.Items {
+		oldest = minTime(oldest, h.received)
+	}
+	w.m.pacingWait.Observe(now.Sub(oldest).Seconds())
+}
+
+// retryAfter is the Retry-After of a 429 (or 503), 0 for any other answer.
+func retryAfter(err error) time.Duration {
+	var se *sink.StatusError
+	if errors.As(err, &se) {
+		return se.RetryAfter
+	}
+	return 0
 }
 
 // stopTrigger tells attempt not to retry a trigger request that may have

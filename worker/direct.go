@@ -43,8 +43,7 @@ type directConsumer struct {
 // (see trackConsumers).
 // Separate from the batch consumer, a broadcast waiting for its 10-second
 // turn never holds up batches; separate from each other, replicas configured
-// with different credentials never rewrite each other's filters, so one
-// replica alone can be given the App API key (strict pacing). An API without
+// with different credentials never rewrite each other's filters. An API without
 // credentials has no consumer: its messages stay in the stream, unconsumed,
 // until a worker with credentials runs. Nothing is dropped for want of a key.
 func (w *Worker) directConsumers() []directConsumer {

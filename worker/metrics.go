@@ -33,6 +33,7 @@ type metrics struct {
 	// Calls sent without the publish time as their timestamp: they fit
 	// Customer.io's per-call limit only without it.
 	timestampOmitted prometheus.Counter
+	turns            *turnMetrics // broadcast pacing across replicas
 
 	consumedByType, deliveredByType *byType
 }
@@ -118,7 +119,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Name: "cio_relay_suppressions_total", Help: "Suppressions and unsuppressions Customer.io accepted, by action.",
 		}, []string{"action"}),
 		pacingWait: prometheus.NewHistogram(prometheus.HistogramOpts{
-			Name: "cio_relay_broadcast_pacing_wait_seconds", Help: "Time a broadcast trigger waited for its turn (10s per broadcast) before its request was sent.",
+			Name: "cio_relay_broadcast_pacing_wait_seconds", Help: "Time a broadcast trigger waited for its turn (10s per broadcast, across replicas) before its request was sent.",
 			Buckets: []float64{0.01, 0.1, 1, 2.5, 5, 10, 20, 30, 60, 120, 300},
 		}),
 		timestampOmitted: prometheus.NewCounter(prometheus.CounterOpts{
@@ -127,8 +128,10 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 	}
 	m.consumedByType, m.deliveredByType = newByType(m.consumed), newByType(m.delivered)
 	m.track = newTrackMetrics()
+	m.turns = newTurnMetrics()
 	if reg != nil {
 		reg.MustRegister(m.track.collectors()...)
+		reg.MustRegister(m.turns.collectors()...)
 		reg.MustRegister(m.consumed, m.delivered, m.batches, m.batchBytes, m.batchCalls, m.requestTime,
 			m.retries, m.deadLetters, m.inFlight, m.acksFailed, m.authPaused, m.held, m.pending, m.ackPending,
 			m.redeliveries, m.shutdownNaked, m.direct, m.coalesced, m.suppressions, m.pacingWait, m.timestampOmitted)

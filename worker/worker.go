@@ -59,6 +59,7 @@ type Options struct {
 	Track             Suppressor
 	Delivery          DeliveryReporter      // unsubscribes and metrics attributed to a delivery; need no credentials
 	BroadcastInterval time.Duration         // Customer.io's pacing per broadcast; default trigger.Interval (10s)
+	TriggerTimeout    time.Duration         // a trigger request is cut off after this (the App client's own timeout); sizes the turn a dead replica leaves (see turns.go); default 30s
 	DirectConcurrency int                   // Track API calls in flight at once per consumer (the ordered ones have 1 anyway); default 4
 	ShutdownTimeout   time.Duration         // time to finish in-flight sends after ctx is done; default 25s
 	Version           string                // recorded on dead letters
@@ -169,6 +170,7 @@ type Worker struct {
 	pause, appPause, trackPause pauseState
 	ready                       atomic.Bool // consumer bound and consuming
 	marks                       *sentMarks  // broadcast triggers sent or being sent; nil without App
+	turns                       *turns      // whose turn it is to trigger each broadcast; nil without App
 }
 
 // New returns a Worker; it does not touch JetStream until Run.
@@ -231,6 +233,7 @@ func (w *Worker) Run(ctx context.Context) error {
 	if w.marks, err = w.bindSentMarks(ctx); err != nil {
 		return err
 	}
+	w.turns = w.bindTurns(ctx)
 	b, err := batcher.New[*held](w.opts.BatchMaxBytes, w.opts.BatchMaxCalls, w.opts.FlushInterval)
 	if err != nil {
 		return err

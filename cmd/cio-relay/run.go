@@ -110,6 +110,7 @@ func serve(ctx context.Context, cfg *config.Config, log *slog.Logger, stdout io.
 		RetryMaxInterval: cfg.Send.RetryMaxInterval,
 		RetryMaxElapsed:  retryMaxElapsed,
 		App:              app,
+		TriggerTimeout:   cfg.Send.HTTPTimeout,
 		Track:            track,
 		Delivery:         delivery,
 		ShutdownTimeout:  cfg.Ops.ShutdownTimeout,
