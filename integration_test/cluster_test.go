@@ -105,10 +105,12 @@ func TestStreamReplicasOnACluster(t *testing.T) {
 	e, _ := newClusterEnv(t, ciotest.Options{})
 	opts := fastOptions()
 	opts.StreamReplicas = 3
+	opts.App = appClient(t, e) // so the trigger buckets are made too
 	w, _ := e.runWorker(t, opts, 0)
 	waitReady(t, w)
 
-	for _, name := range []string{"CIO", "CIO_DLQ"} {
+	// The KV buckets are streams named KV_{bucket}.
+	for _, name := range []string{"CIO", "CIO_DLQ", "KV_" + worker.SentMarksBucket("CIO"), "KV_" + worker.TurnsBucket("CIO")} {
 		info := streamInfo(t, e.js, name)
 		if info.Config.Replicas != 3 || peers(info.Cluster) != 3 {
 			t.Errorf("stream %s: %d replicas configured, on %d nodes; want 3 on 3", name, info.Config.Replicas, peers(info.Cluster))

@@ -94,6 +94,7 @@ func (w *Worker) bindSentMarks(ctx context.Context) (*sentMarks, error) {
 	}
 	info := stream.CachedInfo()
 	cfg := SentMarksConfig(w.opts.Stream, info.Config.MaxAge)
+	cfg.Replicas = w.opts.StreamReplicas // kept like the stream it marks
 	var kv jetstream.KeyValue
 	if w.opts.ManageStreams {
 		kv, err = w.js.CreateOrUpdateKeyValue(ctx, cfg)

@@ -74,8 +74,8 @@ func TurnsBucket(stream string) string { return stream + "_PACE" }
 // what could outlive every per-key TTL (an operator's manual write) to an
 // hour. Memory storage would do, since a turn is worth nothing after a
 // minute, but file storage keeps the turns of a replica that is mid-request
-// through a server restart. Replicas is 1 like SentMarksConfig; a clustered
-// deployment sets it as its streams'.
+// through a server restart. Replicas is 1 here; the worker creates it with
+// RELAY_STREAM_REPLICAS, like its streams.
 func TurnsConfig(stream string) jetstream.KeyValueConfig {
 	return jetstream.KeyValueConfig{
 		Bucket:         TurnsBucket(stream),
@@ -476,6 +476,7 @@ func (w *Worker) bindTurns(ctx context.Context) *turns {
 		return nil
 	}
 	cfg := TurnsConfig(w.opts.Stream)
+	cfg.Replicas = w.opts.StreamReplicas // kept like the stream it paces
 	w.m.turns.bucket = cfg.Bucket
 	find := func(ctx context.Context) (turnStore, error) {
 		kv, err := w.js.KeyValue(ctx, cfg.Bucket)
