@@ -60,6 +60,7 @@ func StartCluster(t testing.TB, n int) *Cluster {
 		c.nodes = append(c.nodes, s)
 	}
 	c.WaitJetStream(t)
+	c.waitPlacement(t)
 	t.Logf("NATS: %s cluster of %d ready at %s in %v", kind, n, c.URL(), time.Since(began).Round(time.Millisecond))
 	return c
 }
@@ -155,6 +156,29 @@ func (c *Cluster) WaitJetStream(t testing.TB) {
 			errs = append(errs, fmt.Errorf("%s: %w", u, err))
 		}
 		return errors.Join(errs...)
+	}, func(context.Context) error { return nil })
+	if err != nil {
+		t.Fatalf("NATS: cluster: %v", err)
+	}
+}
+
+// waitPlacement returns once a stream with a replica on every node can be
+// created. A meta leader is elected by a majority, before every node has
+// joined the meta group: until then a stream of n replicas is refused ("no
+// suitable peers for placement"), which a test would take for a failure of
+// the code under test.
+func (c *Cluster) waitPlacement(t testing.TB) {
+	t.Helper()
+	_, js := c.Connect(t)
+	ctx, cancel := context.WithTimeout(context.Background(), leaderTimeout)
+	defer cancel()
+	err := waitReady(ctx, fmt.Sprintf("placement on all %d nodes", len(c.nodes)), func(ctx context.Context) error {
+		cfg := jetstream.StreamConfig{Name: "NATSTEST_PLACEMENT", Subjects: []string{"natstest.placement"},
+			Storage: jetstream.MemoryStorage, Replicas: len(c.nodes)}
+		if _, err := js.CreateStream(ctx, cfg); err != nil {
+			return err
+		}
+		return js.DeleteStream(ctx, cfg.Name)
 	}, func(context.Context) error { return nil })
 	if err != nil {
 		t.Fatalf("NATS: cluster: %v", err)
