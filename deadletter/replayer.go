@@ -88,10 +88,12 @@ type Result struct {
 // whether the replay was published cannot be told: the letter is kept
 // (Unknown) unless the caller forces it.
 //
-// Each letter costs four round trips (intent, publish, delete, intent
-// delete) instead of two; the lookup costs only for a replay that did not
-// finish. Two replayers running at once are safe within the target
-// stream's duplicate window, as they publish with the same Nats-Msg-Id.
+// Each letter costs five round trips (a check that it is still there,
+// intent, publish, delete, intent delete) instead of two; the lookup costs only for a replay that did not
+// finish. Two replayers running at once publish with the same Nats-Msg-Id,
+// which the target stream's duplicate window makes one; a letter one of
+// them holds for longer than that (a slow --rate) and the other has
+// replayed meanwhile is found gone before it is published.
 type Replayer struct {
 	js      jetstream.JetStream
 	dlq     jetstream.Stream
@@ -149,6 +151,9 @@ func (r *Replayer) Replay(ctx context.Context, l *Letter, force bool) (Result, e
 		r.deleteIntent(ctx, intent, &res)
 		return res, nil
 	case Failed, Unknown:
+		return res, nil
+	}
+	if res := r.stillThere(ctx, l.Seq); res.Outcome != Replayed {
 		return res, nil
 	}
 	if intent == 0 {
@@ -217,6 +222,27 @@ func (r *Replayer) earlier(ctx context.Context, l *Letter, id string, force bool
 		return in.Seq, Result{Outcome: Duplicate, Note: fmt.Sprintf("already replayed by an earlier run (%s sequence %d); deleting it", in.Stream, seq)}
 	}
 	return in.Seq, Result{Outcome: Replayed}
+}
+
+// stillThere checks that dead letter seq has not been deleted since it was
+// read: Replayed (meaning: go on) when it is still there, Gone when it is
+// not. A walk holds the letters it has fetched for as long as its pacing
+// takes (256 at --rate 1 is four minutes), and another replay running
+// meanwhile may have published and deleted one of them longer ago than
+// the target stream's duplicate window: publishing it again would be
+// stored as a second message. From here to the publish takes at most
+// MessageTimeout, well within the window, so a replay that deletes the
+// letter after this check has published it within the window and the
+// two publishes are one.
+func (r *Replayer) stillThere(ctx context.Context, seq uint64) Result {
+	_, err := r.dlq.GetMsg(ctx, seq)
+	switch {
+	case errors.Is(err, jetstream.ErrMsgNotFound):
+		return Result{Outcome: Gone}
+	case err != nil:
+		return Result{Outcome: Failed, Err: fmt.Errorf("checking it is still in %s: %w", r.dlqName, err)}
+	}
+	return Result{Outcome: Replayed}
 }
 
 // deleteLetter deletes dead letter seq: Replayed when done.
