@@ -58,8 +58,10 @@ replay:
   --force       replay also what replay keeps by default: calls replayed
                 --max-replays times, validation failures (every reason but
                 retries_exhausted, rejected and ambiguous: the same bytes
-                would fail the same way), and a letter an earlier, unfinished
-                replay may have published when that can no longer be checked
+                would fail the same way), ambiguous triggers (they may have
+                been sent; --reason ambiguous also replays them), and a letter
+                an earlier, unfinished replay may have published when that can
+                no longer be checked
 purge:
   --yes         do not ask for confirmation
 

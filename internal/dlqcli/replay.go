@@ -172,6 +172,15 @@ func (c *Command) vet(ctx context.Context, env *Env, l *Letter, res *replayCount
 			res.invalid[l.Record.Reason]++
 			return kept
 		}
+		if l.Record.Reason == deadletter.ReasonAmbiguous && !slices.Contains(c.Filter.Reasons, deadletter.ReasonAmbiguous) {
+			// It may have reached Customer.io: a trigger sent again
+			// messages its audience twice. Only an operator who has
+			// checked, and says so by naming the reason, replays it.
+			c.report(env, l.Seq, "kept: %s, its request may have reached Customer.io, and a replay would send it again; "+
+				"check the broadcast's triggers (cio-relay cio triggers BROADCAST), then replay the ones that were not sent with --reason %s (or --force)",
+				deadletter.ReasonAmbiguous, deadletter.ReasonAmbiguous)
+			return kept
+		}
 		if n := l.Record.Replays; n >= c.MaxReplays {
 			c.report(env, l.Seq, "kept: replayed %d times already (--max-replays %d) and dead-lettered again after each; "+
 				"see why with \"cio-relay dlq show %d\", or replay it anyway with --force", n, c.MaxReplays, l.Seq)

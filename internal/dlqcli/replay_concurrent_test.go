@@ -62,3 +62,37 @@ func TestTwoOperatorsReplayingAtOnceSendEachLetterOnce(t *testing.T) {
 		t.Errorf("left in CIO_DLQ: %v; want nothing", got)
 	}
 }
+
+// TestReplayKeepsAmbiguousTriggersUnlessAsked: a trigger dead-lettered as
+// ambiguous may have reached Customer.io and messaged its audience; a
+// replay sends it again. A plain `dlq replay` (the command an operator
+// types after an outage, or a CronJob someone wrote without
+// --exclude-subject) must keep those and say why; naming the reason
+// (after checking the broadcast's triggers, as the runbook says) or
+// --force replays them.
+func TestReplayKeepsAmbiguousTriggersUnlessAsked(t *testing.T) {
+	f := newBareFixture(t, 2*time.Minute)
+	f.putDead(t, 0, dead{"cio.broadcast", "ambiguous", 0, `{"broadcast_id":7,"ids":["u-1"]}`, time.Minute})
+	f.putDead(t, 1, dead{"cio.broadcast", "retries_exhausted", 429, `{"broadcast_id":7,"ids":["u-2"]}`, time.Minute})
+	f.putDead(t, 2, dead{"cio.track", "retries_exhausted", 503, `{"userId":"u-3","event":"E"}`, time.Minute})
+
+	code, out, errOut := f.run(t, t.Context(), Env{}, "replay")
+	replays := replaysIn(t, f.cio)
+	if len(replays[1]) != 0 {
+		t.Errorf("plain replay: the ambiguous trigger was published %d times; want kept", len(replays[1]))
+	}
+	if len(replays[2]) != 1 || len(replays[3]) != 1 {
+		t.Errorf("plain replay: the others replayed %d and %d times; want once each", len(replays[2]), len(replays[3]))
+	}
+	if code != 0 || !strings.Contains(out, "replayed 2") || !strings.Contains(out, "kept 1") {
+		t.Errorf("plain replay: exit code %d, summary %q; want 0, 2 replayed, 1 kept", code, out)
+	}
+	if !strings.Contains(errOut, "seq 1: kept") || !strings.Contains(errOut, "--reason ambiguous") {
+		t.Errorf("plain replay: stderr %q does not say why seq 1 was kept and how to replay it", errOut)
+	}
+
+	code, out, _ = f.run(t, t.Context(), Env{}, "replay", "--reason", "ambiguous")
+	if code != 0 || !strings.Contains(out, "replayed 1") || len(replaysIn(t, f.cio)[1]) != 1 {
+		t.Errorf("--reason ambiguous: exit code %d, summary %q; want the trigger replayed once", code, out)
+	}
+}
