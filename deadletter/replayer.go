@@ -91,9 +91,11 @@ type Result struct {
 // Each letter costs five round trips (a check that it is still there,
 // intent, publish, delete, intent delete) instead of two; the lookup costs only for a replay that did not
 // finish. Two replayers running at once publish with the same Nats-Msg-Id,
-// which the target stream's duplicate window makes one; a letter one of
-// them holds for longer than that (a slow --rate) and the other has
-// replayed meanwhile is found gone before it is published.
+// which the target stream's duplicate window makes one. A letter one of
+// them holds for longer than that (a slow --rate) is checked before it is
+// published: gone when the other has replayed it meanwhile, and with the
+// other's intent (an intent is written only where there is none) when the
+// other published it and stopped before deleting it.
 type Replayer struct {
 	js      jetstream.JetStream
 	dlq     jetstream.Stream
@@ -142,26 +144,9 @@ func (r *Replayer) Replay(ctx context.Context, l *Letter, force bool) (Result, e
 	defer cancel()
 	id := ReplayID(r.dlqName, l.Seq, l.Stored)
 
-	intent, res := r.earlier(ctx, l, id, force)
-	switch res.Outcome {
-	case Duplicate:
-		if res2 := r.deleteLetter(ctx, l.Seq); res2.Outcome != Replayed {
-			return res2, nil
-		}
-		r.deleteIntent(ctx, intent, &res)
+	intent, res, stop := r.begin(ctx, l, id, force)
+	if stop {
 		return res, nil
-	case Failed, Unknown:
-		return res, nil
-	}
-	if res := r.stillThere(ctx, l.Seq); res.Outcome != Replayed {
-		return res, nil
-	}
-	if intent == 0 {
-		ack, err := r.js.PublishMsg(ctx, IntentMsg(l.Seq, id, r.target, r.after), jetstream.WithExpectStream(r.dlqName))
-		if err != nil {
-			return Result{Outcome: Failed, Err: fmt.Errorf("writing its replay intent to %s: %w", r.dlqName, err)}, nil
-		}
-		intent = ack.Sequence
 	}
 
 	ack, err := r.js.PublishMsg(ctx, ReplayMsg(l.Subject, l.Header, l.Body, l.Record, l.Seq, id), jetstream.WithExpectStream(r.target))
@@ -187,6 +172,61 @@ func (r *Replayer) Replay(ctx context.Context, l *Letter, force bool) (Result, e
 	}
 	r.deleteIntent(ctx, intent, &res)
 	return res, nil
+}
+
+// begin prepares the replay of l: it settles an earlier replay's leftovers
+// (see earlier), checks l is still there (see stillThere) and writes the
+// replay intent, or reuses the earlier one. It returns the intent's
+// sequence, or stop with the result when l is not to be published.
+//
+// The intents r knows of are those there when it was made. Another replay
+// may have begun on l since (two operators at once), and died after
+// publishing it: so the intent is written only if l has none
+// (compare-and-set on its subject), and when it has one after all, it is
+// looked at as an earlier replay's before anything is published.
+func (r *Replayer) begin(ctx context.Context, l *Letter, id string, force bool) (intent uint64, res Result, stop bool) {
+	for try := 0; ; try++ {
+		intent, res = r.earlier(ctx, l, id, force)
+		switch res.Outcome {
+		case Duplicate:
+			if res2 := r.deleteLetter(ctx, l.Seq); res2.Outcome != Replayed {
+				return 0, res2, true
+			}
+			r.deleteIntent(ctx, intent, &res)
+			return 0, res, true
+		case Failed, Unknown:
+			return 0, res, true
+		}
+		if res := r.stillThere(ctx, l.Seq); res.Outcome != Replayed {
+			return 0, res, true
+		}
+		if intent != 0 {
+			return intent, res, false
+		}
+		opts := []jetstream.PublishOpt{jetstream.WithExpectStream(r.dlqName)}
+		if try == 0 {
+			// None known: there must be none. (On the second try the
+			// one there is another letter's, which ours supersedes.)
+			opts = append(opts, jetstream.WithExpectLastSequencePerSubject(0))
+		}
+		ack, err := r.js.PublishMsg(ctx, IntentMsg(l.Seq, id, r.target, r.after), opts...)
+		if try == 0 && wrongLastSequence(err) {
+			r.intents[l.Seq] = true
+			continue
+		}
+		if err != nil {
+			return 0, Result{Outcome: Failed, Err: fmt.Errorf("writing its replay intent to %s: %w", r.dlqName, err)}, true
+		}
+		return ack.Sequence, Result{Outcome: Replayed}, false
+	}
+}
+
+// wrongLastSequence reports whether a publish was refused because its
+// subject's last sequence was not the one expected.
+func wrongLastSequence(err error) bool {
+	var apiErr *jetstream.APIError
+	return errors.As(err, &apiErr) &&
+		(apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequence || apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequenceConstant)
 }
 
 // earlier looks for an earlier replay of l, when one left its intent:

@@ -96,3 +96,54 @@ func TestReplayKeepsAmbiguousTriggersUnlessAsked(t *testing.T) {
 		t.Errorf("--reason ambiguous: exit code %d, summary %q; want the trigger replayed once", code, out)
 	}
 }
+
+// TestReplayFindsAnIntentWrittenAfterItStarted: operator A's slow replay
+// holds letters past the duplicate window; meanwhile operator B's replay
+// publishes one of them and dies before deleting it, leaving its intent.
+// When A reaches that letter it is still there, but its replay is already
+// in CIO: A must find it by B's intent, written after A started, and not
+// publish it a second time.
+func TestReplayFindsAnIntentWrittenAfterItStarted(t *testing.T) {
+	const n, k = 4, 2
+	f := newBareFixture(t, 100*time.Millisecond)
+	f.putExhausted(t, n)
+	var bRan bool
+	hook := func(seq uint64) error {
+		if seq != 1 || bRan {
+			return nil
+		}
+		bRan = true
+		// B finds A's replay of letter 1 by its intent, then dies after
+		// publishing letter k.
+		if code, _, _ := f.run(t, t.Context(), Env{afterPublish: crashAt(k)}, "replay"); code != 1 {
+			t.Errorf("operator B: exit code %d; want 1, the crash", code)
+		}
+		f.awaitDuplicateWindow(t)
+		return nil
+	}
+	code, out, _ := f.run(t, t.Context(), Env{afterPublish: hook}, "replay")
+	if !bRan {
+		t.Fatal("operator B never ran")
+	}
+	replays := replaysIn(t, f.cio)
+	twice := 0
+	for seq := uint64(1); seq <= n; seq++ {
+		switch len(replays[seq]) {
+		case 0:
+			t.Errorf("dead letter %d never replayed", seq)
+		case 1:
+		default:
+			twice++
+		}
+	}
+	t.Logf("operator A: exit code %d, %q; %d of %d letters replayed more than once", code, out, twice, n)
+	if twice != 0 {
+		t.Errorf("%d of %d dead letters replayed twice; want each once", twice, n)
+	}
+	if got := dlqSeqs(t, f.dlq); len(got) != 0 {
+		t.Errorf("left in CIO_DLQ: %v; want nothing", got)
+	}
+	if got := intentsIn(t, f.dlq); len(got) != 0 {
+		t.Errorf("replay intents left: %v", got)
+	}
+}
