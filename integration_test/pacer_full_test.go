@@ -2,7 +2,6 @@ package integration_test
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"testing"
 	"time"
@@ -60,16 +59,7 @@ func TestFullPacerLeasesWhatWaits(t *testing.T) {
 
 	waitFor(t, 60*time.Second, "every trigger sent", func() bool { return len(e.cio.Triggers()) >= triggers })
 	waitBroadcastSettled(t, e, 30*time.Second)
-	sent := map[int]int{}
-	for _, tr := range e.cio.Triggers() {
-		var b struct {
-			Data struct{ N int } `json:"data"`
-		}
-		if err := json.Unmarshal(tr.Body, &b); err != nil {
-			t.Fatal(err)
-		}
-		sent[b.Data.N]++
-	}
+	sent := triggersByN(t, e)
 	twice := 0
 	for i := range triggers {
 		switch n := sent[i]; {

@@ -2,7 +2,6 @@ package integration_test
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"strconv"
 	"sync/atomic"
@@ -37,17 +36,13 @@ func TestRedirectPausesDirectCalls(t *testing.T) {
 					}
 					return &ciotest.Fault{Status: status, Location: e.cio.MovedURL() + r.Path}
 				}})
-			client := sink.NewHTTPClient(4, 5*time.Second)
-			app, err := sink.NewApp(sink.AppOptions{URL: e.cio.AppURL(), APIKey: func() string { return "app-key" }, UserAgent: "test", Client: client})
-			if err != nil {
-				t.Fatal(err)
-			}
-			track, err := sink.NewTrack(sink.TrackOptions{URL: e.cio.TrackURL(), SiteID: "site-1", APIKey: func() string { return "track-key" }, UserAgent: "test", Client: client})
+			track, err := sink.NewTrack(sink.TrackOptions{URL: e.cio.TrackURL(), SiteID: "site-1", APIKey: func() string { return "track-key" },
+				UserAgent: "test", Client: sink.NewHTTPClient(4, 5*time.Second)})
 			if err != nil {
 				t.Fatal(err)
 			}
 			opts := fastOptions()
-			opts.App, opts.Track, opts.Delivery = app, track, track
+			opts.App, opts.Track, opts.Delivery = appClient(t, e), track, track
 			opts.BroadcastInterval = trigger10s / speedup
 			_, reg := e.runWorker(t, opts, 0)
 
@@ -113,16 +108,7 @@ func TestRedirectPausesDirectCalls(t *testing.T) {
 				}
 				return true
 			})
-			sent := map[int]int{}
-			for _, tr := range e.cio.Triggers() {
-				var b struct {
-					Data struct{ N int } `json:"data"`
-				}
-				if err := json.Unmarshal(tr.Body, &b); err != nil {
-					t.Fatal(err)
-				}
-				sent[b.Data.N]++
-			}
+			sent := triggersByN(t, e)
 			for i := range 3 {
 				if sent[i] != 1 {
 					t.Errorf("trigger %d sent %d times after the redirect was removed, want once", i, sent[i])

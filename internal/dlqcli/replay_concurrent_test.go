@@ -18,39 +18,15 @@ import (
 func TestTwoOperatorsReplayingAtOnceSendEachLetterOnce(t *testing.T) {
 	const n = 5
 	f := newBareFixture(t, 100*time.Millisecond)
-	for i := range n {
-		f.putDead(t, i, dead{"cio.track", "retries_exhausted", 503, `{"userId":"u-` + strconv.Itoa(i+1) + `","event":"E"}`, time.Minute})
-	}
-	// A has fetched all n letters when it publishes the first; there B
-	// replays everything and A's letters wait past the duplicate window.
-	var bRan bool
-	hook := func(seq uint64) error {
-		if seq != 1 || bRan {
-			return nil
-		}
-		bRan = true
+	f.putExhausted(t, n)
+	code, out := replayWhileAnotherRuns(t, f, func() {
 		code, out, _ := f.run(t, t.Context(), Env{}, "replay")
 		// B finds A's replay of letter 1 by its intent, and replays the rest.
 		if code != 0 || !strings.Contains(out, "replayed "+strconv.Itoa(n)+" (1 already in CIO)") {
 			t.Errorf("operator B: exit code %d, summary %q; want 0, all %d, one of them found already published by A", code, out, n)
 		}
-		f.awaitDuplicateWindow(t)
-		return nil
-	}
-	code, out, _ := f.run(t, t.Context(), Env{afterPublish: hook}, "replay")
-	if !bRan {
-		t.Fatal("operator B never ran")
-	}
-	replays := replaysIn(t, f.cio)
-	twice := 0
-	for seq := uint64(1); seq <= n; seq++ {
-		if len(replays[seq]) > 1 {
-			twice++
-		}
-		if len(replays[seq]) == 0 {
-			t.Errorf("dead letter %d never replayed", seq)
-		}
-	}
+	})
+	twice := replayedTwice(t, f, n)
 	t.Logf("operator A: exit code %d, %q; %d of %d letters replayed more than once", code, out, twice, n)
 	if twice != 0 {
 		t.Errorf("%d of %d dead letters replayed twice; want each once", twice, n)
@@ -107,24 +83,30 @@ func TestReplayFindsAnIntentWrittenAfterItStarted(t *testing.T) {
 	const n, k = 4, 2
 	f := newBareFixture(t, 100*time.Millisecond)
 	f.putExhausted(t, n)
-	var bRan bool
-	hook := func(seq uint64) error {
-		if seq != 1 || bRan {
-			return nil
-		}
-		bRan = true
+	code, out := replayWhileAnotherRuns(t, f, func() {
 		// B finds A's replay of letter 1 by its intent, then dies after
 		// publishing letter k.
 		if code, _, _ := f.run(t, t.Context(), Env{afterPublish: crashAt(k)}, "replay"); code != 1 {
 			t.Errorf("operator B: exit code %d; want 1, the crash", code)
 		}
-		f.awaitDuplicateWindow(t)
-		return nil
+	})
+	twice := replayedTwice(t, f, n)
+	t.Logf("operator A: exit code %d, %q; %d of %d letters replayed more than once", code, out, twice, n)
+	if twice != 0 {
+		t.Errorf("%d of %d dead letters replayed twice; want each once", twice, n)
 	}
-	code, out, _ := f.run(t, t.Context(), Env{afterPublish: hook}, "replay")
-	if !bRan {
-		t.Fatal("operator B never ran")
+	if got := dlqSeqs(t, f.dlq); len(got) != 0 {
+		t.Errorf("left in CIO_DLQ: %v; want nothing", got)
 	}
+	if got := intentsIn(t, f.dlq); len(got) != 0 {
+		t.Errorf("replay intents left: %v", got)
+	}
+}
+
+// replayedTwice returns how many of dead letters 1 to n are in CIO more
+// than once, failing the test for one that is not there at all.
+func replayedTwice(t *testing.T, f *fixture, n uint64) int {
+	t.Helper()
 	replays := replaysIn(t, f.cio)
 	twice := 0
 	for seq := uint64(1); seq <= n; seq++ {
@@ -136,14 +118,28 @@ func TestReplayFindsAnIntentWrittenAfterItStarted(t *testing.T) {
 			twice++
 		}
 	}
-	t.Logf("operator A: exit code %d, %q; %d of %d letters replayed more than once", code, out, twice, n)
-	if twice != 0 {
-		t.Errorf("%d of %d dead letters replayed twice; want each once", twice, n)
+	return twice
+}
+
+// replayWhileAnotherRuns runs operator A's `dlq replay`, and other (operator
+// B) when A has published letter 1 and holds the rest it has fetched;
+// then A waits out the duplicate window before going on, as a slow --rate
+// would. It returns A's exit code and summary.
+func replayWhileAnotherRuns(t *testing.T, f *fixture, other func()) (int, string) {
+	t.Helper()
+	ran := false
+	hook := func(seq uint64) error {
+		if seq != 1 || ran {
+			return nil
+		}
+		ran = true
+		other()
+		f.awaitDuplicateWindow(t)
+		return nil
 	}
-	if got := dlqSeqs(t, f.dlq); len(got) != 0 {
-		t.Errorf("left in CIO_DLQ: %v; want nothing", got)
+	code, out, _ := f.run(t, t.Context(), Env{afterPublish: hook}, "replay")
+	if !ran {
+		t.Fatal("operator B never ran")
 	}
-	if got := intentsIn(t, f.dlq); len(got) != 0 {
-		t.Errorf("replay intents left: %v", got)
-	}
+	return code, out
 }
