@@ -177,7 +177,7 @@ func (nopSender) SendBatch(context.Context, []byte) error { return nil }
 // it that fails again comes back with its replay count up and its original
 // publish time and messageId.
 func TestWorkerDeadLetterParsesBack(t *testing.T) {
-	nc, js := natstest.Start(t).Connect(t)
+	_, js := natstest.Start(t).Connect(t)
 	ctx := t.Context()
 	// The streams as the worker makes them, before it starts.
 	if _, err := js.CreateStream(ctx, worker.StreamConfig("CIO")); err != nil {
@@ -190,12 +190,16 @@ func TestWorkerDeadLetterParsesBack(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	letters := make(chan *nats.Msg, 4)
-	sub, err := nc.ChanSubscribe(deadletter.StreamSubjects, letters)
+	// Dead letters are awaited as the stream stores them: a core
+	// subscription would see one before the stream has it.
+	dlq, err := js.Stream(ctx, "CIO_DLQ")
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer func() { _ = sub.Unsubscribe() }()
+	letters, err := dlq.OrderedConsumer(ctx, jetstream.OrderedConsumerConfig{FilterSubjects: []string{"dlq.cio.track"}})
+	if err != nil {
+		t.Fatal(err)
+	}
 	runCtx, stop := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- w.Run(runCtx) }()
@@ -214,20 +218,19 @@ func TestWorkerDeadLetterParsesBack(t *testing.T) {
 	}
 	next := func() *jetstream.RawStreamMsg {
 		t.Helper()
-		select {
-		case <-letters:
-		case <-time.After(20 * time.Second):
-			t.Fatal("no dead letter within 20s")
+		m, err := letters.Next(jetstream.FetchMaxWait(20 * time.Second))
+		if err != nil {
+			t.Fatalf("no dead letter within 20s: %v", err)
 		}
-		dlq, err := js.Stream(ctx, "CIO_DLQ")
+		meta, err := m.Metadata()
 		if err != nil {
 			t.Fatal(err)
 		}
-		m, err := dlq.GetLastMsgForSubject(ctx, "dlq.cio.track")
+		raw, err := dlq.GetMsg(ctx, meta.Sequence.Stream)
 		if err != nil {
 			t.Fatal(err)
 		}
-		return m
+		return raw
 	}
 	cio, err := js.Stream(ctx, "CIO")
 	if err != nil {

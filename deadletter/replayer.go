@@ -88,10 +88,14 @@ type Result struct {
 // whether the replay was published cannot be told: the letter is kept
 // (Unknown) unless the caller forces it.
 //
-// Each letter costs four round trips (intent, publish, delete, intent
-// delete) instead of two; the lookup costs only for a replay that did not
-// finish. Two replayers running at once are safe within the target
-// stream's duplicate window, as they publish with the same Nats-Msg-Id.
+// Each letter costs five round trips (a check that it is still there,
+// intent, publish, delete, intent delete) instead of two; the lookup costs only for a replay that did not
+// finish. Two replayers running at once publish with the same Nats-Msg-Id,
+// which the target stream's duplicate window makes one. A letter one of
+// them holds for longer than that (a slow --rate) is checked before it is
+// published: gone when the other has replayed it meanwhile, and with the
+// other's intent (an intent is written only where there is none) when the
+// other published it and stopped before deleting it.
 type Replayer struct {
 	js      jetstream.JetStream
 	dlq     jetstream.Stream
@@ -140,23 +144,9 @@ func (r *Replayer) Replay(ctx context.Context, l *Letter, force bool) (Result, e
 	defer cancel()
 	id := ReplayID(r.dlqName, l.Seq, l.Stored)
 
-	intent, res := r.earlier(ctx, l, id, force)
-	switch res.Outcome {
-	case Duplicate:
-		if res2 := r.deleteLetter(ctx, l.Seq); res2.Outcome != Replayed {
-			return res2, nil
-		}
-		r.deleteIntent(ctx, intent, &res)
+	intent, res, stop := r.begin(ctx, l, id, force)
+	if stop {
 		return res, nil
-	case Failed, Unknown:
-		return res, nil
-	}
-	if intent == 0 {
-		ack, err := r.js.PublishMsg(ctx, IntentMsg(l.Seq, id, r.target, r.after), jetstream.WithExpectStream(r.dlqName))
-		if err != nil {
-			return Result{Outcome: Failed, Err: fmt.Errorf("writing its replay intent to %s: %w", r.dlqName, err)}, nil
-		}
-		intent = ack.Sequence
 	}
 
 	ack, err := r.js.PublishMsg(ctx, ReplayMsg(l.Subject, l.Header, l.Body, l.Record, l.Seq, id), jetstream.WithExpectStream(r.target))
@@ -182,6 +172,61 @@ func (r *Replayer) Replay(ctx context.Context, l *Letter, force bool) (Result, e
 	}
 	r.deleteIntent(ctx, intent, &res)
 	return res, nil
+}
+
+// begin prepares the replay of l: it settles an earlier replay's leftovers
+// (see earlier), checks l is still there (see stillThere) and writes the
+// replay intent, or reuses the earlier one. It returns the intent's
+// sequence, or stop with the result when l is not to be published.
+//
+// The intents r knows of are those there when it was made. Another replay
+// may have begun on l since (two operators at once), and died after
+// publishing it: so the intent is written only if l has none
+// (compare-and-set on its subject), and when it has one after all, it is
+// looked at as an earlier replay's before anything is published.
+func (r *Replayer) begin(ctx context.Context, l *Letter, id string, force bool) (intent uint64, res Result, stop bool) {
+	for try := 0; ; try++ {
+		intent, res = r.earlier(ctx, l, id, force)
+		switch res.Outcome {
+		case Duplicate:
+			if res2 := r.deleteLetter(ctx, l.Seq); res2.Outcome != Replayed {
+				return 0, res2, true
+			}
+			r.deleteIntent(ctx, intent, &res)
+			return 0, res, true
+		case Failed, Unknown:
+			return 0, res, true
+		}
+		if res := r.stillThere(ctx, l.Seq); res.Outcome != Replayed {
+			return 0, res, true
+		}
+		if intent != 0 {
+			return intent, res, false
+		}
+		opts := []jetstream.PublishOpt{jetstream.WithExpectStream(r.dlqName)}
+		if try == 0 {
+			// None known: there must be none. (On the second try the
+			// one there is another letter's, which ours supersedes.)
+			opts = append(opts, jetstream.WithExpectLastSequencePerSubject(0))
+		}
+		ack, err := r.js.PublishMsg(ctx, IntentMsg(l.Seq, id, r.target, r.after), opts...)
+		if try == 0 && wrongLastSequence(err) {
+			r.intents[l.Seq] = true
+			continue
+		}
+		if err != nil {
+			return 0, Result{Outcome: Failed, Err: fmt.Errorf("writing its replay intent to %s: %w", r.dlqName, err)}, true
+		}
+		return ack.Sequence, Result{Outcome: Replayed}, false
+	}
+}
+
+// wrongLastSequence reports whether a publish was refused because its
+// subject's last sequence was not the one expected.
+func wrongLastSequence(err error) bool {
+	var apiErr *jetstream.APIError
+	return errors.As(err, &apiErr) &&
+		(apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequence || apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequenceConstant)
 }
 
 // earlier looks for an earlier replay of l, when one left its intent:
@@ -217,6 +262,27 @@ func (r *Replayer) earlier(ctx context.Context, l *Letter, id string, force bool
 		return in.Seq, Result{Outcome: Duplicate, Note: fmt.Sprintf("already replayed by an earlier run (%s sequence %d); deleting it", in.Stream, seq)}
 	}
 	return in.Seq, Result{Outcome: Replayed}
+}
+
+// stillThere checks that dead letter seq has not been deleted since it was
+// read: Replayed (meaning: go on) when it is still there, Gone when it is
+// not. A walk holds the letters it has fetched for as long as its pacing
+// takes (256 at --rate 1 is four minutes), and another replay running
+// meanwhile may have published and deleted one of them longer ago than
+// the target stream's duplicate window: publishing it again would be
+// stored as a second message. From here to the publish takes at most
+// MessageTimeout, well within the window, so a replay that deletes the
+// letter after this check has published it within the window and the
+// two publishes are one.
+func (r *Replayer) stillThere(ctx context.Context, seq uint64) Result {
+	_, err := r.dlq.GetMsg(ctx, seq)
+	switch {
+	case errors.Is(err, jetstream.ErrMsgNotFound):
+		return Result{Outcome: Gone}
+	case err != nil:
+		return Result{Outcome: Failed, Err: fmt.Errorf("checking it is still in %s: %w", r.dlqName, err)}
+	}
+	return Result{Outcome: Replayed}
 }
 
 // deleteLetter deletes dead letter seq: Replayed when done.

@@ -2,7 +2,6 @@ package integration_test
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
@@ -99,16 +98,7 @@ func TestReplicasWithDifferentAckWaitsSendNothingTwice(t *testing.T) {
 			for _, n := range seen {
 				dups += n - 1
 			}
-			sent := map[int]int{}
-			for _, tr := range e.cio.Triggers() {
-				var b struct {
-					Data struct{ N int } `json:"data"`
-				}
-				if err := json.Unmarshal(tr.Body, &b); err != nil {
-					t.Fatalf("trigger body %s: %v", tr.Body, err)
-				}
-				sent[b.Data.N]++
-			}
+			sent := triggersByN(t, e)
 			twice := 0
 			for _, n := range sent {
 				if n > 1 {

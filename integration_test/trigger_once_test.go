@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"encoding/json"
 	"fmt"
 	"io"
 	"math"
@@ -115,6 +116,23 @@ func broadcastSettled(e *env, timeout time.Duration) bool {
 		}
 	}
 	return false
+}
+
+// triggersByN counts the stand-in's accepted triggers by their data's n,
+// which a test gives each trigger to tell them apart.
+func triggersByN(t *testing.T, e *env) map[int]int {
+	t.Helper()
+	sent := map[int]int{}
+	for _, tr := range e.cio.Triggers() {
+		var b struct {
+			Data struct{ N int } `json:"data"`
+		}
+		if err := json.Unmarshal(tr.Body, &b); err != nil {
+			t.Fatalf("trigger body %s: %v", tr.Body, err)
+		}
+		sent[b.Data.N]++
+	}
+	return sent
 }
 
 // acceptedPerBroadcast counts the stand-in's accepted triggers by broadcast.

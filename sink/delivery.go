@@ -13,7 +13,6 @@ import (
 	"strconv"
 	"strings"
 	"time"
-	"unicode"
 	"unicode/utf8"
 
 	"github.com/cio-relay/cio-relay/event"
@@ -371,19 +370,7 @@ func truncateRaw(raw json.RawMessage) string {
 
 // checkDeliveryID refuses delivery ids that cannot be one path segment.
 func checkDeliveryID(id string) error {
-	switch {
-	case strings.TrimSpace(id) == "":
-		return invalidDeliveryID("delivery_id must not be blank")
-	case len(id) > MaxDeliveryIDBytes:
-		return invalidDeliveryID(fmt.Sprintf("delivery_id is %d bytes, longer than %d", len(id), MaxDeliveryIDBytes))
-	case !utf8.ValidString(id):
-		return invalidDeliveryID("delivery_id is not valid UTF-8")
-	case strings.ContainsFunc(id, unicode.IsControl):
-		return invalidDeliveryID("delivery_id contains a control character")
-	case id == "." || id == "..":
-		return invalidDeliveryID(fmt.Sprintf("delivery_id %q is a dot segment", id))
-	}
-	return nil
+	return checkSegment("delivery_id", id, MaxDeliveryIDBytes, ReasonInvalidDeliveryID)
 }
 
 func invalidDeliveryID(detail string) error {

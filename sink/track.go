@@ -187,19 +187,28 @@ func ParseSuppression(body []byte) (string, error) {
 // checkIdentifier refuses identifiers that cannot name one person in one
 // path segment.
 func checkIdentifier(id string) error {
+	return checkSegment("identifier", id, MaxIdentifierBytes, ReasonInvalidIdentifier)
+}
+
+// checkSegment refuses a value (a suppression's identifier, a delivery id)
+// that cannot be one path segment of a request: blank, longer than
+// maxBytes, not UTF-8, with a control character, or a dot segment. The
+// error names the value as name, with reason.
+func checkSegment(name, v string, maxBytes int, reason event.Reason) error {
+	bad := func(detail string) error { return &event.InvalidError{Reason: reason, Detail: detail} }
 	switch {
-	case strings.TrimSpace(id) == "":
-		return invalidIdentifier("identifier must not be blank")
-	case len(id) > MaxIdentifierBytes:
-		return invalidIdentifier(fmt.Sprintf("identifier is %d bytes, longer than %d", len(id), MaxIdentifierBytes))
-	case !utf8.ValidString(id):
-		return invalidIdentifier("identifier is not valid UTF-8")
-	case strings.ContainsFunc(id, unicode.IsControl):
-		return invalidIdentifier("identifier contains a control character")
-	case id == "." || id == "..":
+	case strings.TrimSpace(v) == "":
+		return bad(name + " must not be blank")
+	case len(v) > maxBytes:
+		return bad(fmt.Sprintf("%s is %d bytes, longer than %d", name, len(v), maxBytes))
+	case !utf8.ValidString(v):
+		return bad(name + " is not valid UTF-8")
+	case strings.ContainsFunc(v, unicode.IsControl):
+		return bad(name + " contains a control character")
+	case v == "." || v == "..":
 		// Dot segments are removed by URL normalisation (RFC 3986 §5.2.4),
 		// escaped or not, so the request would reach another endpoint.
-		return invalidIdentifier(fmt.Sprintf("identifier %q is a dot segment", id))
+		return bad(fmt.Sprintf("%s %q is a dot segment", name, v))
 	}
 	return nil
 }

@@ -9,7 +9,6 @@ import (
 	"strconv"
 	"strings"
 	"time"
-	"unicode/utf8"
 )
 
 const appPrefix = "/v1/campaigns/"
@@ -38,13 +37,7 @@ func (s *Server) app(req *Request) response {
 	if !ok {
 		return reject(http.StatusNotFound, "no broadcast %q: ids are positive integers", idSeg)
 	}
-	if err := checkJSONHeaders(req.Header); err != nil {
-		return reject(http.StatusBadRequest, "%v", err)
-	}
-	if !utf8.Valid(req.Body) {
-		return reject(http.StatusBadRequest, "body is not valid UTF-8")
-	}
-	if err := checkJSON(req.Body); err != nil {
+	if err := checkJSONRequest(req); err != nil {
 		return reject(http.StatusBadRequest, "%v", err)
 	}
 	if err := validateTrigger(req.Body); err != nil {

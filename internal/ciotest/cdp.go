@@ -367,3 +367,16 @@ func checkJSONHeaders(h http.Header) error {
 	}
 	return nil
 }
+
+// checkJSONRequest checks what the App and Track endpoints ask of every
+// body before reading it: sent as JSON (see checkJSONHeaders), valid
+// UTF-8, valid JSON. The error is the 400's message.
+func checkJSONRequest(req *Request) error {
+	if err := checkJSONHeaders(req.Header); err != nil {
+		return err
+	}
+	if !utf8.Valid(req.Body) {
+		return errors.New("body is not valid UTF-8")
+	}
+	return checkJSON(req.Body)
+}

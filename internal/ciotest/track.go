@@ -95,13 +95,7 @@ func (s *Server) unsubscribe(req *Request) response {
 	if err != nil || !isDeliveryID(id) {
 		return reject(http.StatusBadRequest, "malformed delivery id %q", seg)
 	}
-	if err := checkJSONHeaders(req.Header); err != nil {
-		return reject(http.StatusBadRequest, "%v", err)
-	}
-	if !utf8.Valid(req.Body) {
-		return reject(http.StatusBadRequest, "body is not valid UTF-8")
-	}
-	if err := checkJSON(req.Body); err != nil {
+	if err := checkJSONRequest(req); err != nil {
 		return reject(http.StatusBadRequest, "%v", err)
 	}
 	var (
@@ -131,13 +125,7 @@ func (s *Server) metric(req *Request) response {
 	if req.Method != http.MethodPost {
 		return methodNotAllowed()
 	}
-	if err := checkJSONHeaders(req.Header); err != nil {
-		return reject(http.StatusBadRequest, "%v", err)
-	}
-	if !utf8.Valid(req.Body) {
-		return reject(http.StatusBadRequest, "body is not valid UTF-8")
-	}
-	if err := checkJSON(req.Body); err != nil {
+	if err := checkJSONRequest(req); err != nil {
 		return reject(http.StatusBadRequest, "%v", err)
 	}
 	vals := map[string][]byte{}

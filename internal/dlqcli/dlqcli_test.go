@@ -112,6 +112,28 @@ func (f *fixture) putDead(t *testing.T, i int, d dead) {
 	}
 }
 
+// publishAll stores msgs with async publishes and waits for every PubAck.
+func (f *fixture) publishAll(t *testing.T, msgs []*nats.Msg) {
+	t.Helper()
+	futures := make([]jetstream.PubAckFuture, 0, len(msgs))
+	for _, m := range msgs {
+		fut, err := f.js.PublishMsgAsync(m)
+		if err != nil {
+			t.Fatal(err)
+		}
+		futures = append(futures, fut)
+	}
+	for _, fut := range futures {
+		select {
+		case <-fut.Ok():
+		case err := <-fut.Err():
+			t.Fatal(err)
+		case <-t.Context().Done():
+			t.Fatal(t.Context().Err())
+		}
+	}
+}
+
 // run parses args and runs the command as cio-relay would.
 func (f *fixture) run(t *testing.T, ctx context.Context, env Env, args ...string) (code int, stdout, stderr string) {
 	t.Helper()
@@ -857,29 +879,16 @@ func TestLargeStream(t *testing.T) {
 	f := newFixture(t)
 	const n = 5*fetchBatch + 17
 	ctx := t.Context()
-	var futures []jetstream.PubAckFuture
+	var msgs []*nats.Msg
 	for i := range n {
 		reason := "rejected"
 		if i%3 == 0 {
 			reason = "retries_exhausted"
 		}
-		m := deadletter.Msg("cio.track", nil, []byte(`{"userId":"bulk","event":"E`+strconv.Itoa(i)+`"}`),
-			deadletter.Record{Reason: reason, Stream: "CIO", StreamSeq: uint64(1000 + i), DeadLettered: f.now})
-		fut, err := f.js.PublishMsgAsync(m)
-		if err != nil {
-			t.Fatal(err)
-		}
-		futures = append(futures, fut)
+		msgs = append(msgs, deadletter.Msg("cio.track", nil, []byte(`{"userId":"bulk","event":"E`+strconv.Itoa(i)+`"}`),
+			deadletter.Record{Reason: reason, Stream: "CIO", StreamSeq: uint64(1000 + i), DeadLettered: f.now}))
 	}
-	for _, fut := range futures {
-		select {
-		case <-fut.Ok():
-		case err := <-fut.Err():
-			t.Fatal(err)
-		case <-ctx.Done():
-			t.Fatal(ctx.Err())
-		}
-	}
+	f.publishAll(t, msgs)
 
 	_, out, _ := f.run(t, ctx, Env{}, "list", "--json", "--limit", "0", "--reason", "retries_exhausted", "--since", "1m")
 	got := jsonLines[jsonLetter](t, out)

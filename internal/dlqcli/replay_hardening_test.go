@@ -323,24 +323,13 @@ func TestReplayCountAcrossReplayDeadLetterCycles(t *testing.T) {
 func TestReplayRefusesValidationReasons(t *testing.T) {
 	const n = 300
 	f := newBareFixture(t, 2*time.Minute)
-	var futures []jetstream.PubAckFuture
+	var msgs []*nats.Msg
 	for i := range n {
-		m := deadletter.Msg("cio.track", nil, []byte(`{"userId":"u-`+strconv.Itoa(i)+`"}`), deadletter.Record{
+		msgs = append(msgs, deadletter.Msg("cio.track", nil, []byte(`{"userId":"u-`+strconv.Itoa(i)+`"}`), deadletter.Record{
 			Reason: "missing_event", Detail: "track needs event, a non-empty string", Stream: "CIO", StreamSeq: uint64(i + 1),
-		})
-		fut, err := f.js.PublishMsgAsync(m)
-		if err != nil {
-			t.Fatal(err)
-		}
-		futures = append(futures, fut)
+		}))
 	}
-	for _, fut := range futures {
-		select {
-		case <-fut.Ok():
-		case err := <-fut.Err():
-			t.Fatal(err)
-		}
-	}
+	f.publishAll(t, msgs)
 
 	code, out, errOut := f.run(t, t.Context(), Env{}, "replay", "--reason", "missing_event")
 	if code != 0 || !strings.Contains(out, fmt.Sprintf("matched %d, replayed 0", n)) || !strings.Contains(out, fmt.Sprintf("kept %d", n)) {
