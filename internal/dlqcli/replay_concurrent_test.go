@@ -43,9 +43,9 @@ func TestTwoOperatorsReplayingAtOnceSendEachLetterOnce(t *testing.T) {
 // ambiguous may have reached Customer.io and messaged its audience; a
 // replay sends it again. A plain `dlq replay` (the command an operator
 // types after an outage, or a CronJob someone wrote without
-// --exclude-subject) must keep those and say why; naming the reason
-// (after checking the broadcast's triggers, as the runbook says) or
-// --force replays them.
+// --exclude-subject) must keep those and say why, naming `dlq resolve`,
+// which checks the broadcast's triggers first; without a terminal to ask
+// on, only --force replays them unchecked.
 func TestReplayKeepsAmbiguousTriggersUnlessAsked(t *testing.T) {
 	f := newBareFixture(t, 2*time.Minute)
 	f.putDead(t, 0, dead{"cio.broadcast", "ambiguous", 0, `{"broadcast_id":7,"ids":["u-1"]}`, time.Minute})
