@@ -111,6 +111,7 @@ func (w *Worker) sendTrigger(ctx context.Context, p *trigger.Pacer[*held], b *tr
 	case errors.As(err, &conflict):
 		return w.sentBefore(ctx, p, b, conflict, requested, now)
 	case errors.As(err, &kvErr):
+		w.health.failed(opKV, now)
 		w.m.direct.WithLabelValues("app", "nakked").Inc()
 		w.log.Error("broadcast trigger markers unreachable: not sending blind; nakking for later", "broadcast_id", b.BroadcastID,
 			"triggers", len(b.Items), "err", err)
@@ -134,6 +135,7 @@ func (w *Worker) sendTrigger(ctx context.Context, p *trigger.Pacer[*held], b *tr
 	switch sink.Classify(err) {
 	case sink.Delivered:
 		if n := w.marks.sent(ctx, c, triggerID); n > 0 {
+			w.health.failed(opKV, now)
 			w.log.Warn("broadcast triggered but not all markers recorded it; if their acks are lost too, those triggers are dead-lettered as ambiguous",
 				"broadcast_id", b.BroadcastID, "trigger_id", triggerID, "markers", n)
 		}
