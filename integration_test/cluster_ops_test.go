@@ -197,6 +197,14 @@ func (r *opsRun) waitAccepted(n int, timeout time.Duration) {
 	r.t.Helper()
 	waitFor(r.t, timeout, fmt.Sprintf("%d calls accepted", n), func() bool {
 		r.checkRunning()
+		select {
+		case err := <-r.pubDone:
+			r.pubDone <- err // for verify
+			if err != nil {
+				r.t.Fatalf("publishing: %v (%d calls accepted)", err, r.e.cio.Stats().CallsAccepted)
+			}
+		default:
+		}
 		return r.e.cio.Stats().CallsAccepted >= n
 	})
 }

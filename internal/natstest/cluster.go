@@ -60,6 +60,7 @@ func StartCluster(t testing.TB, n int) *Cluster {
 		c.nodes = append(c.nodes, s)
 	}
 	c.WaitJetStream(t)
+	c.waitPeers(t)
 	t.Logf("NATS: %s cluster of %d ready at %s in %v", kind, n, c.URL(), time.Since(began).Round(time.Millisecond))
 	return c
 }
@@ -155,6 +156,31 @@ func (c *Cluster) WaitJetStream(t testing.TB) {
 			errs = append(errs, fmt.Errorf("%s: %w", u, err))
 		}
 		return errors.Join(errs...)
+	}, func(context.Context) error { return nil })
+	if err != nil {
+		t.Fatalf("NATS: cluster: %v", err)
+	}
+}
+
+// waitPeers returns once a stream with a replica on every node can be
+// placed. A meta leader is elected as soon as a majority has met, before
+// the last node has joined the meta group; a stream created then with one
+// replica per node fails with "no suitable peers for placement".
+func (c *Cluster) waitPeers(t testing.TB) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), leaderTimeout)
+	defer cancel()
+	nc, js := c.connect(t, c.URL())
+	defer nc.Close()
+	const probe = "NATSTEST_PLACEMENT"
+	err := waitReady(ctx, fmt.Sprintf("placement on all %d nodes", len(c.nodes)), func(ctx context.Context) error {
+		actx, cancel := context.WithTimeout(ctx, 2*time.Second)
+		defer cancel()
+		if _, err := js.CreateStream(actx, jetstream.StreamConfig{Name: probe, Subjects: []string{"natstest.placement"},
+			Storage: jetstream.MemoryStorage, Replicas: len(c.nodes)}); err != nil {
+			return err
+		}
+		return js.DeleteStream(actx, probe)
 	}, func(context.Context) error { return nil })
 	if err != nil {
 		t.Fatalf("NATS: cluster: %v", err)
