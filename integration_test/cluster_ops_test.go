@@ -458,3 +458,21 @@ func counterValue(t *testing.T, reg *prometheus.Registry, name, value string) fl
 	t.Fatalf("no counter %s{%s}", name, value)
 	return 0
 }
+
+// TestSentMarksBucketReplicasOnACluster: the key-value bucket of broadcast
+// trigger markers is a stream cio-relay creates, so RELAY_STREAM_REPLICAS
+// applies to it as to CIO and CIO_DLQ: a node lost must not lose the
+// markers that stop a trigger being sent twice.
+func TestSentMarksBucketReplicasOnACluster(t *testing.T) {
+	t.Parallel()
+	e, _ := newClusterEnv(t, ciotest.Options{AppKey: "app-key"})
+	opts := fastOptions()
+	opts.StreamReplicas = 3
+	opts.App = appClient(t, e)
+	w, _ := e.runWorker(t, opts, 0)
+	waitReady(t, w)
+	info := streamInfo(t, e.js, "KV_"+worker.SentMarksBucket("CIO"))
+	if info.Config.Replicas != 3 || peers(info.Cluster) != 3 {
+		t.Errorf("bucket %s: %d replicas configured, on %d nodes; want 3 on 3", worker.SentMarksBucket("CIO"), info.Config.Replicas, peers(info.Cluster))
+	}
+}
