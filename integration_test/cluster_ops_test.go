@@ -335,9 +335,10 @@ func TestRelayRollingRestartOfThreeReplicas(t *testing.T) {
 }
 
 // poisonEvery is how often TestRelayWaitsOutLostQuorum publishes a message
-// that must be dead-lettered (invalid JSON), so that some are being
-// dead-lettered when the quorum goes.
-const poisonEvery = 100
+// that must be dead-lettered (invalid JSON): more often than the intake
+// holds messages (a batch's worth, 25 there), so that a replica holds some
+// when the quorum goes, and their dead-letter publishes fail.
+const poisonEvery = 20
 
 // TestRelayWaitsOutLostQuorum stops two of three nodes while two replicas
 // deliver a backlog: JetStream has no quorum, so pulls, acks and
@@ -415,9 +416,11 @@ func TestRelayWaitsOutLostQuorum(t *testing.T) {
 			counterValue(t, ow.reg, "cio_relay_jetstream_errors_total", "publish_dlq"),
 			counterValue(t, ow.reg, "cio_relay_jetstream_errors_total", "info"))
 	}
-	if counterValue(t, workers[0].reg, "cio_relay_jetstream_errors_total", "pull")+
-		counterValue(t, workers[1].reg, "cio_relay_jetstream_errors_total", "pull") == 0 {
-		t.Errorf("no failed pull counted during the outage")
+	for _, op := range []string{"pull", "publish_dlq"} {
+		if counterValue(t, workers[0].reg, "cio_relay_jetstream_errors_total", op)+
+			counterValue(t, workers[1].reg, "cio_relay_jetstream_errors_total", op) == 0 {
+			t.Errorf("no failed %s counted during the outage", op)
+		}
 	}
 }
 
