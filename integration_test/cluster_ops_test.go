@@ -335,9 +335,9 @@ func TestRelayRollingRestartOfThreeReplicas(t *testing.T) {
 }
 
 // poisonEvery is how often TestRelayWaitsOutLostQuorum publishes a message
-// that must be dead-lettered (invalid JSON): more often than the intake
-// holds messages (a batch's worth, 25 there), so that a replica holds some
-// when the quorum goes, and their dead-letter publishes fail.
+// that must be dead-lettered (invalid JSON): often, so that a replica
+// often holds some when the quorum goes, and their dead-letter publishes
+// fail.
 const poisonEvery = 20
 
 // TestRelayWaitsOutLostQuorum stops two of three nodes while two replicas
@@ -416,11 +416,12 @@ func TestRelayWaitsOutLostQuorum(t *testing.T) {
 			counterValue(t, ow.reg, "cio_relay_jetstream_errors_total", "publish_dlq"),
 			counterValue(t, ow.reg, "cio_relay_jetstream_errors_total", "info"))
 	}
-	for _, op := range []string{"pull", "publish_dlq"} {
-		if counterValue(t, workers[0].reg, "cio_relay_jetstream_errors_total", op)+
-			counterValue(t, workers[1].reg, "cio_relay_jetstream_errors_total", op) == 0 {
-			t.Errorf("no failed %s counted during the outage", op)
-		}
+	// Whether a replica held an invalid message when the quorum went
+	// depends on timing (TestDeadLetterPublishFailureNaks makes it
+	// certain); failed pulls it always has.
+	if counterValue(t, workers[0].reg, "cio_relay_jetstream_errors_total", "pull")+
+		counterValue(t, workers[1].reg, "cio_relay_jetstream_errors_total", "pull") == 0 {
+		t.Errorf("no failed pull counted during the outage")
 	}
 }
 
