@@ -71,7 +71,8 @@ func (h *jsHealth) failed(op string, now time.Time) {
 }
 
 // answered records that JetStream answered. Cheap enough for every message.
-// Both are no-ops on a nil jsHealth (an intake under test).
+// Both are no-ops on a nil jsHealth (an intake under test), which always
+// answers.
 func (h *jsHealth) answered() {
 	if h != nil && h.since.Load() != 0 {
 		h.since.Store(0)
@@ -91,6 +92,9 @@ func (h *jsHealth) observe(op string, err error, now time.Time) {
 // unavailable returns how long JetStream has not answered at now; 0 while
 // it answers.
 func (h *jsHealth) unavailable(now time.Time) time.Duration {
+	if h == nil {
+		return 0
+	}
 	since := h.since.Load()
 	if since == 0 {
 		return 0

@@ -68,6 +68,9 @@ func TestJSHealthCountsErrorsByOp(t *testing.T) {
 	var nilHealth *jsHealth // an intake under test has none
 	nilHealth.failed(opPull, time.Now())
 	nilHealth.answered()
+	if ok, _ := nilHealth.ready(time.Now()); !ok {
+		t.Error("a nil jsHealth reports not ready")
+	}
 }
 
 var errTest = testError("JetStream timeout")
