@@ -296,6 +296,7 @@ func (w *Worker) writeDeadLetter(ctx context.Context, h *held, reason string, st
 		w.log.Warn("dead letter too large for NATS; writing it without the body", "stream_seq", h.seq, "bytes", len(m.Data))
 		err = deadletter.Publish(pubCtx, w.js, deadletter.Stub(m))
 	}
+	w.health.observe(opPublishDLQ, err, time.Now())
 	if err != nil {
 		w.log.Error("dead-letter publish failed; nakking the message to try again", "reason", reason, "stream_seq", h.seq, "err", err)
 		w.settle(h, "nak", h.msg.NakWithDelay(w.opts.NakDelay))
@@ -312,6 +313,7 @@ func (w *Worker) writeDeadLetter(ctx context.Context, h *held, reason string, st
 // de-duplicates it by messageId.
 func (w *Worker) settle(h *held, what string, err error) {
 	if err != nil {
+		w.health.failed(opAck, time.Now())
 		w.m.acksFailed.Inc()
 		w.log.Error(what+" failed; the message will be redelivered", "stream_seq", h.seq, "err", err)
 	}

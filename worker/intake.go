@@ -28,6 +28,9 @@ type intake struct {
 	wants atomic.Bool                                                      // the intake waits for room: next signals freed
 	pull  int                                                              // messages asked for by one pull request: half the queue
 	log   *slog.Logger
+
+	// health is told of failed pulls and of messages received; nil in tests.
+	health *jsHealth
 }
 
 const (
@@ -146,6 +149,7 @@ func (in *intake) run(ctx context.Context) error {
 			if ok {
 				cur.left--
 				retry = retryFloor
+				in.health.answered()
 				if h, ok := in.take(msg); ok {
 					in.queue <- h // never blocks: room was there for the whole pull
 				}
@@ -184,6 +188,9 @@ func (in *intake) run(ctx context.Context) error {
 // consumer is gone (deleted by an operator, say), which is returned so Run
 // ends and the process restarts and binds again instead of idling as ready.
 func (in *intake) failed(ctx context.Context, err error) error {
+	if ctx.Err() == nil {
+		in.health.failed(opPull, time.Now())
+	}
 	if errors.Is(err, jetstream.ErrConsumerDeleted) {
 		return fmt.Errorf("pulling from consumer %s: %w", in.name, err)
 	}

@@ -171,6 +171,7 @@ type Worker struct {
 	ready                       atomic.Bool // consumer bound and consuming
 	marks                       *sentMarks  // broadcast triggers sent or being sent; nil without App
 	turns                       *turns      // whose turn it is to trigger each broadcast; nil without App
+	health                      *jsHealth   // whether JetStream answers (health.go)
 }
 
 // New returns a Worker; it does not touch JetStream until Run.
@@ -182,7 +183,7 @@ func New(js jetstream.JetStream, sender Sender, opts Options) (*Worker, error) {
 	if _, err := batcher.NewPacker[*held](opts.BatchMaxBytes, opts.BatchMaxCalls); err != nil {
 		return nil, fmt.Errorf("worker options: %w", err)
 	}
-	w := &Worker{js: js, sender: sender, opts: opts, log: opts.Logger, m: newMetrics(opts.Registerer)}
+	w := &Worker{js: js, sender: sender, opts: opts, log: opts.Logger, m: newMetrics(opts.Registerer), health: newJSHealth(opts.Registerer)}
 	w.pause.init("cdp", "CIO_CDP_API_KEY, CIO_CDP_URL", w.m, w.log, opts.ProbeInterval)
 	w.appPause.init("app", "CIO_APP_API_KEY, CIO_APP_URL", w.m, w.log, opts.ProbeInterval)
 	w.trackPause.init("track", "CIO_SITE_ID, CIO_TRACK_API_KEY, CIO_TRACK_URL", w.m, w.log, opts.ProbeInterval)
@@ -195,6 +196,9 @@ func New(js jetstream.JetStream, sender Sender, opts Options) (*Worker, error) {
 func (w *Worker) Ready() (bool, string) {
 	if !w.ready.Load() {
 		return false, "consumer not bound"
+	}
+	if ok, why := w.health.ready(time.Now()); !ok {
+		return false, why
 	}
 	for _, p := range []*pauseState{&w.pause, &w.appPause, &w.trackPause} {
 		if paused, why := p.paused(); paused {
@@ -286,6 +290,9 @@ func (w *Worker) Run(ctx context.Context) error {
 	if w.opts.Delivery == nil {
 		w.log.Warn("unsubscribes and delivery metrics not configured: messages on " + SubjectUnsubscribe + " and " + SubjectMetric +
 			" stay in the stream, unconsumed, until a worker that sends them runs")
+	}
+	for _, in := range intakes {
+		in.health = w.health
 	}
 	w.ready.Store(true)
 	defer w.ready.Store(false)
@@ -505,6 +512,9 @@ func (w *Worker) sampleConsumers(ctx context.Context, consumers []jetstream.Cons
 			infoCtx, cancel := context.WithTimeout(ctx, 5*time.Second)
 			info, err := cons.Info(infoCtx)
 			cancel()
+			if ctx.Err() == nil {
+				w.health.observe(opInfo, err, time.Now()) // the probe that sees JetStream answer on an idle stream
+			}
 			if err != nil {
 				continue
 			}

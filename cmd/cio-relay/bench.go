@@ -56,6 +56,7 @@ func runBench(ctx context.Context, args []string, getenv func(string) string, st
 		corpora      string
 		sendConc     int
 		maxAck       int
+		replicas     int
 		maxCalls     int
 		flushEvery   time.Duration
 		stallTimeout time.Duration
@@ -76,6 +77,7 @@ func runBench(ctx context.Context, args []string, getenv func(string) string, st
 	fs.DurationVar(&cfg.LatencyDuration, "latency-duration", 10*time.Second, "length of each latency scenario")
 	fs.BoolVar(&latencyOff, "skip-latency", false, "skip the latency phase")
 	fs.IntVar(&sendConc, "send-concurrency", 0, "worker option: batches in flight (0: the worker's default)")
+	fs.IntVar(&replicas, "stream-replicas", 0, "with --nats-url to a JetStream cluster: replicas of the streams (RELAY_STREAM_REPLICAS; 0: the worker's default, 1)")
 	fs.IntVar(&maxAck, "max-ack-pending", 0, "worker option: consumer MaxAckPending (0: the worker's default)")
 	fs.IntVar(&maxCalls, "batch-max-calls", 0, "worker option: calls per batch (0: the worker's default)")
 	fs.DurationVar(&flushEvery, "flush-interval", 0, "worker option: flush interval (0: the worker's default)")
@@ -118,6 +120,7 @@ func runBench(ctx context.Context, args []string, getenv func(string) string, st
 	cfg.Worker = worker.Options{
 		SendConcurrency: sendConc,
 		MaxAckPending:   maxAck,
+		StreamReplicas:  replicas,
 		BatchMaxCalls:   maxCalls,
 		FlushInterval:   flushEvery,
 	}
@@ -176,6 +179,7 @@ func runBench(ctx context.Context, args []string, getenv func(string) string, st
 	if inprocess {
 		ip := cfg
 		ip.InProcess, ip.NATSURL, ip.ServerPID, ip.ServerBinary, ip.StoreDir = true, "", 0, "", ""
+		ip.Worker.StreamReplicas = 0 // one server holds one replica
 		ip.LatencyDuration = -1
 		ip.CPUProfile, ip.Trace, ip.MemProfile, ip.MemProfileBase = nil, nil, nil, nil
 		if res.InProcess, err = bench.Run(ctx, ip); err != nil {

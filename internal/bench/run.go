@@ -136,6 +136,9 @@ func (c *Config) validate() error {
 	if c.NATSURL != "" && c.ServerBinary != "" {
 		errs = append(errs, errors.New("both a server URL and a server binary to start"))
 	}
+	if c.Worker.StreamReplicas > 1 && c.NATSURL == "" {
+		errs = append(errs, fmt.Errorf("stream replicas %d need a JetStream cluster: a server URL (the bench starts a single server)", c.Worker.StreamReplicas))
+	}
 	return errors.Join(errs...)
 }
 
@@ -200,6 +203,9 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 	}
 
 	streamCfg := worker.StreamConfig(cfg.Stream)
+	// As the worker creates it: on a cluster, with Worker.StreamReplicas
+	// replicas (the dead-letter stream, which the worker creates, too).
+	streamCfg.Replicas = max(cfg.Worker.StreamReplicas, 1)
 	if _, err := pubJS.Stream(ctx, cfg.Stream); err == nil {
 		return nil, fmt.Errorf("stream %s already exists: the bench needs it empty; delete it or choose another with --stream", cfg.Stream)
 	}
@@ -397,6 +403,9 @@ func (r *Result) openServer(ctx context.Context, cfg *Config, prog func(string, 
 	switch {
 	case cfg.NATSURL != "":
 		r.NATS = "nats-server at " + cfg.NATSURL + ", not started by the bench"
+		if n := cfg.Worker.StreamReplicas; n > 1 {
+			r.NATS += fmt.Sprintf(", streams with %d replicas", n)
+		}
 		r.NATSExternal = true
 		r.NATSServerPID = cfg.ServerPID
 		if cfg.ServerPID > 0 {

@@ -58,7 +58,10 @@ func (c *Command) replay(ctx context.Context, env *Env, stream jetstream.Stream)
 	var r *deadletter.Replayer
 	if !c.DryRun {
 		var err error
-		if r, err = deadletter.NewReplayer(ctx, env.JS, stream, env.Stream); err != nil {
+		if err = retrying(ctx, func(ctx context.Context) (err error) {
+			r, err = deadletter.NewReplayer(ctx, env.JS, stream, env.Stream)
+			return err
+		}); err != nil {
 			return err
 		}
 		r.AfterPublish = env.afterPublish

@@ -84,7 +84,8 @@ func (c *Command) Run(ctx context.Context, env Env) int {
 	case err == nil:
 		return 0
 	case errors.Is(err, errReported):
-	case errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded):
+	case ctx.Err() != nil && (errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded)):
+		// The command's own context, not a JetStream request's timeout.
 		fmt.Fprintf(env.Stderr, "cio-relay dlq %s: interrupted\n", c.Name)
 	default:
 		fmt.Fprintf(env.Stderr, "cio-relay dlq %s: %v\n", c.Name, err)
@@ -97,7 +98,13 @@ func (c *Command) Run(ctx context.Context, env Env) int {
 var errReported = errors.New("reported")
 
 func (c *Command) run(ctx context.Context, env *Env) error {
-	stream, err := env.JS.Stream(ctx, env.DLQStream)
+	// Retried through a leader election (the stream's, or the meta
+	// leader's): a request then times out or finds no responders.
+	var stream jetstream.Stream
+	err := retrying(ctx, func(ctx context.Context) (err error) {
+		stream, err = env.JS.Stream(ctx, env.DLQStream)
+		return err
+	})
 	if errors.Is(err, jetstream.ErrStreamNotFound) {
 		return fmt.Errorf("dead-letter stream %s not found: nothing has been dead-lettered yet, or RELAY_DLQ_STREAM names another stream", env.DLQStream)
 	}

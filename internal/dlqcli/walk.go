@@ -33,6 +33,20 @@ const inactiveThreshold = 10 * time.Minute
 // before a walk gives up with an error instead of spinning.
 const maxStalls = 5
 
+// reopenFloor and reopenCeiling bound the wait before a walk makes its
+// consumer again, doubling from one to the other: right after a stream
+// leader step-down a new consumer's pulls answer "no responders" for a
+// moment (the consumer has no leader yet), and making it again at once
+// would use up maxStalls within milliseconds. Five stalls wait about 3s in
+// all, longer than an election.
+const (
+	reopenFloor   = 200 * time.Millisecond
+	reopenCeiling = 2 * time.Second
+)
+
+// requestTimeout bounds one JetStream request that retrying repeats.
+const requestTimeout = 5 * time.Second
+
 // errStopWalk, returned by a walk's callback, ends the walk without error.
 var errStopWalk = errors.New("stop walk")
 
@@ -54,7 +68,11 @@ type walkOpts struct {
 func walk(ctx context.Context, stream jetstream.Stream, f Filter, now time.Time, opts walkOpts, fn func(*Letter) error) (upTo uint64, err error) {
 	upTo = opts.upTo
 	if upTo == 0 {
-		info, err := stream.Info(ctx)
+		var info *jetstream.StreamInfo
+		err := retrying(ctx, func(ctx context.Context) (err error) {
+			info, err = stream.Info(ctx)
+			return err
+		})
 		if err != nil {
 			return 0, fmt.Errorf("reading the state of stream %s: %w", stream.CachedInfo().Config.Name, err)
 		}
@@ -153,6 +171,9 @@ func walk(ctx context.Context, stream jetstream.Stream, f Filter, now time.Time,
 		if stalls++; stalls > maxStalls {
 			return upTo, fmt.Errorf("stream %s: reading makes no progress at sequence %d: %w", w.name(), w.next, cmp.Or(err, errMissed))
 		}
+		if err := pause(ctx, reopenWait(stalls)); err != nil {
+			return upTo, err
+		}
 		if err := w.open(ctx); err != nil {
 			return upTo, err
 		}
@@ -171,9 +192,63 @@ type walker struct {
 
 func (w *walker) name() string { return w.stream.CachedInfo().Config.Name }
 
-// open makes a new consumer starting at w.next, replacing the current one.
+// reopenWait is the wait before the stalls-th new consumer in a row.
+func reopenWait(stalls int) time.Duration {
+	d := reopenFloor
+	for i := 1; i < stalls && d < reopenCeiling; i++ {
+		d *= 2
+	}
+	return min(d, reopenCeiling)
+}
+
+// pause waits d, or until ctx is done.
+func pause(ctx context.Context, d time.Duration) error {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-t.C:
+		return nil
+	}
+}
+
+// transient reports whether making a consumer failed only for now: during a
+// leader election requests time out or find no responders, and JetStream
+// may answer that it is temporarily unavailable.
+func transient(err error) bool {
+	var apiErr *jetstream.APIError
+	return errors.Is(err, nats.ErrNoResponders) || errors.Is(err, nats.ErrTimeout) ||
+		errors.Is(err, context.DeadlineExceeded) || errors.Is(err, jetstream.ErrJetStreamNotEnabled) ||
+		(errors.As(err, &apiErr) && apiErr.Code == 503)
+}
+
+// retrying calls fn, each call bounded by requestTimeout, until it
+// succeeds, fails for good, or has failed transiently maxStalls+1 times in
+// a row, waiting the reopen back-off between calls.
+func retrying(ctx context.Context, fn func(ctx context.Context) error) error {
+	for attempt := 1; ; attempt++ {
+		actx, cancel := context.WithTimeout(ctx, requestTimeout)
+		err := fn(actx)
+		cancel()
+		if err == nil || ctx.Err() != nil || !transient(err) || attempt > maxStalls {
+			return err
+		}
+		if err := pause(ctx, reopenWait(attempt)); err != nil {
+			return err
+		}
+	}
+}
+
+// open makes a new consumer starting at w.next, replacing the current one,
+// trying again while the failure is transient.
 func (w *walker) open(ctx context.Context) error {
 	w.close(ctx)
+	return retrying(ctx, w.create)
+}
+
+// create makes the walk's consumer.
+func (w *walker) create(ctx context.Context) error {
 	cfg := jetstream.ConsumerConfig{
 		Description:       "cio-relay dlq: reading the dead-letter stream",
 		DeliverPolicy:     jetstream.DeliverByStartSequencePolicy,

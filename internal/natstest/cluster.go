@@ -60,7 +60,7 @@ func StartCluster(t testing.TB, n int) *Cluster {
 		c.nodes = append(c.nodes, s)
 	}
 	c.WaitJetStream(t)
-	c.waitPlacement(t)
+	c.waitPeers(t)
 	t.Logf("NATS: %s cluster of %d ready at %s in %v", kind, n, c.URL(), time.Since(began).Round(time.Millisecond))
 	return c
 }
@@ -162,23 +162,25 @@ func (c *Cluster) WaitJetStream(t testing.TB) {
 	}
 }
 
-// waitPlacement returns once a stream with a replica on every node can be
-// created. A meta leader is elected by a majority, before every node has
-// joined the meta group: until then a stream of n replicas is refused ("no
-// suitable peers for placement"), which a test would take for a failure of
-// the code under test.
-func (c *Cluster) waitPlacement(t testing.TB) {
+// waitPeers returns once a stream with a replica on every node can be
+// placed. A meta leader is elected as soon as a majority has met, before
+// the last node has joined the meta group; a stream created then with one
+// replica per node fails with "no suitable peers for placement".
+func (c *Cluster) waitPeers(t testing.TB) {
 	t.Helper()
-	_, js := c.Connect(t)
 	ctx, cancel := context.WithTimeout(context.Background(), leaderTimeout)
 	defer cancel()
+	nc, js := c.connect(t, c.URL())
+	defer nc.Close()
+	const probe = "NATSTEST_PLACEMENT"
 	err := waitReady(ctx, fmt.Sprintf("placement on all %d nodes", len(c.nodes)), func(ctx context.Context) error {
-		cfg := jetstream.StreamConfig{Name: "NATSTEST_PLACEMENT", Subjects: []string{"natstest.placement"},
-			Storage: jetstream.MemoryStorage, Replicas: len(c.nodes)}
-		if _, err := js.CreateStream(ctx, cfg); err != nil {
+		actx, cancel := context.WithTimeout(ctx, 2*time.Second)
+		defer cancel()
+		if _, err := js.CreateStream(actx, jetstream.StreamConfig{Name: probe, Subjects: []string{"natstest.placement"},
+			Storage: jetstream.MemoryStorage, Replicas: len(c.nodes)}); err != nil {
 			return err
 		}
-		return js.DeleteStream(ctx, cfg.Name)
+		return js.DeleteStream(actx, probe)
 	}, func(context.Context) error { return nil })
 	if err != nil {
 		t.Fatalf("NATS: cluster: %v", err)
