@@ -3,6 +3,8 @@ package integration_test
 import (
 	"context"
 	"errors"
+	"fmt"
+	"math/rand/v2"
 	"strings"
 	"sync"
 	"testing"
@@ -13,6 +15,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/cio-relay/cio-relay/deadletter"
+	"github.com/cio-relay/cio-relay/event"
 	"github.com/cio-relay/cio-relay/internal/ciotest"
 	"github.com/cio-relay/cio-relay/sink"
 	"github.com/cio-relay/cio-relay/worker"
@@ -270,4 +273,39 @@ func statuses(reqs []ciotest.Request) []int {
 // control character.
 func oneLine(s string) bool {
 	return !strings.ContainsFunc(s, func(r rune) bool { return r < 0x20 })
+}
+
+// deliverTracks publishes n valid track calls of about size bytes (keys
+// prefix-000, prefix-001, …, drawn from seed), waits until Customer.io has
+// every one and the consumer has settled them within settle. It returns
+// the calls and how often each messageId arrived.
+func (e *env) deliverTracks(t *testing.T, seed uint64, prefix string, n, size int, settle time.Duration) ([]published, map[string]int) {
+	t.Helper()
+	r := rand.New(rand.NewPCG(seed, seed))
+	msgs := make([]published, 0, n)
+	for i := range n {
+		key := fmt.Sprintf("%s-%03d", prefix, i)
+		msgs = append(msgs, published{subject: "cio.track", body: makeCall(r, event.Track, key, size, true), key: key, valid: true})
+	}
+	e.publishAll(t, msgs)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	if err := e.cio.WaitDelivered(ctx, len(msgs)); err != nil {
+		t.Fatal(err)
+	}
+	waitSettled(t, e.js, settle)
+	seen := map[string]int{}
+	for _, c := range e.cio.Delivered() {
+		seen[c.MessageID]++
+	}
+	return msgs, seen
+}
+
+// extraCopies is how many calls arrived beyond the first of each.
+func extraCopies(seen map[string]int) int {
+	dups := 0
+	for _, n := range seen {
+		dups += n - 1
+	}
+	return dups
 }

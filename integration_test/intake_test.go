@@ -4,12 +4,10 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"math/rand/v2"
 	"sync/atomic"
 	"testing"
 	"time"
 
-	"github.com/cio-relay/cio-relay/event"
 	"github.com/cio-relay/cio-relay/internal/ciotest"
 	"github.com/cio-relay/cio-relay/sink"
 	"github.com/cio-relay/cio-relay/worker"
@@ -35,27 +33,8 @@ func TestBlockedPipelineOutlastingAckWaitRedeliversNothing(t *testing.T) {
 		opts := fastOptions()
 		opts.AckWait, opts.BatchMaxCalls, opts.SendConcurrency = ackWait, 10, 1
 		_, reg := e.runWorker(t, opts, 10*time.Second)
-		r := rand.New(rand.NewPCG(3, 3))
-		var msgs []published
-		for i := range 200 {
-			key := fmt.Sprintf("blk-%03d", i)
-			msgs = append(msgs, published{subject: "cio.track", body: makeCall(r, event.Track, key, 300, true), key: key, valid: true})
-		}
-		e.publishAll(t, msgs)
-		ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-		defer cancel()
-		if err := e.cio.WaitDelivered(ctx, len(msgs)); err != nil {
-			t.Fatal(err)
-		}
-		waitSettled(t, e.js, 10*time.Second)
-		seen := map[string]int{}
-		for _, c := range e.cio.Delivered() {
-			seen[c.MessageID]++
-		}
-		dups := 0
-		for _, n := range seen {
-			dups += n - 1
-		}
+		msgs, seen := e.deliverTracks(t, 3, "blk", 200, 300, 10*time.Second)
+		dups := extraCopies(seen)
 		redelivered := metricValue(t, reg, "cio_relay_redeliveries_total")
 		t.Logf("200 calls behind a 3.5s request, ack wait %v: %v redelivered, %d delivered twice", ackWait, redelivered, dups)
 		if redelivered != 0 || dups != 0 {

@@ -147,23 +147,7 @@ func TestOperatorShortensAckWaitLeasesFollow(t *testing.T) {
 		t.Fatal("the worker did not notice the consumer's new ack wait within 15s (it samples every 5s)")
 	}
 
-	r := rand.New(rand.NewPCG(13, 13))
-	var msgs []published
-	for i := range 120 {
-		key := fmt.Sprintf("op-%03d", i)
-		msgs = append(msgs, published{subject: "cio.track", body: makeCall(r, event.Track, key, 300, true), key: key, valid: true})
-	}
-	e.publishAll(t, msgs)
-	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-	defer cancel()
-	if err := e.cio.WaitDelivered(ctx, len(msgs)); err != nil {
-		t.Fatal(err)
-	}
-	waitSettled(t, e.js, 20*time.Second)
-	seen := map[string]int{}
-	for _, c := range e.cio.Delivered() {
-		seen[c.MessageID]++
-	}
+	msgs, seen := e.deliverTracks(t, 13, "op", 120, 300, 20*time.Second)
 	redelivered := metricValue(t, reg, "cio_relay_redeliveries_total")
 	t.Logf("ack wait cut to 1s under the worker: %v redelivered, %d calls sent more than once", redelivered, countOver(seen, 1))
 	if redelivered != 0 {

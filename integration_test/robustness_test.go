@@ -193,29 +193,11 @@ func TestSlowCustomerIOCausesNoRedelivery(t *testing.T) {
 	}})
 	_, reg := e.runWorker(t, worker.Options{AckWait: ackWait, BatchMaxCalls: 50, SendConcurrency: 1,
 		FlushInterval: 20 * time.Millisecond}, 0)
-	r := rand.New(rand.NewPCG(9, 9))
-	var msgs []published
-	for i := range 300 {
-		key := fmt.Sprintf("slow-%03d", i)
-		msgs = append(msgs, published{subject: "cio.track", body: makeCall(r, event.Track, key, 250, true), key: key, valid: true})
-	}
-	e.publishAll(t, msgs)
-	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-	defer cancel()
-	if err := e.cio.WaitDelivered(ctx, len(msgs)); err != nil {
-		t.Fatal(err)
-	}
-	waitSettled(t, e.js, 10*time.Second)
-	seen := map[string]int{}
-	for _, c := range e.cio.Delivered() {
-		seen[c.MessageID]++
-	}
-	dups := 0
-	for _, n := range seen {
-		dups += n - 1
-	}
+	const n = 300
+	_, seen := e.deliverTracks(t, 9, "slow", n, 250, 10*time.Second)
+	dups := extraCopies(seen)
 	redelivered := metricValue(t, reg, "cio_relay_redeliveries_total")
-	t.Logf("%d calls over %d slow batches: %d sent twice, %v redelivered", len(msgs), len(e.cio.Requests()), dups, redelivered)
+	t.Logf("%d calls over %d slow batches: %d sent twice, %v redelivered", n, len(e.cio.Requests()), dups, redelivered)
 	if dups != 0 || redelivered != 0 {
 		t.Errorf("%d calls sent twice and %v messages redelivered while Customer.io was slow; want 0", dups, redelivered)
 	}
