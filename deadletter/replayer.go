@@ -28,6 +28,20 @@ const publishWithin = MessageTimeout + time.Minute
 // next run a lookup.
 var deleteBackoff = []time.Duration{0, 100 * time.Millisecond, 500 * time.Millisecond, 2 * time.Second}
 
+// attemptTimeout bounds one lookup or delete of a dead letter. During a
+// leader election a request that reached the old leader is never
+// answered; cut off and sent again (deleteBackoff), it finds the new one,
+// where waiting would spend the letter's whole MessageTimeout.
+const attemptTimeout = 5 * time.Second
+
+// retryable reports whether a lookup or delete may go through if sent
+// again: cut off, unanswered, or refused for now during an election.
+func retryable(err error) bool {
+	var apiErr *jetstream.APIError
+	return errors.Is(err, context.DeadlineExceeded) || errors.Is(err, nats.ErrTimeout) ||
+		errors.Is(err, nats.ErrNoResponders) || (errors.As(err, &apiErr) && apiErr.Code == 503)
+}
+
 // ErrGone is returned when a dead letter to delete was deleted already, by
 // someone else.
 var ErrGone = errors.New("already deleted")
@@ -275,14 +289,40 @@ func (r *Replayer) earlier(ctx context.Context, l *Letter, id string, force bool
 // letter after this check has published it within the window and the
 // two publishes are one.
 func (r *Replayer) stillThere(ctx context.Context, seq uint64) Result {
-	_, err := r.dlq.GetMsg(ctx, seq)
-	switch {
-	case errors.Is(err, jetstream.ErrMsgNotFound):
-		return Result{Outcome: Gone}
-	case err != nil:
-		return Result{Outcome: Failed, Err: fmt.Errorf("checking it is still in %s: %w", r.dlqName, err)}
+	var err error
+	for _, wait := range deleteBackoff {
+		if !pause(ctx, wait) {
+			break
+		}
+		actx, cancel := context.WithTimeout(ctx, attemptTimeout)
+		_, err = r.dlq.GetMsg(actx, seq)
+		cancel()
+		switch {
+		case err == nil:
+			return Result{Outcome: Replayed}
+		case errors.Is(err, jetstream.ErrMsgNotFound):
+			return Result{Outcome: Gone}
+		}
+		if ctx.Err() != nil || !retryable(err) {
+			break
+		}
 	}
-	return Result{Outcome: Replayed}
+	return Result{Outcome: Failed, Err: fmt.Errorf("checking it is still in %s: %w", r.dlqName, cmp.Or(err, ctx.Err()))}
+}
+
+// pause waits d, or until ctx is done; it reports whether d passed.
+func pause(ctx context.Context, d time.Duration) bool {
+	if d <= 0 {
+		return ctx.Err() == nil
+	}
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return false
+	case <-t.C:
+		return true
+	}
 }
 
 // deleteLetter deletes dead letter seq: Replayed when done.
@@ -345,21 +385,20 @@ func notStored(err error) bool {
 func Delete(ctx context.Context, stream jetstream.Stream, seq uint64) error {
 	var err error
 	for _, wait := range deleteBackoff {
-		if wait > 0 {
-			timer := time.NewTimer(wait)
-			select {
-			case <-ctx.Done():
-				timer.Stop()
-				return fmt.Errorf("deleting from %s: %w", stream.CachedInfo().Config.Name, cmp.Or(err, ctx.Err()))
-			case <-timer.C:
-			}
+		if !pause(ctx, wait) {
+			return fmt.Errorf("deleting from %s: %w", stream.CachedInfo().Config.Name, cmp.Or(err, ctx.Err()))
 		}
-		if err = stream.DeleteMsg(ctx, seq); err == nil {
+		actx, cancel := context.WithTimeout(ctx, attemptTimeout)
+		err = stream.DeleteMsg(actx, seq)
+		if err == nil {
+			cancel()
 			return nil
 		}
 		// The delete error does not carry the server's code; asking for
 		// the message tells "already gone" from a real failure.
-		if _, gerr := stream.GetMsg(ctx, seq); errors.Is(gerr, jetstream.ErrMsgNotFound) {
+		_, gerr := stream.GetMsg(actx, seq)
+		cancel()
+		if errors.Is(gerr, jetstream.ErrMsgNotFound) {
 			return fmt.Errorf("%w from %s", ErrGone, stream.CachedInfo().Config.Name)
 		}
 	}
