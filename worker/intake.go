@@ -72,6 +72,9 @@ func (in *intake) next() (*held, bool) {
 	return h, ok
 }
 
+// empty reports whether nothing received waits in the queue.
+func (in *intake) empty() bool { return len(in.queue) == 0 }
+
 // roomForPull reports whether the queue has room for a whole pull. When it
 // has not, it asks next to signal freed, and checks again, so a message
 // taken meanwhile is not missed.

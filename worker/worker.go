@@ -410,8 +410,19 @@ func (w *Worker) read(ctx context.Context, in *intake, leases *leases[*held], ca
 		if stamp == event.StampOmitted {
 			w.m.timestampOmitted.Inc()
 		}
-		calls <- batcher.Call[*held]{Data: h.call, Item: h}
+		calls <- batcher.Call[*held]{Data: h.call, Item: h, Drained: drained(h.msg) && in.empty()}
 	}
+}
+
+// drained reports whether the server had nothing more pending for the
+// consumer when it delivered msg: NumPending from its ack reply, else from
+// its metadata. Unknown counts as not drained (see batcher.Call.Drained).
+func drained(msg jetstream.Msg) bool {
+	if p, ok := parseAckPending(msg.Reply()); ok {
+		return p == 0
+	}
+	meta, err := msg.Metadata()
+	return err == nil && meta.NumPending == 0
 }
 
 // pullAhead is how many messages the batch intake may hold ahead of the
