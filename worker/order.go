@@ -1,0 +1,133 @@
+package worker
+
+import (
+	"slices"
+)
+
+// keyOrder is the per-key policy of ordered delivery within one replica,
+// without goroutines, NATS or clocks, so it can be tested as a table.
+//
+// A key is blocked while a call of it that this replica nakked (its retries
+// spent) has not come back: a later call of the key must not reach
+// Customer.io before it. Later calls wait, leased, in the key's wait list.
+// When a blocker is redelivered it joins the wait list too, and the list is
+// released in stream order up to the next blocker still out: so several
+// blockers of one key go in sequence order, each before the calls behind
+// it. A call that is dead-lettered or delivered blocks nothing.
+//
+// Calls released go to their key's lane, which sends one batch at a time in
+// the order it received them; a call already queued in a lane when its key
+// became blocked is taken out again at send time (eligible).
+type keyOrder struct {
+	keys map[uint64]*keyState
+}
+
+// keyState is a key with blockers out or calls waiting; keys with neither
+// have no state.
+type keyState struct {
+	blockers []uint64 // stream sequences nakked and not yet back, ascending
+	waiting  []*held  // leased, not yet released, ascending by seq
+}
+
+func newKeyOrder() *keyOrder { return &keyOrder{keys: make(map[uint64]*keyState)} }
+
+// add takes a call that arrived (new or redelivered) and returns the calls
+// now free to go to the key's lane, in order: usually just h.
+func (o *keyOrder) add(h *held) []*held {
+	ks := o.keys[h.key]
+	if ks == nil {
+		return []*held{h}
+	}
+	if i, ok := slices.BinarySearch(ks.blockers, h.seq); ok {
+		ks.blockers = slices.Delete(ks.blockers, i, i+1) // it is back
+	}
+	ks.insert(h)
+	return o.release(h.key, ks)
+}
+
+// insert puts h in the wait list by stream sequence; a second copy of one
+// sequence (redelivered while this replica still held it) replaces the
+// first, whose lease is gone.
+func (ks *keyState) insert(h *held) {
+	i, found := slices.BinarySearchFunc(ks.waiting, h.seq, func(w *held, s uint64) int {
+		return cmpUint(w.seq, s)
+	})
+	if found {
+		ks.waiting[i] = h
+		return
+	}
+	ks.waiting = slices.Insert(ks.waiting, i, h)
+}
+
+// release takes from the key's wait list every call before its first
+// blocker still out, and forgets the key once nothing holds it.
+func (o *keyOrder) release(key uint64, ks *keyState) []*held {
+	n := len(ks.waiting)
+	if len(ks.blockers) > 0 {
+		first := ks.blockers[0]
+		n, _ = slices.BinarySearchFunc(ks.waiting, first, func(w *held, s uint64) int { return cmpUint(w.seq, s) })
+	}
+	out := slices.Clone(ks.waiting[:n])
+	ks.waiting = slices.Delete(ks.waiting, 0, n)
+	if len(ks.blockers) == 0 && len(ks.waiting) == 0 {
+		delete(o.keys, key)
+	}
+	return out
+}
+
+// eligible reports whether h may be sent now: nothing of its key before it
+// is out or waiting. One that may not joins the key's wait list.
+func (o *keyOrder) eligible(h *held) bool {
+	ks := o.keys[h.key]
+	if ks == nil {
+		return true
+	}
+	if (len(ks.blockers) == 0 || h.seq < ks.blockers[0]) && (len(ks.waiting) == 0 || h.seq < ks.waiting[0].seq) {
+		return true
+	}
+	ks.insert(h)
+	return false
+}
+
+// nakked records that h was handed back for redelivery: its key is blocked
+// by it until it comes back.
+func (o *keyOrder) nakked(h *held) {
+	ks := o.keys[h.key]
+	if ks == nil {
+		ks = &keyState{}
+		o.keys[h.key] = ks
+	}
+	if i, ok := slices.BinarySearch(ks.blockers, h.seq); !ok {
+		ks.blockers = slices.Insert(ks.blockers, i, h.seq)
+	}
+}
+
+// waitingCalls returns every call in a wait list, and forgets all state:
+// for a replica that lost its pin and hands them back.
+func (o *keyOrder) reset() []*held {
+	var out []*held
+	for _, ks := range o.keys {
+		out = append(out, ks.waiting...)
+	}
+	clear(o.keys)
+	return out
+}
+
+// waitingLen is how many calls wait.
+func (o *keyOrder) waitingLen() int {
+	n := 0
+	for _, ks := range o.keys {
+		n += len(ks.waiting)
+	}
+	return n
+}
+
+func cmpUint(a, b uint64) int {
+	switch {
+	case a < b:
+		return -1
+	case a > b:
+		return 1
+	}
+	return 0
+}
