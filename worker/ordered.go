@@ -51,11 +51,11 @@ type ordered struct {
 	pin      string // the Nats-Pin-Id this replica was last delivered with
 	inFlight int    // batches being sent
 	keys     *keyOrder
-	lanes   []*lane
-	gate    []*held // received while the barrier is closed
-	open    bool    // the barrier has passed since the pin was last gained
-	closing bool    // the reader has stopped: lanes end once empty
-	changed chan struct{}
+	lanes    []*lane
+	gate     []*held // received while the barrier is closed
+	open     bool    // the barrier has passed since the pin was last gained
+	closing  bool    // the reader has stopped: lanes end once empty
+	changed  chan struct{}
 }
 
 // lane is one sender's queue: calls of the keys that hash to it, in the

@@ -48,7 +48,7 @@ type Options struct {
 	// person key, each lane one batch at a time. config's default is on;
 	// the zero value here is the unordered pipeline.
 	Ordering bool
-	NakDelay        time.Duration // base redelivery delay after a failed send; default 30s
+	NakDelay time.Duration // base redelivery delay after a failed send; default 30s
 	// Retries of one batch within one delivery: exponential backoff with
 	// jitter from RetryInitial up to RetryMaxInterval, for at most
 	// RetryMaxElapsed (0: no retry, nak at once). Defaults 500ms, 30s, 2m.
