@@ -20,6 +20,12 @@ import (
 // became blocked is taken out again at send time (eligible).
 type keyOrder struct {
 	keys map[uint64]*keyState
+	// freed are calls released from wait lists by eligible or nakked: the
+	// caller queues them in their lanes, after the batch being sent.
+	freed []*held
+	// displaced are older copies of a sequence that a redelivery replaced
+	// in a wait list: their leases are the caller's to drop.
+	displaced []*held
 }
 
 // keyState is a key with blockers out or calls waiting; keys with neither
@@ -41,18 +47,21 @@ func (o *keyOrder) add(h *held) []*held {
 	if i, ok := slices.BinarySearch(ks.blockers, h.seq); ok {
 		ks.blockers = slices.Delete(ks.blockers, i, i+1) // it is back
 	}
-	ks.insert(h)
+	o.insert(ks, h)
 	return o.release(h.key, ks)
 }
 
 // insert puts h in the wait list by stream sequence; a second copy of one
 // sequence (redelivered while this replica still held it) replaces the
 // first, whose lease is gone.
-func (ks *keyState) insert(h *held) {
+func (o *keyOrder) insert(ks *keyState, h *held) {
 	i, found := slices.BinarySearchFunc(ks.waiting, h.seq, func(w *held, s uint64) int {
 		return cmpUint(w.seq, s)
 	})
 	if found {
+		if ks.waiting[i] != h {
+			o.displaced = append(o.displaced, ks.waiting[i])
+		}
 		ks.waiting[i] = h
 		return
 	}
@@ -76,36 +85,50 @@ func (o *keyOrder) release(key uint64, ks *keyState) []*held {
 }
 
 // eligible reports whether h may be sent now: nothing of its key before it
-// is out or waiting. One that may not joins the key's wait list.
+// is out or waiting. One that may not joins the key's wait list. A copy of
+// a blocker's sequence is the blocker back, whichever delivery it is: a
+// redelivery that overtook the nak (the lease lapsed while NATS was away)
+// is the live one, and the server will not deliver the sequence again.
 func (o *keyOrder) eligible(h *held) bool {
 	ks := o.keys[h.key]
 	if ks == nil {
 		return true
 	}
+	if i, ok := slices.BinarySearch(ks.blockers, h.seq); ok {
+		ks.blockers = slices.Delete(ks.blockers, i, i+1)
+	}
 	if (len(ks.blockers) == 0 || h.seq < ks.blockers[0]) && (len(ks.waiting) == 0 || h.seq < ks.waiting[0].seq) {
+		// What waited behind it may follow it now.
+		o.freed = append(o.freed, o.release(h.key, ks)...)
 		return true
 	}
-	ks.insert(h)
+	o.insert(ks, h)
 	return false
 }
 
 // nakked records that h was handed back for redelivery: its key is blocked
-// by it until it comes back.
+// by it until it comes back. When another copy of the sequence already
+// waits here, that copy is the live delivery and nothing blocks.
 func (o *keyOrder) nakked(h *held) {
 	ks := o.keys[h.key]
 	if ks == nil {
 		ks = &keyState{}
 		o.keys[h.key] = ks
 	}
+	if slices.ContainsFunc(ks.waiting, func(w *held) bool { return w.seq == h.seq && w != h }) {
+		o.freed = append(o.freed, o.release(h.key, ks)...)
+		return
+	}
 	if i, ok := slices.BinarySearch(ks.blockers, h.seq); !ok {
 		ks.blockers = slices.Insert(ks.blockers, i, h.seq)
 	}
 }
 
-// waitingCalls returns every call in a wait list, and forgets all state:
+// reset returns every call in a wait list, and forgets all state:
 // for a replica that lost its pin and hands them back.
 func (o *keyOrder) reset() []*held {
-	var out []*held
+	out := o.freed
+	o.freed = nil
 	for _, ks := range o.keys {
 		out = append(out, ks.waiting...)
 	}

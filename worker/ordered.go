@@ -101,7 +101,13 @@ func (o *ordered) add(h *held, pin string, drained bool) {
 
 // routeLocked hands a call to the key policy and queues what it frees.
 func (o *ordered) routeLocked(h *held, now time.Time) {
-	for _, r := range o.keys.add(h) {
+	defer o.dropDisplacedLocked()
+	o.queueLocked(o.keys.add(h), now)
+}
+
+// queueLocked appends calls to their lanes.
+func (o *ordered) queueLocked(calls []*held, now time.Time) {
+	for _, r := range calls {
 		l := o.lanes[r.key%uint64(len(o.lanes))]
 		if len(l.queue) == 0 {
 			l.oldest = now
@@ -112,6 +118,20 @@ func (o *ordered) routeLocked(h *held, now time.Time) {
 		l.queue = append(l.queue, r)
 		signal(l.wake)
 	}
+}
+
+// dropDisplacedLocked lets go of older copies of redelivered calls, and
+// queues the calls the key policy freed meanwhile.
+func (o *ordered) dropDisplacedLocked() {
+	if len(o.keys.freed) > 0 {
+		o.queueLocked(o.keys.freed, time.Now())
+		o.keys.freed = o.keys.freed[:0]
+	}
+	for _, h := range o.keys.displaced {
+		h.parked = false
+		o.leases.remove(h)
+	}
+	o.keys.displaced = o.keys.displaced[:0]
 }
 
 // pinLost is the intake's report of a pull answered "pin mismatch": another
@@ -147,6 +167,7 @@ func (o *ordered) loseLocked() {
 func (o *ordered) nakked(h *held) {
 	o.mu.Lock()
 	defer o.mu.Unlock()
+	defer o.dropDisplacedLocked()
 	o.keys.nakked(h)
 }
 
@@ -155,6 +176,7 @@ func (o *ordered) nakked(h *held) {
 func (o *ordered) filter(calls []*held) []*held {
 	o.mu.Lock()
 	defer o.mu.Unlock()
+	defer o.dropDisplacedLocked()
 	for i, h := range calls {
 		if o.keys.eligible(h) {
 			continue
@@ -182,6 +204,7 @@ func (o *ordered) filter(calls []*held) []*held {
 func (o *ordered) barrier(ctx context.Context) {
 	t := time.NewTicker(barrierPoll)
 	defer t.Stop()
+	var lastCheck time.Time
 	for {
 		select {
 		case <-ctx.Done():
@@ -190,11 +213,15 @@ func (o *ordered) barrier(ctx context.Context) {
 		case <-t.C:
 		}
 		o.mu.Lock()
-		waiting := !o.open
+		open, holding := o.open, o.holdingLocked()
 		o.mu.Unlock()
-		if !waiting {
+		// While open, the consumer is asked now and then whether this
+		// replica still has the pin: one whose pulls no longer carry the
+		// pin id (after a reconnect, say) is never told by a 423.
+		if open && (!holding || time.Since(lastCheck) < pinCheck) {
 			continue
 		}
+		lastCheck = time.Now()
 		infoCtx, cancel := context.WithTimeout(ctx, 5*time.Second)
 		info, err := o.cons.Info(infoCtx)
 		cancel()
@@ -202,6 +229,11 @@ func (o *ordered) barrier(ctx context.Context) {
 			continue
 		}
 		o.mu.Lock()
+		if pinned := pinnedClient(info); o.pin != "" && pinned != "" && pinned != o.pin {
+			o.w.log.Warn("the consumer is pinned to another replica; handing back what is not in flight", "consumer", info.Name)
+			o.pin = ""
+			o.loseLocked()
+		}
 		if !o.open && o.pin != "" && o.inFlight == 0 {
 			mine := 0
 			for _, h := range o.gate {
@@ -215,6 +247,35 @@ func (o *ordered) barrier(ctx context.Context) {
 		}
 		o.mu.Unlock()
 	}
+}
+
+// pinCheck is how often a replica that holds ordered calls checks that it
+// still has the pin.
+const pinCheck = time.Second
+
+// pinnedClient is the pin id the consumer's priority group has now; ""
+// when none.
+func pinnedClient(info *jetstream.ConsumerInfo) string {
+	for _, g := range info.PriorityGroups {
+		if g.Group == PriorityGroup {
+			return g.PinnedClientID
+		}
+	}
+	return ""
+}
+
+// holdingLocked reports whether anything waits in the gate, a lane or a
+// wait list.
+func (o *ordered) holdingLocked() bool {
+	if len(o.gate) > 0 || len(o.keys.keys) > 0 {
+		return true
+	}
+	for _, l := range o.lanes {
+		if len(l.queue) > 0 {
+			return true
+		}
+	}
+	return false
 }
 
 // openLocked opens the barrier: the gate's calls go to their lanes in
