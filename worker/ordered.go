@@ -112,11 +112,18 @@ func (o *ordered) queueLocked(calls []*held, now time.Time) {
 		if len(l.queue) == 0 {
 			l.oldest = now
 		}
-		if r.drained && l.linger.IsZero() {
-			l.linger = now
-		}
 		l.queue = append(l.queue, r)
 		signal(l.wake)
+		if r.drained {
+			// The source is drained for every lane, not just this call's:
+			// each partial batch goes after the linger.
+			for _, l := range o.lanes {
+				if len(l.queue) > 0 && l.linger.IsZero() {
+					l.linger = now
+					signal(l.wake)
+				}
+			}
+		}
 	}
 }
 
