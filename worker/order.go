@@ -37,6 +37,9 @@ type keyState struct {
 
 func newKeyOrder() *keyOrder { return &keyOrder{keys: make(map[uint64]*keyState)} }
 
+// has reports whether key has state: blockers out or calls waiting.
+func (o *keyOrder) has(key uint64) bool { return o.keys[key] != nil }
+
 // add takes a call that arrived (new or redelivered) and returns the calls
 // now free to go to the key's lane, in order: usually just h.
 func (o *keyOrder) add(h *held) []*held {

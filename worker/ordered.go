@@ -56,6 +56,12 @@ type ordered struct {
 	open     bool    // the barrier has passed since the pin was last gained
 	closing  bool    // the reader has stopped: lanes end once empty
 	changed  chan struct{}
+	one      [1]*held  // routeLocked's scratch
+	bodies   sync.Pool // *[]byte: batch bodies, recycled once sent
+	// drainedAt is when the source last said it was drained (a call read
+	// with nothing pending behind it); zero once a call came that was not.
+	// Every lane's partial batch then goes after the linger.
+	drainedAt time.Time
 }
 
 // lane is one sender's queue: calls of the keys that hash to it, in the
@@ -91,6 +97,11 @@ func (o *ordered) add(h *held, pin string, drained bool) {
 	}
 	h.parked = true
 	h.drained = drained
+	if !drained {
+		o.drainedAt = time.Time{}
+	} else if o.drainedAt.IsZero() {
+		o.drainedAt = time.Now()
+	}
 	if !o.open {
 		o.gate = append(o.gate, h)
 		signal(o.changed)
@@ -101,6 +112,12 @@ func (o *ordered) add(h *held, pin string, drained bool) {
 
 // routeLocked hands a call to the key policy and queues what it frees.
 func (o *ordered) routeLocked(h *held, now time.Time) {
+	if !o.keys.has(h.key) {
+		// The common case, without the policy's allocation.
+		o.one[0] = h
+		o.queueLocked(o.one[:], now)
+		return
+	}
 	defer o.dropDisplacedLocked()
 	o.queueLocked(o.keys.add(h), now)
 }
@@ -375,8 +392,11 @@ func (o *ordered) runLane(ctx context.Context, l *lane) {
 			continue
 		}
 		o.w.m.inFlight.Inc()
-		o.w.send(ctx, batch, batchBody(batch))
+		body := o.body(batch)
+		o.w.send(ctx, batch, *body)
 		o.w.m.inFlight.Dec()
+		// The sender is done with the body (see Sender): recycle it.
+		o.bodies.Put(body)
 		o.mu.Lock()
 		o.inFlight--
 		o.mu.Unlock()
@@ -387,6 +407,23 @@ func (o *ordered) runLane(ctx context.Context, l *lane) {
 		}
 		signal(o.changed)
 	}
+}
+
+// body builds batch's request body in a recycled buffer.
+func (o *ordered) body(batch []*held) *[]byte {
+	b, _ := o.bodies.Get().(*[]byte)
+	if b == nil {
+		b = new([]byte)
+	}
+	buf := append((*b)[:0], `{"batch":[`...)
+	for i, h := range batch {
+		if i > 0 {
+			buf = append(buf, ',')
+		}
+		buf = append(buf, h.call...)
+	}
+	*b = append(buf, `]}`...)
+	return b
 }
 
 // take returns the lane's next batch when it is due (full, or its oldest
@@ -419,8 +456,12 @@ func (o *ordered) takeLocked(l *lane) (batch []*held, tooLarge *held, wait time.
 	}
 	now := time.Now()
 	due := l.oldest.Add(o.w.opts.FlushInterval)
-	if !l.linger.IsZero() {
-		if at := l.linger.Add(min(batcher.DefaultLinger, o.w.opts.FlushInterval)); at.Before(due) {
+	linger := l.linger
+	if linger.IsZero() && !o.drainedAt.IsZero() {
+		linger = o.drainedAt
+	}
+	if !linger.IsZero() {
+		if at := linger.Add(min(batcher.DefaultLinger, o.w.opts.FlushInterval)); at.Before(due) {
 			due = at
 		}
 	}
