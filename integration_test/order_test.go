@@ -1,12 +1,16 @@
 package integration_test
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"math/rand/v2"
+	"slices"
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/cio-relay/cio-relay/internal/ciotest"
 	"github.com/cio-relay/cio-relay/worker"
@@ -171,5 +175,31 @@ func TestUnorderedViolatesOrderUnderFaults(t *testing.T) {
 	}
 	if rep.violations == 0 {
 		t.Fatal("unordered delivery kept every key's order: the scenario does not exercise ordering")
+	}
+}
+
+// TestOrderingPutsThePinnedPolicyBack: an operator (or an older tool)
+// rewrites the consumer without its priority group while an ordered worker
+// runs; the worker puts it back and goes on delivering, in order.
+func TestOrderingPutsThePinnedPolicyBack(t *testing.T) {
+	msgs := orderedCalls(3, 2000, 50)
+	e := newEnv(t, ciotest.Options{})
+	e.runWorker(t, orderedOptions(true), 0)
+	e.publishAll(t, msgs[:1000])
+	waitSettled(t, e.js, 30*time.Second)
+
+	cfg := consumerInfo(t, e.js).Config
+	cfg.PriorityPolicy, cfg.PriorityGroups, cfg.PinnedTTL = jetstream.PriorityPolicyNone, nil, 0
+	if _, err := e.js.UpdateConsumer(context.Background(), "CIO", cfg); err != nil {
+		t.Fatalf("removing the priority policy: %v", err)
+	}
+	e.publishAll(t, msgs[1000:])
+	waitSettled(t, e.js, 30*time.Second)
+	if got := consumerInfo(t, e.js).Config; got.PriorityPolicy != jetstream.PriorityPolicyPinned || !slices.Contains(got.PriorityGroups, worker.PriorityGroup) {
+		t.Errorf("consumer's policy %v groups %v: not put back", got.PriorityPolicy, got.PriorityGroups)
+	}
+	rep := checkOrder(t, e.cio.Delivered(), msgs)
+	if rep.missing != 0 || rep.violations != 0 {
+		t.Fatalf("%d calls missing, %d out of order (%s)", rep.missing, rep.violations, rep.example)
 	}
 }

@@ -228,7 +228,7 @@ func (o *ordered) filter(calls []*held) []*held {
 func (o *ordered) barrier(ctx context.Context) {
 	t := time.NewTicker(barrierPoll)
 	defer t.Stop()
-	var lastCheck time.Time
+	var lastCheck, lastRepair time.Time
 	for {
 		select {
 		case <-ctx.Done():
@@ -250,6 +250,20 @@ func (o *ordered) barrier(ctx context.Context) {
 		info, err := o.cons.Info(infoCtx)
 		cancel()
 		if err != nil {
+			continue
+		}
+		if !isPinned(info.Config) {
+			if time.Since(lastRepair) < pinCheck {
+				continue
+			}
+			lastRepair = time.Now()
+			// Rewritten without the policy (by hand, or a tool): pulls
+			// then bring messages without a pin, and the barrier cannot
+			// pass. Put it back; the next pulls are pinned.
+			o.w.log.Warn("the consumer lost its pinned priority group; putting it back", "consumer", info.Name)
+			if _, err := o.w.rebindBatch(ctx); err != nil {
+				o.w.log.Error("putting the pinned priority group back failed", "consumer", info.Name, "err", err)
+			}
 			continue
 		}
 		o.mu.Lock()

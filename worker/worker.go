@@ -299,7 +299,7 @@ func (w *Worker) Run(ctx context.Context) error {
 	defer w.ready.Store(false)
 	w.log.Info("consuming", "stream", w.opts.Stream, "consumer", w.opts.Consumer, "dlq_stream", w.opts.DLQStream,
 		"batch_max_bytes", w.opts.BatchMaxBytes, "batch_max_calls", w.opts.BatchMaxCalls,
-		"flush_interval", w.opts.FlushInterval.String(), "send_concurrency", w.opts.SendConcurrency)
+		"flush_interval", w.opts.FlushInterval.String(), "send_concurrency", w.opts.SendConcurrency, "ordering", w.opts.Ordering)
 
 	// sendCtx outlives ctx by ShutdownTimeout so in-flight batches can finish.
 	sendCtx, cancelSend := context.WithCancel(context.WithoutCancel(ctx))
