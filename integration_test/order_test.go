@@ -203,3 +203,22 @@ func TestOrderingPutsThePinnedPolicyBack(t *testing.T) {
 		t.Fatalf("%d calls missing, %d out of order (%s)", rep.missing, rep.violations, rep.example)
 	}
 }
+
+// TestUnorderedReplicaLeavesThePinnedPolicy: a replica with ordering off
+// joins ordered ones on one consumer (a rolling change of RELAY_ORDERING).
+// It must not remove the policy the others order by, and must pull with
+// the group (a pull without it is refused): every call is delivered.
+func TestUnorderedReplicaLeavesThePinnedPolicy(t *testing.T) {
+	msgs := orderedCalls(4, 2000, 50)
+	e := newEnv(t, ciotest.Options{})
+	e.runWorker(t, orderedOptions(true), 0)
+	e.runWorker(t, orderedOptions(false), 0)
+	e.publishAll(t, msgs)
+	waitSettled(t, e.js, 30*time.Second)
+	if got := consumerInfo(t, e.js).Config; got.PriorityPolicy != jetstream.PriorityPolicyPinned || !slices.Contains(got.PriorityGroups, worker.PriorityGroup) {
+		t.Errorf("consumer's policy %v groups %v: the unordered replica removed it", got.PriorityPolicy, got.PriorityGroups)
+	}
+	if rep := checkOrder(t, e.cio.Delivered(), msgs); rep.missing != 0 {
+		t.Fatalf("%d calls never delivered", rep.missing)
+	}
+}
