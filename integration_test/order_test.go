@@ -222,3 +222,14 @@ func TestUnorderedReplicaLeavesThePinnedPolicy(t *testing.T) {
 		t.Fatalf("%d calls never delivered", rep.missing)
 	}
 }
+
+// createStream creates the worker's stream before any worker runs, so a
+// test can publish a whole backlog first: a worker that starts on it finds
+// it all pending and fills batches, where one consuming while the calls
+// trickle in sends what it has once drained (batcher.Call.Drained).
+func (e *env) createStream(t *testing.T) {
+	t.Helper()
+	if _, err := e.js.CreateStream(context.Background(), worker.StreamConfig("CIO")); err != nil {
+		t.Fatalf("creating stream: %v", err)
+	}
+}
