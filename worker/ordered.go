@@ -413,12 +413,12 @@ func (o *ordered) runLane(ctx context.Context, l *lane) {
 		o.bodies.Put(body)
 		o.mu.Lock()
 		o.inFlight--
-		o.mu.Unlock()
 		for _, h := range batch {
-			if !h.parked {
+			if !h.parked { // parked: set aside by filter, still held
 				o.leases.remove(h)
 			}
 		}
+		o.mu.Unlock()
 		signal(o.changed)
 	}
 }
