@@ -1,6 +1,7 @@
 package worker
 
 import (
+	"cmp"
 	"slices"
 )
 
@@ -139,21 +140,4 @@ func (o *keyOrder) reset() []*held {
 	return out
 }
 
-// waitingLen is how many calls wait.
-func (o *keyOrder) waitingLen() int {
-	n := 0
-	for _, ks := range o.keys {
-		n += len(ks.waiting)
-	}
-	return n
-}
-
-func cmpUint(a, b uint64) int {
-	switch {
-	case a < b:
-		return -1
-	case a > b:
-		return 1
-	}
-	return 0
-}
+func cmpUint(a, b uint64) int { return cmp.Compare(a, b) }
