@@ -169,6 +169,7 @@ func orderingChaos(t *testing.T, ordering bool) {
 	}
 	switch {
 	case ordering && rep.violations != 0:
+		logKeyRequests(t, e.cio.Requests(), rep.exampleKey)
 		t.Errorf("RELAY_ORDERING=true: %d calls first accepted before an earlier call of their person, e.g. %s", rep.violations, rep.example)
 	case !ordering && rep.violations == 0:
 		t.Errorf("RELAY_ORDERING=false kept every person's order: the scenario does not exercise ordering")

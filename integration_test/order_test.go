@@ -47,6 +47,7 @@ type orderReport struct {
 	missing     int // published calls never accepted
 	violations  int // calls first accepted before an earlier call of their key
 	example     string
+	exampleKey  string
 }
 
 // checkOrder reads each key's first acceptances, in the order the stand-in
@@ -95,6 +96,7 @@ func checkOrder(t *testing.T, delivered []ciotest.Call, msgs []published) orderR
 			rep.violations++
 			if rep.example == "" {
 				rep.example = fmt.Sprintf("key %s: seq %d first accepted after seq %d", key, seq, highest[key])
+				rep.exampleKey = key
 			}
 		}
 		highest[key] = max(highest[key], seq)
@@ -231,5 +233,28 @@ func (e *env) createStream(t *testing.T) {
 	t.Helper()
 	if _, err := e.js.CreateStream(context.Background(), worker.StreamConfig("CIO")); err != nil {
 		t.Fatalf("creating stream: %v", err)
+	}
+}
+
+// logKeyRequests logs every CDP request that carried a call of key: when,
+// how it was answered, and the key's sequence numbers in it, for a reader
+// working out how an order broke.
+func logKeyRequests(t *testing.T, reqs []ciotest.Request, key string) {
+	t.Helper()
+	for _, r := range reqs {
+		var seqs []int
+		for _, c := range r.Calls {
+			var v struct {
+				UserID      string            `json:"userId"`
+				AnonymousID string            `json:"anonymousId"`
+				Properties  struct{ Seq int } `json:"properties"`
+			}
+			if json.Unmarshal(c.Raw, &v) == nil && v.UserID+v.AnonymousID == key {
+				seqs = append(seqs, v.Properties.Seq)
+			}
+		}
+		if len(seqs) > 0 {
+			t.Logf("%s: %d %s, %d calls, %s seqs %v", r.Time.Format("15:04:05.000"), r.Status, r.Outcome, len(r.Calls), key, seqs)
+		}
 	}
 }

@@ -229,6 +229,7 @@ func (o *ordered) barrier(ctx context.Context) {
 	t := time.NewTicker(barrierPoll)
 	defer t.Stop()
 	var lastCheck, lastRepair time.Time
+	reconnects := o.reconnects()
 	for {
 		select {
 		case <-ctx.Done():
@@ -237,6 +238,17 @@ func (o *ordered) barrier(ctx context.Context) {
 		case <-t.C:
 		}
 		o.mu.Lock()
+		if n := o.reconnects(); n != reconnects {
+			// Away from NATS, leases may have lapsed and the pin moved
+			// without this replica hearing of it: start over as if the
+			// pin were lost, so nothing stale is sent.
+			reconnects = n
+			if o.pin != "" {
+				o.w.log.Warn("reconnected to NATS; handing back what is not in flight and waiting for the barrier again", "consumer", o.cons.CachedInfo().Name)
+				o.pin = ""
+				o.loseLocked()
+			}
+		}
 		open, holding := o.open, o.holdingLocked()
 		o.mu.Unlock()
 		// While open, the consumer is asked now and then whether this
@@ -273,18 +285,29 @@ func (o *ordered) barrier(ctx context.Context) {
 			o.loseLocked()
 		}
 		if !o.open && o.pin != "" && o.inFlight == 0 {
-			mine := 0
+			// Distinct sequences: a lease that lapsed while NATS was away
+			// brings a second copy of a message, which the server counts
+			// once.
+			mine := make(map[uint64]struct{}, len(o.gate))
 			for _, h := range o.gate {
 				if h.cseq <= info.Delivered.Consumer {
-					mine++
+					mine[h.seq] = struct{}{}
 				}
 			}
-			if info.NumAckPending <= mine {
+			if info.NumAckPending <= len(mine) {
 				o.openLocked()
 			}
 		}
 		o.mu.Unlock()
 	}
+}
+
+// reconnects is how often the connection has reconnected to NATS.
+func (o *ordered) reconnects() uint64 {
+	if nc := o.w.js.Conn(); nc != nil {
+		return nc.Stats().Reconnects
+	}
+	return 0
 }
 
 // pinCheck is how often a replica that holds ordered calls checks that it
