@@ -61,7 +61,7 @@ func TestLoadDefaults(t *testing.T) {
 		},
 		Batch: Batch{MaxBytes: 500000, MaxCalls: 2000, FlushInterval: time.Second},
 		Send: Send{
-			Concurrency: 4, HTTPTimeout: 30 * time.Second,
+			Concurrency: 4, Ordering: true, HTTPTimeout: 30 * time.Second,
 			RetryInitialInterval: 500 * time.Millisecond, RetryMaxInterval: 30 * time.Second, RetryMaxElapsed: 2 * time.Minute,
 		},
 		Ops: Ops{HTTPAddr: ":9090", LogFormat: "auto", LogLevel: slog.LevelInfo, ShutdownTimeout: 25 * time.Second},

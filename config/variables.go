@@ -130,7 +130,14 @@ func (c *Config) variables() []variable {
 			// Keeps requests flowing while one waits on a slow response; each
 			// one in flight holds up to RELAY_BATCH_MAX_CALLS unacked events.
 			{name: "RELAY_SEND_CONCURRENCY", def: "4", value: intField(&c.Send.Concurrency, atLeast(1, ""), atMost(64, "")),
-				help: "Batches in flight to Customer.io at once, 1 to 64."},
+				help: "Batches in flight to Customer.io at once, 1 to 64. With RELAY_ORDERING, the number of lanes: " +
+					"a person's calls go to one lane, which has one batch in flight at a time."},
+			// Customer.io does not order what it receives; without this a
+			// track can arrive before the identify that carries the email.
+			{name: "RELAY_ORDERING", def: "true", value: boolField(&c.Send.Ordering),
+				help: "Deliver each person's calls (by userId, else anonymousId) to Customer.io in the order they were " +
+					"published, across retries, redeliveries and replicas: one replica at a time delivers (a pinned " +
+					"priority group on RELAY_CONSUMER). false: any replica delivers anything, in any order, for raw throughput."},
 			{name: "RELAY_HTTP_TIMEOUT", def: "30s", value: durationField(&c.Send.HTTPTimeout, positive[time.Duration]()),
 				help: "Timeout of one request to Customer.io, reading the response included."},
 			{name: "RELAY_RETRY_INITIAL_INTERVAL", def: "500ms", value: durationField(&c.Send.RetryInitialInterval, positive[time.Duration]()),

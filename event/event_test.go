@@ -498,3 +498,38 @@ func BenchmarkPrepareAt(b *testing.B) {
 		}
 	}
 }
+
+// TestKeyHashIsThePersonKey: the worker orders calls by KeyHash, so a
+// person's calls must share it whatever else they carry, and userId wins
+// over anonymousId.
+func TestKeyHashIsThePersonKey(t *testing.T) {
+	hash := func(typ Type, body string) uint64 {
+		t.Helper()
+		var p Preparer
+		if _, err := p.Prepare(nil, typ, []byte(body), ID{Prefix: "x-", Seq: 1}); err != nil {
+			t.Fatalf("%s: %v", body, err)
+		}
+		return p.KeyHash()
+	}
+	u1 := hash(Track, `{"userId":"u1","event":"a","properties":{"n":1}}`)
+	tests := []struct {
+		name string
+		typ  Type
+		body string
+		same bool
+	}{
+		{"same user, other call", Identify, `{"traits":{"x":2}, "userId" : "u1"}`, true},
+		{"userId wins over anonymousId", Track, `{"anonymousId":"a9","userId":"u1","event":"b"}`, true},
+		{"alias by userId", Alias, `{"userId":"u1","previousId":"a9"}`, true},
+		{"other user", Track, `{"userId":"u2","event":"a"}`, false},
+		{"anonymous only", Track, `{"anonymousId":"u3","event":"a"}`, false},
+	}
+	for _, tt := range tests {
+		if got := hash(tt.typ, tt.body) == u1; got != tt.same {
+			t.Errorf("%s: same key as u1 = %v, want %v", tt.name, got, tt.same)
+		}
+	}
+	if a, b := hash(Track, `{"anonymousId":"a9","event":"a"}`), hash(Page, `{"anonymousId":"a9"}`); a != b {
+		t.Errorf("anonymousId key differs between calls: %x, %x", a, b)
+	}
+}

@@ -26,7 +26,9 @@ func poisonBatch(t *testing.T, good int, fault ciotest.Fault) (*env, []published
 	// gathers each round of redeliveries into one again.
 	opts.BatchMaxCalls, opts.FlushInterval = good+1, 300*time.Millisecond
 	opts.MaxDeliver, opts.RetryMaxElapsed = 3, 100*time.Millisecond
-	e.runWorker(t, opts, 0)
+	// Published before the worker starts, so the first delivery is one
+	// batch (see createStream).
+	e.createStream(t)
 
 	r := rand.New(rand.NewPCG(43, 47))
 	var msgs []published
@@ -39,6 +41,7 @@ func poisonBatch(t *testing.T, good int, fault ciotest.Fault) (*env, []published
 		msgs = append(msgs, published{subject: typ.Subject(), body: makeCall(r, typ, id, 200+r.IntN(600), true), key: id, valid: id != poisonID})
 	}
 	e.publishAll(t, msgs)
+	e.runWorker(t, opts, 0)
 	return e, msgs, poisonID
 }
 

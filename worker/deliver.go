@@ -62,6 +62,16 @@ type serverErrorSplit struct {
 // split is nil outside a 5xx split (see serverErrorSplit); maySplit says
 // whether a 5xx failure of calls may be split further.
 func (w *Worker) deliver(ctx context.Context, calls []*held, body []byte, split *serverErrorSplit, maySplit bool) {
+	if w.ord != nil && len(calls) > 0 && calls[0].ordered {
+		// A key may have been blocked since the batch was packed: its calls
+		// wait for the blocker (see keyOrder).
+		if kept := w.ord.filter(calls); len(kept) < len(calls) {
+			if len(kept) == 0 {
+				return
+			}
+			calls, body = kept, batchBody(kept)
+		}
+	}
 	var stop func(error) bool
 	if split != nil {
 		stop = func(error) bool { return true } // one try: see serverErrorSplit
@@ -221,6 +231,7 @@ var errGaveUpBetweenTries = errors.New("shutdown between retries")
 func (w *Worker) nakNow(calls []*held) {
 	w.m.shutdownNaked.Add(float64(len(calls)))
 	for _, h := range calls {
+		w.blockKey(h)
 		w.settle(h, "nak", h.msg.Nak())
 	}
 }
@@ -239,10 +250,19 @@ func (w *Worker) giveUp(ctx context.Context, calls []*held, err error) {
 				fmt.Sprintf("delivery %d of %d failed: %v", h.deliveries, w.opts.MaxDeliver, err))
 			continue
 		}
+		w.blockKey(h)
 		w.settle(h, "nak", h.msg.NakWithDelay(w.nakDelay(h.deliveries)))
 	}
 	w.log.Warn("batch not delivered; nakked for redelivery", "calls", len(calls)-exhausted,
 		"dead_lettered", exhausted, "err", err)
+}
+
+// blockKey tells the ordered path that h is being handed back, before it
+// is: its key's later calls wait until it is redelivered.
+func (w *Worker) blockKey(h *held) {
+	if w.ord != nil && h.ordered {
+		w.ord.nakked(h)
+	}
 }
 
 func (w *Worker) nakDelay(deliveries uint64) time.Duration {
@@ -299,6 +319,7 @@ func (w *Worker) writeDeadLetter(ctx context.Context, h *held, reason string, st
 	w.health.observe(opPublishDLQ, err, time.Now())
 	if err != nil {
 		w.log.Error("dead-letter publish failed; nakking the message to try again", "reason", reason, "stream_seq", h.seq, "err", err)
+		w.blockKey(h)
 		w.settle(h, "nak", h.msg.NakWithDelay(w.opts.NakDelay))
 		return
 	}

@@ -19,4 +19,31 @@
 // its ack deadline (InProgress) every third of the consumer's ack wait, as
 // sampled from the server, so that it is not redelivered while it waits in
 // the queue, in a batch or in flight.
+//
+// # Per-person ordering (Options.Ordering)
+//
+// With ordering, each person's calls (key: userId, else anonymousId) are
+// first accepted by Customer.io in stream order, and the pipeline is
+//
+//	intake ──queue──▶ reader ──▶ gate ──▶ key policy ──▶ N lanes (one batch in flight each)
+//
+// One replica delivers: the batch consumer has the pinned_client priority
+// policy (group PriorityGroup, PinnedTTL), and the intake pulls with the
+// group, at least every orderedPullExpiry so the pin is kept. A replica
+// that is pinned (a new Nats-Pin-Id on its messages) holds everything in
+// the gate until the consumer's NumAckPending is no more than what it
+// received itself, so nothing another replica received or nakked can be
+// overtaken, then routes what it holds in stream order. One that loses the
+// pin (a 423, or consumer info naming another pin) naks all it holds that
+// is not in flight, in stream order.
+//
+// Calls go to lane KeyHash % SendConcurrency; a lane packs and sends one
+// batch at a time, so a key's calls go in order while other keys' lanes go
+// on. When calls are nakked their keys are blocked by those sequences
+// (keyOrder): later calls of the key wait, leased, until the blocker is
+// redelivered, and are released behind it in sequence order; eligibility
+// is checked again at send time (deliver), for the halves of a bisect and
+// for calls queued before the block. A dead-lettered call blocks nothing.
+// What is held counts against the consumer's MaxAckPending, which bounds
+// it.
 package worker

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"sync/atomic"
 	"time"
 
@@ -31,6 +32,18 @@ type intake struct {
 
 	// health is told of failed pulls and of messages received; nil in tests.
 	health *jsHealth
+	// The batch consumer's priority group, when it has one: every pull
+	// names it (the server answers 400 to one that does not), and asks
+	// again within orderedPullExpiry so the pin is kept (see PinnedTTL).
+	group  string
+	expiry time.Duration
+	// pinLost is called when a pull is refused for a pin another replica
+	// holds now; repair when one is refused as a bad request, which for
+	// the batch consumer means its priority groups changed (an older
+	// version rewrote it, or a replica put them on): it returns the
+	// consumer as it is now.
+	pinLost func()
+	repair  func(context.Context) (jetstream.Consumer, error)
 }
 
 const (
@@ -55,13 +68,30 @@ const (
 // received and not yet taken by the pipeline; take leases each one.
 func newIntake(cons jetstream.Consumer, capacity int, take func(jetstream.Msg) (*held, bool), log *slog.Logger) *intake {
 	capacity = max(capacity, 1)
-	return &intake{
-		cons: cons, name: cons.CachedInfo().Name, take: take,
-		fetch: func(ctx context.Context, n int) (jetstream.MessageBatch, error) {
-			return cons.Fetch(n, jetstream.FetchContext(ctx), jetstream.FetchHeartbeat(pullHeartbeat))
-		},
+	in := &intake{
+		name: cons.CachedInfo().Name, take: take,
 		queue: make(chan *held, capacity), freed: make(chan struct{}, 1),
 		pull: max(capacity/2, 1), log: log,
+	}
+	in.fetch = func(ctx context.Context, n int) (jetstream.MessageBatch, error) {
+		if in.group != "" {
+			return in.cons.Fetch(n, jetstream.FetchContext(ctx), jetstream.FetchHeartbeat(in.expiry/3),
+				jetstream.FetchPriorityGroup(in.group))
+		}
+		return in.cons.Fetch(n, jetstream.FetchContext(ctx), jetstream.FetchHeartbeat(pullHeartbeat))
+	}
+	in.use(cons)
+	return in
+}
+
+// use pulls from cons from now on, with its priority group if it has one.
+func (in *intake) use(cons jetstream.Consumer) {
+	in.cons, in.group, in.expiry = cons, "", pullExpiry
+	if groups := cons.CachedInfo().Config.PriorityGroups; len(groups) > 0 {
+		in.group, in.expiry = groups[0], orderedPullExpiry
+		if slices.Contains(groups, PriorityGroup) {
+			in.group = PriorityGroup
+		}
 	}
 }
 
@@ -74,6 +104,9 @@ func (in *intake) next() (*held, bool) {
 	}
 	return h, ok
 }
+
+// empty reports whether nothing received waits in the queue.
+func (in *intake) empty() bool { return len(in.queue) == 0 }
 
 // roomForPull reports whether the queue has room for a whole pull. When it
 // has not, it asks next to signal freed, and checks again, so a message
@@ -124,7 +157,7 @@ func (in *intake) run(ctx context.Context) error {
 		if cur == nil && done != nil && !time.Now().Before(retryAt) && in.roomForPull() {
 			// Its deadline sets the request's expiry; a stop ends it
 			// sooner (below).
-			pctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), pullExpiry)
+			pctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), in.expiry)
 			b, err := in.fetch(pctx, in.pull)
 			if err != nil {
 				cancel()
@@ -193,6 +226,24 @@ func (in *intake) failed(ctx context.Context, err error) error {
 	}
 	if errors.Is(err, jetstream.ErrConsumerDeleted) {
 		return fmt.Errorf("pulling from consumer %s: %w", in.name, err)
+	}
+	if errors.Is(err, jetstream.ErrPinIDMismatch) {
+		if in.pinLost != nil {
+			in.pinLost()
+		}
+		return nil
+	}
+	if errors.Is(err, jetstream.ErrBadRequest) && in.repair != nil {
+		cons, rerr := in.repair(ctx)
+		if rerr != nil {
+			in.log.Warn("pull refused as a bad request, and checking the consumer's priority groups failed; pulling again",
+				"consumer", in.name, "err", err, "check_err", rerr)
+			return nil
+		}
+		in.use(cons)
+		in.log.Warn("pull refused as a bad request: the consumer's priority groups changed; pulling with them",
+			"consumer", in.name, "group", in.group)
+		return nil
 	}
 	if errors.Is(err, jetstream.ErrNoHeartbeat) || errors.Is(err, jetstream.ErrConsumerLeadershipChanged) {
 		in.log.Warn("pull interrupted; pulling again", "consumer", in.name, "err", err)

@@ -44,7 +44,12 @@ type Options struct {
 	BatchMaxCalls   int           // default 2000
 	FlushInterval   time.Duration // default 1s
 	SendConcurrency int           // batches in flight at once; default 4
-	NakDelay        time.Duration // base redelivery delay after a failed send; default 30s
+	// Ordering delivers each person's calls in stream order (see doc.go):
+	// one pinned replica delivers, calls go to SendConcurrency lanes by
+	// person key, each lane one batch at a time. config's default is on;
+	// the zero value here is the unordered pipeline.
+	Ordering bool
+	NakDelay time.Duration // base redelivery delay after a failed send; default 30s
 	// Retries of one batch within one delivery: exponential backoff with
 	// jitter from RetryInitial up to RetryMaxInterval, for at most
 	// RetryMaxElapsed (0: no retry, nak at once). Defaults 500ms, 30s, 2m.
@@ -172,6 +177,7 @@ type Worker struct {
 	marks                       *sentMarks  // broadcast triggers sent or being sent; nil without App
 	turns                       *turns      // whose turn it is to trigger each broadcast; nil without App
 	health                      *jsHealth   // whether JetStream answers (health.go)
+	ord                         *ordered    // the ordered batch path; nil when Ordering is off
 }
 
 // New returns a Worker; it does not touch JetStream until Run.
@@ -220,6 +226,13 @@ type held struct {
 	received   time.Time
 	identifier string           // suppressions
 	trigger    *trigger.Request // broadcast triggers
+	// The ordered batch path's (see ordered); the fields after key are
+	// guarded by its lock.
+	ordered bool   // a batch call travelling the ordered path
+	key     uint64 // event.Preparer.KeyHash
+	cseq    uint64 // consumer sequence of this delivery
+	drained bool   // batcher.Call.Drained
+	parked  bool   // in a lane's queue, the gate or a wait list, not in a batch being sent
 }
 
 // InProgress extends the message's ack deadline.
@@ -257,6 +270,11 @@ func (w *Worker) Run(ctx context.Context) error {
 			return h
 		})
 	}, w.log)}
+	intakes[0].repair = w.rebindBatch
+	if w.opts.Ordering {
+		w.ord = newOrdered(w, cons, leases)
+		intakes[0].pinLost = w.ord.pinLost
+	}
 	consumers := []jetstream.Consumer{cons} // the batch consumer first
 	var pacers []*trigger.Pacer[*held]
 	for _, dc := range w.boundDirectConsumers(ctx) {
@@ -298,7 +316,7 @@ func (w *Worker) Run(ctx context.Context) error {
 	defer w.ready.Store(false)
 	w.log.Info("consuming", "stream", w.opts.Stream, "consumer", w.opts.Consumer, "dlq_stream", w.opts.DLQStream,
 		"batch_max_bytes", w.opts.BatchMaxBytes, "batch_max_calls", w.opts.BatchMaxCalls,
-		"flush_interval", w.opts.FlushInterval.String(), "send_concurrency", w.opts.SendConcurrency)
+		"flush_interval", w.opts.FlushInterval.String(), "send_concurrency", w.opts.SendConcurrency, "ordering", w.opts.Ordering)
 
 	// sendCtx outlives ctx by ShutdownTimeout so in-flight batches can finish.
 	sendCtx, cancelSend := context.WithCancel(context.WithoutCancel(ctx))
@@ -363,21 +381,26 @@ func (w *Worker) Run(ctx context.Context) error {
 			}
 		})
 	}
-	pipe.Go(func() {
-		defer close(calls)
-		w.read(sendCtx, intakes[0], leases, calls)
-	})
-	pipe.Go(func() {
-		defer close(batches)
-		// The batcher's context is never cancelled: it ends when the reader
-		// closes calls, and its last batch reaches a sender, which nakks it
-		// at once if the shutdown timeout has passed.
-		_ = b.Run(context.Background(), calls, batches, func(c batcher.Call[*held], err error) {
-			w.deadLetter(sendCtx, c.Item, string(event.ReasonTooLarge), 0, err.Error())
-			leases.remove(c.Item)
+	if w.ord != nil {
+		// Lanes by person key instead of one batcher and N senders.
+		pipe.Go(func() { w.ord.run(sendCtx, bgCtx, func() { w.read(sendCtx, intakes[0], leases, nil) }) })
+	} else {
+		pipe.Go(func() {
+			defer close(calls)
+			w.read(sendCtx, intakes[0], leases, calls)
 		})
-	})
-	pipe.Go(func() { w.dispatch(sendCtx, batches, leases) })
+		pipe.Go(func() {
+			defer close(batches)
+			// The batcher's context is never cancelled: it ends when the reader
+			// closes calls, and its last batch reaches a sender, which nakks it
+			// at once if the shutdown timeout has passed.
+			_ = b.Run(context.Background(), calls, batches, func(c batcher.Call[*held], err error) {
+				w.deadLetter(sendCtx, c.Item, string(event.ReasonTooLarge), 0, err.Error())
+				leases.remove(c.Item)
+			})
+		})
+		pipe.Go(func() { w.dispatch(sendCtx, batches, leases) })
+	}
 	for i, in := range intakes[1:] {
 		pipe.Go(func() { w.runDirect(sendCtx, in, pacers[i], leases) })
 	}
@@ -401,7 +424,8 @@ func (w *Worker) Run(ctx context.Context) error {
 }
 
 // read takes messages from the intake until it has stopped and sends each
-// valid call on calls; invalid ones are dead-lettered at once.
+// valid call on calls, or hands it to the ordered path when there is one;
+// invalid ones are dead-lettered at once.
 func (w *Worker) read(ctx context.Context, in *intake, leases *leases[*held], calls chan<- batcher.Call[*held]) {
 	var prep event.Preparer
 	// Calls are prepared into a slab shared by many calls rather than one
@@ -427,8 +451,29 @@ func (w *Worker) read(ctx context.Context, in *intake, leases *leases[*held], ca
 		if stamp == event.StampOmitted {
 			w.m.timestampOmitted.Inc()
 		}
-		calls <- batcher.Call[*held]{Data: h.call, Item: h}
+		if w.ord != nil {
+			h.ordered, h.key = true, prep.KeyHash()
+			h.cseq, _ = parseAckCseq(h.msg.Reply())
+			var pin string
+			if hdr := h.msg.Headers(); hdr != nil {
+				pin = hdr.Get(pinIDHeader)
+			}
+			w.ord.add(h, pin, drained(h.msg) && in.empty())
+			continue
+		}
+		calls <- batcher.Call[*held]{Data: h.call, Item: h, Drained: drained(h.msg) && in.empty()}
 	}
+}
+
+// drained reports whether the server had nothing more pending for the
+// consumer when it delivered msg: NumPending from its ack reply, else from
+// its metadata. Unknown counts as not drained (see batcher.Call.Drained).
+func drained(msg jetstream.Msg) bool {
+	if p, ok := parseAckPending(msg.Reply()); ok {
+		return p == 0
+	}
+	meta, err := msg.Metadata()
+	return err == nil && meta.NumPending == 0
 }
 
 // pullAhead is how many messages the batch intake may hold ahead of the

@@ -55,6 +55,7 @@ func runBench(ctx context.Context, args []string, getenv func(string) string, st
 		rates        string
 		corpora      string
 		sendConc     int
+		ordering     string
 		maxAck       int
 		replicas     int
 		maxCalls     int
@@ -76,6 +77,7 @@ func runBench(ctx context.Context, args []string, getenv func(string) string, st
 	fs.StringVar(&corpora, "latency-corpora", "bench,small", "calls of the latency scenarios: bench (the backlog's mix), small (~100 bytes)")
 	fs.DurationVar(&cfg.LatencyDuration, "latency-duration", 10*time.Second, "length of each latency scenario")
 	fs.BoolVar(&latencyOff, "skip-latency", false, "skip the latency phase")
+	fs.StringVar(&ordering, "ordering", "off", "worker option RELAY_ORDERING: off, on, or both (drain the backlog unordered, then ordered, report the ratio, and run the latency scenarios ordered with a hot-key one added)")
 	fs.IntVar(&sendConc, "send-concurrency", 0, "worker option: batches in flight (0: the worker's default)")
 	fs.IntVar(&replicas, "stream-replicas", 0, "with --nats-url to a JetStream cluster: replicas of the streams (RELAY_STREAM_REPLICAS; 0: the worker's default, 1)")
 	fs.IntVar(&maxAck, "max-ack-pending", 0, "worker option: consumer MaxAckPending (0: the worker's default)")
@@ -117,7 +119,16 @@ func runBench(ctx context.Context, args []string, getenv func(string) string, st
 		cfg.LatencyCorpora = append(cfg.LatencyCorpora, bench.Corpus(strings.TrimSpace(f)))
 	}
 	cfg.StallTimeout = stallTimeout
+	switch ordering {
+	case "off", "on":
+	case "both":
+		cfg.CompareOrdering = true
+	default:
+		fmt.Fprintf(stderr, "cio-relay bench: --ordering: %q is not off, on or both\n", ordering)
+		return 2
+	}
 	cfg.Worker = worker.Options{
+		Ordering:        ordering == "on",
 		SendConcurrency: sendConc,
 		MaxAckPending:   maxAck,
 		StreamReplicas:  replicas,

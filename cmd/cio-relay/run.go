@@ -105,6 +105,7 @@ func serve(ctx context.Context, cfg *config.Config, log *slog.Logger, stdout io.
 		BatchMaxCalls:    cfg.Batch.MaxCalls,
 		FlushInterval:    cfg.Batch.FlushInterval,
 		SendConcurrency:  cfg.Send.Concurrency,
+		Ordering:         cfg.Send.Ordering,
 		NakDelay:         cfg.Queue.NakDelay,
 		RetryInitial:     cfg.Send.RetryInitialInterval,
 		RetryMaxInterval: cfg.Send.RetryMaxInterval,

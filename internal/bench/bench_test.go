@@ -343,3 +343,56 @@ func TestThousands(t *testing.T) {
 		}
 	}
 }
+
+// TestBenchCompareOrdering: with CompareOrdering the backlog is drained a
+// second time ordered, every call arriving once, and the latency scenarios
+// gain the hot-key one, whose other persons' p99 is measured.
+func TestBenchCompareOrdering(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts a NATS server and the worker")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	var progress bytes.Buffer
+	r, err := Run(ctx, Config{
+		Events:          3_000,
+		StoreDir:        t.TempDir(),
+		SkipBare:        true,
+		CompareOrdering: true,
+		LatencyRates:    []int{500},
+		LatencyCorpora:  []Corpus{CorpusSmall},
+		LatencyDuration: time.Second,
+		StallTimeout:    30 * time.Second,
+		Progress:        &progress,
+	})
+	if err != nil {
+		t.Fatalf("Run: %v\n%s", err, progress.String())
+	}
+	if r.Ordered == nil || r.OrderedBatches.DistinctArrived != 3_000 || r.OrderedBatches.Duplicates != 0 || r.OrderedRatio <= 0 {
+		t.Fatalf("ordered phase: %+v, batches %+v, ratio %v", r.Ordered, r.OrderedBatches, r.OrderedRatio)
+	}
+	if len(r.Latency) != 2 || r.Latency[1].Corpus != CorpusHotKey || r.Latency[1].P99OtherKeys <= 0 {
+		t.Fatalf("latency scenarios: %+v", r.Latency)
+	}
+	var table strings.Builder
+	if err := r.WriteTable(&table); err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{"ordered/unordered:", "p99 of the other persons' calls", "ordered vs unordered throughput"} {
+		if !strings.Contains(table.String(), want) {
+			t.Errorf("table lacks %q:\n%s", want, table.String())
+		}
+	}
+}
+
+// TestHotKeyCorpus: every fifth call is the hot person's, the others are
+// spread.
+func TestHotKeyCorpus(t *testing.T) {
+	g := newCorpusGenerator(5, "x-", CorpusHotKey)
+	for i := range 50 {
+		_, body := g.next(i)
+		if hot := bytes.Contains(body, []byte(`"userId":"hot"`)); hot != hotCall(i) {
+			t.Fatalf("call %d hot=%v: %s", i, hot, body)
+		}
+	}
+}

@@ -60,13 +60,22 @@ const (
 	// where the call cap (2,000), not the 500,000-byte limit, closes a
 	// batch, and the one a latency target must hold for too.
 	CorpusSmall Corpus = "small"
+	// CorpusHotKey is CorpusSmall with one person ("hot") making a fifth
+	// of the calls (every fifth): with ordering, that person's calls share
+	// one lane, and the other persons' latency shows whether it stalls
+	// them.
+	CorpusHotKey Corpus = "hotkey"
 )
+
+// hotCall reports whether call i of CorpusHotKey is the hot person's.
+func hotCall(i int) bool { return i%5 == 0 }
 
 // generator produces the bench's calls: deterministic for a seed, each
 // with a messageId of idPrefix followed by its index.
 type generator struct {
 	rng      *rand.Rand
-	small    bool // CorpusSmall
+	small    bool // CorpusSmall or CorpusHotKey
+	hot      bool // CorpusHotKey
 	idPrefix string
 	base     time.Time
 	filler   []byte // ASCII text padding is cut from
@@ -85,7 +94,8 @@ func newCorpusGenerator(seed uint64, idPrefix string, c Corpus) *generator {
 	}
 	return &generator{
 		rng:      rng,
-		small:    c == CorpusSmall,
+		small:    c == CorpusSmall || c == CorpusHotKey,
+		hot:      c == CorpusHotKey,
 		idPrefix: idPrefix,
 		base:     time.Date(2026, 11, 29, 0, 0, 0, 0, time.UTC),
 		filler:   filler,
@@ -182,8 +192,13 @@ func (g *generator) next(i int) (string, []byte) {
 // messageId and nothing else.
 func (g *generator) nextSmall(i int, t event.Type) []byte {
 	b := make([]byte, 0, 128)
-	b = strconv.AppendInt(append(b, `{"userId":"u`...), int64(g.rng.IntN(5_000_000)), 10)
-	b = append(b, '"')
+	user := g.rng.IntN(5_000_000)
+	if g.hot && hotCall(i) {
+		b = append(b, `{"userId":"hot"`...)
+	} else {
+		b = strconv.AppendInt(append(b, `{"userId":"u`...), int64(user), 10)
+		b = append(b, '"')
+	}
 	switch t {
 	case event.Track:
 		b = append(append(append(b, `,"event":"`...), trackEvents[g.rng.IntN(len(trackEvents))]...), '"')

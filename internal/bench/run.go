@@ -62,6 +62,12 @@ type Config struct {
 	// Worker overrides the worker's options; zero fields keep the worker's
 	// defaults. Stream and ManageStreams are always set by the run.
 	Worker worker.Options
+	// CompareOrdering drains the backlog twice: first unordered (the
+	// headline, Worker.Ordering off), then ordered (Worker.Ordering on, its
+	// own consumer), reporting the ratio; the latency scenarios then run on
+	// the ordered worker, with a hot-key scenario (CorpusHotKey) added at
+	// the first rate.
+	CompareOrdering bool
 
 	// StallTimeout fails the run when a phase makes no progress for this
 	// long; default 60s.
@@ -262,23 +268,57 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 
 	// 3. cio-relay on the same backlog.
 	r.SyncSeconds += timeSync()
-	prog("cio-relay: deliver %d events…", cfg.Events)
+	if cfg.CompareOrdering {
+		cfg.Worker.Ordering = false
+	}
+	prog("cio-relay: deliver %d events (ordering %v)…", cfg.Events, cfg.Worker.Ordering)
 	wr, err := startWorker(ctx, url, si, cfg)
 	if err != nil {
 		return nil, err
 	}
-	defer wr.stop() // after an error; the normal path stops it below
+	defer func() { _ = wr.stop() }() // after an error; the normal path stops it below
 	if err := r.workerPhase(ctx, si, wr, cfg, pid); err != nil {
 		return nil, fmt.Errorf("cio-relay: %w", err)
 	}
 	prog("cio-relay: %.2fs (%.0f events/s), %d requests, mean fill %.1f%%", r.Worker.Seconds, r.Worker.EventsPerSec,
 		r.Batches.Requests, 100*r.Batches.MeanFill)
+	if cfg.CompareOrdering {
+		// The same backlog again, ordered, from a consumer of its own.
+		if err := wr.stop(); err != nil {
+			return nil, err
+		}
+		r.SyncSeconds += timeSync()
+		ordered := cfg
+		ordered.Worker.Ordering = true
+		ordered.Worker.Consumer = "cio-relay-ordered"
+		ordered.CPUProfile, ordered.Trace, ordered.MemProfile, ordered.MemProfileBase = nil, nil, nil, nil
+		prog("cio-relay ordered: deliver %d events…", cfg.Events)
+		if wr, err = startWorker(ctx, url, si, ordered); err != nil {
+			return nil, err
+		}
+		var or Result
+		or.PublishedBytes = r.PublishedBytes
+		if err := or.workerPhase(ctx, si, wr, ordered, pid); err != nil {
+			return nil, fmt.Errorf("cio-relay ordered: %w", err)
+		}
+		or.Worker.Name = "cio-relay ord"
+		r.Ordered = &or.Worker
+		r.OrderedBatches = &or.Batches
+		prog("cio-relay ordered: %.2fs (%.0f events/s; first batch at %.0f ms, last full batch at %.2fs), %d requests, mean fill %.1f%%", or.Worker.Seconds, or.Worker.EventsPerSec, 1e3*or.WorkerFirstCallSeconds, or.WorkerBacklogSeconds,
+			or.Batches.Requests, 100*or.Batches.MeanFill)
+		if len(cfg.LatencyRates) > 0 && cfg.LatencyDuration > 0 && !slices.Contains(cfg.LatencyCorpora, CorpusHotKey) {
+			cfg.LatencyCorpora = append(slices.Clone(cfg.LatencyCorpora), CorpusHotKey)
+		}
+	}
 
 	// 4. Latency at fixed rates, the worker still running.
-	for _, rate := range cfg.LatencyRates {
+	for i, rate := range cfg.LatencyRates {
 		for _, corpus := range cfg.LatencyCorpora {
 			if cfg.LatencyDuration <= 0 {
 				break
+			}
+			if corpus == CorpusHotKey && i > 0 {
+				continue // one hot-key scenario, at the first rate
 			}
 			prog("latency: %d %s events/s for %v…", rate, corpus, cfg.LatencyDuration)
 			l, err := runLatency(ctx, pubJS, si, wr, cfg, rate, corpus, pid)
@@ -747,10 +787,15 @@ func runLatency(ctx context.Context, js jetstream.JetStream, si *standIn, wr *ru
 	}
 	p := m.end(si.start.Add(time.Duration(t.complete.Load())), n, pubBytes)
 	lat := make([]int64, n)
+	var others []int64 // CorpusHotKey: the calls of every key but the hot one
 	for i := range n {
 		lat[i] = t.arrived[i].Load() - published[i]
+		if corpus == CorpusHotKey && !hotCall(i) {
+			others = append(others, lat[i])
+		}
 	}
 	slices.Sort(lat)
+	slices.Sort(others)
 	q := func(f float64) float64 {
 		return float64(lat[min(n-1, int(f*float64(n)))]) / 1e9
 	}
@@ -771,6 +816,9 @@ func runLatency(ctx context.Context, js jetstream.JetStream, si *standIn, wr *ru
 		Mean:          float64(sum) / float64(n) / 1e9,
 		Phase:         p,
 		Batches:       t.stats(),
+	}
+	if len(others) > 0 {
+		l.P99OtherKeys = float64(others[min(len(others)-1, int(0.99*float64(len(others))))]) / 1e9
 	}
 	if p.Seconds > 0 {
 		l.RequestsPerSec = float64(l.Batches.Requests) / p.Seconds
