@@ -124,7 +124,10 @@ func TestOutageSplitsBounded(t *testing.T) {
 	opts := fastOptions()
 	opts.BatchMaxCalls, opts.FlushInterval = n, 300*time.Millisecond
 	opts.MaxDeliver, opts.RetryMaxElapsed = 3, worker.NoRetry
-	e.runWorker(t, opts, 0)
+	// Published before the worker starts, so the first delivery is one
+	// batch (see createStream): a worker already running would send the
+	// calls as they come, once the consumer has nothing pending.
+	e.createStream(t)
 	r := rand.New(rand.NewPCG(53, 59))
 	var msgs []published
 	for i := range n {
@@ -133,6 +136,7 @@ func TestOutageSplitsBounded(t *testing.T) {
 		msgs = append(msgs, published{subject: typ.Subject(), body: makeCall(r, typ, id, 200+r.IntN(300), true), key: id, valid: true})
 	}
 	e.publishAll(t, msgs)
+	e.runWorker(t, opts, 0)
 	waitDeadLetters(t, e.js, n, 60*time.Second)
 	waitSettled(t, e.js, 60*time.Second)
 	reqs := len(e.cio.Requests())

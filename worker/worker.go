@@ -461,7 +461,12 @@ func (w *Worker) read(ctx context.Context, in *intake, leases *leases[*held], ca
 			w.ord.add(h, pin, drained(h.msg) && in.empty())
 			continue
 		}
-		calls <- batcher.Call[*held]{Data: h.call, Item: h, Drained: drained(h.msg) && in.empty()}
+		// A redelivery is no sign of a drained consumer: after a failure
+		// the nakked calls come back one by one as their delays end, and
+		// lingering on each would send them in many small requests just
+		// as Customer.io recovers. The flush interval gathers them; they
+		// have waited a nak delay already.
+		calls <- batcher.Call[*held]{Data: h.call, Item: h, Drained: h.deliveries == 1 && drained(h.msg) && in.empty()}
 	}
 }
 
