@@ -132,7 +132,10 @@ func TestThreeReplicasPaceEachBroadcastGlobally(t *testing.T) {
 // no longer pacing globally.
 func TestTriggersPacedPerReplicaWhenThePaceBucketIsGone(t *testing.T) {
 	e := newEnv(t, ciotest.Options{AppKey: "app-key", Now: scaledClock()})
-	_, reg := e.runWorker(t, triggerOptions(appClient(t, e)), 0)
+	w, reg := e.runWorker(t, triggerOptions(appClient(t, e)), 0)
+	// runWorker waits for the batch consumer; the buckets are made after
+	// it, so wait until the worker has bound everything.
+	waitReady(t, w)
 	ctx := context.Background()
 	if err := e.js.DeleteKeyValue(ctx, worker.TurnsBucket("CIO")); err != nil {
 		t.Fatal(err)
