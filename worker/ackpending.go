@@ -16,19 +16,24 @@ import (
 // means the consumer is drained: the batcher may send the open batch after
 // its linger (batcher.Call.Drained) instead of waiting the flush interval.
 func parseAckPending(reply string) (pending uint64, ok bool) {
+	return ackToken(reply, 6, 8)
+}
+
+// ackToken reads the numeric token at index short (in the short form of a
+// JetStream ack subject, 7 tokens after "$JS.ACK.") or long (in the form
+// with domain and account hash, 9 or 10 tokens) without allocating.
+func ackToken(reply string, short, long int) (uint64, bool) {
 	const prefix = "$JS.ACK."
 	if !strings.HasPrefix(reply, prefix) {
 		return 0, false
 	}
-	// Tokens after "$JS.ACK.": 7 in the short form, 9 or 10 in the long one.
 	rest := reply[len(prefix):]
-	n := strings.Count(rest, ".") + 1
 	var idx int
-	switch n {
+	switch strings.Count(rest, ".") + 1 {
 	case 7:
-		idx = 6
+		idx = short
 	case 9, 10:
-		idx = 8
+		idx = long
 	default:
 		return 0, false
 	}
@@ -38,9 +43,6 @@ func parseAckPending(reply string) (pending uint64, ok bool) {
 	if i := strings.IndexByte(rest, '.'); i >= 0 {
 		rest = rest[:i]
 	}
-	p, err := strconv.ParseUint(rest, 10, 64)
-	if err != nil {
-		return 0, false
-	}
-	return p, true
+	n, err := strconv.ParseUint(rest, 10, 64)
+	return n, err == nil
 }

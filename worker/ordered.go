@@ -4,8 +4,6 @@ import (
 	"context"
 	"fmt"
 	"slices"
-	"strconv"
-	"strings"
 	"sync"
 	"time"
 
@@ -532,26 +530,5 @@ func (o *ordered) takeLocked(l *lane) (batch []*held, tooLarge *held, wait time.
 // parseAckCseq reads the consumer sequence (the delivery's own number)
 // from a JetStream ack subject; see parseAckPending for the forms.
 func parseAckCseq(reply string) (uint64, bool) {
-	const prefix = "$JS.ACK."
-	if !strings.HasPrefix(reply, prefix) {
-		return 0, false
-	}
-	rest := reply[len(prefix):]
-	var idx int
-	switch strings.Count(rest, ".") + 1 {
-	case 7:
-		idx = 4
-	case 9, 10:
-		idx = 6
-	default:
-		return 0, false
-	}
-	for range idx {
-		rest = rest[strings.IndexByte(rest, '.')+1:]
-	}
-	if i := strings.IndexByte(rest, '.'); i >= 0 {
-		rest = rest[:i]
-	}
-	c, err := strconv.ParseUint(rest, 10, 64)
-	return c, err == nil
+	return ackToken(reply, 4, 6)
 }
