@@ -110,7 +110,7 @@ func (b *containerBackend) start(ctx context.Context) (listen, error) {
 
 	var errs []error
 	for range startAttempts {
-		l, err := b.freePorts()
+		l, err := freePorts(b.node)
 		if err != nil {
 			return listen{}, err
 		}
@@ -131,22 +131,6 @@ func (b *containerBackend) start(ctx context.Context) (listen, error) {
 		}
 	}
 	return listen{}, fmt.Errorf("running image %s: %w", b.image, errors.Join(errs...))
-}
-
-// freePorts picks the ports of a first start: the client port, and for a
-// cluster node the route port too.
-func (b *containerBackend) freePorts() (listen, error) {
-	var l listen
-	var err error
-	if l.client, err = freePort(); err != nil {
-		return listen{}, err
-	}
-	if b.node != nil {
-		if l.cluster, err = freePort(); err != nil {
-			return listen{}, err
-		}
-	}
-	return l, nil
 }
 
 // args are nats-server's arguments for a server listening on l.

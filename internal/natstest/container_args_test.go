@@ -65,7 +65,7 @@ func TestContainerArgsParseAsNatsServerFlags(t *testing.T) {
 func TestContainerArgsStartAJetStreamNode(t *testing.T) {
 	t.Parallel()
 	b := newContainerBackend(t, "img", &clusterNode{cluster: "c", name: "n0"})
-	l, err := b.freePorts()
+	l, err := freePorts(b.node)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -26,6 +26,10 @@
 // them; the first routes to itself, as JetStream needs a configured
 // route), so every port is picked when its node first starts.
 //
+// Ports are picked below the kernel's ephemeral range, which outgoing
+// connections draw from: a port there could be taken by any client while
+// its node is down, and the restart, which must keep the port, would fail.
+//
 // # Where the server runs
 //
 // The environment variable CIO_RELAY_NATS chooses how the servers are run

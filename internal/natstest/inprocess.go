@@ -5,7 +5,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"net"
 	"strings"
 	"sync"
 	"time"
@@ -26,44 +25,56 @@ func newInProcessBackend(storeDir string, node *clusterNode) *inProcessBackend {
 	return &inProcessBackend{storeDir: storeDir, node: node, logs: &logBuffer{}}
 }
 
-// orRandom is port, or server.RANDOM_PORT before the first start picks one.
-// The server binds a random port itself: unlike picking one and passing it
-// on, nothing can take it in between.
-func orRandom(port int) int {
-	if port == 0 {
-		return server.RANDOM_PORT
+// errBind is a start that failed because a port was taken: the server
+// logs it as fatal and keeps running without that listener.
+var errBind = errors.New("nats-server could not bind its ports")
+
+// start starts the server. The first start picks the ports, below the
+// ephemeral range (see freePort), and tries new ones when another process
+// took one in between; later starts reuse them, as a cluster's routes and
+// its clients' URLs need.
+func (b *inProcessBackend) start(ctx context.Context) (listen, error) {
+	if b.listen.client != 0 {
+		return b.startOn(ctx, b.listen)
 	}
-	return port
+	var errs []error
+	for range startAttempts {
+		l, err := freePorts(b.node)
+		if err != nil {
+			return listen{}, err
+		}
+		l, err = b.startOn(ctx, l)
+		if err == nil {
+			return l, nil
+		}
+		errs = append(errs, fmt.Errorf("ports %s: %w", l, err))
+		if !errors.Is(err, errBind) {
+			break
+		}
+	}
+	return listen{}, errors.Join(errs...)
 }
 
-func (b *inProcessBackend) start(ctx context.Context) (listen, error) {
+// startOn starts the server on the ports of l.
+func (b *inProcessBackend) startOn(ctx context.Context, l listen) (listen, error) {
 	opts := &server.Options{
 		Host:      host,
-		Port:      orRandom(b.listen.client),
+		Port:      l.client,
 		JetStream: true,
 		StoreDir:  b.storeDir,
 		// The test binary owns its signals.
 		NoSigs: true,
 	}
 	if n := b.node; n != nil {
-		port := b.listen.cluster
-		if port == 0 && len(n.routes) == 0 {
-			// The first node routes to itself, so it needs its port before
-			// it binds it: picked here, with the small risk freePort
-			// describes. The others bind a random one.
-			var err error
-			if port, err = freePort(); err != nil {
-				return listen{}, err
-			}
-		}
 		opts.ServerName = n.name
-		opts.Cluster = server.ClusterOpts{Name: n.cluster, Host: host, Port: orRandom(port)}
-		opts.Routes = server.RoutesFromStr(strings.Join(n.routesFor(port), ","))
+		opts.Cluster = server.ClusterOpts{Name: n.cluster, Host: host, Port: l.cluster}
+		opts.Routes = server.RoutesFromStr(strings.Join(n.routesFor(l.cluster), ","))
 	}
 	srv, err := server.NewServer(opts)
 	if err != nil {
-		return listen{}, fmt.Errorf("configuring nats-server: %w", err)
+		return l, fmt.Errorf("configuring nats-server: %w", err)
 	}
+	fatals := b.logs.fatals()
 	srv.SetLoggerV2(b.logs, false, false, false)
 	srv.Start()
 
@@ -71,10 +82,8 @@ func (b *inProcessBackend) start(ctx context.Context) (listen, error) {
 	if deadline, ok := ctx.Deadline(); ok {
 		timeout = time.Until(deadline)
 	}
-	switch {
-	case !srv.ReadyForConnections(timeout):
-		err = fmt.Errorf("nats-server not ready for connections within %v", timeout)
-	case !srv.JetStreamEnabled():
+	err = b.awaitReady(srv, timeout, fatals)
+	if err == nil && !srv.JetStreamEnabled() {
 		// JetStream is enabled before the listener opens, so a ready server
 		// without it has failed to start JetStream; its log says why.
 		err = errors.New("nats-server started without JetStream")
@@ -82,14 +91,29 @@ func (b *inProcessBackend) start(ctx context.Context) (listen, error) {
 	if err != nil {
 		srv.Shutdown()
 		srv.WaitForShutdown()
-		return listen{}, err
+		return l, err
 	}
-	b.srv = srv
-	b.listen.client = srv.Addr().(*net.TCPAddr).Port
-	if b.node != nil {
-		b.listen.cluster = srv.ClusterAddr().Port
+	b.srv, b.listen = srv, l
+	return l, nil
+}
+
+// awaitReady returns once srv accepts clients and, on a cluster node,
+// routes; or errBind as soon as the server logs a fatal error (a listener
+// it could not open) after the fatals it had logged before this start.
+func (b *inProcessBackend) awaitReady(srv *server.Server, timeout time.Duration, fatals int) error {
+	deadline := time.Now().Add(timeout)
+	for {
+		if b.logs.fatals() > fatals {
+			return fmt.Errorf("%w: %s", errBind, b.logs.lastFatal())
+		}
+		ready := srv.ReadyForConnections(pollInterval)
+		if ready && (b.node == nil || srv.ClusterAddr() != nil) {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("nats-server not ready for connections within %v", timeout)
+		}
 	}
-	return b.listen, nil
 }
 
 func (b *inProcessBackend) stop(context.Context) error {
@@ -122,9 +146,11 @@ const maxLogBytes = 1 << 20
 // logBuffer is a server.Logger that keeps the log in memory, so that it is
 // shown only when a test fails.
 type logBuffer struct {
-	mu      sync.Mutex
-	buf     bytes.Buffer
-	dropped int
+	mu        sync.Mutex
+	buf       bytes.Buffer
+	dropped   int
+	nFatal    int
+	fatalLine string
 }
 
 var _ server.Logger = (*logBuffer)(nil)
@@ -132,6 +158,10 @@ var _ server.Logger = (*logBuffer)(nil)
 func (l *logBuffer) printf(level, format string, v ...any) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
+	if level == fatalLevel {
+		l.nFatal++
+		l.fatalLine = fmt.Sprintf(format, v...)
+	}
 	if l.buf.Len() >= maxLogBytes {
 		l.dropped++
 		return
@@ -139,6 +169,24 @@ func (l *logBuffer) printf(level, format string, v ...any) {
 	l.buf.WriteString(level)
 	fmt.Fprintf(&l.buf, format, v...)
 	l.buf.WriteByte('\n')
+}
+
+// fatalLevel prefixes the fatal lines, which are counted: an embedded
+// server that cannot bind a port logs it as fatal and runs on.
+const fatalLevel = "[FTL] "
+
+// fatals returns how many fatal lines were logged.
+func (l *logBuffer) fatals() int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.nFatal
+}
+
+// lastFatal returns the last fatal line logged.
+func (l *logBuffer) lastFatal() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.fatalLine
 }
 
 func (l *logBuffer) String() string {
@@ -152,7 +200,7 @@ func (l *logBuffer) String() string {
 
 func (l *logBuffer) Noticef(format string, v ...any) { l.printf("[INF] ", format, v...) }
 func (l *logBuffer) Warnf(format string, v ...any)   { l.printf("[WRN] ", format, v...) }
-func (l *logBuffer) Fatalf(format string, v ...any)  { l.printf("[FTL] ", format, v...) }
+func (l *logBuffer) Fatalf(format string, v ...any)  { l.printf(fatalLevel, format, v...) }
 func (l *logBuffer) Errorf(format string, v ...any)  { l.printf("[ERR] ", format, v...) }
 func (l *logBuffer) Debugf(format string, v ...any)  { l.printf("[DBG] ", format, v...) }
 func (l *logBuffer) Tracef(format string, v ...any)  { l.printf("[TRC] ", format, v...) }

@@ -288,18 +288,6 @@ func announce(t testing.TB, kind, reason string) {
 	}
 }
 
-// freePort returns a port on 127.0.0.1 that nothing listens on right now.
-// Another process may take it before the server binds it; the container
-// backend retries with a new port when that happens.
-func freePort() (int, error) {
-	l, err := net.Listen("tcp", net.JoinHostPort(host, "0"))
-	if err != nil {
-		return 0, fmt.Errorf("finding a free port: %w", err)
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port, nil
-}
-
 // pollInterval is how often readiness is checked while a server starts.
 const pollInterval = 50 * time.Millisecond
 
