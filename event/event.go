@@ -3,6 +3,7 @@ package event
 import (
 	"bytes"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"strconv"
 	"strings"
@@ -105,9 +106,9 @@ func invalid(r Reason, format string, args ...any) *InvalidError {
 // ready to use; it keeps a scratch buffer between calls, so it is not safe
 // for concurrent use.
 type Preparer struct {
-	scratch []byte
-	members []int32 // where each top-level member of scratch begins
-	key     uint64  // KeyHash of the call last prepared
+	scratch []byte // the compacted body, when it had whitespace to drop
+	spans   spans  // where the fields validation reads lie in it
+	key     uint64 // KeyHash of the call last prepared
 }
 
 // KeyHash returns a 64-bit hash of the person key of the call the last
@@ -200,24 +201,22 @@ func (p *Preparer) PrepareAt(dst []byte, t Type, body []byte, id ID, published t
 	if t == Unknown {
 		return dst, StampNone, invalid(ReasonUnknownType, "no batchable call type for this subject")
 	}
-	if !utf8.Valid(body) {
-		return dst, StampNone, invalid(ReasonInvalidUTF8, "body is not valid UTF-8")
-	}
-	p.members = p.members[:0]
-	c, err := appendCompactMembers(p.scratch[:0], body, &p.members)
+	// One pass validates the syntax and the UTF-8, compacts, and finds the
+	// fields; c is body itself when it was compact already.
+	c, scratch, err := compact(p.scratch[:0], body, &p.spans)
+	p.scratch = scratch
 	if err != nil {
-		// Rare: let encoding/json say where and why.
-		var b bytes.Buffer
-		return dst, StampNone, invalid(ReasonInvalidJSON, "%v", json.Compact(&b, body))
+		return dst, StampNone, syntaxError(body, err)
 	}
-	p.scratch = c
-	if len(c) == 0 || c[0] != '{' {
+	if c[0] != '{' {
 		return dst, StampNone, invalid(ReasonInvalidJSON, "body must be a JSON object")
 	}
-	var f fields
-	if err := scanObject(c, p.members, &f); err != nil {
-		return dst, StampNone, err
+	if d := p.spans.dup; d != noField {
+		// Parsers disagree on which of two values wins; a call whose
+		// meaning depends on that is rejected.
+		return dst, StampNone, invalid(ReasonInvalidField, "field %q appears more than once", fieldNames[d])
 	}
+	f := p.spans.fields(c)
 	if err := f.validate(t); err != nil {
 		return dst, StampNone, err
 	}
@@ -462,104 +461,28 @@ func truncate(s string) string {
 	return s[:max] + "…"
 }
 
-// scanObject reads the members of c, a compacted and valid JSON object
-// whose members begin at the offsets members lists (appendCompactMembers),
-// and records the values validation needs. A key written with escapes
-// ("user\u0049d") is decoded first, as Customer.io's parser would.
-func scanObject(c []byte, members []int32, f *fields) error {
-	for m, kStart := range members {
-		// A member ends at the comma before the next, the last at the
-		// object's closing brace.
-		vEnd := len(c) - 1
-		if m+1 < len(members) {
-			vEnd = int(members[m+1]) - 1
-		}
-		kEnd := endOfString(c, int(kStart))
-		key := c[kStart+1 : kEnd-1]
-		val := c[kEnd+1 : vEnd] // past ':'
-		if bytes.IndexByte(key, '\\') >= 0 {
-			k, _ := stringValue(c[kStart:kEnd])
-			key = []byte(k)
-		}
-		var slot *[]byte
-		switch string(key) {
-		case "type":
-			slot = &f.typ
-		case "userId":
-			slot = &f.userID
-		case "anonymousId":
-			slot = &f.anonymousID
-		case "event":
-			slot = &f.event
-		case "name":
-			slot = &f.name
-		case "groupId":
-			slot = &f.groupID
-		case "previousId":
-			slot = &f.previousID
-		case "messageId":
-			slot = &f.messageID
-		case "traits":
-			slot = &f.traits
-		case "properties":
-			slot = &f.properties
-		case "context":
-			slot = &f.context
-		case "integrations":
-			slot = &f.integrations
-		case "timestamp":
-			slot = &f.timestamp
-		case "sentAt":
-			slot = &f.sentAt
-		case "originalTimestamp":
-			slot = &f.originalTimestamp
-		}
-		if slot != nil {
-			if *slot != nil {
-				// Parsers disagree on which of two values wins; a call
-				// whose meaning depends on that is rejected.
-				return invalid(ReasonInvalidField, "field %q appears more than once", key)
-			}
-			*slot = val
-		}
-	}
-	return nil
-}
-
-// endOfString returns the index just past the string starting at c[i].
-// c is valid JSON, so only a quote or a backslash can stop the scan.
-func endOfString(c []byte, i int) int {
-	j := i + 1
-	for {
-		for !strClass[c[j]] {
-			j++
-		}
-		if c[j] == '"' {
-			return j + 1
-		}
-		j += 2 // a backslash and the character it escapes
-	}
-}
-
 // MessageIDOf returns the messageId a body carries, if it is a JSON object
 // with a non-empty string messageId. It is for the rare paths (dead-lettering)
 // that need the id without preparing the call.
 func MessageIDOf(body []byte) (string, bool) {
-	if !utf8.Valid(body) {
+	var sp spans
+	c, _, err := compact(nil, body, &sp)
+	if err != nil || c[0] != '{' || sp.dup != noField || sp.set&(1<<fieldMessageID) == 0 {
 		return "", false
 	}
-	var members []int32
-	c, err := appendCompactMembers(nil, body, &members)
-	if err != nil {
-		return "", false
-	}
-	if len(c) == 0 || c[0] != '{' {
-		return "", false
-	}
-	var f fields
-	if err := scanObject(c, members, &f); err != nil || f.messageID == nil {
-		return "", false
-	}
-	s, ok := stringValue(f.messageID)
+	s, ok := stringValue(sp.fields(c).messageID)
 	return s, ok && s != ""
+}
+
+// syntaxError is the *InvalidError for a body compact refused with err.
+// Invalid UTF-8 anywhere outranks a syntax error, as it did when UTF-8 was
+// checked first: on errSyntax the scan stopped early, so the rest of the
+// body is checked now. Both are rare, and only then does this allocate.
+func syntaxError(body []byte, err error) *InvalidError {
+	if errors.Is(err, errUTF8) || !utf8.Valid(body) {
+		return invalid(ReasonInvalidUTF8, "body is not valid UTF-8")
+	}
+	// Let encoding/json say where and why.
+	var b bytes.Buffer
+	return invalid(ReasonInvalidJSON, "%v", json.Compact(&b, body))
 }
