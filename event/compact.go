@@ -112,46 +112,12 @@ type spans struct {
 	dup field
 }
 
-// fields returns the recorded values as slices of c, the compacted output.
-func (s *spans) fields(c []byte) fields {
-	var f fields
+// fill sets in f the recorded values, as slices of c, the compacted output.
+func (s *spans) fill(f *fields, c []byte) {
 	for set := s.set; set != 0; set &= set - 1 {
-		i := field(bits.TrailingZeros16(set))
-		v := c[s.at[i][0]:s.at[i][1]:s.at[i][1]]
-		switch i {
-		case fieldType:
-			f.typ = v
-		case fieldUserID:
-			f.userID = v
-		case fieldAnonymousID:
-			f.anonymousID = v
-		case fieldEvent:
-			f.event = v
-		case fieldName:
-			f.name = v
-		case fieldGroupID:
-			f.groupID = v
-		case fieldPreviousID:
-			f.previousID = v
-		case fieldMessageID:
-			f.messageID = v
-		case fieldTraits:
-			f.traits = v
-		case fieldProperties:
-			f.properties = v
-		case fieldContext:
-			f.context = v
-		case fieldIntegrations:
-			f.integrations = v
-		case fieldTimestamp:
-			f.timestamp = v
-		case fieldSentAt:
-			f.sentAt = v
-		case fieldOriginalTimestamp:
-			f.originalTimestamp = v
-		}
+		i := bits.TrailingZeros16(set)
+		f[i] = c[s.at[i][0]:s.at[i][1]:s.at[i][1]]
 	}
-	return f
 }
 
 // appendCompact validates src as one JSON value and appends it to dst
@@ -198,22 +164,48 @@ func compact(buf, src []byte, sp *spans) (c, _ []byte, err error) {
 	}
 	from := i // start of the run of src not yet in buf
 	// The offset in c of src[i] is len(buf)-base + i-from. No closures: they
-	// would keep i and buf out of registers.
+	// would keep i and buf out of registers. Whitespace is tested for only
+	// where the expected byte is not there, as the last case.
 	pending := noField // the field whose value is being read
 	var vStart int
 	if sp != nil {
 		sp.set, sp.dup = 0, noField
 	}
+value:
+	// A value is expected at src[i].
 	for {
-		// A value is expected at src[i].
-		if i < n && isSpace(src[i]) {
-			buf, i = dropSpace(buf, src, from, i)
-			from = i
-		}
 		if i >= n {
 			return nil, buf[:base], errSyntax
 		}
 		switch ch := src[i]; {
+		case ch == '"':
+			// scanString, written out: a call would make every value live
+			// here go to the stack and back.
+			j := i + 1
+			for {
+				if j+8 > n {
+					j, _ = scanStringSlow(src, j)
+					break
+				}
+				x := binary.LittleEndian.Uint64(src[j:])
+				m := stopMask(x)
+				if m == 0 {
+					j += 8
+					continue
+				}
+				k := bits.TrailingZeros64(m)
+				if j += k >> 3; byte(x>>(k&^7)) == '"' {
+					j++
+					break
+				}
+				j, _ = scanStringSlow(src, j)
+				break
+			}
+			if j < 0 {
+				return nil, buf[:base], scanErr(j)
+			}
+			i = j
+			goto closed
 		case ch == '{' || ch == '[':
 			if len(st) >= maxDepth {
 				return nil, buf[:base], errSyntax
@@ -229,110 +221,114 @@ func compact(buf, src []byte, sp *spans) (c, _ []byte, err error) {
 			}
 			st = append(st, ch)
 			if ch == '{' {
-				if i >= n || src[i] != '"' {
-					return nil, buf[:base], errSyntax
-				}
 				goto key
 			}
-			continue
-		case ch == '"':
-			j, _ := scanString(src, i)
-			if j < 0 {
-				return nil, buf[:base], scanErr(j)
-			}
-			i = j
 		case ch == '-' || (ch >= '0' && ch <= '9'):
 			j, ok := scanNumber(src, i)
 			if !ok {
 				return nil, buf[:base], errSyntax
 			}
 			i = j
-		case ch == 't':
-			if !hasLit(src, i, "true") {
-				return nil, buf[:base], errSyntax
-			}
+			goto closed
+		case ch == 't' && hasLit(src, i, "true"), ch == 'n' && hasLit(src, i, "null"):
 			i += 4
-		case ch == 'f':
-			if !hasLit(src, i, "false") {
-				return nil, buf[:base], errSyntax
-			}
+			goto closed
+		case ch == 'f' && hasLit(src, i, "false"):
 			i += 5
-		case ch == 'n':
-			if !hasLit(src, i, "null") {
-				return nil, buf[:base], errSyntax
-			}
-			i += 4
+			goto closed
+		case isSpace(ch):
+			buf, i = dropSpace(buf, src, from, i)
+			from = i
 		default:
 			return nil, buf[:base], errSyntax
 		}
-	closed:
-		// A value ended at src[i]: close containers or expect the next
-		// member.
-		for {
-			if len(st) == 0 {
-				// The whole value: trailing whitespace is dropped without
-				// copying anything.
-				end := i
-				for i < n && isSpace(src[i]) {
-					i++
-				}
-				if i != n {
-					return nil, buf[:base], errSyntax
-				}
-				// Every run appended to buf is at least one byte, so an
-				// unchanged buf means nothing was copied.
-				if len(buf) == base {
-					return src[from:end:end], buf, nil
-				}
-				buf = append(buf, src[from:end]...)
-				return buf[base:], buf, nil
+	}
+closed:
+	// A value ended at src[i]: close containers or expect the next member.
+	for {
+		if len(st) == 0 {
+			// The whole value: trailing whitespace is dropped without
+			// copying anything.
+			end := i
+			for i < n && isSpace(src[i]) {
+				i++
 			}
-			if len(st) == 1 && pending != noField {
-				sp.at[pending] = [2]int32{int32(vStart), int32(len(buf) - base + i - from)}
-				pending = noField
-			}
-			if i < n && isSpace(src[i]) {
-				buf, i = dropSpace(buf, src, from, i)
-				from = i
-			}
-			if i >= n {
+			if i != n {
 				return nil, buf[:base], errSyntax
 			}
-			top := st[len(st)-1]
-			switch src[i] {
-			case ',':
-				i++
-				if top == '{' {
-					if i < n && isSpace(src[i]) {
-						buf, i = dropSpace(buf, src, from, i)
-						from = i
-					}
-					if i >= n || src[i] != '"' {
-						return nil, buf[:base], errSyntax
-					}
-					goto key
-				}
-				goto value
-			case top + 2:
-				i++
-				st = st[:len(st)-1]
-				continue
-			default:
-				return nil, buf[:base], errSyntax
+			// Every run appended to buf is at least one byte, so an
+			// unchanged buf means nothing was copied.
+			if len(buf) == base {
+				return src[from:end:end], buf, nil
 			}
+			buf = append(buf, src[from:end]...)
+			return buf[base:], buf, nil
 		}
-	key:
-		{
-			k := i
-			j, esc := scanString(src, i)
-			if j < 0 {
-				return nil, buf[:base], scanErr(j)
+		if len(st) == 1 && pending != noField {
+			sp.at[pending] = [2]int32{int32(vStart), int32(len(buf) - base + i - from)}
+			pending = noField
+		}
+		if i >= n {
+			return nil, buf[:base], errSyntax
+		}
+		top := st[len(st)-1]
+		switch src[i] {
+		case ',':
+			i++
+			if top == '{' {
+				goto key
 			}
-			i = j
-			f := noField
-			if len(st) == 1 && sp != nil {
-				f = keyField(src[k:j], esc)
+			goto value
+		case top + 2:
+			i++
+			st = st[:len(st)-1]
+		case ' ', '\t', '\n', '\r':
+			buf, i = dropSpace(buf, src, from, i)
+			from = i
+		default:
+			return nil, buf[:base], errSyntax
+		}
+	}
+key:
+	// A member is expected at src[i]: a string, ':' and a value.
+	{
+		if i < n && isSpace(src[i]) {
+			buf, i = dropSpace(buf, src, from, i)
+			from = i
+		}
+		if i >= n || src[i] != '"' {
+			return nil, buf[:base], errSyntax
+		}
+		// scanString, written out as above.
+		k, j, esc := i, i+1, false
+		for {
+			if j+8 > n {
+				j, esc = scanStringSlow(src, j)
+				break
 			}
+			x := binary.LittleEndian.Uint64(src[j:])
+			m := stopMask(x)
+			if m == 0 {
+				j += 8
+				continue
+			}
+			b := bits.TrailingZeros64(m)
+			if j += b >> 3; byte(x>>(b&^7)) == '"' {
+				j++
+				break
+			}
+			j, esc = scanStringSlow(src, j)
+			break
+		}
+		if j < 0 {
+			return nil, buf[:base], scanErr(j)
+		}
+		i = j
+		f := noField
+		if len(st) == 1 && sp != nil {
+			f = keyField(src[k:j], esc)
+		}
+		if i >= n || src[i] != ':' {
 			if i < n && isSpace(src[i]) {
 				buf, i = dropSpace(buf, src, from, i)
 				from = i
@@ -340,23 +336,23 @@ func compact(buf, src []byte, sp *spans) (c, _ []byte, err error) {
 			if i >= n || src[i] != ':' {
 				return nil, buf[:base], errSyntax
 			}
-			i++
-			switch {
-			case f == noField:
-			case sp.set&(1<<f) != 0:
-				if sp.dup == noField {
-					sp.dup = f
-				}
-			default:
-				sp.set |= 1 << f
-				pending = f
-				// Whitespace after ':' is dropped: the value begins where
-				// the output stands now.
-				vStart = len(buf) - base + i - from
-			}
 		}
-	value:
+		i++
+		switch {
+		case f == noField:
+		case sp.set&(1<<f) != 0:
+			if sp.dup == noField {
+				sp.dup = f
+			}
+		default:
+			sp.set |= 1 << f
+			pending = f
+			// Whitespace after ':' is dropped: the value begins where the
+			// output stands now.
+			vStart = len(buf) - base + i - from
+		}
 	}
+	goto value
 }
 
 // dropSpace appends the run src[from:i] to buf and returns the index past

@@ -216,19 +216,20 @@ func (p *Preparer) PrepareAt(dst []byte, t Type, body []byte, id ID, published t
 		// meaning depends on that is rejected.
 		return dst, StampNone, invalid(ReasonInvalidField, "field %q appears more than once", fieldNames[d])
 	}
-	f := p.spans.fields(c)
+	var f fields
+	p.spans.fill(&f, c)
 	if err := f.validate(t); err != nil {
 		return dst, StampNone, err
 	}
-	if isID(f.userID) {
-		p.key = keyHash(f.userID)
+	if isID(f[fieldUserID]) {
+		p.key = keyHash(f[fieldUserID])
 	} else {
-		p.key = keyHash(f.anonymousID)
+		p.key = keyHash(f[fieldAnonymousID])
 	}
 
 	stamp := StampNone
 	switch {
-	case f.timestamp != nil:
+	case f[fieldTimestamp] != nil:
 		stamp = StampOwn
 	case canStamp(published):
 		stamp = StampInserted
@@ -237,12 +238,12 @@ func (p *Preparer) PrepareAt(dst []byte, t Type, body []byte, id ID, published t
 	// members follow.
 	start := len(dst)
 	dst = append(dst, '{')
-	if f.typ == nil {
+	if f[fieldType] == nil {
 		dst = append(dst, `"type":"`...)
 		dst = append(dst, t.String()...)
 		dst = append(dst, `",`...)
 	}
-	if f.messageID == nil {
+	if f[fieldMessageID] == nil {
 		// The prefix comes from a stream name, which JetStream restricts to
 		// characters that need no escaping in a JSON string.
 		dst = append(dst, `"messageId":`...)
@@ -289,18 +290,15 @@ func (p *Preparer) PrepareAt(dst []byte, t Type, body []byte, id ID, published t
 	return dst, stamp, nil
 }
 
-// fields holds the raw JSON values of the top-level members validation reads;
-// nil means absent.
-type fields struct {
-	typ, userID, anonymousID, event, name, groupID, previousID, messageID []byte
-	// Typed by Customer.io's reference: objects, and date-time strings.
-	traits, properties, context, integrations []byte
-	timestamp, sentAt, originalTimestamp      []byte
-}
+// fields holds the raw JSON values of the top-level members validation
+// reads, by field; nil means absent. Customer.io's reference types some:
+// traits, properties, context and integrations are objects; timestamp,
+// sentAt and originalTimestamp date-time strings.
+type fields [numFields][]byte
 
 func (f *fields) validate(t Type) error {
-	if f.typ != nil && !stringIs(f.typ, t.String()) {
-		s, ok := stringValue(f.typ)
+	if f[fieldType] != nil && !stringIs(f[fieldType], t.String()) {
+		s, ok := stringValue(f[fieldType])
 		if !ok {
 			return invalid(ReasonInvalidField, "type must be a string")
 		}
@@ -308,7 +306,7 @@ func (f *fields) validate(t Type) error {
 			return invalid(ReasonTypeMismatch, "type %q disagrees with the subject's %q", truncate(s), t)
 		}
 	}
-	if f.messageID != nil && !isNonEmptyString(f.messageID) {
+	if f[fieldMessageID] != nil && !isNonEmptyString(f[fieldMessageID]) {
 		return invalid(ReasonInvalidField, "messageId must be a non-empty string (omit it to have one derived)")
 	}
 	// Customer.io's reference types these; in strict mode it refuses a
@@ -316,47 +314,47 @@ func (f *fields) validate(t Type) error {
 	// null is not an object or a date-time: the Segment libraries omit a
 	// field they have no value for.
 	switch {
-	case !objectOrAbsent(f.traits):
-		return notObject("traits", f.traits)
-	case !objectOrAbsent(f.properties):
-		return notObject("properties", f.properties)
-	case !objectOrAbsent(f.context):
-		return notObject("context", f.context)
-	case !objectOrAbsent(f.integrations):
-		return notObject("integrations", f.integrations)
-	case f.timestamp != nil && !isDateTimeString(f.timestamp):
-		return notDateTime("timestamp", f.timestamp)
-	case f.sentAt != nil && !isDateTimeString(f.sentAt):
-		return notDateTime("sentAt", f.sentAt)
-	case f.originalTimestamp != nil && !isDateTimeString(f.originalTimestamp):
-		return notDateTime("originalTimestamp", f.originalTimestamp)
+	case !objectOrAbsent(f[fieldTraits]):
+		return notObject("traits", f[fieldTraits])
+	case !objectOrAbsent(f[fieldProperties]):
+		return notObject("properties", f[fieldProperties])
+	case !objectOrAbsent(f[fieldContext]):
+		return notObject("context", f[fieldContext])
+	case !objectOrAbsent(f[fieldIntegrations]):
+		return notObject("integrations", f[fieldIntegrations])
+	case f[fieldTimestamp] != nil && !isDateTimeString(f[fieldTimestamp]):
+		return notDateTime("timestamp", f[fieldTimestamp])
+	case f[fieldSentAt] != nil && !isDateTimeString(f[fieldSentAt]):
+		return notDateTime("sentAt", f[fieldSentAt])
+	case f[fieldOriginalTimestamp] != nil && !isDateTimeString(f[fieldOriginalTimestamp]):
+		return notDateTime("originalTimestamp", f[fieldOriginalTimestamp])
 	}
-	hasUser := isID(f.userID)
+	hasUser := isID(f[fieldUserID])
 	switch t {
 	case Alias:
 		if !hasUser {
 			return invalid(ReasonMissingUser, "alias needs userId")
 		}
-		if !isID(f.previousID) {
+		if !isID(f[fieldPreviousID]) {
 			return invalid(ReasonMissingPrevious, "alias needs previousId")
 		}
 		return nil
 	default:
-		if !hasUser && !isID(f.anonymousID) {
+		if !hasUser && !isID(f[fieldAnonymousID]) {
 			return invalid(ReasonMissingUser, "%s needs userId or anonymousId", t)
 		}
 	}
 	switch t {
 	case Track:
-		if !isNonEmptyString(f.event) {
+		if !isNonEmptyString(f[fieldEvent]) {
 			return invalid(ReasonMissingEvent, "track needs event, a non-empty string")
 		}
 	case Screen:
-		if !isNonEmptyString(f.name) {
+		if !isNonEmptyString(f[fieldName]) {
 			return invalid(ReasonMissingName, "screen needs name, a non-empty string")
 		}
 	case Group:
-		if !isID(f.groupID) {
+		if !isID(f[fieldGroupID]) {
 			return invalid(ReasonMissingGroupID, "group needs groupId")
 		}
 	}
@@ -470,7 +468,8 @@ func MessageIDOf(body []byte) (string, bool) {
 	if err != nil || c[0] != '{' || sp.dup != noField || sp.set&(1<<fieldMessageID) == 0 {
 		return "", false
 	}
-	s, ok := stringValue(sp.fields(c).messageID)
+	a := sp.at[fieldMessageID]
+	s, ok := stringValue(c[a[0]:a[1]])
 	return s, ok && s != ""
 }
 

@@ -51,7 +51,7 @@ func (p *oldPreparer) PrepareAt(dst []byte, t Type, body []byte, id ID, publishe
 	if len(c) == 0 || c[0] != '{' {
 		return dst, StampNone, invalid(ReasonInvalidJSON, "body must be a JSON object")
 	}
-	var f fields
+	var f oldFields
 	if err := oldScanObject(c, p.members, &f); err != nil {
 		return dst, StampNone, err
 	}
@@ -127,7 +127,7 @@ func (p *oldPreparer) PrepareAt(dst []byte, t Type, body []byte, id ID, publishe
 	return dst, stamp, nil
 }
 
-func oldScanObject(c []byte, members []int32, f *fields) error {
+func oldScanObject(c []byte, members []int32, f *oldFields) error {
 	for m, kStart := range members {
 		// A member ends at the comma before the next, the last at the
 		// object's closing brace.
@@ -212,7 +212,7 @@ func oldMessageIDOf(body []byte) (string, bool) {
 	if len(c) == 0 || c[0] != '{' {
 		return "", false
 	}
-	var f fields
+	var f oldFields
 	if err := oldScanObject(c, members, &f); err != nil || f.messageID == nil {
 		return "", false
 	}
@@ -473,4 +473,78 @@ func BenchmarkPrepareOld(b *testing.B) {
 			b.Fatal(err)
 		}
 	}
+}
+
+// oldFields holds the raw JSON values of the top-level members validation reads;
+// nil means absent.
+type oldFields struct {
+	typ, userID, anonymousID, event, name, groupID, previousID, messageID []byte
+	// Typed by Customer.io's reference: objects, and date-time strings.
+	traits, properties, context, integrations []byte
+	timestamp, sentAt, originalTimestamp      []byte
+}
+
+func (f *oldFields) validate(t Type) error {
+	if f.typ != nil && !stringIs(f.typ, t.String()) {
+		s, ok := stringValue(f.typ)
+		if !ok {
+			return invalid(ReasonInvalidField, "type must be a string")
+		}
+		if s != t.String() {
+			return invalid(ReasonTypeMismatch, "type %q disagrees with the subject's %q", truncate(s), t)
+		}
+	}
+	if f.messageID != nil && !isNonEmptyString(f.messageID) {
+		return invalid(ReasonInvalidField, "messageId must be a non-empty string (omit it to have one derived)")
+	}
+	// Customer.io's reference types these; in strict mode it refuses a
+	// call that breaks them, in permissive mode it drops it silently.
+	// null is not an object or a date-time: the Segment libraries omit a
+	// field they have no value for.
+	switch {
+	case !objectOrAbsent(f.traits):
+		return notObject("traits", f.traits)
+	case !objectOrAbsent(f.properties):
+		return notObject("properties", f.properties)
+	case !objectOrAbsent(f.context):
+		return notObject("context", f.context)
+	case !objectOrAbsent(f.integrations):
+		return notObject("integrations", f.integrations)
+	case f.timestamp != nil && !isDateTimeString(f.timestamp):
+		return notDateTime("timestamp", f.timestamp)
+	case f.sentAt != nil && !isDateTimeString(f.sentAt):
+		return notDateTime("sentAt", f.sentAt)
+	case f.originalTimestamp != nil && !isDateTimeString(f.originalTimestamp):
+		return notDateTime("originalTimestamp", f.originalTimestamp)
+	}
+	hasUser := isID(f.userID)
+	switch t {
+	case Alias:
+		if !hasUser {
+			return invalid(ReasonMissingUser, "alias needs userId")
+		}
+		if !isID(f.previousID) {
+			return invalid(ReasonMissingPrevious, "alias needs previousId")
+		}
+		return nil
+	default:
+		if !hasUser && !isID(f.anonymousID) {
+			return invalid(ReasonMissingUser, "%s needs userId or anonymousId", t)
+		}
+	}
+	switch t {
+	case Track:
+		if !isNonEmptyString(f.event) {
+			return invalid(ReasonMissingEvent, "track needs event, a non-empty string")
+		}
+	case Screen:
+		if !isNonEmptyString(f.name) {
+			return invalid(ReasonMissingName, "screen needs name, a non-empty string")
+		}
+	case Group:
+		if !isID(f.groupID) {
+			return invalid(ReasonMissingGroupID, "group needs groupId")
+		}
+	}
+	return nil
 }
