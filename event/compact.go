@@ -138,7 +138,8 @@ func appendCompact(dst, src []byte) ([]byte, error) {
 
 // compact validates src as one JSON value (encoding/json's grammar and depth
 // limit, and valid UTF-8 in every string) and returns its compact form, the
-// output of json.Compact, in one pass over src and without allocating.
+// output of json.Compact, in one pass over src and without allocating (but
+// for a top-level key written with escapes, decoded to be matched).
 //
 // A body is usually compact already, so nothing is copied unless src has
 // whitespace to drop inside the value: c is then a slice of src. Otherwise
@@ -179,8 +180,7 @@ value:
 		}
 		switch ch := src[i]; {
 		case ch == '"':
-			// scanString, written out: a call would make every value live
-			// here go to the stack and back.
+			// A string (see scanStringSlow for the written-out loop).
 			j := i + 1
 			for {
 				if j+8 > n {
@@ -299,7 +299,7 @@ key:
 		if i >= n || src[i] != '"' {
 			return nil, buf[:base], errSyntax
 		}
-		// scanString, written out as above.
+		// The key, scanned as a string value is above.
 		k, j, esc := i, i+1, false
 		for {
 			if j+8 > n {
@@ -384,13 +384,13 @@ const (
 )
 
 // stopMask flags, in the top bit of each byte of x, the bytes a string scan
-// stops at (see strStop). The lowest flag is exact, since a borrow only
-// moves upwards from a byte that is flagged itself; flags above it may not
-// be, so only the first is used. Subtracting one from x^'"' sets the top
-// bit of a byte that was '"' (0 wraps to 0xff), and also of bytes from 0x81
-// up — non-ASCII bytes, which x's own top bit flags anyway; so with x's top
-// bits or-ed in (and - binds no tighter than |: hence the parentheses) no mask of the inverse is needed, and likewise for '\\'
-// and the bytes below 0x20.
+// stops at (see strStop), eight at a time. Subtracting one from x^'"' sets
+// the top bit of a byte that was '"' (0 wraps to 0xff), and of no byte
+// below 0x80 but that; the same goes for '\\', and subtracting 0x20 sets it
+// for the bytes below 0x20. Bytes from 0x80 up are flagged by x's own top
+// bit, so the false flags the subtractions raise there need no masking. A
+// borrow only moves upwards from a flagged byte, so the lowest flag is
+// exact; those above it may not be, and only the first is used.
 func stopMask(x uint64) uint64 {
 	return (((x ^ (lows * '"')) - lows) | ((x ^ (lows * '\\')) - lows) | (x - lows*0x20) | x) & highs
 }
@@ -401,30 +401,17 @@ const (
 	badUTF8   = -2
 )
 
-// scanString checks the string opening at src[i] — its escapes, the absence
-// of control characters, and its UTF-8 — and returns the index past its
-// closing quote (or badSyntax, badUTF8) and whether it holds an escape.
-// Plain ASCII, most of a call, is skipped eight bytes at a time; the rest
-// is scanStringSlow's, kept apart so this stays small and cheap to call.
-func scanString(src []byte, i int) (int, bool) {
-	j := i + 1
-	for j+8 <= len(src) {
-		x := binary.LittleEndian.Uint64(src[j:])
-		if m := stopMask(x); m != 0 {
-			k := bits.TrailingZeros64(m)
-			j += k >> 3
-			if byte(x>>(k&^7)) == '"' {
-				return j + 1, false
-			}
-			return scanStringSlow(src, j)
-		}
-		j += 8
-	}
-	return scanStringSlow(src, j)
-}
+// A string is scanned in compact's loop, written out at both places (a call
+// would send every value live there to the stack and back): plain ASCII,
+// most of a call, is skipped eight bytes at a time with stopMask, and a
+// string that closes before any other stop byte is done. Anything else
+// goes to scanStringSlow.
 
-// scanStringSlow is scanString from src[j], inside a string: the last few
-// bytes of the input, escapes and multi-byte characters.
+// scanStringSlow checks the rest of a string from src[j], inside it — its
+// escapes, the absence of control characters, and its UTF-8 — and returns
+// the index past its closing quote (or badSyntax, badUTF8) and whether it
+// holds an escape. It runs for the last bytes of the input, escapes and
+// multi-byte characters.
 func scanStringSlow(src []byte, j int) (int, bool) {
 	esc := false
 	for {

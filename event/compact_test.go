@@ -2,7 +2,10 @@ package event
 
 import (
 	"bytes"
+	"encoding/binary"
 	"encoding/json"
+	"math/bits"
+	"math/rand/v2"
 	"strings"
 	"testing"
 	"unicode/utf8"
@@ -149,5 +152,46 @@ func BenchmarkCompactOnePass(b *testing.B) {
 		if dst, err = appendCompact(dst[:0], benchBody); err != nil {
 			b.Fatal(err)
 		}
+	}
+}
+
+// TestStopMask checks the eight-byte test against the byte table: for
+// words of random bytes and words with one chosen byte among plain ones,
+// the lowest flag must fall on the first byte strStop marks.
+func TestStopMask(t *testing.T) {
+	r := rand.New(rand.NewPCG(1, 2))
+	check := func(w [8]byte) {
+		want := 8
+		for k, c := range w {
+			if strStop[c] {
+				want = k
+				break
+			}
+		}
+		got := 8
+		if m := stopMask(binary.LittleEndian.Uint64(w[:])); m != 0 {
+			got = bits.TrailingZeros64(m) >> 3
+		}
+		if got != want {
+			t.Fatalf("% x: first stop byte at %d, stopMask says %d", w, want, got)
+		}
+	}
+	for c := range 256 {
+		for k := range 8 {
+			w := [8]byte{'a', 'b', 'c', 'd', 'e', 'f', 'g', 'h'}
+			w[k] = byte(c)
+			check(w)
+			for range 50 {
+				for j := k + 1; j < 8; j++ {
+					w[j] = byte(r.Uint32())
+				}
+				check(w)
+			}
+		}
+	}
+	for range 200000 {
+		var w [8]byte
+		binary.LittleEndian.PutUint64(w[:], r.Uint64())
+		check(w)
 	}
 }
