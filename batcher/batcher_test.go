@@ -394,3 +394,40 @@ func TestPackerAllocsPerBatch(t *testing.T) {
 		t.Errorf("a batch of %d calls costs %v allocations, want at most 2", calls, n)
 	}
 }
+
+// BenchmarkRun is the batcher as a pipeline stage, as the worker runs it:
+// one goroutine sends calls one by one, another takes the batches and
+// releases them. It measures the hand-off per call, not only the packing.
+func BenchmarkRun(b *testing.B) {
+	calls := make([][]byte, 1024)
+	for i := range calls {
+		calls[i] = makeCall(i, 1000)
+	}
+	bt, err := New[int](MaxBatchBytes, 2000, time.Second)
+	if err != nil {
+		b.Fatal(err)
+	}
+	in := make(chan Call[int])
+	out := make(chan *Batch[int])
+	done := make(chan error, 1)
+	go func() {
+		done <- bt.Run(context.Background(), in, out, func(Call[int], error) { b.Error("unexpected reject") })
+		close(out)
+	}()
+	go func() {
+		for batch := range out {
+			batch.Release()
+		}
+	}()
+	b.SetBytes(1000)
+	b.ReportAllocs()
+	i := 0
+	for b.Loop() {
+		in <- Call[int]{Data: calls[i%len(calls)], Item: i}
+		i++
+	}
+	close(in)
+	if err := <-done; err != nil {
+		b.Fatal(err)
+	}
+}
