@@ -183,7 +183,8 @@ func (s Stamp) String() string {
 // t, and returns the extended slice. It inserts no timestamp: it is
 // [Preparer.PrepareAt] without a publish time, for callers that have none
 // yet (a publisher, before JetStream has stored the call). On error dst is
-// returned unchanged and the error is an *InvalidError.
+// returned unchanged and the error is an *InvalidError. dst must not share
+// memory with body: a compact body is copied straight from where it is.
 func (p *Preparer) Prepare(dst []byte, t Type, body []byte, id ID) ([]byte, error) {
 	dst, _, err := p.PrepareAt(dst, t, body, id, time.Time{})
 	return dst, err
