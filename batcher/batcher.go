@@ -19,7 +19,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"sync"
 	"time"
 )
 
@@ -46,7 +45,7 @@ type Batch[T any] struct {
 	Items   []T
 	Created time.Time   // when the first call was added
 	Reason  FlushReason // why it was closed
-	bodies  *sync.Pool
+	bodies  *bodies
 }
 
 // Release hands the body's memory back to the Packer for a later batch.
@@ -56,9 +55,8 @@ func (b *Batch[T]) Release() {
 	if b.bodies == nil || b.body == nil {
 		return
 	}
-	buf := b.body[:0]
+	b.bodies.put(b.body)
 	b.body = nil
-	b.bodies.Put(&buf)
 }
 
 // Body returns the request body: {"batch":[...]}.
@@ -71,12 +69,54 @@ func (b *Batch[T]) Len() int { return len(b.Items) }
 // use.
 type Packer[T any] struct {
 	maxBytes, maxCalls int
-	// bodies recycles released batch bodies: each is maxBytes of capacity,
-	// and a busy worker closes a few a second.
-	bodies  *sync.Pool
-	buf     []byte // open body without its suffix
-	items   []T
-	created time.Time
+	bodies             *bodies
+	buf                []byte // open body without its suffix
+	items              []T
+	// lastCalls is how many calls the last closed batch held: the next
+	// batch's item list is made that large at once rather than grown
+	// call by call (ten allocations for 300 calls).
+	lastCalls int
+	created   time.Time
+}
+
+// idleBodies is how many released bodies a Packer keeps for later batches:
+// the worker has SendConcurrency (default 4) batches in flight, and their
+// bodies come back one by one. An idle worker holds at most this many,
+// idleBodies × MaxBatchBytes (2 MB).
+const idleBodies = 4
+
+// bodies recycles released batch bodies, each maxBytes of capacity: a busy
+// worker closes dozens of batches a second. Unlike a sync.Pool it survives
+// garbage collection, which on a busy relay runs every few tens of
+// milliseconds and emptied the pool so that one batch in eleven got a
+// fresh, zeroed 500 KB buffer. Release may run on any goroutine.
+type bodies struct {
+	size int
+	free chan []byte
+}
+
+func newBodies(size int) *bodies { return &bodies{size: size, free: make(chan []byte, idleBodies)} }
+
+// get returns an empty body, a released one when there is one.
+func (b *bodies) get() []byte {
+	select {
+	case buf := <-b.free:
+		return buf[:0]
+	default:
+		return make([]byte, 0, b.size)
+	}
+}
+
+// put keeps buf for a later batch, or leaves it to the garbage collector
+// when idleBodies are kept already.
+func (b *bodies) put(buf []byte) {
+	if cap(buf) < b.size {
+		return
+	}
+	select {
+	case b.free <- buf:
+	default:
+	}
 }
 
 // NewPacker returns a Packer that closes batches at maxBytes body bytes
@@ -88,7 +128,7 @@ func NewPacker[T any](maxBytes, maxCalls int) (*Packer[T], error) {
 	if maxCalls < 1 {
 		return nil, fmt.Errorf("batch max calls %d must be at least 1", maxCalls)
 	}
-	return &Packer[T]{maxBytes: maxBytes, maxCalls: maxCalls, bodies: new(sync.Pool)}, nil
+	return &Packer[T]{maxBytes: maxBytes, maxCalls: maxCalls, bodies: newBodies(maxBytes)}, nil
 }
 
 // Add appends call to the open batch. When call does not fit there, the open
@@ -105,11 +145,10 @@ func (p *Packer[T]) Add(call []byte, item T, now time.Time) (*Batch[T], error) {
 	}
 	if len(p.items) == 0 {
 		if p.buf == nil {
-			if b, ok := p.bodies.Get().(*[]byte); ok && cap(*b) >= p.maxBytes {
-				p.buf = (*b)[:0]
-			} else {
-				p.buf = make([]byte, 0, p.maxBytes)
-			}
+			p.buf = p.bodies.get()
+		}
+		if p.items == nil && p.lastCalls > 0 {
+			p.items = make([]T, 0, p.lastCalls)
 		}
 		p.buf = append(p.buf, bodyPrefix...)
 		p.created = now
@@ -133,6 +172,7 @@ func (p *Packer[T]) flush(why FlushReason) *Batch[T] {
 		return nil
 	}
 	b := &Batch[T]{body: append(p.buf, bodySuffix...), Items: p.items, Created: p.created, Reason: why, bodies: p.bodies}
+	p.lastCalls = len(p.items)
 	// The closed batch owns its buffers; the next batch gets fresh ones so a
 	// batch in flight is never overwritten.
 	p.buf, p.items = nil, nil

@@ -3,6 +3,7 @@ package event
 import (
 	"bytes"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"strconv"
 	"strings"
@@ -105,9 +106,9 @@ func invalid(r Reason, format string, args ...any) *InvalidError {
 // ready to use; it keeps a scratch buffer between calls, so it is not safe
 // for concurrent use.
 type Preparer struct {
-	scratch []byte
-	members []int32 // where each top-level member of scratch begins
-	key     uint64  // KeyHash of the call last prepared
+	scratch []byte // the compacted body, when it had whitespace to drop
+	spans   spans  // where the fields validation reads lie in it
+	key     uint64 // KeyHash of the call last prepared
 }
 
 // KeyHash returns a 64-bit hash of the person key of the call the last
@@ -182,7 +183,8 @@ func (s Stamp) String() string {
 // t, and returns the extended slice. It inserts no timestamp: it is
 // [Preparer.PrepareAt] without a publish time, for callers that have none
 // yet (a publisher, before JetStream has stored the call). On error dst is
-// returned unchanged and the error is an *InvalidError.
+// returned unchanged and the error is an *InvalidError. dst must not share
+// memory with body: a compact body is copied straight from where it is.
 func (p *Preparer) Prepare(dst []byte, t Type, body []byte, id ID) ([]byte, error) {
 	dst, _, err := p.PrepareAt(dst, t, body, id, time.Time{})
 	return dst, err
@@ -200,36 +202,35 @@ func (p *Preparer) PrepareAt(dst []byte, t Type, body []byte, id ID, published t
 	if t == Unknown {
 		return dst, StampNone, invalid(ReasonUnknownType, "no batchable call type for this subject")
 	}
-	if !utf8.Valid(body) {
-		return dst, StampNone, invalid(ReasonInvalidUTF8, "body is not valid UTF-8")
-	}
-	p.members = p.members[:0]
-	c, err := appendCompactMembers(p.scratch[:0], body, &p.members)
+	// One pass validates the syntax and the UTF-8, compacts, and finds the
+	// fields; c is body itself when it was compact already.
+	c, scratch, err := compact(p.scratch[:0], body, &p.spans)
+	p.scratch = scratch
 	if err != nil {
-		// Rare: let encoding/json say where and why.
-		var b bytes.Buffer
-		return dst, StampNone, invalid(ReasonInvalidJSON, "%v", json.Compact(&b, body))
+		return dst, StampNone, syntaxError(body, err)
 	}
-	p.scratch = c
-	if len(c) == 0 || c[0] != '{' {
+	if c[0] != '{' {
 		return dst, StampNone, invalid(ReasonInvalidJSON, "body must be a JSON object")
 	}
-	var f fields
-	if err := scanObject(c, p.members, &f); err != nil {
-		return dst, StampNone, err
+	if d := p.spans.dup; d != noField {
+		// Parsers disagree on which of two values wins; a call whose
+		// meaning depends on that is rejected.
+		return dst, StampNone, invalid(ReasonInvalidField, "field %q appears more than once", fieldNames[d])
 	}
+	var f fields
+	p.spans.fill(&f, c)
 	if err := f.validate(t); err != nil {
 		return dst, StampNone, err
 	}
-	if isID(f.userID) {
-		p.key = keyHash(f.userID)
+	if isID(f[fieldUserID]) {
+		p.key = keyHash(f[fieldUserID])
 	} else {
-		p.key = keyHash(f.anonymousID)
+		p.key = keyHash(f[fieldAnonymousID])
 	}
 
 	stamp := StampNone
 	switch {
-	case f.timestamp != nil:
+	case f[fieldTimestamp] != nil:
 		stamp = StampOwn
 	case canStamp(published):
 		stamp = StampInserted
@@ -238,12 +239,12 @@ func (p *Preparer) PrepareAt(dst []byte, t Type, body []byte, id ID, published t
 	// members follow.
 	start := len(dst)
 	dst = append(dst, '{')
-	if f.typ == nil {
+	if f[fieldType] == nil {
 		dst = append(dst, `"type":"`...)
 		dst = append(dst, t.String()...)
 		dst = append(dst, `",`...)
 	}
-	if f.messageID == nil {
+	if f[fieldMessageID] == nil {
 		// The prefix comes from a stream name, which JetStream restricts to
 		// characters that need no escaping in a JSON string.
 		dst = append(dst, `"messageId":`...)
@@ -290,18 +291,15 @@ func (p *Preparer) PrepareAt(dst []byte, t Type, body []byte, id ID, published t
 	return dst, stamp, nil
 }
 
-// fields holds the raw JSON values of the top-level members validation reads;
-// nil means absent.
-type fields struct {
-	typ, userID, anonymousID, event, name, groupID, previousID, messageID []byte
-	// Typed by Customer.io's reference: objects, and date-time strings.
-	traits, properties, context, integrations []byte
-	timestamp, sentAt, originalTimestamp      []byte
-}
+// fields holds the raw JSON values of the top-level members validation
+// reads, by field; nil means absent. Customer.io's reference types some:
+// traits, properties, context and integrations are objects; timestamp,
+// sentAt and originalTimestamp date-time strings.
+type fields [numFields][]byte
 
 func (f *fields) validate(t Type) error {
-	if f.typ != nil && !stringIs(f.typ, t.String()) {
-		s, ok := stringValue(f.typ)
+	if f[fieldType] != nil && !stringIs(f[fieldType], t.String()) {
+		s, ok := stringValue(f[fieldType])
 		if !ok {
 			return invalid(ReasonInvalidField, "type must be a string")
 		}
@@ -309,7 +307,7 @@ func (f *fields) validate(t Type) error {
 			return invalid(ReasonTypeMismatch, "type %q disagrees with the subject's %q", truncate(s), t)
 		}
 	}
-	if f.messageID != nil && !isNonEmptyString(f.messageID) {
+	if f[fieldMessageID] != nil && !isNonEmptyString(f[fieldMessageID]) {
 		return invalid(ReasonInvalidField, "messageId must be a non-empty string (omit it to have one derived)")
 	}
 	// Customer.io's reference types these; in strict mode it refuses a
@@ -317,47 +315,47 @@ func (f *fields) validate(t Type) error {
 	// null is not an object or a date-time: the Segment libraries omit a
 	// field they have no value for.
 	switch {
-	case !objectOrAbsent(f.traits):
-		return notObject("traits", f.traits)
-	case !objectOrAbsent(f.properties):
-		return notObject("properties", f.properties)
-	case !objectOrAbsent(f.context):
-		return notObject("context", f.context)
-	case !objectOrAbsent(f.integrations):
-		return notObject("integrations", f.integrations)
-	case f.timestamp != nil && !isDateTimeString(f.timestamp):
-		return notDateTime("timestamp", f.timestamp)
-	case f.sentAt != nil && !isDateTimeString(f.sentAt):
-		return notDateTime("sentAt", f.sentAt)
-	case f.originalTimestamp != nil && !isDateTimeString(f.originalTimestamp):
-		return notDateTime("originalTimestamp", f.originalTimestamp)
+	case !objectOrAbsent(f[fieldTraits]):
+		return notObject("traits", f[fieldTraits])
+	case !objectOrAbsent(f[fieldProperties]):
+		return notObject("properties", f[fieldProperties])
+	case !objectOrAbsent(f[fieldContext]):
+		return notObject("context", f[fieldContext])
+	case !objectOrAbsent(f[fieldIntegrations]):
+		return notObject("integrations", f[fieldIntegrations])
+	case f[fieldTimestamp] != nil && !isDateTimeString(f[fieldTimestamp]):
+		return notDateTime("timestamp", f[fieldTimestamp])
+	case f[fieldSentAt] != nil && !isDateTimeString(f[fieldSentAt]):
+		return notDateTime("sentAt", f[fieldSentAt])
+	case f[fieldOriginalTimestamp] != nil && !isDateTimeString(f[fieldOriginalTimestamp]):
+		return notDateTime("originalTimestamp", f[fieldOriginalTimestamp])
 	}
-	hasUser := isID(f.userID)
+	hasUser := isID(f[fieldUserID])
 	switch t {
 	case Alias:
 		if !hasUser {
 			return invalid(ReasonMissingUser, "alias needs userId")
 		}
-		if !isID(f.previousID) {
+		if !isID(f[fieldPreviousID]) {
 			return invalid(ReasonMissingPrevious, "alias needs previousId")
 		}
 		return nil
 	default:
-		if !hasUser && !isID(f.anonymousID) {
+		if !hasUser && !isID(f[fieldAnonymousID]) {
 			return invalid(ReasonMissingUser, "%s needs userId or anonymousId", t)
 		}
 	}
 	switch t {
 	case Track:
-		if !isNonEmptyString(f.event) {
+		if !isNonEmptyString(f[fieldEvent]) {
 			return invalid(ReasonMissingEvent, "track needs event, a non-empty string")
 		}
 	case Screen:
-		if !isNonEmptyString(f.name) {
+		if !isNonEmptyString(f[fieldName]) {
 			return invalid(ReasonMissingName, "screen needs name, a non-empty string")
 		}
 	case Group:
-		if !isID(f.groupID) {
+		if !isID(f[fieldGroupID]) {
 			return invalid(ReasonMissingGroupID, "group needs groupId")
 		}
 	}
@@ -462,104 +460,29 @@ func truncate(s string) string {
 	return s[:max] + "…"
 }
 
-// scanObject reads the members of c, a compacted and valid JSON object
-// whose members begin at the offsets members lists (appendCompactMembers),
-// and records the values validation needs. A key written with escapes
-// ("user\u0049d") is decoded first, as Customer.io's parser would.
-func scanObject(c []byte, members []int32, f *fields) error {
-	for m, kStart := range members {
-		// A member ends at the comma before the next, the last at the
-		// object's closing brace.
-		vEnd := len(c) - 1
-		if m+1 < len(members) {
-			vEnd = int(members[m+1]) - 1
-		}
-		kEnd := endOfString(c, int(kStart))
-		key := c[kStart+1 : kEnd-1]
-		val := c[kEnd+1 : vEnd] // past ':'
-		if bytes.IndexByte(key, '\\') >= 0 {
-			k, _ := stringValue(c[kStart:kEnd])
-			key = []byte(k)
-		}
-		var slot *[]byte
-		switch string(key) {
-		case "type":
-			slot = &f.typ
-		case "userId":
-			slot = &f.userID
-		case "anonymousId":
-			slot = &f.anonymousID
-		case "event":
-			slot = &f.event
-		case "name":
-			slot = &f.name
-		case "groupId":
-			slot = &f.groupID
-		case "previousId":
-			slot = &f.previousID
-		case "messageId":
-			slot = &f.messageID
-		case "traits":
-			slot = &f.traits
-		case "properties":
-			slot = &f.properties
-		case "context":
-			slot = &f.context
-		case "integrations":
-			slot = &f.integrations
-		case "timestamp":
-			slot = &f.timestamp
-		case "sentAt":
-			slot = &f.sentAt
-		case "originalTimestamp":
-			slot = &f.originalTimestamp
-		}
-		if slot != nil {
-			if *slot != nil {
-				// Parsers disagree on which of two values wins; a call
-				// whose meaning depends on that is rejected.
-				return invalid(ReasonInvalidField, "field %q appears more than once", key)
-			}
-			*slot = val
-		}
-	}
-	return nil
-}
-
-// endOfString returns the index just past the string starting at c[i].
-// c is valid JSON, so only a quote or a backslash can stop the scan.
-func endOfString(c []byte, i int) int {
-	j := i + 1
-	for {
-		for !strClass[c[j]] {
-			j++
-		}
-		if c[j] == '"' {
-			return j + 1
-		}
-		j += 2 // a backslash and the character it escapes
-	}
-}
-
 // MessageIDOf returns the messageId a body carries, if it is a JSON object
 // with a non-empty string messageId. It is for the rare paths (dead-lettering)
 // that need the id without preparing the call.
 func MessageIDOf(body []byte) (string, bool) {
-	if !utf8.Valid(body) {
+	var sp spans
+	c, _, err := compact(nil, body, &sp)
+	if err != nil || c[0] != '{' || sp.dup != noField || sp.set&(1<<fieldMessageID) == 0 {
 		return "", false
 	}
-	var members []int32
-	c, err := appendCompactMembers(nil, body, &members)
-	if err != nil {
-		return "", false
-	}
-	if len(c) == 0 || c[0] != '{' {
-		return "", false
-	}
-	var f fields
-	if err := scanObject(c, members, &f); err != nil || f.messageID == nil {
-		return "", false
-	}
-	s, ok := stringValue(f.messageID)
+	a := sp.at[fieldMessageID]
+	s, ok := stringValue(c[a[0]:a[1]])
 	return s, ok && s != ""
+}
+
+// syntaxError is the *InvalidError for a body compact refused with err.
+// Invalid UTF-8 anywhere outranks a syntax error, as it did when UTF-8 was
+// checked first: on errSyntax the scan stopped early, so the rest of the
+// body is checked now. Both are rare, and only then does this allocate.
+func syntaxError(body []byte, err error) *InvalidError {
+	if errors.Is(err, errUTF8) || !utf8.Valid(body) {
+		return invalid(ReasonInvalidUTF8, "body is not valid UTF-8")
+	}
+	// Let encoding/json say where and why.
+	var b bytes.Buffer
+	return invalid(ReasonInvalidJSON, "%v", json.Compact(&b, body))
 }

@@ -436,8 +436,11 @@ func FuzzPrepare(f *testing.F) {
 	})
 }
 
+// benchPrepareBody is a track call of 330 bytes with its own timestamp.
+var benchPrepareBody = []byte(`{"userId":"user-123456","event":"Order Completed","properties":{"orderId":"o-98765","total":129.95,"currency":"EUR","products":[{"sku":"A-1","name":"Tea <green> & honey","qty":2},{"sku":"B-2","name":"Mug","qty":1}]},"context":{"ip":"203.0.113.9","library":{"name":"analytics-go","version":"3.3.0"}},"timestamp":"2026-11-29T01:02:03Z"}`)
+
 func BenchmarkPrepare(b *testing.B) {
-	body := []byte(`{"userId":"user-123456","event":"Order Completed","properties":{"orderId":"o-98765","total":129.95,"currency":"EUR","products":[{"sku":"A-1","name":"Tea <green> & honey","qty":2},{"sku":"B-2","name":"Mug","qty":1}]},"context":{"ip":"203.0.113.9","library":{"name":"analytics-go","version":"3.3.0"}},"timestamp":"2026-11-29T01:02:03Z"}`)
+	body := benchPrepareBody
 	var p Preparer
 	dst := make([]byte, 0, 1024)
 	b.SetBytes(int64(len(body)))
