@@ -87,10 +87,6 @@ func serve(ctx context.Context, cfg *config.Config, log *slog.Logger, stdout io.
 
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	retryMaxElapsed := cfg.Send.RetryMaxElapsed
-	if retryMaxElapsed == 0 {
-		retryMaxElapsed = worker.NoRetry
-	}
 	w, err := worker.New(js, sender, worker.Options{
 		Stream:           cfg.Queue.Stream,
 		Consumer:         cfg.Queue.Consumer,
@@ -109,7 +105,8 @@ func serve(ctx context.Context, cfg *config.Config, log *slog.Logger, stdout io.
 		NakDelay:         cfg.Queue.NakDelay,
 		RetryInitial:     cfg.Send.RetryInitialInterval,
 		RetryMaxInterval: cfg.Send.RetryMaxInterval,
-		RetryMaxElapsed:  retryMaxElapsed,
+		RetryMaxElapsed:  cfg.Send.RetryMaxElapsed,
+		NoRetry:          cfg.Send.RetryMaxElapsed == 0, // RELAY_RETRY_MAX_ELAPSED=0: NAK at once
 		App:              app,
 		TriggerTimeout:   cfg.Send.HTTPTimeout,
 		Track:            track,
