@@ -87,35 +87,10 @@ func serve(ctx context.Context, cfg *config.Config, log *slog.Logger, stdout io.
 
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	w, err := worker.New(js, sender, worker.Options{
-		Stream:           cfg.Queue.Stream,
-		Consumer:         cfg.Queue.Consumer,
-		DLQStream:        cfg.Queue.DLQStream,
-		DLQMaxAge:        cfg.Queue.DLQMaxAge,
-		StreamReplicas:   cfg.Queue.Replicas,
-		ManageStreams:    cfg.Queue.ManageStreams,
-		AckWait:          cfg.Queue.AckWait,
-		MaxAckPending:    cfg.Queue.MaxAckPending,
-		MaxDeliver:       cfg.Queue.MaxDeliver,
-		BatchMaxBytes:    cfg.Batch.MaxBytes,
-		BatchMaxCalls:    cfg.Batch.MaxCalls,
-		FlushInterval:    cfg.Batch.FlushInterval,
-		SendConcurrency:  cfg.Send.Concurrency,
-		Ordering:         cfg.Send.Ordering,
-		NakDelay:         cfg.Queue.NakDelay,
-		RetryInitial:     cfg.Send.RetryInitialInterval,
-		RetryMaxInterval: cfg.Send.RetryMaxInterval,
-		RetryMaxElapsed:  cfg.Send.RetryMaxElapsed,
-		NoRetry:          cfg.Send.RetryMaxElapsed == 0, // RELAY_RETRY_MAX_ELAPSED=0: NAK at once
-		App:              app,
-		TriggerTimeout:   cfg.Send.HTTPTimeout,
-		Track:            track,
-		Delivery:         delivery,
-		ShutdownTimeout:  cfg.Ops.ShutdownTimeout,
-		Version:          version(),
-		Logger:           log,
-		Registerer:       reg,
-	})
+	wopts := cfg.Worker()
+	wopts.App, wopts.Track, wopts.Delivery = app, track, delivery
+	wopts.Version, wopts.Logger, wopts.Registerer = version(), log, reg
+	w, err := worker.New(js, sender, wopts)
 	if err != nil {
 		return err
 	}
