@@ -19,12 +19,13 @@ import (
 )
 
 // Reasons a delivery action (an unsubscribe or a metric attributed to a
-// delivery) is refused before it is sent. Syntax faults use event's
-// reasons (invalid_json, invalid_utf8), wrong field types invalid_field.
+// delivery) is refused before it is sent: names here for event's, the one
+// set of reasons. Syntax faults use event's reasons (invalid_json,
+// invalid_utf8), wrong field types invalid_field.
 const (
-	ReasonInvalidDeliveryID = event.Reason("invalid_delivery_id")
-	ReasonInvalidMetric     = event.Reason("invalid_metric")
-	ReasonInvalidTimestamp  = event.Reason("invalid_timestamp")
+	ReasonInvalidDeliveryID = event.ReasonInvalidDeliveryID
+	ReasonInvalidMetric     = event.ReasonInvalidMetric
+	ReasonInvalidTimestamp  = event.ReasonInvalidTimestamp
 )
 
 // MaxDeliveryIDBytes bounds a delivery id. Customer.io documents it only as

@@ -25,9 +25,9 @@ import (
 const MaxIdentifierBytes = 1000
 
 // ReasonInvalidIdentifier labels a suppression whose identifier cannot be
-// sent. Syntax faults of the body use event's reasons (invalid_json,
-// invalid_utf8).
-const ReasonInvalidIdentifier = event.Reason("invalid_identifier")
+// sent (one of event's reasons, the one set). Syntax faults of the body
+// use event's reasons (invalid_json, invalid_utf8).
+const ReasonInvalidIdentifier = event.ReasonInvalidIdentifier
 
 // Track sends suppressions, unsubscribes and delivery metrics to
 // Customer.io's Track API.
