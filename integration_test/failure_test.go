@@ -73,7 +73,7 @@ func TestFailureOutcomes(t *testing.T) {
 		{name: "422 dead-letters", hold: &ciotest.Fault{Status: 422, Body: longBody}, want: outRejected, wantStatuses: []int{422}},
 		{name: "413 dead-letters", hold: &ciotest.Fault{Status: 413, Body: longBody}, want: outRejected, wantStatuses: []int{413}},
 		{name: "persistent 503 exhausts MaxDeliver", hold: &ciotest.Fault{Status: 503},
-			opts: func(o *worker.Options) { o.MaxDeliver, o.RetryMaxElapsed = 2, worker.NoRetry },
+			opts: func(o *worker.Options) { o.MaxDeliver, o.NoRetry = 2, true },
 			want: outExhausted, wantStatuses: []int{503, 503}},
 	}
 	for _, tt := range tests {
@@ -199,7 +199,7 @@ func TestFailureOutcomes(t *testing.T) {
 				if r.Reason != reason || r.Deliveries != deliveries {
 					t.Errorf("reason %q after %d deliveries, want %q after %d", r.Reason, r.Deliveries, reason, deliveries)
 				}
-				if got := metricValue(t, reg, "cio_relay_dead_letters_total", "reason", reason); got != 1 {
+				if got := metricValue(t, reg, "cio_relay_dead_letters_total", "reason", string(reason)); got != 1 {
 					t.Errorf("cio_relay_dead_letters_total{reason=%s} = %v, want 1", reason, got)
 				}
 			}

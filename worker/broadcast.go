@@ -165,7 +165,7 @@ func (w *Worker) sendTrigger(ctx context.Context, stopping <-chan struct{}, p *t
 			return nil
 		}
 		w.m.direct.WithLabelValues("app", "rejected").Inc()
-		w.deadLetter(ctx, b.Items[0], deadletter.ReasonRejected, sink.StatusOf(err), err.Error())
+		w.deadLetter(ctx, b.Items[0], string(deadletter.ReasonRejected), sink.StatusOf(err), err.Error())
 	case sink.Retry:
 		w.m.direct.WithLabelValues("app", "nakked").Inc()
 		w.giveUp(ctx, b.Items, err)

@@ -94,7 +94,7 @@ func (w *Worker) deliver(ctx context.Context, calls []*held, body []byte, split 
 	case sink.Reject:
 		if len(calls) == 1 {
 			w.m.batches.WithLabelValues("rejected").Inc()
-			w.deadLetter(ctx, calls[0], deadletter.ReasonRejected, sink.StatusOf(err), err.Error())
+			w.deadLetter(ctx, calls[0], string(deadletter.ReasonRejected), sink.StatusOf(err), err.Error())
 			return
 		}
 		w.m.batches.WithLabelValues("split").Inc()
@@ -203,7 +203,7 @@ func (w *Worker) attempt(ctx context.Context, api string, pause *pauseState, min
 					wait = max(wait, se.RetryAfter)
 				}
 			}
-			if w.opts.RetryMaxElapsed < 0 || wait == backoff.Stop {
+			if w.opts.NoRetry || wait == backoff.Stop {
 				return err
 			}
 			wait = max(wait, minWait)
@@ -246,7 +246,7 @@ func (w *Worker) giveUp(ctx context.Context, calls []*held, err error) {
 	for _, h := range calls {
 		if h.deliveries >= uint64(w.opts.MaxDeliver) {
 			exhausted++
-			w.deadLetter(ctx, h, deadletter.ReasonRetriesExhausted, status,
+			w.deadLetter(ctx, h, string(deadletter.ReasonRetriesExhausted), status,
 				fmt.Sprintf("delivery %d of %d failed: %v", h.deliveries, w.opts.MaxDeliver, err))
 			continue
 		}
@@ -279,7 +279,7 @@ func (w *Worker) deadLetter(ctx context.Context, h *held, reason string, status 
 // deadLetterRequested dead-letters a broadcast trigger as ambiguous,
 // recording when its request was sent.
 func (w *Worker) deadLetterRequested(ctx context.Context, h *held, requestedAt time.Time, detail string) {
-	w.writeDeadLetter(ctx, h, deadletter.ReasonAmbiguous, 0, detail, requestedAt)
+	w.writeDeadLetter(ctx, h, string(deadletter.ReasonAmbiguous), 0, detail, requestedAt)
 }
 
 func (w *Worker) writeDeadLetter(ctx context.Context, h *held, reason string, status int, detail string, requestedAt time.Time) {
@@ -290,7 +290,7 @@ func (w *Worker) writeDeadLetter(ctx context.Context, h *held, reason string, st
 		messageID = id
 	}
 	m := deadletter.Msg(h.msg.Subject(), h.msg.Headers(), h.msg.Data(), deadletter.Record{
-		Reason:      reason,
+		Reason:      deadletter.Reason(reason),
 		Status:      status,
 		Detail:      detail,
 		Deliveries:  h.deliveries,

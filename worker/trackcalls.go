@@ -150,7 +150,7 @@ func (w *Worker) trackCall(ctx context.Context, h *held, try func(context.Contex
 		w.settle(h, "ack", h.msg.Ack())
 	case sink.Reject:
 		w.m.direct.WithLabelValues("track", "rejected").Inc()
-		w.deadLetter(ctx, h, deadletter.ReasonRejected, sink.StatusOf(err), err.Error())
+		w.deadLetter(ctx, h, string(deadletter.ReasonRejected), sink.StatusOf(err), err.Error())
 	case sink.Retry:
 		w.m.direct.WithLabelValues("track", "nakked").Inc()
 		w.giveUp(ctx, []*held{h}, err)

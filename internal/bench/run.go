@@ -24,6 +24,16 @@ import (
 	"github.com/cio-relay/cio-relay/worker"
 )
 
+// The defaults of Config, exported for the bench command's flags.
+const (
+	DefaultEvents          = 1_000_000
+	DefaultSeed            = 1
+	DefaultPublishInFlight = 4_000 // nats.go's own
+	DefaultBarePullMax     = 1_000 // what the worker pulls with its default options
+	DefaultLatencyDuration = 10 * time.Second
+	DefaultStallTimeout    = 60 * time.Second
+)
+
 // Config configures a run. Zero values take the defaults noted.
 type Config struct {
 	Events int    // backlog size; default 1,000,000
@@ -42,7 +52,7 @@ type Config struct {
 	// StoreDir is the JetStream store of a server the bench starts; default
 	// a temporary directory, removed at the end.
 	StoreDir string
-	// Stream is the stream published to; default "CIO". It must not exist
+	// Stream is the stream published to; default worker.DefaultStream. It must not exist
 	// yet: the run creates it (as the worker would) and deletes it at the
 	// end when the server is external.
 	Stream string
@@ -84,19 +94,19 @@ type Config struct {
 
 func (c *Config) setDefaults() {
 	if c.Events == 0 {
-		c.Events = 1_000_000
+		c.Events = DefaultEvents
 	}
 	if c.Seed == 0 {
-		c.Seed = 1
+		c.Seed = DefaultSeed
 	}
 	if c.Stream == "" {
-		c.Stream = "CIO"
+		c.Stream = worker.DefaultStream
 	}
 	if c.PublishInFlight == 0 {
-		c.PublishInFlight = 4_000
+		c.PublishInFlight = DefaultPublishInFlight
 	}
 	if c.BarePullMax == 0 {
-		c.BarePullMax = 1_000
+		c.BarePullMax = DefaultBarePullMax
 	}
 	if c.LatencyRates == nil {
 		c.LatencyRates = []int{5_000, 50}
@@ -105,10 +115,10 @@ func (c *Config) setDefaults() {
 		c.LatencyCorpora = []Corpus{CorpusBench, CorpusSmall}
 	}
 	if c.LatencyDuration == 0 {
-		c.LatencyDuration = 10 * time.Second
+		c.LatencyDuration = DefaultLatencyDuration
 	}
 	if c.StallTimeout == 0 {
-		c.StallTimeout = 60 * time.Second
+		c.StallTimeout = DefaultStallTimeout
 	}
 	if c.Progress == nil {
 		c.Progress = io.Discard
@@ -223,7 +233,7 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 		// dead-letter stream is deleted only if the worker created it.
 		dlq := cfg.Worker.DLQStream
 		if dlq == "" {
-			dlq = "CIO_DLQ" // the worker's default
+			dlq = worker.DefaultDLQStream
 		}
 		_, err := pubJS.Stream(ctx, dlq)
 		dlqExisted := err == nil
@@ -688,11 +698,11 @@ func startWorker(ctx context.Context, url string, si *standIn, cfg Config) (*run
 	}
 	consumer := opts.Consumer
 	if consumer == "" {
-		consumer = "cio-relay"
+		consumer = worker.DefaultConsumer
 	}
 	shutdown := opts.ShutdownTimeout
 	if shutdown <= 0 {
-		shutdown = 25 * time.Second
+		shutdown = worker.DefaultShutdownTimeout
 	}
 	wctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	return &runningWorker{nc: nc, js: js, w: w, consumer: consumer, ctx: wctx, cancel: cancel,
