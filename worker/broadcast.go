@@ -7,7 +7,6 @@ import (
 	"sync"
 	"time"
 
-	"github.com/cio-relay/cio-relay/deadletter"
 	"github.com/cio-relay/cio-relay/sink"
 	"github.com/cio-relay/cio-relay/trigger"
 )
@@ -116,6 +115,10 @@ func (w *Worker) sendTrigger(ctx context.Context, stopping <-chan struct{}, p *t
 		return err
 	})
 	now := time.Now()
+	s := settlement{outcome: outcome{Class: sink.Classify(err), Kind: kindTrigger, Calls: len(b.Items),
+		Status: sink.StatusOf(err), MaxDeliver: w.opts.MaxDeliver, NakDelay: w.opts.NakDelay,
+		MaybeSent: sink.MaybeTriggered(err), BetweenTries: errors.Is(err, errGaveUpBetweenTries),
+		ShuttingDown: ctx.Err() != nil}, err: err, requestedAt: requestedAt}
 	var conflict *markConflict
 	var kvErr *markError
 	switch {
@@ -126,24 +129,21 @@ func (w *Worker) sendTrigger(ctx context.Context, stopping <-chan struct{}, p *t
 		w.m.direct.WithLabelValues("app", "nakked").Inc()
 		w.log.Error("broadcast trigger markers unreachable: not sending blind; nakking for later", "broadcast_id", b.BroadcastID,
 			"triggers", len(b.Items), "err", err)
-		for _, h := range b.Items {
-			if ctx.Err() != nil {
-				w.settle(h, "nak", h.msg.Nak())
-			} else {
-				w.settle(h, "nak", h.msg.NakWithDelay(w.nakDelay(h.deliveries)))
-			}
-		}
+		s.MarkersDown = true
+		w.settleCalls(ctx, b.Items, s)
 		if requested {
 			p.Defer(b.BroadcastID, now.Add(w.opts.BroadcastInterval))
 		}
 		p.Withdraw(b, func(*held) bool { return true })
 		return b.Items
-	case sink.MaybeTriggered(err):
-		w.ambiguous(ctx, b, requestedAt, fmt.Sprintf("broadcast %d: request may have reached Customer.io, not retried: %v", b.BroadcastID, err))
+	case s.MaybeSent:
+		w.m.direct.WithLabelValues("app", "ambiguous").Inc()
+		s.detail = fmt.Sprintf("broadcast %d: request may have reached Customer.io, not retried: %v", b.BroadcastID, err)
+		w.settleCalls(ctx, b.Items, s)
 		p.Done(b, now)
 		return b.Items
 	}
-	switch sink.Classify(err) {
+	switch s.Class {
 	case sink.Delivered:
 		if n := w.marks.sent(ctx, c, triggerID); n > 0 {
 			w.health.failed(opKV, now)
@@ -154,9 +154,8 @@ func (w *Worker) sendTrigger(ctx context.Context, stopping <-chan struct{}, p *t
 		w.m.coalesced.Add(float64(len(b.Items) - 1))
 		w.log.Info("broadcast triggered", "broadcast_id", b.BroadcastID, "trigger_id", triggerID,
 			"triggers", len(b.Items), "recipients", b.Recipients)
-		w.ackTriggers(ctx, b.Items)
 	case sink.Reject:
-		if p.Split(b, now) {
+		if decide(s.outcome).Verb == verbSplit && p.Split(b, now) {
 			// One trigger of a merged request may have spoiled it for the
 			// rest: its halves go back to the pacer, each waiting its turn.
 			w.m.direct.WithLabelValues("app", "split").Inc()
@@ -165,18 +164,21 @@ func (w *Worker) sendTrigger(ctx context.Context, stopping <-chan struct{}, p *t
 			return nil
 		}
 		w.m.direct.WithLabelValues("app", "rejected").Inc()
-		w.deadLetter(ctx, b.Items[0], deadletter.ReasonRejected, sink.StatusOf(err), err.Error())
+		// The pacer would not split it: the first trigger stands for the request.
+		s.Calls = 1
+		w.settleCalls(ctx, b.Items[:1], s)
+		p.Done(b, now)
+		return b.Items
 	case sink.Retry:
 		w.m.direct.WithLabelValues("app", "nakked").Inc()
-		w.giveUp(ctx, b.Items, err)
-	default: // sink.Cancelled: the shutdown timeout
-		if errors.Is(err, errGaveUpBetweenTries) {
-			w.nakNow(b.Items)
-			break
+	case sink.Cancelled:
+		if !s.BetweenTries {
+			// The request was cut off in flight and may have been acted on.
+			w.m.direct.WithLabelValues("app", "ambiguous").Inc()
+			s.detail = fmt.Sprintf("broadcast %d: request cut off at shutdown, may have reached Customer.io, not retried: %v", b.BroadcastID, err)
 		}
-		// The request was cut off in flight and may have been acted on.
-		w.ambiguous(ctx, b, requestedAt, fmt.Sprintf("broadcast %d: request cut off at shutdown, may have reached Customer.io, not retried: %v", b.BroadcastID, err))
 	}
+	w.settleCalls(ctx, b.Items, s)
 	p.Done(b, now)
 	return b.Items
 }
@@ -243,18 +245,6 @@ func (w *Worker) sentBefore(ctx context.Context, p *trigger.Pacer[*held], b *tri
 		settled = append(settled, h)
 	}
 	return settled
-}
-
-// ambiguous dead-letters every trigger of b as ambiguous, with the time
-// its request was sent (deadletter.HeaderRequestedAt), where an operator
-// looks for the trigger it may have created. Their markers stay
-// "sending", so a copy that comes back (the dead-letter publish failed) is
-// dead-lettered again rather than sent.
-func (w *Worker) ambiguous(ctx context.Context, b *trigger.Batch[*held], requestedAt time.Time, detail string) {
-	w.m.direct.WithLabelValues("app", "ambiguous").Inc()
-	for _, h := range b.Items {
-		w.deadLetterRequested(ctx, h, requestedAt, detail)
-	}
 }
 
 // ackTriggers acks trigger messages and waits for the server to confirm

@@ -5,7 +5,6 @@ import (
 	"log/slog"
 	"time"
 
-	"github.com/cio-relay/cio-relay/deadletter"
 	"github.com/cio-relay/cio-relay/sink"
 )
 
@@ -14,7 +13,7 @@ import (
 //
 //   - 2xx: ack all.
 //   - retries spent: nak with a delay, or dead-letter with retries_exhausted
-//     the calls already delivered MaxDeliver times (giveUp).
+//     the calls already delivered MaxDeliver times (see decide).
 //   - retries spent on a 5xx, for a batch that has failed a delivery before:
 //     one call may be what Customer.io chokes on. Split it in halves, each
 //     tried once (see serverErrorSplit), so the healthy calls go through
@@ -71,8 +70,10 @@ func (w *Worker) deliver(ctx context.Context, calls []*held, body []byte, split 
 	err := w.attempt(ctx, "cdp", &w.pause, 0, stop, func(ctx context.Context) error {
 		return w.sender.SendBatch(ctx, body)
 	})
-	switch sink.Classify(err) {
-	case sink.Delivered:
+	s := settlement{outcome: outcome{Class: sink.Classify(err), Kind: kindBatch, Calls: len(calls),
+		Status: sink.StatusOf(err), MaxDeliver: w.opts.MaxDeliver, NakDelay: w.opts.NakDelay,
+		Redelivered: redelivered(calls), InSplit: split != nil, MaySplit: maySplit}, err: err}
+	if s.Class == sink.Delivered {
 		if split != nil {
 			split.delivered = true
 		}
@@ -81,36 +82,28 @@ func (w *Worker) deliver(ctx context.Context, calls []*held, body []byte, split 
 		w.m.batchCalls.Observe(float64(len(calls)))
 		for _, h := range calls {
 			w.m.deliveredByType.inc(h.typ)
-			w.settle(h, "ack", h.msg.Ack())
 		}
-	case sink.Reject:
-		if len(calls) == 1 {
-			w.m.batches.WithLabelValues("rejected").Inc()
-			w.deadLetter(ctx, calls[0], deadletter.ReasonRejected, sink.StatusOf(err), err.Error())
-			return
-		}
-		w.m.batches.WithLabelValues("split").Inc()
-		w.log.Info("batch rejected; splitting it to find the bad calls", "calls", len(calls), "status", sink.StatusOf(err))
-		w.bisect(ctx, calls, split)
-	case sink.Retry:
-		if len(calls) > 1 && sink.StatusOf(err) >= 500 {
-			if split == nil && redelivered(calls) {
-				split = &serverErrorSplit{}
-				w.log.Warn("batch failed with a server error on another delivery; splitting it, in case one call is the cause",
-					"calls", len(calls), "status", sink.StatusOf(err))
-			}
-			if split != nil && maySplit {
-				w.m.batches.WithLabelValues("split").Inc()
-				w.bisect(ctx, calls, split)
-				return
-			}
-		}
-		w.m.batches.WithLabelValues("nakked").Inc()
-		w.giveUp(ctx, calls, err)
-	default: // sink.Cancelled
-		w.m.batches.WithLabelValues("nakked").Inc()
-		w.nakNow(calls)
 	}
+	if !w.settleCalls(ctx, calls, s) {
+		switch s.Class {
+		case sink.Delivered:
+		case sink.Reject:
+			w.m.batches.WithLabelValues("rejected").Inc()
+		default:
+			w.m.batches.WithLabelValues("nakked").Inc()
+		}
+		return
+	}
+	w.m.batches.WithLabelValues("split").Inc()
+	switch {
+	case s.Class == sink.Reject:
+		w.log.Info("batch rejected; splitting it to find the bad calls", "calls", len(calls), "status", s.Status)
+	case split == nil:
+		split = &serverErrorSplit{}
+		w.log.Warn("batch failed with a server error on another delivery; splitting it, in case one call is the cause",
+			"calls", len(calls), "status", s.Status)
+	}
+	w.bisect(ctx, calls, split)
 }
 
 // bisect sends each half of calls on its own. In a 5xx split the second

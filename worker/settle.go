@@ -6,8 +6,69 @@ import (
 	"time"
 
 	"github.com/cio-relay/cio-relay/deadletter"
-	"github.com/cio-relay/cio-relay/sink"
 )
+
+// settlement is a request's outcome with what settling its messages needs
+// beyond the decision: the last error (status and detail of a dead letter)
+// and, for an ambiguous trigger, when its request was sent and what to
+// tell the operator.
+type settlement struct {
+	outcome
+	err         error
+	requestedAt time.Time // ambiguous triggers: deadletter.HeaderRequestedAt
+	detail      string    // ambiguous triggers: the dead letter's detail
+}
+
+// settleCalls applies decide's answer to each of calls: the one place
+// where messages of a request are acked, nakked or dead-lettered. It
+// reports split, settling nothing, when the request is to be split
+// instead (the same for every call of a request: it does not depend on a
+// call's deliveries). Triggers are acked with DoubleAck (ackTriggers).
+func (w *Worker) settleCalls(ctx context.Context, calls []*held, s settlement) (split bool) {
+	var acks []*held
+	nakked, exhausted := 0, 0
+	for _, h := range calls {
+		s.Deliveries = h.deliveries
+		a := decide(s.outcome)
+		switch a.Verb {
+		case verbSplit:
+			// Decided for the request, not the call: the first call's
+			// answer is every call's.
+			return true
+		case verbAck:
+			if s.Kind == kindTrigger {
+				acks = append(acks, h)
+				continue
+			}
+			w.settle(h, "ack", h.msg.Ack())
+		case verbNakNow, verbPause:
+			// attempt holds on while paused and returns a Pause only if
+			// that changes: hand such a message back rather than hold it.
+			w.nakNow([]*held{h})
+		case verbNakDelay:
+			nakked++
+			w.blockKey(h)
+			w.settle(h, "nak", h.msg.NakWithDelay(a.Delay))
+		case verbDeadLetter:
+			switch a.Reason {
+			case deadletter.ReasonAmbiguous:
+				w.deadLetterRequested(ctx, h, s.requestedAt, s.detail)
+			case deadletter.ReasonRetriesExhausted:
+				exhausted++
+				w.deadLetter(ctx, h, a.Reason, s.Status,
+					fmt.Sprintf("delivery %d of %d failed: %v", h.deliveries, s.MaxDeliver, s.err))
+			default:
+				w.deadLetter(ctx, h, a.Reason, s.Status, s.err.Error())
+			}
+		}
+	}
+	w.ackTriggers(ctx, acks)
+	if nakked+exhausted > 0 && !s.MarkersDown {
+		w.log.Warn("batch not delivered; nakked for redelivery", "calls", nakked,
+			"dead_lettered", exhausted, "err", s.err)
+	}
+	return false
+}
 
 // nakNow hands messages back for immediate redelivery: at shutdown, so
 // another replica takes them.
@@ -19,29 +80,8 @@ func (w *Worker) nakNow(calls []*held) {
 	}
 }
 
-// giveUp ends this delivery's attempts after transient failures: a call
-// delivered MaxDeliver times is dead-lettered; the others are nakked with a
-// delay that grows with their delivery count (NakDelay × deliveries, at most
-// ten times NakDelay), so an outage is ridden out without a hot loop.
-func (w *Worker) giveUp(ctx context.Context, calls []*held, err error) {
-	status := sink.StatusOf(err)
-	exhausted := 0
-	for _, h := range calls {
-		if h.deliveries >= uint64(w.opts.MaxDeliver) {
-			exhausted++
-			w.deadLetter(ctx, h, deadletter.ReasonRetriesExhausted, status,
-				fmt.Sprintf("delivery %d of %d failed: %v", h.deliveries, w.opts.MaxDeliver, err))
-			continue
-		}
-		w.blockKey(h)
-		w.settle(h, "nak", h.msg.NakWithDelay(w.nakDelay(h.deliveries)))
-	}
-	w.log.Warn("batch not delivered; nakked for redelivery", "calls", len(calls)-exhausted,
-		"dead_lettered", exhausted, "err", err)
-}
-
 func (w *Worker) nakDelay(deliveries uint64) time.Duration {
-	return w.opts.NakDelay * time.Duration(min(max(deliveries, 1), 10))
+	return nakDelay(w.opts.NakDelay, deliveries)
 }
 
 // settle records the failure of an ack, nak or term. Nothing more can be

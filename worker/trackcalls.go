@@ -9,7 +9,6 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
 
-	"github.com/cio-relay/cio-relay/deadletter"
 	"github.com/cio-relay/cio-relay/event"
 	"github.com/cio-relay/cio-relay/sink"
 )
@@ -143,20 +142,18 @@ func (w *Worker) sendTrackCall(ctx context.Context, c trackCall) {
 // at shutdown.
 func (w *Worker) trackCall(ctx context.Context, h *held, try func(context.Context) error, done func()) {
 	err := w.attempt(ctx, "track", &w.trackPause, 0, nil, try)
-	switch sink.Classify(err) {
+	s := settlement{outcome: outcome{Class: sink.Classify(err), Kind: kindTrack, Calls: 1,
+		Status: sink.StatusOf(err), MaxDeliver: w.opts.MaxDeliver, NakDelay: w.opts.NakDelay}, err: err}
+	switch s.Class {
 	case sink.Delivered:
 		w.m.direct.WithLabelValues("track", "delivered").Inc()
 		done()
-		w.settle(h, "ack", h.msg.Ack())
 	case sink.Reject:
 		w.m.direct.WithLabelValues("track", "rejected").Inc()
-		w.deadLetter(ctx, h, deadletter.ReasonRejected, sink.StatusOf(err), err.Error())
 	case sink.Retry:
 		w.m.direct.WithLabelValues("track", "nakked").Inc()
-		w.giveUp(ctx, []*held{h}, err)
-	default:
-		w.nakNow([]*held{h})
 	}
+	w.settleCalls(ctx, []*held{h}, s)
 }
 
 // trackConsumers are the consumers of Track API calls this worker can
