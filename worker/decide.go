@@ -113,6 +113,9 @@ type action struct {
 //     a delay that grows with its deliveries (nakDelay).
 //   - Cancelled (the hard stop): nak at once, for another replica.
 func decide(o outcome) action {
+	if o.Class == sink.Pause {
+		return action{Verb: verbPause}
+	}
 	if o.Kind == kindTrigger {
 		switch {
 		case o.MarkersDown && o.ShuttingDown:
@@ -126,8 +129,6 @@ func decide(o outcome) action {
 	switch o.Class {
 	case sink.Delivered:
 		return action{Verb: verbAck}
-	case sink.Pause:
-		return action{Verb: verbPause}
 	case sink.Reject:
 		if o.Calls > 1 && o.Kind != kindTrack {
 			return action{Verb: verbSplit}
