@@ -10,7 +10,7 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
-	"github.com/prometheus/client_golang/prometheus/testutil"
+	dto "github.com/prometheus/client_model/go"
 
 	"github.com/cio-relay/cio-relay/deadletter"
 )
@@ -222,7 +222,11 @@ func TestSettleFailureIsCounted(t *testing.T) {
 	if ms[0].how() != "ack" {
 		t.Fatalf("settled %q, want an ack tried", ms[0].how())
 	}
-	if n := testutil.ToFloat64(w.m.acksFailed); n != 1 {
+	var c dto.Metric
+	if err := w.m.acksFailed.Write(&c); err != nil {
+		t.Fatal(err)
+	}
+	if n := c.GetCounter().GetValue(); n != 1 {
 		t.Fatalf("acks failed counted %v, want 1", n)
 	}
 }
