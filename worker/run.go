@@ -93,7 +93,8 @@ func (w *Worker) Run(ctx context.Context) error {
 		"batch_max_bytes", w.opts.BatchMaxBytes, "batch_max_calls", w.opts.BatchMaxCalls,
 		"flush_interval", w.opts.FlushInterval.String(), "send_concurrency", w.opts.SendConcurrency, "ordering", w.opts.Ordering)
 
-	// sendCtx outlives ctx by ShutdownTimeout so in-flight batches can finish.
+	// sendCtx outlives ctx through the drain, until the hard stop (see
+	// shutdown.go), so in-flight batches can finish.
 	sendCtx, cancelSend := context.WithCancel(context.WithoutCancel(ctx))
 	defer cancelSend()
 	bgCtx, stopBackground := context.WithCancel(context.WithoutCancel(ctx))
@@ -127,21 +128,8 @@ func (w *Worker) Run(ctx context.Context) error {
 	fail := func(err error) { stopAll(err) }
 	stopped := make(chan struct{})
 	wg.Go(func() {
-		select {
-		case <-stop.Done():
-			w.ready.Store(false)
-			// The intakes stop pulling (below) and hand what they have
-			// received to the pipeline, so it is delivered or nakked.
-			timer := time.NewTimer(w.opts.ShutdownTimeout)
-			defer timer.Stop()
-			select {
-			case <-timer.C:
-				w.log.Warn("shutdown timeout reached; nakking what is left", "timeout", w.opts.ShutdownTimeout.String())
-				cancelSend()
-			case <-stopped:
-			}
-		case <-stopped:
-		}
+		shutdown{timeout: w.opts.ShutdownTimeout, hardStop: cancelSend, log: w.log}.
+			watch(stop.Done(), stopped, func() { w.ready.Store(false) })
 	})
 
 	var pipe sync.WaitGroup
@@ -184,13 +172,7 @@ func (w *Worker) Run(ctx context.Context) error {
 	close(stopped)
 	stopBackground()
 	wg.Wait()
-	// Acks and naks are buffered publishes: make sure the server has them
-	// before the process goes away.
-	if nc := w.js.Conn(); nc != nil && nc.IsConnected() {
-		if err := nc.FlushTimeout(5 * time.Second); err != nil {
-			w.log.Warn("flushing acks at shutdown", "err", err)
-		}
-	}
+	flushSettlements(w.js.Conn(), w.log)
 	if ctx.Err() != nil {
 		w.log.Info("stopped", "reason", context.Cause(ctx).Error())
 		return nil
