@@ -64,11 +64,12 @@ func (c *Config) check(vars []variable, given, bad map[string]bool) []error {
 		}
 	}
 
+	// The worker's own rules (the dead-letter stream differs from the
+	// stream, the flush interval is at most half the ack wait, …), in
+	// config's words.
+	errs = append(errs, c.workerProblems(bad)...)
+
 	// Queue.
-	if ok("RELAY_STREAM", "RELAY_DLQ_STREAM") && c.Queue.Stream == c.Queue.DLQStream {
-		errs = append(errs, fmt.Errorf("RELAY_DLQ_STREAM: must differ from RELAY_STREAM, or dead letters would be delivered again, got %s for both",
-			c.Queue.DLQStream))
-	}
 	if ok("RELAY_STREAM_REPLICAS") && c.Queue.Replicas > 1 && !given["NATS_URL"] {
 		errs = append(errs, fmt.Errorf("RELAY_STREAM_REPLICAS: must be 1 with the embedded server (NATS_URL unset), a single node; "+
 			"more replicas need a JetStream cluster, got %d", c.Queue.Replicas))
@@ -83,10 +84,6 @@ func (c *Config) check(vars []variable, given, bad map[string]bool) []error {
 	}
 
 	// Batching and sending.
-	if ok("RELAY_FLUSH_INTERVAL", "RELAY_ACK_WAIT") && c.Batch.FlushInterval > c.Queue.AckWait/2 {
-		errs = append(errs, fmt.Errorf("RELAY_FLUSH_INTERVAL: must be at most half of RELAY_ACK_WAIT (%v), or an event waiting in a partial batch could out-wait its ack deadline, got %v",
-			c.Queue.AckWait/2, c.Batch.FlushInterval))
-	}
 	if ok("RELAY_RETRY_INITIAL_INTERVAL", "RELAY_RETRY_MAX_INTERVAL") && c.Send.RetryInitialInterval > c.Send.RetryMaxInterval {
 		errs = append(errs, fmt.Errorf("RELAY_RETRY_INITIAL_INTERVAL: must be at most RELAY_RETRY_MAX_INTERVAL (%v), got %v",
 			c.Send.RetryMaxInterval, c.Send.RetryInitialInterval))

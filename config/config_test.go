@@ -175,6 +175,9 @@ func TestLoadRejects(t *testing.T) {
 		{"stream with dot", map[string]string{"RELAY_STREAM": "a.b"}, nil, "RELAY_STREAM:", "JetStream name"},
 		{"stream with space", map[string]string{"RELAY_STREAM": "a b"}, nil, "RELAY_STREAM:", `got "a b"`},
 		{"stream too long", map[string]string{"RELAY_STREAM": strings.Repeat("s", 256)}, nil, "RELAY_STREAM:", "at most 255"},
+		// Config's name rule lets a quote through; the worker's (a stream
+		// name is part of every derived messageId) does not.
+		{"stream with a quote", map[string]string{"RELAY_STREAM": `a"b`}, nil, "RELAY_STREAM:", "messageId"},
 		{"consumer with wildcard", map[string]string{"RELAY_CONSUMER": "a*"}, nil, "RELAY_CONSUMER:", "JetStream name"},
 		{"consumer with slash", map[string]string{"RELAY_CONSUMER": `a\b`}, nil, "RELAY_CONSUMER:", "JetStream name"},
 		{"dlq stream with gt", map[string]string{"RELAY_DLQ_STREAM": "a>"}, nil, "RELAY_DLQ_STREAM:", "JetStream name"},

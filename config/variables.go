@@ -2,8 +2,12 @@ package config
 
 import (
 	"fmt"
+	"strconv"
 	"strings"
 	"time"
+
+	"github.com/cio-relay/cio-relay/batcher"
+	"github.com/cio-relay/cio-relay/worker"
 )
 
 // variable is one setting: its environment variable, default, help, and
@@ -64,22 +68,22 @@ func (c *Config) variables() []variable {
 					"hence loopback by default."},
 		}},
 		{"JetStream queue", []variable{
-			{name: "RELAY_STREAM", def: "CIO", value: stringField(&c.Queue.Stream, streamName),
+			{name: "RELAY_STREAM", def: worker.DefaultStream, value: stringField(&c.Queue.Stream, streamName),
 				help: "Stream holding the events to deliver."},
-			{name: "RELAY_CONSUMER", def: "cio-relay", value: stringField(&c.Queue.Consumer, streamName),
+			{name: "RELAY_CONSUMER", def: worker.DefaultConsumer, value: stringField(&c.Queue.Consumer, streamName),
 				help: "Durable pull consumer of RELAY_STREAM, shared by all replicas of the worker."},
-			{name: "RELAY_DLQ_STREAM", def: "CIO_DLQ", value: stringField(&c.Queue.DLQStream, streamName),
+			{name: "RELAY_DLQ_STREAM", def: worker.DefaultDLQStream, value: stringField(&c.Queue.DLQStream, streamName),
 				help: "Stream that receives events Customer.io rejected or that failed RELAY_MAX_DELIVER times; " +
 					"must differ from RELAY_STREAM."},
 			// Long enough to notice, investigate and replay after a holiday.
-			{name: "RELAY_DLQ_MAX_AGE", def: "720h", value: durationField(&c.Queue.DLQMaxAge,
+			{name: "RELAY_DLQ_MAX_AGE", def: durationDefault(worker.DefaultDLQMaxAge), value: durationField(&c.Queue.DLQMaxAge,
 				atLeast(time.Hour, "dead letters must outlive the time it takes an operator to act on them")),
 				help: "How long RELAY_DLQ_STREAM keeps a dead letter when cio-relay creates the stream. At least 1h."},
 			// One for the embedded server and a lone one; a cluster's
 			// operators ask for more (3 survives the loss of a node). 5 is
 			// JetStream's limit.
-			{name: "RELAY_STREAM_REPLICAS", def: "1", value: intField(&c.Queue.Replicas,
-				atLeast(1, ""), atMost(5, "JetStream's limit")),
+			{name: "RELAY_STREAM_REPLICAS", def: strconv.Itoa(worker.DefaultStreamReplicas), value: intField(&c.Queue.Replicas,
+				atLeast(1, ""), atMost(worker.MaxStreamReplicas, "JetStream's limit")),
 				help: "Replicas of RELAY_STREAM and RELAY_DLQ_STREAM when cio-relay creates them, 1 to 5; their consumers follow. " +
 					"More than 1 needs a JetStream cluster of at least that many nodes (3 survives the loss of one). " +
 					"A stream that exists with another count is left as it is, with a warning."},
@@ -87,49 +91,49 @@ func (c *Config) variables() []variable {
 				help: "Create or update the streams and the consumer at start (true/false, 1/0, yes/no). " +
 					"Set false when they are managed elsewhere, such as by Terraform or NACK."},
 			// JetStream's own default; enough for a batch to fill and be sent.
-			{name: "RELAY_ACK_WAIT", def: "30s", value: durationField(&c.Queue.AckWait,
+			{name: "RELAY_ACK_WAIT", def: durationDefault(worker.DefaultAckWait), value: durationField(&c.Queue.AckWait,
 				atLeast(5*time.Second, "shorter deadlines expire during ordinary sends and cause duplicate deliveries")),
 				help: "How long JetStream waits for an event's ack before delivering it again. At least 5s."},
 			// Twice the least that lets batches fill with the default batch
 			// size and concurrency (2000 × (4+1)), leaving room for events
 			// waiting on a retry.
-			{name: "RELAY_MAX_ACK_PENDING", def: "20000", value: intField(&c.Queue.MaxAckPending, atLeast(1, "")),
+			{name: "RELAY_MAX_ACK_PENDING", def: strconv.Itoa(worker.DefaultMaxAckPending), value: intField(&c.Queue.MaxAckPending, atLeast(1, "")),
 				help: "Most unacknowledged events JetStream hands the worker at once. At least " +
 					"RELAY_BATCH_MAX_CALLS × (RELAY_SEND_CONCURRENCY + 1): the batches in flight and the one filling."},
 			// With the other defaults, each delivery is retried for up to 2m
 			// and then delayed 30s × the delivery count (at most 5m): 20
 			// deliveries ride out about two hours of Customer.io failing
 			// before an event is dead-lettered.
-			{name: "RELAY_MAX_DELIVER", def: "20", value: intField(&c.Queue.MaxDeliver,
+			{name: "RELAY_MAX_DELIVER", def: strconv.Itoa(worker.DefaultMaxDeliver), value: intField(&c.Queue.MaxDeliver,
 				atLeast(2, "an event must be retried at least once before it is dead-lettered")),
 				help: "Deliveries of an event before it is moved to RELAY_DLQ_STREAM. At least 2."},
 			// Long enough for a brief outage or a 429 to clear, short next to
 			// the hour RELAY_MAX_DELIVER allows.
-			{name: "RELAY_NAK_DELAY", def: "30s", value: durationField(&c.Queue.NakDelay, nonNegative[time.Duration]()),
+			{name: "RELAY_NAK_DELAY", def: durationDefault(worker.DefaultNakDelay), value: durationField(&c.Queue.NakDelay, nonNegative[time.Duration]()),
 				help: "How long JetStream waits before delivering again the events of a batch that failed to send, " +
 					"times the event's delivery count, at most 10×: 30s, 60s, … 5m."},
 		}},
 		{"Batching and sending", []variable{
 			// Customer.io answers 200 but drops an over-limit batch, so the
 			// limit is theirs, read in decimal as their Go library does.
-			{name: "RELAY_BATCH_MAX_BYTES", def: "500000", value: intField(&c.Batch.MaxBytes,
+			{name: "RELAY_BATCH_MAX_BYTES", def: strconv.Itoa(worker.DefaultBatchMaxBytes), value: intField(&c.Batch.MaxBytes,
 				atLeast(32100, "a call of Customer.io's 32000-byte maximum must still fit with the batch envelope"),
-				atMost(500000, "Customer.io's batch limit")),
+				atMost(batcher.MaxBatchBytes, "Customer.io's batch limit")),
 				help: "Largest batch request body, in bytes. 32100 to 500000: Customer.io silently drops " +
 					"a batch over 500000 bytes, and a call may take up to 32000."},
 			// At about 250 bytes a call, 2000 calls fill 500000 bytes: the
 			// byte limit, not this one, normally closes a batch.
-			{name: "RELAY_BATCH_MAX_CALLS", def: "2000", value: intField(&c.Batch.MaxCalls,
+			{name: "RELAY_BATCH_MAX_CALLS", def: strconv.Itoa(worker.DefaultBatchMaxCalls), value: intField(&c.Batch.MaxCalls,
 				atLeast(1, ""), atMost(100000, "500000 bytes hold fewer calls than that")),
 				help: "Most calls in one batch, 1 to 100000."},
 			// A second of latency buys full batches at a few events a second.
-			{name: "RELAY_FLUSH_INTERVAL", def: "1s", value: durationField(&c.Batch.FlushInterval,
+			{name: "RELAY_FLUSH_INTERVAL", def: durationDefault(worker.DefaultFlushInterval), value: durationField(&c.Batch.FlushInterval,
 				atLeast(time.Millisecond, "shorter would send near-empty batches")),
 				help: "Longest a partial batch waits for more calls before it is sent. " +
 					"From 1ms to half of RELAY_ACK_WAIT."},
 			// Keeps requests flowing while one waits on a slow response; each
 			// one in flight holds up to RELAY_BATCH_MAX_CALLS unacked events.
-			{name: "RELAY_SEND_CONCURRENCY", def: "4", value: intField(&c.Send.Concurrency, atLeast(1, ""), atMost(64, "")),
+			{name: "RELAY_SEND_CONCURRENCY", def: strconv.Itoa(worker.DefaultSendConcurrency), value: intField(&c.Send.Concurrency, atLeast(1, ""), atMost(64, "")),
 				help: "Batches in flight to Customer.io at once, 1 to 64. With RELAY_ORDERING, the number of lanes: " +
 					"a person's calls go to one lane, which has one batch in flight at a time."},
 			// Customer.io does not order what it receives; without this a
@@ -138,16 +142,16 @@ func (c *Config) variables() []variable {
 				help: "Deliver each person's calls (by userId, else anonymousId) to Customer.io in the order they were " +
 					"published, across retries, redeliveries and replicas: one replica at a time delivers (a pinned " +
 					"priority group on RELAY_CONSUMER). false: any replica delivers anything, in any order, for raw throughput."},
-			{name: "RELAY_HTTP_TIMEOUT", def: "30s", value: durationField(&c.Send.HTTPTimeout, positive[time.Duration]()),
+			{name: "RELAY_HTTP_TIMEOUT", def: durationDefault(worker.DefaultTriggerTimeout), value: durationField(&c.Send.HTTPTimeout, positive[time.Duration]()),
 				help: "Timeout of one request to Customer.io, reading the response included."},
-			{name: "RELAY_RETRY_INITIAL_INTERVAL", def: "500ms", value: durationField(&c.Send.RetryInitialInterval, positive[time.Duration]()),
+			{name: "RELAY_RETRY_INITIAL_INTERVAL", def: durationDefault(worker.DefaultRetryInitial), value: durationField(&c.Send.RetryInitialInterval, positive[time.Duration]()),
 				help: "First wait before retrying a failed request; it grows exponentially, and a Retry-After answer overrides it. " +
 					"At most RELAY_RETRY_MAX_INTERVAL."},
-			{name: "RELAY_RETRY_MAX_INTERVAL", def: "30s", value: durationField(&c.Send.RetryMaxInterval, positive[time.Duration]()),
+			{name: "RELAY_RETRY_MAX_INTERVAL", def: durationDefault(worker.DefaultRetryMaxInterval), value: durationField(&c.Send.RetryMaxInterval, positive[time.Duration]()),
 				help: "Longest wait between retries."},
 			// Rides out a short outage in-process; longer ones are left to
 			// JetStream redelivery, which survives a restart.
-			{name: "RELAY_RETRY_MAX_ELAPSED", def: "2m", value: durationField(&c.Send.RetryMaxElapsed, nonNegative[time.Duration]()),
+			{name: "RELAY_RETRY_MAX_ELAPSED", def: durationDefault(worker.DefaultRetryMaxElapsed), value: durationField(&c.Send.RetryMaxElapsed, nonNegative[time.Duration]()),
 				help: "How long a failed request is retried in-process before its events are NAKed for redelivery " +
 					"after RELAY_NAK_DELAY. 0 NAKs at once."},
 			// A Deployment that lost its key must not quietly ack and print
@@ -169,7 +173,7 @@ func (c *Config) variables() []variable {
 				help: "debug, info, warn or error."},
 			// Under Kubernetes' default terminationGracePeriodSeconds of 30,
 			// leaving 5s for the rest of the shutdown.
-			{name: "RELAY_SHUTDOWN_TIMEOUT", def: "25s", value: durationField(&c.Ops.ShutdownTimeout, positive[time.Duration]()),
+			{name: "RELAY_SHUTDOWN_TIMEOUT", def: durationDefault(worker.DefaultShutdownTimeout), value: durationField(&c.Ops.ShutdownTimeout, positive[time.Duration]()),
 				help: "How long a stop may spend sending and acking the batches in hand. Keep it below " +
 					"Kubernetes' terminationGracePeriodSeconds (default 30s), or the pod is killed mid-flush " +
 					"and those events are delivered again."},
@@ -258,3 +262,16 @@ func (v variable) display() string {
 
 // quoteURL quotes a rejected URL without any credentials it holds.
 func quoteURL(s string) string { return fmt.Sprintf("%q", redactURL(s)) }
+
+// durationDefault writes a default duration as a user would: 2m, not 2m0s;
+// 720h, not 720h0m0s.
+func durationDefault(d time.Duration) string {
+	s := d.String()
+	if strings.HasSuffix(s, "m0s") {
+		s = s[:len(s)-2]
+	}
+	if strings.HasSuffix(s, "h0m") {
+		s = s[:len(s)-2]
+	}
+	return s
+}

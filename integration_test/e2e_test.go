@@ -434,7 +434,7 @@ func TestNothingAckedWithoutA2xx(t *testing.T) {
 		}
 	}})
 	e.startWorker(t, worker.Options{FlushInterval: 20 * time.Millisecond, NakDelay: 50 * time.Millisecond, AckWait: 5 * time.Second,
-		RetryMaxElapsed: worker.NoRetry})
+		NoRetry: true})
 
 	r := rand.New(rand.NewPCG(1, 1))
 	var msgs []published

@@ -73,7 +73,7 @@ func TestFailureOutcomes(t *testing.T) {
 		{name: "422 dead-letters", hold: &ciotest.Fault{Status: 422, Body: longBody}, want: outRejected, wantStatuses: []int{422}},
 		{name: "413 dead-letters", hold: &ciotest.Fault{Status: 413, Body: longBody}, want: outRejected, wantStatuses: []int{413}},
 		{name: "persistent 503 exhausts MaxDeliver", hold: &ciotest.Fault{Status: 503},
-			opts: func(o *worker.Options) { o.MaxDeliver, o.RetryMaxElapsed = 2, worker.NoRetry },
+			opts: func(o *worker.Options) { o.MaxDeliver, o.NoRetry = 2, true },
 			want: outExhausted, wantStatuses: []int{503, 503}},
 	}
 	for _, tt := range tests {

@@ -11,7 +11,6 @@ import (
 
 	"github.com/cio-relay/cio-relay/internal/ciotest"
 	"github.com/cio-relay/cio-relay/internal/dlqcli"
-	"github.com/cio-relay/cio-relay/worker"
 )
 
 // TestReplayedCallKeepsItsFirstPublishTime: calls without a timestamp
@@ -35,7 +34,7 @@ func TestReplayedCallKeepsItsFirstPublishTime(t *testing.T) {
 		return poison(r)
 	}})
 	opts := fastOptions()
-	opts.MaxDeliver, opts.RetryMaxElapsed = 1, worker.NoRetry
+	opts.MaxDeliver, opts.NoRetry = 1, true
 	e.runWorker(t, opts, 0)
 
 	var msgs []published

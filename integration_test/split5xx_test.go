@@ -9,7 +9,6 @@ import (
 
 	"github.com/cio-relay/cio-relay/deadletter"
 	"github.com/cio-relay/cio-relay/internal/ciotest"
-	"github.com/cio-relay/cio-relay/worker"
 )
 
 // poisonBatch publishes good calls and one poison call, which the stand-in
@@ -123,7 +122,7 @@ func TestOutageSplitsBounded(t *testing.T) {
 	}})
 	opts := fastOptions()
 	opts.BatchMaxCalls, opts.FlushInterval = n, 300*time.Millisecond
-	opts.MaxDeliver, opts.RetryMaxElapsed = 3, worker.NoRetry
+	opts.MaxDeliver, opts.NoRetry = 3, true
 	// Published before the worker starts, so the first delivery is one
 	// batch (see createStream): a worker already running would send the
 	// calls as they come, once the consumer has nothing pending.

@@ -58,14 +58,14 @@ func TestSuppressionsKeepStreamOrderPerIdentifier(t *testing.T) {
 	// One worker retries in place; the other naks at once on a failure, so
 	// the message goes back to JetStream while younger ones wait.
 	for _, w := range []struct {
-		conc  int
-		retry time.Duration
-	}{{4, 0}, {2, worker.NoRetry}} {
+		conc    int
+		noRetry bool
+	}{{4, false}, {2, true}} {
 		opts := fastOptions()
 		tr := newTrack()
 		opts.Track, opts.Delivery = tr, tr // with credentials for unsubscribes too: harmless
 		opts.DirectConcurrency = w.conc
-		opts.RetryMaxElapsed = w.retry
+		opts.NoRetry = w.noRetry
 		e.runWorker(t, opts, 0)
 	}
 

@@ -71,7 +71,7 @@ func (w *Worker) attempt(ctx context.Context, api string, pause *pauseState, min
 					wait = max(wait, se.RetryAfter)
 				}
 			}
-			if w.opts.RetryMaxElapsed < 0 || wait == backoff.Stop {
+			if w.opts.NoRetry || wait == backoff.Stop {
 				return err
 			}
 			wait = max(wait, minWait)

@@ -69,7 +69,7 @@ func runBench(ctx context.Context, args []string, getenv func(string) string, st
 	fs.StringVar(&cfg.ServerBinary, "nats-server", "", "nats-server binary to start (default: built from the module go.mod pins, else nats-server on PATH)")
 	fs.BoolVar(&inprocess, "inprocess", false, "then run again with nats-server inside the bench process (throughput only), as a second row")
 	fs.StringVar(&cfg.StoreDir, "store-dir", "", "JetStream store of a server the bench starts (default: a temporary directory, removed at the end)")
-	fs.StringVar(&cfg.Stream, "stream", "CIO", "stream `name`")
+	fs.StringVar(&cfg.Stream, "stream", worker.DefaultStream, "stream `name`")
 	fs.IntVar(&cfg.PublishInFlight, "publish-inflight", 4_000, "async publishes awaiting a PubAck at once")
 	fs.IntVar(&cfg.BarePullMax, "bare-pull-max", 1_000, "PullMaxMessages of the bare consumer (the worker's default is 1000)")
 	fs.BoolVar(&cfg.SkipBare, "skip-bare", false, "skip the bare-consumer phase")

@@ -87,38 +87,10 @@ func serve(ctx context.Context, cfg *config.Config, log *slog.Logger, stdout io.
 
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	retryMaxElapsed := cfg.Send.RetryMaxElapsed
-	if retryMaxElapsed == 0 {
-		retryMaxElapsed = worker.NoRetry
-	}
-	w, err := worker.New(js, sender, worker.Options{
-		Stream:           cfg.Queue.Stream,
-		Consumer:         cfg.Queue.Consumer,
-		DLQStream:        cfg.Queue.DLQStream,
-		DLQMaxAge:        cfg.Queue.DLQMaxAge,
-		StreamReplicas:   cfg.Queue.Replicas,
-		ManageStreams:    cfg.Queue.ManageStreams,
-		AckWait:          cfg.Queue.AckWait,
-		MaxAckPending:    cfg.Queue.MaxAckPending,
-		MaxDeliver:       cfg.Queue.MaxDeliver,
-		BatchMaxBytes:    cfg.Batch.MaxBytes,
-		BatchMaxCalls:    cfg.Batch.MaxCalls,
-		FlushInterval:    cfg.Batch.FlushInterval,
-		SendConcurrency:  cfg.Send.Concurrency,
-		Ordering:         cfg.Send.Ordering,
-		NakDelay:         cfg.Queue.NakDelay,
-		RetryInitial:     cfg.Send.RetryInitialInterval,
-		RetryMaxInterval: cfg.Send.RetryMaxInterval,
-		RetryMaxElapsed:  retryMaxElapsed,
-		App:              app,
-		TriggerTimeout:   cfg.Send.HTTPTimeout,
-		Track:            track,
-		Delivery:         delivery,
-		ShutdownTimeout:  cfg.Ops.ShutdownTimeout,
-		Version:          version(),
-		Logger:           log,
-		Registerer:       reg,
-	})
+	wopts := cfg.Worker()
+	wopts.App, wopts.Track, wopts.Delivery = app, track, delivery
+	wopts.Version, wopts.Logger, wopts.Registerer = version(), log, reg
+	w, err := worker.New(js, sender, wopts)
 	if err != nil {
 		return err
 	}

@@ -42,7 +42,7 @@ type Config struct {
 	// StoreDir is the JetStream store of a server the bench starts; default
 	// a temporary directory, removed at the end.
 	StoreDir string
-	// Stream is the stream published to; default "CIO". It must not exist
+	// Stream is the stream published to; default worker.DefaultStream. It must not exist
 	// yet: the run creates it (as the worker would) and deletes it at the
 	// end when the server is external.
 	Stream string
@@ -90,7 +90,7 @@ func (c *Config) setDefaults() {
 		c.Seed = 1
 	}
 	if c.Stream == "" {
-		c.Stream = "CIO"
+		c.Stream = worker.DefaultStream
 	}
 	if c.PublishInFlight == 0 {
 		c.PublishInFlight = 4_000
@@ -223,7 +223,7 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 		// dead-letter stream is deleted only if the worker created it.
 		dlq := cfg.Worker.DLQStream
 		if dlq == "" {
-			dlq = "CIO_DLQ" // the worker's default
+			dlq = worker.DefaultDLQStream
 		}
 		_, err := pubJS.Stream(ctx, dlq)
 		dlqExisted := err == nil
@@ -688,11 +688,11 @@ func startWorker(ctx context.Context, url string, si *standIn, cfg Config) (*run
 	}
 	consumer := opts.Consumer
 	if consumer == "" {
-		consumer = "cio-relay"
+		consumer = worker.DefaultConsumer
 	}
 	shutdown := opts.ShutdownTimeout
 	if shutdown <= 0 {
-		shutdown = 25 * time.Second
+		shutdown = worker.DefaultShutdownTimeout
 	}
 	wctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	return &runningWorker{nc: nc, js: js, w: w, consumer: consumer, ctx: wctx, cancel: cancel,

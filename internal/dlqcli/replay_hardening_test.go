@@ -215,7 +215,7 @@ func (failingSender) SendBatch(context.Context, []byte) error {
 func startPoisonWorker(t *testing.T, js jetstream.JetStream) {
 	t.Helper()
 	w, err := worker.New(js, failingSender{}, worker.Options{
-		ManageStreams: true, MaxDeliver: 1, RetryMaxElapsed: worker.NoRetry, FlushInterval: 10 * time.Millisecond,
+		ManageStreams: true, MaxDeliver: 1, NoRetry: true, FlushInterval: 10 * time.Millisecond,
 	})
 	if err != nil {
 		t.Fatal(err)

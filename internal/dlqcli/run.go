@@ -10,13 +10,15 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/cio-relay/cio-relay/worker"
 )
 
 // Env is what a command runs against.
 type Env struct {
 	JS        jetstream.JetStream
-	DLQStream string // the dead-letter stream; default "CIO_DLQ"
-	Stream    string // the stream a replay must land in; default "CIO"
+	DLQStream string // the dead-letter stream; default worker.DefaultDLQStream
+	Stream    string // the stream a replay must land in; default worker.DefaultStream
 	Stdin     io.Reader
 	Stdout    io.Writer // the command's result
 	Stderr    io.Writer // errors, the purge prompt
@@ -43,10 +45,10 @@ type Env struct {
 
 func (e *Env) setDefaults() {
 	if e.DLQStream == "" {
-		e.DLQStream = "CIO_DLQ"
+		e.DLQStream = worker.DefaultDLQStream
 	}
 	if e.Stream == "" {
-		e.Stream = "CIO"
+		e.Stream = worker.DefaultStream
 	}
 	if e.Stdin == nil {
 		e.Stdin = strings.NewReader("")
