@@ -234,7 +234,7 @@ func (w *Worker) sentBefore(ctx context.Context, p *trigger.Pacer[*held], b *tri
 			"broadcast %d: an earlier delivery began sending this trigger at %s and recorded no answer; it may have reached Customer.io, not sent again",
 			b.BroadcastID, f.since.UTC().Format(time.RFC3339)))
 	}
-	w.ackTriggers(ctx, acks)
+	w.doubleAck(ctx, acks)
 	if requested {
 		// An earlier try of this batch made a request: its turn is used.
 		p.Defer(b.BroadcastID, now.Add(w.opts.BroadcastInterval))
@@ -245,22 +245,4 @@ func (w *Worker) sentBefore(ctx context.Context, p *trigger.Pacer[*held], b *tri
 		settled = append(settled, h)
 	}
 	return settled
-}
-
-// ackTriggers acks trigger messages and waits for the server to confirm
-// (DoubleAck), markConcurrency at a time. An ack that fails is logged; the
-// message comes back, finds its "sent" marker and is acked then.
-func (w *Worker) ackTriggers(ctx context.Context, items []*held) {
-	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), markTimeout)
-	defer cancel()
-	sem := make(chan struct{}, markConcurrency)
-	var wg sync.WaitGroup
-	for _, h := range items {
-		sem <- struct{}{}
-		wg.Go(func() {
-			defer func() { <-sem }()
-			w.settle(h, "ack", h.msg.DoubleAck(ctx))
-		})
-	}
-	wg.Wait()
 }

@@ -14,17 +14,17 @@ import (
 // deadLetter writes h to the dead-letter stream, waits for the PubAck, and
 // only then terminates the original. If the dead-letter publish fails the
 // original is nakked, so it comes back and is dead-lettered then: never lost.
-func (w *Worker) deadLetter(ctx context.Context, h *held, reason string, status int, detail string) {
+func (w *settler) deadLetter(ctx context.Context, h *held, reason string, status int, detail string) {
 	w.writeDeadLetter(ctx, h, reason, status, detail, time.Time{})
 }
 
 // deadLetterRequested dead-letters a broadcast trigger as ambiguous,
 // recording when its request was sent.
-func (w *Worker) deadLetterRequested(ctx context.Context, h *held, requestedAt time.Time, detail string) {
+func (w *settler) deadLetterRequested(ctx context.Context, h *held, requestedAt time.Time, detail string) {
 	w.writeDeadLetter(ctx, h, deadletter.ReasonAmbiguous, 0, detail, requestedAt)
 }
 
-func (w *Worker) writeDeadLetter(ctx context.Context, h *held, reason string, status int, detail string, requestedAt time.Time) {
+func (w *settler) writeDeadLetter(ctx context.Context, h *held, reason string, status int, detail string, requestedAt time.Time) {
 	// The id the call was (or would have been) sent with: its own, or the
 	// derived one, which a replay must keep.
 	messageID := h.id.String()
@@ -36,12 +36,12 @@ func (w *Worker) writeDeadLetter(ctx context.Context, h *held, reason string, st
 		Status:      status,
 		Detail:      detail,
 		Deliveries:  h.deliveries,
-		Stream:      w.opts.Stream,
+		Stream:      w.stream,
 		StreamSeq:   h.seq,
 		FirstSeen:   h.published,
 		MessageID:   messageID,
 		Origin:      h.id.Prefix + strconv.FormatUint(h.seq, 10),
-		Version:     w.opts.Version,
+		Version:     w.version,
 		Replays:     deadletter.ReplaysOf(h.msg.Headers()), // so a call that fails every time stops being replayed
 		RequestedAt: requestedAt,
 	})
@@ -62,7 +62,7 @@ func (w *Worker) writeDeadLetter(ctx context.Context, h *held, reason string, st
 	if err != nil {
 		w.log.Error("dead-letter publish failed; nakking the message to try again", "reason", reason, "stream_seq", h.seq, "err", err)
 		w.blockKey(h)
-		w.settle(h, "nak", h.msg.NakWithDelay(w.opts.NakDelay))
+		w.settle(h, "nak", h.msg.NakWithDelay(w.retryDLQ))
 		return
 	}
 	w.m.deadLetters.WithLabelValues(reason).Inc()

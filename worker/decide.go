@@ -152,3 +152,9 @@ func decide(o outcome) action {
 func nakDelay(base time.Duration, deliveries uint64) time.Duration {
 	return base * time.Duration(min(max(deliveries, 1), 10))
 }
+
+// nakDelay is the worker's nak delay after a transient failure (see
+// decide).
+func (w *Worker) nakDelay(deliveries uint64) time.Duration {
+	return nakDelay(w.opts.NakDelay, deliveries)
+}

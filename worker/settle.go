@@ -3,9 +3,12 @@ package worker
 import (
 	"context"
 	"fmt"
+	"log/slog"
+	"sync"
 	"time"
 
 	"github.com/cio-relay/cio-relay/deadletter"
+	"github.com/nats-io/nats.go/jetstream"
 )
 
 // settlement is a request's outcome with what settling its messages needs
@@ -19,12 +22,28 @@ type settlement struct {
 	detail      string    // ambiguous triggers: the dead letter's detail
 }
 
+// settler settles messages by policy: ack, nak, nak with a delay, or
+// dead-letter and then term. It is the only stage that does, so what
+// happens to a message after its request is found in decide (the rule) and
+// here (its side effects). It needs the JetStream to write dead letters
+// to, and the ordered path's hook for a nak (blockKey).
+type settler struct {
+	js       jetstream.JetStream
+	stream   string        // recorded on dead letters
+	version  string        // recorded on dead letters
+	retryDLQ time.Duration // nak delay when a dead letter cannot be written
+	blockKey func(*held)   // told of a nak before it is sent (see Worker.blockKey)
+	log      *slog.Logger
+	m        *metrics
+	health   *jsHealth
+}
+
 // settleCalls applies decide's answer to each of calls: the one place
 // where messages of a request are acked, nakked or dead-lettered. It
 // reports split, settling nothing, when the request is to be split
 // instead (the same for every call of a request: it does not depend on a
 // call's deliveries). Triggers are acked with DoubleAck (ackTriggers).
-func (w *Worker) settleCalls(ctx context.Context, calls []*held, s settlement) (split bool) {
+func (w *settler) settleCalls(ctx context.Context, calls []*held, s settlement) (split bool) {
 	var acks []*held
 	nakked, exhausted := 0, 0
 	for _, h := range calls {
@@ -62,7 +81,7 @@ func (w *Worker) settleCalls(ctx context.Context, calls []*held, s settlement) (
 			}
 		}
 	}
-	w.ackTriggers(ctx, acks)
+	w.doubleAck(ctx, acks)
 	if nakked+exhausted > 0 && !s.MarkersDown {
 		w.log.Warn("batch not delivered; nakked for redelivery", "calls", nakked,
 			"dead_lettered", exhausted, "err", s.err)
@@ -72,7 +91,7 @@ func (w *Worker) settleCalls(ctx context.Context, calls []*held, s settlement) (
 
 // nakNow hands messages back for immediate redelivery: at shutdown, so
 // another replica takes them.
-func (w *Worker) nakNow(calls []*held) {
+func (w *settler) nakNow(calls []*held) {
 	w.m.shutdownNaked.Add(float64(len(calls)))
 	for _, h := range calls {
 		w.blockKey(h)
@@ -80,17 +99,31 @@ func (w *Worker) nakNow(calls []*held) {
 	}
 }
 
-func (w *Worker) nakDelay(deliveries uint64) time.Duration {
-	return nakDelay(w.opts.NakDelay, deliveries)
-}
-
 // settle records the failure of an ack, nak or term. Nothing more can be
 // done: the message is redelivered after its ack wait and Customer.io
 // de-duplicates it by messageId.
-func (w *Worker) settle(h *held, what string, err error) {
+func (w *settler) settle(h *held, what string, err error) {
 	if err != nil {
 		w.health.failed(opAck, time.Now())
 		w.m.acksFailed.Inc()
 		w.log.Error(what+" failed; the message will be redelivered", "stream_seq", h.seq, "err", err)
 	}
+}
+
+// doubleAck acks trigger messages and waits for the server to confirm
+// (DoubleAck), markConcurrency at a time. An ack that fails is logged; the
+// message comes back, finds its "sent" marker and is acked then.
+func (w *settler) doubleAck(ctx context.Context, items []*held) {
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), markTimeout)
+	defer cancel()
+	sem := make(chan struct{}, markConcurrency)
+	var wg sync.WaitGroup
+	for _, h := range items {
+		sem <- struct{}{}
+		wg.Go(func() {
+			defer func() { <-sem }()
+			w.settle(h, "ack", h.msg.DoubleAck(ctx))
+		})
+	}
+	wg.Wait()
 }

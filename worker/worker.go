@@ -35,6 +35,7 @@ type Worker struct {
 	turns                       *turns      // whose turn it is to trigger each broadcast; nil without App
 	health                      *jsHealth   // whether JetStream answers (health.go)
 	ord                         *ordered    // the ordered batch path; nil when Ordering is off
+	*settler                                // acks, naks and dead letters (settle.go)
 }
 
 // New returns a Worker; it does not touch JetStream until Run.
@@ -47,6 +48,8 @@ func New(js jetstream.JetStream, sender Sender, opts Options) (*Worker, error) {
 		return nil, fmt.Errorf("worker options: %w", err)
 	}
 	w := &Worker{js: js, sender: sender, opts: opts, log: opts.Logger, m: newMetrics(opts.Registerer), health: newJSHealth(opts.Registerer)}
+	w.settler = &settler{js: js, stream: opts.Stream, version: opts.Version, retryDLQ: opts.NakDelay,
+		blockKey: w.blockKey, log: w.log, m: w.m, health: w.health}
 	w.pause.init("cdp", "CIO_CDP_API_KEY, CIO_CDP_URL", w.m, w.log, opts.ProbeInterval)
 	w.appPause.init("app", "CIO_APP_API_KEY, CIO_APP_URL", w.m, w.log, opts.ProbeInterval)
 	w.trackPause.init("track", "CIO_SITE_ID, CIO_TRACK_API_KEY, CIO_TRACK_URL", w.m, w.log, opts.ProbeInterval)
