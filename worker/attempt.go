@@ -4,12 +4,32 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"strconv"
 	"time"
 
 	"github.com/cenkalti/backoff/v4"
 	"github.com/cio-relay/cio-relay/sink"
 )
+
+// retrier is the delivery stage's request loop: one request, tried again
+// on a transient failure with backoff and Retry-After, held on while
+// Customer.io refuses the configuration. Every API's requests go through
+// it (batches, triggers, Track calls); what it returns is then settled by
+// decide. Time is the runtime's, so its tests run in virtual time
+// (testing/synctest).
+type retrier struct {
+	initial, maxInterval, maxElapsed time.Duration // the backoff (Options.Retry*)
+	noRetry                          bool          // Options.NoRetry
+	probe                            time.Duration // Options.ProbeInterval
+	log                              *slog.Logger
+	m                                *metrics
+}
+
+func newRetrier(o Options, log *slog.Logger, m *metrics) *retrier {
+	return &retrier{initial: o.RetryInitial, maxInterval: o.RetryMaxInterval, maxElapsed: o.RetryMaxElapsed,
+		noRetry: o.NoRetry, probe: o.ProbeInterval, log: log, m: m}
+}
 
 // attempt calls try until it succeeds, is rejected, is cancelled or has
 // used its retry budget, and returns its last error:
@@ -22,11 +42,11 @@ import (
 //     pause (see pauseState) and probe every ProbeInterval until it passes.
 //
 // Every request's duration and status class is recorded under api.
-func (w *Worker) attempt(ctx context.Context, api string, pause *pauseState, minWait time.Duration, stop func(error) bool, try func(context.Context) error) error {
+func (w *retrier) attempt(ctx context.Context, api string, pause *pauseState, minWait time.Duration, stop func(error) bool, try func(context.Context) error) error {
 	bo := backoff.NewExponentialBackOff(
-		backoff.WithInitialInterval(w.opts.RetryInitial),
-		backoff.WithMaxInterval(w.opts.RetryMaxInterval),
-		backoff.WithMaxElapsedTime(max(w.opts.RetryMaxElapsed, 0)),
+		backoff.WithInitialInterval(w.initial),
+		backoff.WithMaxInterval(w.maxInterval),
+		backoff.WithMaxElapsedTime(max(w.maxElapsed, 0)),
 		backoff.WithRandomizationFactor(0.5),
 	)
 	paused := false
@@ -57,7 +77,7 @@ func (w *Worker) attempt(ctx context.Context, api string, pause *pauseState, min
 			if api == "cdp" {
 				w.m.batches.WithLabelValues("paused").Inc()
 			}
-			wait = max(w.opts.ProbeInterval, minWait)
+			wait = max(w.probe, minWait)
 		case sink.Retry:
 			if stop != nil && stop(err) {
 				return err
@@ -71,7 +91,7 @@ func (w *Worker) attempt(ctx context.Context, api string, pause *pauseState, min
 					wait = max(wait, se.RetryAfter)
 				}
 			}
-			if w.opts.NoRetry || wait == backoff.Stop {
+			if w.noRetry || wait == backoff.Stop {
 				return err
 			}
 			wait = max(wait, minWait)
@@ -95,7 +115,7 @@ func (w *Worker) attempt(ctx context.Context, api string, pause *pauseState, min
 var errGaveUpBetweenTries = errors.New("shutdown between retries")
 
 // observe records one request's duration and status class.
-func (w *Worker) observe(api string, start time.Time, err error) {
+func (w *retrier) observe(api string, start time.Time, err error) {
 	class := "2xx"
 	if err != nil {
 		class = "error"

@@ -36,6 +36,7 @@ type Worker struct {
 	health                      *jsHealth   // whether JetStream answers (health.go)
 	ord                         *ordered    // the ordered batch path; nil when Ordering is off
 	*settler                                // acks, naks and dead letters (settle.go)
+	*retrier                                // requests with retries and pauses (attempt.go)
 }
 
 // New returns a Worker; it does not touch JetStream until Run.
@@ -48,6 +49,7 @@ func New(js jetstream.JetStream, sender Sender, opts Options) (*Worker, error) {
 		return nil, fmt.Errorf("worker options: %w", err)
 	}
 	w := &Worker{js: js, sender: sender, opts: opts, log: opts.Logger, m: newMetrics(opts.Registerer), health: newJSHealth(opts.Registerer)}
+	w.retrier = newRetrier(opts, w.log, w.m)
 	w.settler = &settler{js: js, stream: opts.Stream, version: opts.Version, retryDLQ: opts.NakDelay,
 		blockKey: w.blockKey, log: w.log, m: w.m, health: w.health}
 	w.pause.init("cdp", "CIO_CDP_API_KEY, CIO_CDP_URL", w.m, w.log, opts.ProbeInterval)
