@@ -67,7 +67,7 @@ func (w *Worker) runDirect(ctx context.Context, in *intake, pacer *trigger.Pacer
 	for range w.opts.DirectConcurrency {
 		wg.Go(func() {
 			for c := range trackCalls {
-				w.sendTrackCall(ctx, c)
+				w.track.send(ctx, c)
 				leases.remove(c.h)
 			}
 		})
