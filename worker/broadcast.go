@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"sync"
 	"time"
 
@@ -11,11 +12,32 @@ import (
 	"github.com/cio-relay/cio-relay/trigger"
 )
 
+// triggerRunner sends the broadcast triggers of the -broadcast consumer:
+// the pacer releases at most one request per broadcast per interval, each
+// request waits for its broadcast's turn across replicas (turns), is
+// marked before it is sent so it is never sent twice (marks), and its
+// triggers are settled by the outcome (see decide). runDirect feeds the
+// pacer; pace sends what it releases.
+type triggerRunner struct {
+	*retrier
+	*settler
+	pause      *pauseState // the App API's
+	app        Triggerer
+	marks      *sentMarks // bound by Run
+	turns      *turns     // bound by Run
+	interval   time.Duration
+	maxDeliver int
+	nakDelay   time.Duration
+	health     *jsHealth
+	m          *metrics
+	log        *slog.Logger
+}
+
 // pace releases trigger requests as the pacer allows and sends each in its
 // own goroutine. When the reader is done (shutdown), triggers still waiting
 // for their turn are nakked at once for another replica rather than held
 // through the pacing interval.
-func (w *Worker) pace(ctx context.Context, p *trigger.Pacer[*held], work, room chan struct{}, readerDone <-chan struct{}, leases *leases[*held]) {
+func (w *triggerRunner) pace(ctx context.Context, p *trigger.Pacer[*held], work, room chan struct{}, readerDone <-chan struct{}, leases *leases[*held]) {
 	var inflight sync.WaitGroup
 	defer inflight.Wait()
 	timer := time.NewTimer(time.Hour)
@@ -78,13 +100,13 @@ func (w *Worker) pace(ctx context.Context, p *trigger.Pacer[*held], work, room c
 // rejected request of several triggers goes back to the pacer in halves
 // (Pacer.Split), each sent in its broadcast's turn, so only a trigger
 // rejected on its own is dead-lettered.
-func (w *Worker) sendTrigger(ctx context.Context, stopping <-chan struct{}, p *trigger.Pacer[*held], b *trigger.Batch[*held]) []*held {
+func (w *triggerRunner) sendTrigger(ctx context.Context, stopping <-chan struct{}, p *trigger.Pacer[*held], b *trigger.Batch[*held]) []*held {
 	var triggerID int64
 	var c *markClaim
 	requested := false        // a request for b may have reached Customer.io
 	var requestedAt time.Time // when the last request was sent
 	waited := false
-	err := w.attempt(ctx, "app", &w.appPause, w.opts.BroadcastInterval, stopTrigger, func(ctx context.Context) error {
+	err := w.attempt(ctx, "app", w.pause, w.interval, stopTrigger, func(ctx context.Context) error {
 		t, err := w.turns.acquire(ctx, stopping, b.BroadcastID)
 		if err != nil {
 			return err
@@ -101,7 +123,7 @@ func (w *Worker) sendTrigger(ctx context.Context, stopping <-chan struct{}, p *t
 			return err
 		}
 		requested, requestedAt = true, time.Now()
-		triggerID, err = w.opts.App.Trigger(reqCtx, b.BroadcastID, b.Body)
+		triggerID, err = w.app.Trigger(reqCtx, b.BroadcastID, b.Body)
 		t.answered(ctx, retryAfter(err))
 		if err != nil && !sink.MaybeTriggered(err) && sink.Classify(err) != sink.Cancelled {
 			// Customer.io answered that it did not act: a later request
@@ -116,7 +138,7 @@ func (w *Worker) sendTrigger(ctx context.Context, stopping <-chan struct{}, p *t
 	})
 	now := time.Now()
 	s := settlement{outcome: outcome{Class: sink.Classify(err), Kind: kindTrigger, Calls: len(b.Items),
-		Status: sink.StatusOf(err), MaxDeliver: w.opts.MaxDeliver, NakDelay: w.opts.NakDelay,
+		Status: sink.StatusOf(err), MaxDeliver: w.maxDeliver, NakDelay: w.nakDelay,
 		MaybeSent: sink.MaybeTriggered(err), BetweenTries: errors.Is(err, errGaveUpBetweenTries),
 		ShuttingDown: ctx.Err() != nil}, err: err, requestedAt: requestedAt}
 	var conflict *markConflict
@@ -132,7 +154,7 @@ func (w *Worker) sendTrigger(ctx context.Context, stopping <-chan struct{}, p *t
 		s.MarkersDown = true
 		w.settleCalls(ctx, b.Items, s)
 		if requested {
-			p.Defer(b.BroadcastID, now.Add(w.opts.BroadcastInterval))
+			p.Defer(b.BroadcastID, now.Add(w.interval))
 		}
 		p.Withdraw(b, func(*held) bool { return true })
 		return b.Items
@@ -185,7 +207,7 @@ func (w *Worker) sendTrigger(ctx context.Context, stopping <-chan struct{}, p *t
 
 // observePacingWait records how long the oldest trigger of b waited for
 // its request to be sent.
-func (w *Worker) observePacingWait(b *trigger.Batch[*held]) {
+func (w *triggerRunner) observePacingWait(b *trigger.Batch[*held]) {
 	now := time.Now()
 	oldest := now
 	for _, h := range b.Items {
@@ -215,7 +237,7 @@ func stopTrigger(err error) bool {
 // sentBefore settles the triggers of b whose markers an earlier delivery
 // wrote, without sending them, and gives the rest back to the pacer to be
 // sent at once in a request without them.
-func (w *Worker) sentBefore(ctx context.Context, p *trigger.Pacer[*held], b *trigger.Batch[*held], conflict *markConflict, requested bool, now time.Time) []*held {
+func (w *triggerRunner) sentBefore(ctx context.Context, p *trigger.Pacer[*held], b *trigger.Batch[*held], conflict *markConflict, requested bool, now time.Time) []*held {
 	gone := make(map[*held]bool, len(conflict.found))
 	var acks []*held
 	for _, f := range conflict.found {
@@ -237,7 +259,7 @@ func (w *Worker) sentBefore(ctx context.Context, p *trigger.Pacer[*held], b *tri
 	w.doubleAck(ctx, acks)
 	if requested {
 		// An earlier try of this batch made a request: its turn is used.
-		p.Defer(b.BroadcastID, now.Add(w.opts.BroadcastInterval))
+		p.Defer(b.BroadcastID, now.Add(w.interval))
 	}
 	p.Withdraw(b, func(h *held) bool { return gone[h] })
 	settled := make([]*held, 0, len(gone))

@@ -32,8 +32,8 @@ func newTriggerRig(t *testing.T, respond func(op, arg string) error) *triggerRig
 	app := &fakeDirect{respond: respond}
 	w, js := newFakeWorker(t, &fakeSender{}, Options{App: app, BroadcastInterval: time.Millisecond,
 		RetryInitial: 5 * time.Millisecond, RetryMaxInterval: 20 * time.Millisecond, RetryMaxElapsed: 200 * time.Millisecond})
-	w.marks, _ = newTestMarks(t)
-	w.turns, _ = testTurns(newFakeTurnStore(), time.Millisecond)
+	w.triggers.marks, _ = newTestMarks(t)
+	w.triggers.turns, _ = testTurns(newFakeTurnStore(), time.Millisecond)
 	p, err := trigger.NewPacer[*held](trigger.PacerOptions{Interval: time.Millisecond})
 	if err != nil {
 		t.Fatal(err)
@@ -70,7 +70,7 @@ func (r *triggerRig) send(t *testing.T, ctx context.Context) []*held {
 	deadline := time.Now().Add(5 * time.Second)
 	for {
 		if bs := r.pacer.Ready(time.Now()); len(bs) > 0 {
-			return r.w.sendTrigger(ctx, make(chan struct{}), r.pacer, bs[0])
+			return r.w.triggers.sendTrigger(ctx, make(chan struct{}), r.pacer, bs[0])
 		}
 		if time.Now().After(deadline) {
 			t.Fatal("pacer released nothing")
@@ -170,7 +170,7 @@ func TestTriggerRejected(t *testing.T) {
 // on its last delivery.
 func TestTriggerMarkersDown(t *testing.T) {
 	r := newTriggerRig(t, nil)
-	r.w.marks.kv = downKV{}
+	r.w.triggers.marks.kv = downKV{}
 	ms := r.add(t, 3, 1)
 	r.send(t, t.Context())
 	if got := settledAs(ms); !slices.Equal(got, []string{"nak 1m30s"}) {

@@ -75,7 +75,7 @@ func (w *Worker) runDirect(ctx context.Context, in *intake, pacer *trigger.Pacer
 	work := make(chan struct{}, 1) // the pacer may have something to release
 	room := make(chan struct{}, 1) // the pacer may have room again
 	readerDone := make(chan struct{})
-	wg.Go(func() { w.pace(ctx, pacer, work, room, readerDone, leases) })
+	wg.Go(func() { w.triggers.pace(ctx, pacer, work, room, readerDone, leases) })
 
 	for h, ok := in.next(); ok; h, ok = in.next() {
 		msg := h.msg

@@ -22,10 +22,10 @@ func (w *Worker) Run(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	if w.marks, err = w.bindSentMarks(ctx); err != nil {
+	if w.triggers.marks, err = w.bindSentMarks(ctx); err != nil {
 		return err
 	}
-	w.turns = w.bindTurns(ctx)
+	w.triggers.turns = w.bindTurns(ctx)
 	b, err := batcher.New[*held](w.opts.BatchMaxBytes, w.opts.BatchMaxCalls, w.opts.FlushInterval)
 	if err != nil {
 		return err

@@ -30,14 +30,13 @@ type Worker struct {
 	m      *metrics
 	// One pause per API: a bad App API key must not stop CDP delivery.
 	pause, appPause, trackPause pauseState
-	ready                       atomic.Bool  // consumer bound and consuming
-	marks                       *sentMarks   // broadcast triggers sent or being sent; nil without App
-	turns                       *turns       // whose turn it is to trigger each broadcast; nil without App
-	health                      *jsHealth    // whether JetStream answers (health.go)
-	ord                         *ordered     // the ordered batch path; nil when Ordering is off
-	*settler                                 // acks, naks and dead letters (settle.go)
-	*retrier                                 // requests with retries and pauses (attempt.go)
-	track                       *trackRunner // Track API calls (track.go)
+	ready                       atomic.Bool    // consumer bound and consuming
+	health                      *jsHealth      // whether JetStream answers (health.go)
+	ord                         *ordered       // the ordered batch path; nil when Ordering is off
+	*settler                                   // acks, naks and dead letters (settle.go)
+	*retrier                                   // requests with retries and pauses (attempt.go)
+	track                       *trackRunner   // Track API calls (track.go)
+	triggers                    *triggerRunner // broadcast triggers (broadcast.go)
 }
 
 // New returns a Worker; it does not touch JetStream until Run.
@@ -55,6 +54,8 @@ func New(js jetstream.JetStream, sender Sender, opts Options) (*Worker, error) {
 		blockKey: w.blockKey, log: w.log, m: w.m, health: w.health}
 	w.track = &trackRunner{retrier: w.retrier, settler: w.settler, pause: &w.trackPause, track: opts.Track, delivery: opts.Delivery,
 		maxDeliver: opts.MaxDeliver, nakDelay: opts.NakDelay, m: w.m, log: w.log}
+	w.triggers = &triggerRunner{retrier: w.retrier, settler: w.settler, pause: &w.appPause, app: opts.App,
+		interval: opts.BroadcastInterval, maxDeliver: opts.MaxDeliver, nakDelay: opts.NakDelay, health: w.health, m: w.m, log: w.log}
 	w.pause.init("cdp", "CIO_CDP_API_KEY, CIO_CDP_URL", w.m, w.log, opts.ProbeInterval)
 	w.appPause.init("app", "CIO_APP_API_KEY, CIO_APP_URL", w.m, w.log, opts.ProbeInterval)
 	w.trackPause.init("track", "CIO_SITE_ID, CIO_TRACK_API_KEY, CIO_TRACK_URL", w.m, w.log, opts.ProbeInterval)
