@@ -31,59 +31,11 @@ func (w *Worker) Run(ctx context.Context) error {
 		return err
 	}
 	leases := newLeases[*held](time.Second) // interval set below, once every consumer is bound
-	// About one batch's worth received ahead of the batcher: enough to keep
-	// it busy. Carved one by one from shared blocks: one allocation per
-	// heldSlab messages, which pass through within seconds.
-	var helds []held
-	intakes := []*intake{newIntake(cons, w.pullAhead(cons), func(m jetstream.Msg) (*held, bool) {
-		return w.hold(m, idPrefix, leases, func() *held {
-			if len(helds) == 0 {
-				helds = make([]held, heldSlab)
-			}
-			h := &helds[0]
-			helds = helds[1:]
-			return h
-		})
-	}, w.log)}
-	intakes[0].repair = w.rebindBatch
-	if w.opts.Ordering {
-		w.ord = newOrdered(w, cons, leases)
-		intakes[0].pinLost = w.ord.pinLost
+	intakes, consumers, pacers, err := w.openIntakes(ctx, cons, idPrefix, leases)
+	if err != nil {
+		return err
 	}
-	consumers := []jetstream.Consumer{cons} // the batch consumer first
-	var pacers []*trigger.Pacer[*held]
-	for _, dc := range w.boundDirectConsumers(ctx) {
-		pacer, err := trigger.NewPacer[*held](trigger.PacerOptions{Interval: w.opts.BroadcastInterval})
-		if err != nil {
-			return fmt.Errorf("broadcast pacing: %w", err)
-		}
-		pacers = append(pacers, pacer)
-		cons, err := w.bindDirect(ctx, dc)
-		if err != nil {
-			return err
-		}
-		// Direct calls are few and slow (one trigger per broadcast per
-		// 10s): receive little ahead. A trigger may wait for its turn for
-		// hours, so each record is allocated on its own and freed once
-		// settled, rather than carved from a block that lives as long as
-		// its longest-waiting member.
-		intakes = append(intakes, newIntake(cons, 100, func(m jetstream.Msg) (*held, bool) {
-			return w.hold(m, idPrefix, leases, func() *held { return new(held) })
-		}, w.log))
-		consumers = append(consumers, cons)
-	}
-	if w.opts.App == nil {
-		w.log.Warn("broadcast triggers not configured (CIO_APP_API_KEY unset): messages on " + SubjectBroadcast +
-			" stay in the stream, unconsumed, until a worker with the key runs")
-	}
-	if w.opts.Track == nil {
-		w.log.Warn("suppressions not configured (CIO_SITE_ID/CIO_TRACK_API_KEY unset): messages on " + SubjectSuppress +
-			" and " + SubjectUnsuppress + " stay in the stream, unconsumed, until a worker with the credentials runs")
-	}
-	if w.opts.Delivery == nil {
-		w.log.Warn("unsubscribes and delivery metrics not configured: messages on " + SubjectUnsubscribe + " and " + SubjectMetric +
-			" stay in the stream, unconsumed, until a worker that sends them runs")
-	}
+	w.warnUnconfigured()
 	for _, in := range intakes {
 		in.health = w.health
 	}
@@ -93,8 +45,11 @@ func (w *Worker) Run(ctx context.Context) error {
 		"batch_max_bytes", w.opts.BatchMaxBytes, "batch_max_calls", w.opts.BatchMaxCalls,
 		"flush_interval", w.opts.FlushInterval.String(), "send_concurrency", w.opts.SendConcurrency, "ordering", w.opts.Ordering)
 
-	// sendCtx outlives ctx through the drain, until the hard stop (see
-	// shutdown.go), so in-flight batches can finish.
+	// Three lifetimes (see shutdown.go): stop, the pulling, ends with ctx
+	// or when a consumer fails, and the drain begins; sendCtx, the requests
+	// to Customer.io, outlives it through the drain, until the hard stop;
+	// bgCtx, leases, consumer sampling and watchers, lasts until the
+	// pipeline has finished, so everything held keeps its lease to the end.
 	sendCtx, cancelSend := context.WithCancel(context.WithoutCancel(ctx))
 	defer cancelSend()
 	bgCtx, stopBackground := context.WithCancel(context.WithoutCancel(ctx))
@@ -178,4 +133,69 @@ func (w *Worker) Run(ctx context.Context) error {
 		return nil
 	}
 	return context.Cause(stop)
+}
+
+// openIntakes binds the direct consumers and makes an intake for each
+// consumer, the batch consumer's first, and a pacer for each direct one.
+func (w *Worker) openIntakes(ctx context.Context, cons jetstream.Consumer, idPrefix string, leases *leases[*held]) (
+	[]*intake, []jetstream.Consumer, []*trigger.Pacer[*held], error) {
+	// About one batch's worth received ahead of the batcher: enough to keep
+	// it busy. Carved one by one from shared blocks: one allocation per
+	// heldSlab messages, which pass through within seconds.
+	var helds []held
+	intakes := []*intake{newIntake(cons, w.pullAhead(cons), func(m jetstream.Msg) (*held, bool) {
+		return w.hold(m, idPrefix, leases, func() *held {
+			if len(helds) == 0 {
+				helds = make([]held, heldSlab)
+			}
+			h := &helds[0]
+			helds = helds[1:]
+			return h
+		})
+	}, w.log)}
+	intakes[0].repair = w.rebindBatch
+	if w.opts.Ordering {
+		w.ord = newOrdered(w, cons, leases)
+		intakes[0].pinLost = w.ord.pinLost
+	}
+	consumers := []jetstream.Consumer{cons} // the batch consumer first
+	var pacers []*trigger.Pacer[*held]
+	for _, dc := range w.boundDirectConsumers(ctx) {
+		pacer, err := trigger.NewPacer[*held](trigger.PacerOptions{Interval: w.opts.BroadcastInterval})
+		if err != nil {
+			return nil, nil, nil, fmt.Errorf("broadcast pacing: %w", err)
+		}
+		pacers = append(pacers, pacer)
+		cons, err := w.bindDirect(ctx, dc)
+		if err != nil {
+			return nil, nil, nil, err
+		}
+		// Direct calls are few and slow (one trigger per broadcast per
+		// 10s): receive little ahead. A trigger may wait for its turn for
+		// hours, so each record is allocated on its own and freed once
+		// settled, rather than carved from a block that lives as long as
+		// its longest-waiting member.
+		intakes = append(intakes, newIntake(cons, 100, func(m jetstream.Msg) (*held, bool) {
+			return w.hold(m, idPrefix, leases, func() *held { return new(held) })
+		}, w.log))
+		consumers = append(consumers, cons)
+	}
+	return intakes, consumers, pacers, nil
+}
+
+// warnUnconfigured says which subjects this worker leaves in the stream for
+// want of credentials.
+func (w *Worker) warnUnconfigured() {
+	if w.opts.App == nil {
+		w.log.Warn("broadcast triggers not configured (CIO_APP_API_KEY unset): messages on " + SubjectBroadcast +
+			" stay in the stream, unconsumed, until a worker with the key runs")
+	}
+	if w.opts.Track == nil {
+		w.log.Warn("suppressions not configured (CIO_SITE_ID/CIO_TRACK_API_KEY unset): messages on " + SubjectSuppress +
+			" and " + SubjectUnsuppress + " stay in the stream, unconsumed, until a worker with the credentials runs")
+	}
+	if w.opts.Delivery == nil {
+		w.log.Warn("unsubscribes and delivery metrics not configured: messages on " + SubjectUnsubscribe + " and " + SubjectMetric +
+			" stay in the stream, unconsumed, until a worker that sends them runs")
+	}
 }
