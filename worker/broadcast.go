@@ -138,7 +138,7 @@ func (w *triggerRunner) sendTrigger(ctx context.Context, stopping <-chan struct{
 	})
 	now := time.Now()
 	s := settlement{outcome: outcome{Class: sink.Classify(err), Kind: kindTrigger, Calls: len(b.Items),
-		Status: sink.StatusOf(err), MaxDeliver: w.maxDeliver, NakDelay: w.nakDelay,
+		Status: statusOf(err), MaxDeliver: w.maxDeliver, NakDelay: w.nakDelay,
 		MaybeSent: sink.MaybeTriggered(err), BetweenTries: errors.Is(err, errGaveUpBetweenTries),
 		ShuttingDown: ctx.Err() != nil}, err: err, requestedAt: requestedAt}
 	var conflict *markConflict

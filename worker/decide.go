@@ -158,3 +158,12 @@ func nakDelay(base time.Duration, deliveries uint64) time.Duration {
 func (w *Worker) nakDelay(deliveries uint64) time.Duration {
 	return nakDelay(w.opts.NakDelay, deliveries)
 }
+
+// statusOf is sink.StatusOf without its cost for a 2xx (errors.As makes
+// its target escape): the delivered path runs once per batch.
+func statusOf(err error) int {
+	if err == nil {
+		return 0
+	}
+	return sink.StatusOf(err)
+}

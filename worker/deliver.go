@@ -71,8 +71,11 @@ func (w *Worker) deliver(ctx context.Context, calls []*held, body []byte, split 
 		return w.sender.SendBatch(ctx, body)
 	})
 	s := settlement{outcome: outcome{Class: sink.Classify(err), Kind: kindBatch, Calls: len(calls),
-		Status: sink.StatusOf(err), MaxDeliver: w.opts.MaxDeliver, NakDelay: w.opts.NakDelay,
-		Redelivered: redelivered(calls), InSplit: split != nil, MaySplit: maySplit}, err: err}
+		Status: statusOf(err), MaxDeliver: w.opts.MaxDeliver, NakDelay: w.opts.NakDelay,
+		InSplit: split != nil, MaySplit: maySplit}, err: err}
+	if s.Class == sink.Retry {
+		s.Redelivered = redelivered(calls) // read only for a Retry: a loop over the batch spared on the hot path
+	}
 	if s.Class == sink.Delivered {
 		if split != nil {
 			split.delivered = true

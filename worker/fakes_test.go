@@ -25,6 +25,7 @@ type scriptedMsg struct {
 	hdr     nats.Header
 	reply   string
 	err     error // returned by every settlement
+	discard bool  // record nothing (benchmarks)
 
 	mu       sync.Mutex
 	settled  []string // "ack", "double_ack", "nak", "nak 30s", "term rejected"
@@ -37,6 +38,9 @@ func newScriptedMsg(subject, data string, seq, deliveries uint64) *scriptedMsg {
 }
 
 func (m *scriptedMsg) record(s string) error {
+	if m.discard {
+		return m.err
+	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	m.settled = append(m.settled, s)

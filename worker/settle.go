@@ -81,7 +81,9 @@ func (w *settler) settleCalls(ctx context.Context, calls []*held, s settlement) 
 			}
 		}
 	}
-	w.doubleAck(ctx, acks)
+	if len(acks) > 0 {
+		w.doubleAck(ctx, acks)
+	}
 	if nakked+exhausted > 0 && !s.MarkersDown {
 		w.log.Warn("batch not delivered; nakked for redelivery", "calls", nakked,
 			"dead_lettered", exhausted, "err", s.err)

@@ -94,7 +94,7 @@ func (w *trackRunner) send(ctx context.Context, c trackCall) {
 func (w *trackRunner) call(ctx context.Context, h *held, try func(context.Context) error, done func()) {
 	err := w.attempt(ctx, "track", w.pause, 0, nil, try)
 	s := settlement{outcome: outcome{Class: sink.Classify(err), Kind: kindTrack, Calls: 1,
-		Status: sink.StatusOf(err), MaxDeliver: w.maxDeliver, NakDelay: w.nakDelay}, err: err}
+		Status: statusOf(err), MaxDeliver: w.maxDeliver, NakDelay: w.nakDelay}, err: err}
 	switch s.Class {
 	case sink.Delivered:
 		w.m.direct.WithLabelValues("track", "delivered").Inc()
