@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/cio-relay/cio-relay/batcher"
+	"github.com/cio-relay/cio-relay/sink"
 	"github.com/cio-relay/cio-relay/worker"
 )
 
@@ -142,7 +143,7 @@ func (c *Config) variables() []variable {
 				help: "Deliver each person's calls (by userId, else anonymousId) to Customer.io in the order they were " +
 					"published, across retries, redeliveries and replicas: one replica at a time delivers (a pinned " +
 					"priority group on RELAY_CONSUMER). false: any replica delivers anything, in any order, for raw throughput."},
-			{name: "RELAY_HTTP_TIMEOUT", def: durationDefault(worker.DefaultTriggerTimeout), value: durationField(&c.Send.HTTPTimeout, positive[time.Duration]()),
+			{name: "RELAY_HTTP_TIMEOUT", def: durationDefault(sink.DefaultTimeout), value: durationField(&c.Send.HTTPTimeout, positive[time.Duration]()),
 				help: "Timeout of one request to Customer.io, reading the response included."},
 			{name: "RELAY_RETRY_INITIAL_INTERVAL", def: durationDefault(worker.DefaultRetryInitial), value: durationField(&c.Send.RetryInitialInterval, positive[time.Duration]()),
 				help: "First wait before retrying a failed request; it grows exponentially, and a Retry-After answer overrides it. " +

@@ -26,6 +26,8 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/cio-relay/cio-relay/event"
 )
 
 // SubjectPrefix is prepended to a message's subject when it is dead-lettered.
@@ -58,16 +60,26 @@ const (
 // maxDetail bounds HeaderError: enough to act on, small enough for a header.
 const maxDetail = 1024
 
-// Reasons for dead-lettering beyond the validation reasons of package event.
+// Reason is why a message was dead-lettered: the one set of reasons, which
+// package event declares (the lowest package that refuses messages, so
+// that sink reaches no NATS through it) and Reasons lists.
+type Reason = event.Reason
+
+// The reasons a delivery ends with, named here for the worker and the dlq
+// tools; the validation reasons are event's (event.ReasonInvalidJSON, …).
 const (
-	ReasonRejected         = "rejected"          // Customer.io rejected the call on its own (4xx)
-	ReasonRetriesExhausted = "retries_exhausted" // transient failures on every one of RELAY_MAX_DELIVER deliveries
-	ReasonAmbiguous        = "ambiguous"         // a broadcast trigger that may have been sent: never retried blindly
+	ReasonRejected         = event.ReasonRejected         // Customer.io rejected the call on its own (4xx)
+	ReasonRetriesExhausted = event.ReasonRetriesExhausted // transient failures on every one of RELAY_MAX_DELIVER deliveries
+	ReasonAmbiguous        = event.ReasonAmbiguous        // a broadcast trigger that may have been sent: never retried blindly
 )
+
+// Reasons returns every reason a dead letter can carry, in the order of
+// README's table of them.
+func Reasons() []Reason { return event.Reasons() }
 
 // Record is what the worker knows when it gives up on a message.
 type Record struct {
-	Reason     string
+	Reason     Reason
 	Status     int // 0 when no HTTP answer is involved
 	Detail     string
 	Deliveries uint64
@@ -115,7 +127,7 @@ func Msg(subject string, header nats.Header, body []byte, r Record) *nats.Msg {
 		}
 	}
 	m.Data = body
-	m.Header.Set(HeaderReason, r.Reason)
+	m.Header.Set(HeaderReason, string(r.Reason))
 	if r.Status != 0 {
 		m.Header.Set(HeaderStatus, strconv.Itoa(r.Status))
 	}
@@ -214,7 +226,7 @@ func Publish(ctx context.Context, js jetstream.JetStream, m *nats.Msg) error {
 // ParseRecord reads the dead-letter headers back.
 func ParseRecord(h nats.Header) (Record, error) {
 	var r Record
-	r.Reason = h.Get(HeaderReason)
+	r.Reason = Reason(h.Get(HeaderReason))
 	if r.Reason == "" {
 		return r, errors.New("not a dead-lettered message: no " + HeaderReason + " header")
 	}

@@ -26,7 +26,7 @@ func TestRecordRoundTrip(t *testing.T) {
 			RequestedAt: at.Add(30 * time.Second)},
 	}
 	for _, r := range tests {
-		t.Run(r.Reason, func(t *testing.T) {
+		t.Run(string(r.Reason), func(t *testing.T) {
 			m := deadletter.Msg("cio.track", nats.Header{"X-A": {"a"}}, []byte(`{}`), r)
 			got, err := deadletter.ParseRecord(m.Header)
 			if err != nil {
@@ -84,7 +84,7 @@ func TestParseRecordMalformed(t *testing.T) {
 }
 
 func TestReplayable(t *testing.T) {
-	for reason, want := range map[string]bool{
+	for reason, want := range map[deadletter.Reason]bool{
 		deadletter.ReasonRetriesExhausted: true, deadletter.ReasonRejected: true, deadletter.ReasonAmbiguous: true,
 		"invalid_json": false, "missing_event": false, "too_large": false, "audience": false, "invalid_identifier": false,
 		"some_future_reason": false, "": false,

@@ -62,7 +62,7 @@ const DefaultMaxReplays = 3
 // down, or refusing the call for a reason that can change) rather than a
 // verdict on the call's own bytes. Every reason but these is a validation
 // failure, which a replay would meet again the same way within seconds.
-func Replayable(reason string) bool {
+func Replayable(reason Reason) bool {
 	switch reason {
 	case ReasonRetriesExhausted, ReasonRejected, ReasonAmbiguous:
 		return true

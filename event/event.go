@@ -68,25 +68,6 @@ func TypeOfSubject(subject string) Type {
 	return ParseType(rest)
 }
 
-// Reason names why a call is invalid. Reasons are stable identifiers: they
-// label metrics and dead-letter headers.
-type Reason string
-
-// Reasons a call is rejected before it is ever sent.
-const (
-	ReasonInvalidJSON     Reason = "invalid_json"
-	ReasonInvalidUTF8     Reason = "invalid_utf8"
-	ReasonUnknownType     Reason = "unknown_type"
-	ReasonTypeMismatch    Reason = "type_mismatch"
-	ReasonInvalidField    Reason = "invalid_field"
-	ReasonMissingUser     Reason = "missing_user"
-	ReasonMissingEvent    Reason = "missing_event"
-	ReasonMissingName     Reason = "missing_name"
-	ReasonMissingGroupID  Reason = "missing_group_id"
-	ReasonMissingPrevious Reason = "missing_previous_id"
-	ReasonTooLarge        Reason = "too_large"
-)
-
 // InvalidError reports a call that can never be delivered as published.
 type InvalidError struct {
 	Reason Reason

@@ -209,7 +209,7 @@ func dlqReasons(t *testing.T, e *env) (map[string]int, int) {
 		if err != nil {
 			t.Fatalf("dead letter %d: %v", seq, err)
 		}
-		reasons[r.Reason]++
+		reasons[string(r.Reason)]++
 		n++
 	}
 	return reasons, n

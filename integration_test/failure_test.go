@@ -199,7 +199,7 @@ func TestFailureOutcomes(t *testing.T) {
 				if r.Reason != reason || r.Deliveries != deliveries {
 					t.Errorf("reason %q after %d deliveries, want %q after %d", r.Reason, r.Deliveries, reason, deliveries)
 				}
-				if got := metricValue(t, reg, "cio_relay_dead_letters_total", "reason", reason); got != 1 {
+				if got := metricValue(t, reg, "cio_relay_dead_letters_total", "reason", string(reason)); got != 1 {
 					t.Errorf("cio_relay_dead_letters_total{reason=%s} = %v, want 1", reason, got)
 				}
 			}

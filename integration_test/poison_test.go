@@ -106,7 +106,7 @@ func TestPoisonCorpus(t *testing.T) {
 		}
 		got[p.name] = true
 		r := d.Record
-		if r.Reason != string(p.reason) {
+		if r.Reason != p.reason {
 			t.Errorf("%s: reason %q, want %q (%s)", p.name, r.Reason, p.reason, r.Detail)
 		}
 		if d.Subject != "dlq."+p.subject {
@@ -191,7 +191,7 @@ func FuzzPrepareDeadLetter(f *testing.F) {
 			if len(call) != 0 {
 				t.Fatalf("Prepare returned %d bytes with its error", len(call))
 			}
-			rec.Reason, rec.Detail = string(ie.Reason), err.Error()
+			rec.Reason, rec.Detail = ie.Reason, err.Error()
 		} else {
 			checkPrepared(t, et, body, call, id, stamp, published)
 			// A call Customer.io refused on its own.

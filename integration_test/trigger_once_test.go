@@ -392,7 +392,7 @@ func TestRejectedMergedTriggerIsBisectedAtPace(t *testing.T) {
 	if len(dl) != 1 || dl[0].Record.Reason != "rejected" || !bytes.Contains(dl[0].Data, []byte(`"bad"`)) {
 		var what []string
 		for _, d := range dl {
-			what = append(what, d.Record.Reason+" "+string(d.Data))
+			what = append(what, string(d.Record.Reason)+" "+string(d.Data))
 		}
 		t.Errorf("dead letters %q, want only the bad trigger, rejected", what)
 	}

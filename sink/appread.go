@@ -60,14 +60,11 @@ const maxRetryWait = time.Minute
 // pagination cursors. It is safe for concurrent use, and all its users
 // share one pace.
 type AppReader struct {
-	base      string // {URL} without trailing '/'
-	apiKey    func() string
-	userAgent string
-	client    *http.Client
-	limiter   *rate.Limiter
-	pageSize  int // 0: each read's largest
-	now       func() time.Time
-	sleep     func(context.Context, time.Duration) error
+	c        client // its now is the reader's clock, so tests control Retry-After
+	limiter  *rate.Limiter
+	pageSize int // 0: each read's largest
+	now      func() time.Time
+	sleep    func(context.Context, time.Duration) error
 }
 
 // AppReaderOptions configures an AppReader.
@@ -87,7 +84,7 @@ type AppReaderOptions struct {
 
 // NewAppReader returns a reader for the App API at opts.URL.
 func NewAppReader(opts AppReaderOptions) (*AppReader, error) {
-	if opts.URL == "" || opts.APIKey == nil || opts.Client == nil {
+	if opts.APIKey == nil {
 		return nil, errors.New("sink: AppReader needs a URL, an API key and an HTTP client")
 	}
 	if (opts.Now == nil) != (opts.Sleep == nil) {
@@ -99,11 +96,13 @@ func NewAppReader(opts AppReaderOptions) (*AppReader, error) {
 	if opts.Now == nil {
 		opts.Now, opts.Sleep = time.Now, sleepContext
 	}
+	c, err := newClient(APIApp, "AppReader", opts.URL, opts.UserAgent, opts.Client, bearer(opts.APIKey))
+	if err != nil {
+		return nil, err
+	}
+	c.now = opts.Now
 	return &AppReader{
-		base:      strings.TrimRight(opts.URL, "/"),
-		apiKey:    opts.APIKey,
-		userAgent: opts.UserAgent,
-		client:    withoutRedirects(opts.Client),
+		c: c,
 		// A burst of 1 spaces requests 100 ms apart, so no sliding
 		// second ever holds more than 10 of them, however the server
 		// counts.
@@ -659,7 +658,7 @@ func envelope(body []byte, key string) ([]json.RawMessage, string, error) {
 // this header is not set"): waiting seconds would not help, so it is
 // returned at once. Errors are a *StatusError or a *TransportError.
 func (r *AppReader) get(ctx context.Context, path string, q url.Values) ([]byte, error) {
-	u := r.base + path
+	u := r.c.base + path
 	if len(q) > 0 {
 		u += "?" + q.Encode()
 	}
@@ -700,37 +699,23 @@ func (r *AppReader) get(ctx context.Context, path string, q url.Values) ([]byte,
 }
 
 // getOnce sends one GET and returns a 2xx answer's body; any other outcome
-// is classified as do classifies it. It exists beside doRead because an
-// answer here may be megabytes.
+// is classified as every request is (client.roundTrip). It reads the
+// answer itself, not with client.doRead, because an answer here may be
+// megabytes.
 func (r *AppReader) getOnce(ctx context.Context, u string) ([]byte, error) {
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u, nil)
+	req, err := r.c.newRequest(ctx, http.MethodGet, u, nil, "App API")
 	if err != nil {
-		return nil, fmt.Errorf("building App API request: %w", err)
+		return nil, err
 	}
-	req.Header.Set("Authorization", "Bearer "+r.apiKey())
 	req.Header.Set("Accept", "application/json")
-	req.Header.Set("User-Agent", r.userAgent)
-	resp, err := r.client.Do(req)
+	resp, err := r.c.roundTrip(req)
 	if err != nil {
-		if ctxErr := ctx.Err(); ctxErr != nil {
-			return nil, fmt.Errorf("customer.io app request: %w", ctxErr)
-		}
-		var ue *url.Error
-		if errors.As(err, &ue) {
-			err = fmt.Errorf("%s request: %w", ue.Op, ue.Err)
-		}
-		return nil, &TransportError{API: "app", Err: err}
+		return nil, err
 	}
 	defer resp.Body.Close()
-	if resp.StatusCode < 200 || resp.StatusCode >= 300 {
-		se := statusError(resp, "app", nil)
-		// Retry-After is relative to our clock, which tests control.
-		se.RetryAfter = ParseRetryAfter(resp.Header.Get("Retry-After"), r.now())
-		return nil, se
-	}
 	b, err := io.ReadAll(io.LimitReader(resp.Body, maxReadBody+1))
 	if err != nil {
-		return nil, &TransportError{API: "app", Err: fmt.Errorf("reading the answer: %w", err)}
+		return nil, &TransportError{API: APIApp, Err: fmt.Errorf("reading the answer: %w", err)}
 	}
 	if len(b) > maxReadBody {
 		return nil, fmt.Errorf("customer.io app API answered more than %d bytes", maxReadBody)

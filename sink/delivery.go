@@ -19,12 +19,13 @@ import (
 )
 
 // Reasons a delivery action (an unsubscribe or a metric attributed to a
-// delivery) is refused before it is sent. Syntax faults use event's
-// reasons (invalid_json, invalid_utf8), wrong field types invalid_field.
+// delivery) is refused before it is sent: names here for event's, the one
+// set of reasons. Syntax faults use event's reasons (invalid_json,
+// invalid_utf8), wrong field types invalid_field.
 const (
-	ReasonInvalidDeliveryID = event.Reason("invalid_delivery_id")
-	ReasonInvalidMetric     = event.Reason("invalid_metric")
-	ReasonInvalidTimestamp  = event.Reason("invalid_timestamp")
+	ReasonInvalidDeliveryID = event.ReasonInvalidDeliveryID
+	ReasonInvalidMetric     = event.ReasonInvalidMetric
+	ReasonInvalidTimestamp  = event.ReasonInvalidTimestamp
 )
 
 // MaxDeliveryIDBytes bounds a delivery id. Customer.io documents it only as
@@ -146,27 +147,23 @@ func ParseMetric(body []byte) (Metric, error) {
 	if met.DeliveryID, err = m.deliveryID(); err != nil {
 		return Metric{}, err
 	}
+	name, known, what := "metric", Metrics, "metric"
 	if met.Legacy {
-		ev, _, err := m.str("event", ReasonInvalidMetric)
-		if err != nil {
-			return Metric{}, err
-		}
-		if !slices.Contains(PushEvents, ev) {
-			return Metric{}, invalidMetric(fmt.Sprintf("push event %q is not one of %s", ev, strings.Join(PushEvents, ", ")))
-		}
-		met.Metric = ev
+		name, known, what = "event", PushEvents, "push event"
+	}
+	v, _, err := m.str(name, ReasonInvalidMetric)
+	if err != nil {
+		return Metric{}, err
+	}
+	if !slices.Contains(known, v) {
+		return Metric{}, invalidMetric(fmt.Sprintf("%s %q is not one of %s", what, v, strings.Join(known, ", ")))
+	}
+	met.Metric = v
+	if met.Legacy {
 		if met.Recipient, _, err = m.str("device_id", event.ReasonInvalidField); err != nil {
 			return Metric{}, err
 		}
 	} else {
-		v, _, err := m.str("metric", ReasonInvalidMetric)
-		if err != nil {
-			return Metric{}, err
-		}
-		if !slices.Contains(Metrics, v) {
-			return Metric{}, invalidMetric(fmt.Sprintf("metric %q is not one of %s", v, strings.Join(Metrics, ", ")))
-		}
-		met.Metric = v
 		for _, f := range []struct {
 			name string
 			dst  *string
@@ -232,20 +229,15 @@ func (t *Track) Unsubscribe(ctx context.Context, u Unsubscribe) error {
 // ReportMetric posts body, from Metric.Body, to {URL}/metrics. It needs no
 // Authorization; errors are as for Suppress.
 func (t *Track) ReportMetric(ctx context.Context, body []byte) error {
-	return t.postJSON(ctx, t.base+"/metrics", body, "metric")
+	return t.postJSON(ctx, t.c.base+"/metrics", body, "metric")
 }
 
 func (t *Track) postJSON(ctx context.Context, u string, body []byte, action string) error {
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, u, bytes.NewReader(body))
+	req, err := t.c.newRequest(ctx, http.MethodPost, u, bytes.NewReader(body), "Track "+action)
 	if err != nil {
-		return fmt.Errorf("building Track %s request: %w", action, err)
+		return err
 	}
-	if t.siteID != "" {
-		req.SetBasicAuth(t.siteID, t.apiKey())
-	}
-	req.Header.Set("Content-Type", "application/json")
-	req.Header.Set("User-Agent", t.userAgent)
-	if err := do(t.client, req, "track"); err != nil {
+	if err := t.c.do(req); err != nil {
 		return fmt.Errorf("%s: %w", action, err)
 	}
 	return nil

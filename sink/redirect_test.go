@@ -23,24 +23,24 @@ import (
 func TestRedirectsAreNeverFollowed(t *testing.T) {
 	const identifier = "alice+redirect@example.com"
 	apis := []struct {
-		api  string
+		api  sink.API
 		path string // appended to the moved base in Location
 		call func(t *testing.T, s *ciotest.Server) error
 	}{
-		{"cdp", "/v1/batch", func(t *testing.T, s *ciotest.Server) error {
+		{sink.APICDP, "/v1/batch", func(t *testing.T, s *ciotest.Server) error {
 			return newCDP(t, s, "cdp").SendBatch(context.Background(), []byte(body))
 		}},
-		{"app", "/v1/campaigns/7/triggers", func(t *testing.T, s *ciotest.Server) error {
+		{sink.APIApp, "/v1/campaigns/7/triggers", func(t *testing.T, s *ciotest.Server) error {
 			_, err := newApp(t, s, appKey).Trigger(context.Background(), 7, []byte(`{"ids":["u1"]}`))
 			return err
 		}},
-		{"track", "/api/v1/customers/alice+redirect@example.com/suppress", func(t *testing.T, s *ciotest.Server) error {
+		{sink.APITrack, "/api/v1/customers/alice+redirect@example.com/suppress", func(t *testing.T, s *ciotest.Server) error {
 			return newTrack(t, s, siteID, trackKey).Suppress(context.Background(), identifier)
 		}},
 	}
 	for _, a := range apis {
 		for _, status := range []int{301, 302, 303, 307, 308} {
-			t.Run(a.api+"/"+strconv.Itoa(status), func(t *testing.T) {
+			t.Run(a.api.String()+"/"+strconv.Itoa(status), func(t *testing.T) {
 				var s *ciotest.Server
 				s = directServer(t, func(r *ciotest.Request) *ciotest.Fault {
 					if r.API == ciotest.APIMoved {

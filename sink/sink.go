@@ -24,7 +24,7 @@ const maxErrorBody = 512
 
 // StatusError is an answer from Customer.io other than 2xx.
 type StatusError struct {
-	API        string // "cdp", "track" or "app"
+	API        API
 	Status     int
 	RetryAfter time.Duration // from the Retry-After header; 0 when absent
 	Body       string        // trimmed response body
@@ -63,7 +63,7 @@ func (e *StatusError) Retryable() bool {
 // TransportError is a failure to get any answer: connection refused or
 // reset, DNS, TLS, timeout. The request may or may not have been processed.
 type TransportError struct {
-	API string
+	API API
 	Err error
 }
 
@@ -126,11 +126,9 @@ func withoutRedirects(c *http.Client) *http.Client {
 // the same request is answered 400 with the errors, which the worker
 // bisects until only the refused call is dead-lettered.
 type CDP struct {
-	endpoint  string
-	apiKey    func() string
-	userAgent string
-	client    *http.Client
-	strict    bool
+	c        client
+	endpoint string // {URL}/batch
+	strict   bool
 }
 
 // StrictModeHeader is the request header that asks the CDP API for strict
@@ -151,16 +149,15 @@ type CDPOptions struct {
 
 // NewCDP returns a client that posts to {URL}/batch.
 func NewCDP(opts CDPOptions) (*CDP, error) {
-	if opts.URL == "" || opts.APIKey == nil || opts.Client == nil {
+	if opts.APIKey == nil {
 		return nil, errors.New("sink: CDP needs a URL, an API key and an HTTP client")
 	}
-	return &CDP{
-		endpoint:  strings.TrimRight(opts.URL, "/") + "/batch",
-		apiKey:    opts.APIKey,
-		userAgent: opts.UserAgent,
-		client:    withoutRedirects(opts.Client),
-		strict:    !opts.Permissive,
-	}, nil
+	// The key is the Basic auth user, with no password.
+	c, err := newClient(APICDP, "CDP", opts.URL, opts.UserAgent, opts.Client, basic(opts.APIKey, func() string { return "" }))
+	if err != nil {
+		return nil, err
+	}
+	return &CDP{c: c, endpoint: c.base + "/batch", strict: !opts.Permissive}, nil
 }
 
 // SendBatch posts one batch body. It returns nil on 2xx, a *StatusError for
@@ -171,18 +168,15 @@ func NewCDP(opts CDPOptions) (*CDP, error) {
 // when done), so the caller may reuse body's memory as soon as it returns.
 func (c *CDP) SendBatch(ctx context.Context, body []byte) error {
 	rb := &requestBody{Reader: bytes.NewReader(body), closed: make(chan struct{})}
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, c.endpoint, rb)
+	req, err := c.c.newRequest(ctx, http.MethodPost, c.endpoint, rb, "CDP")
 	if err != nil {
-		return fmt.Errorf("building CDP request: %w", err)
+		return err
 	}
 	req.ContentLength = int64(len(body))
-	req.SetBasicAuth(c.apiKey(), "")
-	req.Header.Set("Content-Type", "application/json")
-	req.Header.Set("User-Agent", c.userAgent)
 	if c.strict {
 		req.Header.Set(StrictModeHeader, "1")
 	}
-	err = do(c.client, req, "cdp")
+	err = c.c.do(req)
 	// The transport closes the body on every path, bounded by the client's
 	// timeout; the cap only guards against a transport that would not.
 	select {
@@ -205,15 +199,6 @@ type requestBody struct {
 func (b *requestBody) Close() error {
 	b.once.Do(func() { close(b.closed) })
 	return nil
-}
-
-// do sends req and turns its outcome into nil, *StatusError or
-// *TransportError. The response body is drained so the connection is reused.
-// private are values req's path carries that must not appear in an error
-// (a suppression's identifier), should a redirect's Location repeat them.
-func do(client *http.Client, req *http.Request, api string, private ...string) error {
-	_, err := doRead(client, req, api, private...)
-	return err
 }
 
 // ParseRetryAfter reads a Retry-After value, either delay-seconds or an HTTP
@@ -308,7 +293,7 @@ func Classify(err error) Class {
 			return Pause
 		case se.Retryable():
 			return Retry
-		case se.Status == http.StatusNotFound && se.API == "app":
+		case se.Status == http.StatusNotFound && se.API == APIApp:
 			// The App API answers 404 for a broadcast that does not
 			// exist: the trigger's data is wrong, not the configuration.
 			return Reject

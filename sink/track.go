@@ -1,14 +1,12 @@
 package sink
 
 import (
-	"bytes"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"net/http"
 	"net/url"
 	"strings"
@@ -27,20 +25,17 @@ import (
 const MaxIdentifierBytes = 1000
 
 // ReasonInvalidIdentifier labels a suppression whose identifier cannot be
-// sent. Syntax faults of the body use event's reasons (invalid_json,
-// invalid_utf8).
-const ReasonInvalidIdentifier = event.Reason("invalid_identifier")
+// sent (one of event's reasons, the one set). Syntax faults of the body
+// use event's reasons (invalid_json, invalid_utf8).
+const ReasonInvalidIdentifier = event.ReasonInvalidIdentifier
 
 // Track sends suppressions, unsubscribes and delivery metrics to
 // Customer.io's Track API.
 type Track struct {
-	endpoint  string // {URL}/customers/
-	base      string // {URL}, e.g. https://track.customer.io/api/v1
-	root      string // scheme and host of URL: unsubscribes live there
-	siteID    string // "": no credentials, only the calls that need none
-	apiKey    func() string
-	userAgent string
-	client    *http.Client
+	c        client // without credentials when there is no site id
+	endpoint string // {URL}/customers/
+	root     string // scheme and host of URL: unsubscribes live there
+	siteID   string // "": no credentials, only the calls that need none
 }
 
 // TrackOptions configures a Track client.
@@ -64,16 +59,15 @@ func NewTrack(opts TrackOptions) (*Track, error) {
 	if err != nil || u.Scheme == "" || u.Host == "" {
 		return nil, fmt.Errorf("sink: Track URL %q is not an absolute URL", opts.URL)
 	}
-	base := strings.TrimRight(opts.URL, "/")
-	return &Track{
-		endpoint:  base + "/customers/",
-		base:      base,
-		root:      u.Scheme + "://" + u.Host,
-		siteID:    opts.SiteID,
-		apiKey:    opts.APIKey,
-		userAgent: opts.UserAgent,
-		client:    withoutRedirects(opts.Client),
-	}, nil
+	var auth func(*http.Request) // none: only the calls that need none
+	if opts.SiteID != "" {
+		auth = basic(func() string { return opts.SiteID }, opts.APIKey)
+	}
+	c, err := newClient(APITrack, "Track", opts.URL, opts.UserAgent, opts.Client, auth)
+	if err != nil {
+		return nil, err
+	}
+	return &Track{c: c, endpoint: c.base + "/customers/", root: u.Scheme + "://" + u.Host, siteID: opts.SiteID}, nil
 }
 
 // Suppress deletes the person identifier names and stops the identifier
@@ -99,13 +93,11 @@ func (t *Track) post(ctx context.Context, identifier, action string) error {
 		return fmt.Errorf("%s: %w", action, errNoCredentials)
 	}
 	u := t.endpoint + escapeIdentifier(identifier) + "/" + action
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, u, nil)
+	req, err := t.c.newRequest(ctx, http.MethodPost, u, nil, "Track "+action)
 	if err != nil {
-		return fmt.Errorf("building Track %s request: %w", action, err)
+		return err
 	}
-	req.SetBasicAuth(t.siteID, t.apiKey())
-	req.Header.Set("User-Agent", t.userAgent)
-	if err := do(t.client, req, "track", identifier); err != nil {
+	if err := t.c.do(req, identifier); err != nil {
 		// The hash, not the identifier: it is usually an email address.
 		return fmt.Errorf("%s of identifier %s: %w", action, HashIdentifier(identifier), err)
 	}
@@ -133,49 +125,19 @@ func escapeIdentifier(identifier string) string {
 // repeated, not a string, blank, longer than MaxIdentifierBytes, contains
 // a control character, or is "." or "..".
 func ParseSuppression(body []byte) (string, error) {
-	if !utf8.Valid(body) {
-		return "", &event.InvalidError{Reason: event.ReasonInvalidUTF8, Detail: "body is not valid UTF-8"}
-	}
-	dec := json.NewDecoder(bytes.NewReader(body))
-	syntax := func(err error) error {
-		return &event.InvalidError{Reason: event.ReasonInvalidJSON, Detail: err.Error()}
-	}
-	if tok, err := dec.Token(); err != nil {
-		return "", syntax(err)
-	} else if d, ok := tok.(json.Delim); !ok || d != '{' {
-		return "", &event.InvalidError{Reason: event.ReasonInvalidJSON, Detail: "body must be a JSON object"}
-	}
-	var raw json.RawMessage
-	n := 0
-	for dec.More() {
-		tok, err := dec.Token()
-		if err != nil {
-			return "", syntax(err)
-		}
-		var v json.RawMessage
-		if err := dec.Decode(&v); err != nil {
-			return "", syntax(err)
-		}
-		if tok == "identifier" {
-			raw = v
-			n++
-		}
-	}
-	if _, err := dec.Token(); err != nil {
-		return "", syntax(err)
-	}
-	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
-		return "", &event.InvalidError{Reason: event.ReasonInvalidJSON, Detail: "data after the object"}
+	m, err := members(body)
+	if err != nil {
+		return "", err
 	}
 	var id string
-	switch {
-	case n == 0:
+	switch vs := m["identifier"]; {
+	case len(vs) == 0:
 		return "", invalidIdentifier("identifier is required")
-	case n > 1:
+	case len(vs) > 1:
 		// Which copy Customer.io would act on depends on the parser; for
 		// an irreversible deletion, neither.
 		return "", invalidIdentifier("identifier appears more than once")
-	case len(raw) == 0 || raw[0] != '"' || json.Unmarshal(raw, &id) != nil:
+	case len(vs[0]) == 0 || vs[0][0] != '"' || json.Unmarshal(vs[0], &id) != nil:
 		return "", invalidIdentifier("identifier must be a string")
 	}
 	if err := checkIdentifier(id); err != nil {

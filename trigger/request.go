@@ -36,18 +36,18 @@ const (
 	MaxBodyBytes = 25_000_000
 )
 
-// Reasons a trigger body is invalid. They share event.Reason's type and,
-// where the meaning is the same, its values, so the worker labels metrics
-// and dead letters for every kind of message the same way.
+// Reasons a trigger body is invalid: names here for event's, the one set
+// of reasons (see event.Reason), so the worker labels metrics and dead
+// letters for every kind of message the same way.
 const (
-	ReasonInvalidJSON        = event.ReasonInvalidJSON  // not one JSON object
-	ReasonInvalidUTF8        = event.ReasonInvalidUTF8  // not valid UTF-8
-	ReasonInvalidField       = event.ReasonInvalidField // a member of the wrong shape, or repeated
-	ReasonTooLarge           = event.ReasonTooLarge     // body or data over Customer.io's byte limits
-	ReasonInvalidBroadcastID = event.Reason("invalid_broadcast_id")
-	ReasonAudience           = event.Reason("audience") // no audience, or more than one
-	ReasonInvalidDataFileURL = event.Reason("invalid_data_file_url")
-	ReasonTooManyRecipients  = event.Reason("too_many_recipients")
+	ReasonInvalidJSON        = event.ReasonInvalidJSON        // not one JSON object
+	ReasonInvalidUTF8        = event.ReasonInvalidUTF8        // not valid UTF-8
+	ReasonInvalidField       = event.ReasonInvalidField       // a member of the wrong shape, or repeated
+	ReasonTooLarge           = event.ReasonTooLarge           // body or data over Customer.io's byte limits
+	ReasonInvalidBroadcastID = event.ReasonInvalidBroadcastID // missing, not a positive whole number
+	ReasonAudience           = event.ReasonAudience           // no audience, or more than one
+	ReasonInvalidDataFileURL = event.ReasonInvalidDataFileURL
+	ReasonTooManyRecipients  = event.ReasonTooManyRecipients
 )
 
 // Audience is how a trigger chooses its recipients: the one audience

@@ -42,7 +42,7 @@ func newRetrier(o Options, log *slog.Logger, m *metrics) *retrier {
 //     pause (see pauseState) and probe every ProbeInterval until it passes.
 //
 // Every request's duration and status class is recorded under api.
-func (w *retrier) attempt(ctx context.Context, api string, pause *pauseState, minWait time.Duration, stop func(error) bool, try func(context.Context) error) error {
+func (w *retrier) attempt(ctx context.Context, api sink.API, pause *pauseState, minWait time.Duration, stop func(error) bool, try func(context.Context) error) error {
 	bo := backoff.NewExponentialBackOff(
 		backoff.WithInitialInterval(w.initial),
 		backoff.WithMaxInterval(w.maxInterval),
@@ -74,7 +74,7 @@ func (w *retrier) attempt(ctx context.Context, api string, pause *pauseState, mi
 				paused = true
 				pause.enter(err)
 			}
-			if api == "cdp" {
+			if api == sink.APICDP {
 				w.m.batches.WithLabelValues("paused").Inc()
 			}
 			wait = max(w.probe, minWait)
@@ -96,10 +96,10 @@ func (w *retrier) attempt(ctx context.Context, api string, pause *pauseState, mi
 			}
 			wait = max(wait, minWait)
 			w.m.retries.WithLabelValues(retryReason(err)).Inc()
-			if api == "cdp" {
+			if api == sink.APICDP {
 				w.m.batches.WithLabelValues("retried").Inc()
 			}
-			w.log.Warn("request failed; retrying", "api", api, "err", err, "wait", wait.String())
+			w.log.Warn("request failed; retrying", "api", string(api), "err", err, "wait", wait.String())
 		default:
 			return err
 		}
@@ -115,7 +115,7 @@ func (w *retrier) attempt(ctx context.Context, api string, pause *pauseState, mi
 var errGaveUpBetweenTries = errors.New("shutdown between retries")
 
 // observe records one request's duration and status class.
-func (w *retrier) observe(api string, start time.Time, err error) {
+func (w *retrier) observe(api sink.API, start time.Time, err error) {
 	class := "2xx"
 	if err != nil {
 		class = "error"
@@ -123,7 +123,7 @@ func (w *retrier) observe(api string, start time.Time, err error) {
 			class = strconv.Itoa(s/100) + "xx"
 		}
 	}
-	w.m.requestTime.WithLabelValues(api, class).Observe(time.Since(start).Seconds())
+	w.m.requestTime.WithLabelValues(string(api), class).Observe(time.Since(start).Seconds())
 }
 
 func retryReason(err error) string {

@@ -4,6 +4,8 @@ import (
 	"context"
 	"testing"
 	"time"
+
+	"github.com/cio-relay/cio-relay/batcher"
 )
 
 // BenchmarkHold measures taking one message into the worker's hands: its
@@ -41,7 +43,7 @@ func BenchmarkSendDelivered(b *testing.B) {
 		m.discard = true
 		hs = append(hs, h)
 	}
-	body := batchBody(hs)
+	body := batcher.BodyOf(hs, callOf)
 	ctx := context.Background()
 	b.ReportAllocs()
 	b.ReportMetric(float64(len(hs)), "calls/op")

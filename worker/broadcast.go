@@ -106,7 +106,7 @@ func (w *triggerRunner) sendTrigger(ctx context.Context, stopping <-chan struct{
 	requested := false        // a request for b may have reached Customer.io
 	var requestedAt time.Time // when the last request was sent
 	waited := false
-	err := w.attempt(ctx, "app", w.pause, w.interval, stopTrigger, func(ctx context.Context) error {
+	err := w.attempt(ctx, sink.APIApp, w.pause, w.interval, stopTrigger, func(ctx context.Context) error {
 		t, err := w.turns.acquire(ctx, stopping, b.BroadcastID)
 		if err != nil {
 			return err
@@ -148,7 +148,7 @@ func (w *triggerRunner) sendTrigger(ctx context.Context, stopping <-chan struct{
 		return w.sentBefore(ctx, p, b, conflict, requested, now)
 	case errors.As(err, &kvErr):
 		w.health.failed(opKV, now)
-		w.m.direct.WithLabelValues("app", "nakked").Inc()
+		w.m.direct.WithLabelValues(string(sink.APIApp), "nakked").Inc()
 		w.log.Error("broadcast trigger markers unreachable: not sending blind; nakking for later", "broadcast_id", b.BroadcastID,
 			"triggers", len(b.Items), "err", err)
 		s.MarkersDown = true
@@ -159,7 +159,7 @@ func (w *triggerRunner) sendTrigger(ctx context.Context, stopping <-chan struct{
 		p.Withdraw(b, func(*held) bool { return true })
 		return b.Items
 	case s.MaybeSent:
-		w.m.direct.WithLabelValues("app", "ambiguous").Inc()
+		w.m.direct.WithLabelValues(string(sink.APIApp), "ambiguous").Inc()
 		s.detail = fmt.Sprintf("broadcast %d: request may have reached Customer.io, not retried: %v", b.BroadcastID, err)
 		w.settleCalls(ctx, b.Items, s)
 		p.Done(b, now)
@@ -172,7 +172,7 @@ func (w *triggerRunner) sendTrigger(ctx context.Context, stopping <-chan struct{
 			w.log.Warn("broadcast triggered but not all markers recorded it; if their acks are lost too, those triggers are dead-lettered as ambiguous",
 				"broadcast_id", b.BroadcastID, "trigger_id", triggerID, "markers", n)
 		}
-		w.m.direct.WithLabelValues("app", "delivered").Inc()
+		w.m.direct.WithLabelValues(string(sink.APIApp), "delivered").Inc()
 		w.m.coalesced.Add(float64(len(b.Items) - 1))
 		w.log.Info("broadcast triggered", "broadcast_id", b.BroadcastID, "trigger_id", triggerID,
 			"triggers", len(b.Items), "recipients", b.Recipients)
@@ -180,23 +180,23 @@ func (w *triggerRunner) sendTrigger(ctx context.Context, stopping <-chan struct{
 		if decide(s.outcome).Verb == verbSplit && p.Split(b, now) {
 			// One trigger of a merged request may have spoiled it for the
 			// rest: its halves go back to the pacer, each waiting its turn.
-			w.m.direct.WithLabelValues("app", "split").Inc()
+			w.m.direct.WithLabelValues(string(sink.APIApp), "split").Inc()
 			w.log.Warn("coalesced trigger request rejected; sending it again in halves, each in its broadcast's turn",
 				"broadcast_id", b.BroadcastID, "triggers", len(b.Items), "status", sink.StatusOf(err), "err", err)
 			return nil
 		}
-		w.m.direct.WithLabelValues("app", "rejected").Inc()
+		w.m.direct.WithLabelValues(string(sink.APIApp), "rejected").Inc()
 		// The pacer would not split it: the first trigger stands for the request.
 		s.Calls = 1
 		w.settleCalls(ctx, b.Items[:1], s)
 		p.Done(b, now)
 		return b.Items
 	case sink.Retry:
-		w.m.direct.WithLabelValues("app", "nakked").Inc()
+		w.m.direct.WithLabelValues(string(sink.APIApp), "nakked").Inc()
 	case sink.Cancelled:
 		if !s.BetweenTries {
 			// The request was cut off in flight and may have been acted on.
-			w.m.direct.WithLabelValues("app", "ambiguous").Inc()
+			w.m.direct.WithLabelValues(string(sink.APIApp), "ambiguous").Inc()
 			s.detail = fmt.Sprintf("broadcast %d: request cut off at shutdown, may have reached Customer.io, not retried: %v", b.BroadcastID, err)
 		}
 	}
@@ -243,13 +243,13 @@ func (w *triggerRunner) sentBefore(ctx context.Context, p *trigger.Pacer[*held],
 	for _, f := range conflict.found {
 		gone[f.h] = true
 		if f.sent {
-			w.m.direct.WithLabelValues("app", "already_sent").Inc()
+			w.m.direct.WithLabelValues(string(sink.APIApp), "already_sent").Inc()
 			w.log.Info("broadcast trigger was sent by an earlier delivery whose ack was lost; acking it without sending",
 				"broadcast_id", b.BroadcastID, "stream_seq", f.h.seq, "deliveries", f.h.deliveries, "marker", f.value)
 			acks = append(acks, f.h)
 			continue
 		}
-		w.m.direct.WithLabelValues("app", "ambiguous").Inc()
+		w.m.direct.WithLabelValues(string(sink.APIApp), "ambiguous").Inc()
 		// The marker was written just before the earlier request: its
 		// time is the request's.
 		w.deadLetterRequested(ctx, f.h, f.since, fmt.Sprintf(

@@ -90,17 +90,17 @@ func TestTriggerSettlement(t *testing.T) {
 		deliveries uint64
 		respond    error
 		want       []string
-		letters    []string
+		letters    []deadletter.Reason
 		requests   int // at least
 	}{
 		{"2xx double-acks both", 1, nil, []string{"double_ack", "double_ack"}, nil, 1},
 		{"maybe sent is ambiguous for both", 1, reset, []string{"term ambiguous", "term ambiguous"},
-			[]string{deadletter.ReasonAmbiguous, deadletter.ReasonAmbiguous}, 1},
+			[]deadletter.Reason{deadletter.ReasonAmbiguous, deadletter.ReasonAmbiguous}, 1},
 		{"502 is ambiguous", 1, statusErr("app", 502), []string{"term ambiguous", "term ambiguous"},
-			[]string{deadletter.ReasonAmbiguous, deadletter.ReasonAmbiguous}, 1},
+			[]deadletter.Reason{deadletter.ReasonAmbiguous, deadletter.ReasonAmbiguous}, 1},
 		{"dial refused is retried, then nakked", 1, refused, []string{"nak 30s", "nak 30s"}, nil, 2},
 		{"500 at MaxDeliver is exhausted", 3, statusErr("app", 500), []string{"term retries_exhausted", "term retries_exhausted"},
-			[]string{deadletter.ReasonRetriesExhausted, deadletter.ReasonRetriesExhausted}, 2},
+			[]deadletter.Reason{deadletter.ReasonRetriesExhausted, deadletter.ReasonRetriesExhausted}, 2},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

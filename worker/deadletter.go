@@ -21,7 +21,7 @@ func (w *settler) deadLetter(ctx context.Context, h *held, reason string, status
 // deadLetterRequested dead-letters a broadcast trigger as ambiguous,
 // recording when its request was sent.
 func (w *settler) deadLetterRequested(ctx context.Context, h *held, requestedAt time.Time, detail string) {
-	w.writeDeadLetter(ctx, h, deadletter.ReasonAmbiguous, 0, detail, requestedAt)
+	w.writeDeadLetter(ctx, h, string(deadletter.ReasonAmbiguous), 0, detail, requestedAt)
 }
 
 func (w *settler) writeDeadLetter(ctx context.Context, h *held, reason string, status int, detail string, requestedAt time.Time) {
@@ -32,7 +32,7 @@ func (w *settler) writeDeadLetter(ctx context.Context, h *held, reason string, s
 		messageID = id
 	}
 	m := deadletter.Msg(h.msg.Subject(), h.msg.Headers(), h.msg.Data(), deadletter.Record{
-		Reason:      reason,
+		Reason:      deadletter.Reason(reason),
 		Status:      status,
 		Detail:      detail,
 		Deliveries:  h.deliveries,

@@ -29,15 +29,15 @@ func (k callKind) String() string {
 	return "unknown"
 }
 
-// api is the label of the API the kind's requests go to.
-func (k callKind) api() string {
+// api is the API the kind's requests go to.
+func (k callKind) api() sink.API {
 	switch k {
 	case kindTrigger:
-		return "app"
+		return sink.APIApp
 	case kindTrack:
-		return "track"
+		return sink.APITrack
 	}
-	return "cdp"
+	return sink.APICDP
 }
 
 // outcome is what one request's attempts came to, as far as settling one of
@@ -86,8 +86,8 @@ func (v verb) String() string {
 // action is the settlement of one message.
 type action struct {
 	Verb   verb
-	Delay  time.Duration // verbNakDelay
-	Reason string        // verbDeadLetter
+	Delay  time.Duration     // verbNakDelay
+	Reason deadletter.Reason // verbDeadLetter
 }
 
 // decide is the settlement policy, in one place: what happens to one

@@ -2,9 +2,8 @@ package worker
 
 import (
 	"context"
-	"log/slog"
-	"time"
 
+	"github.com/cio-relay/cio-relay/batcher"
 	"github.com/cio-relay/cio-relay/sink"
 )
 
@@ -60,14 +59,14 @@ func (w *Worker) deliver(ctx context.Context, calls []*held, body []byte, split 
 			if len(kept) == 0 {
 				return
 			}
-			calls, body = kept, batchBody(kept)
+			calls, body = kept, batcher.BodyOf(kept, callOf)
 		}
 	}
 	var stop func(error) bool
 	if split != nil {
 		stop = func(error) bool { return true } // one try: see serverErrorSplit
 	}
-	err := w.attempt(ctx, "cdp", &w.pause, 0, stop, func(ctx context.Context) error {
+	err := w.attempt(ctx, sink.APICDP, &w.pause, 0, stop, func(ctx context.Context) error {
 		return w.sender.SendBatch(ctx, body)
 	})
 	s := settlement{outcome: outcome{Class: sink.Classify(err), Kind: kindBatch, Calls: len(calls),
@@ -113,10 +112,9 @@ func (w *Worker) deliver(ctx context.Context, calls []*held, body []byte, split 
 // half is split further only if something has gone through by the time it
 // fails (see serverErrorSplit).
 func (w *Worker) bisect(ctx context.Context, calls []*held, split *serverErrorSplit) {
-	half := len(calls) / 2
-	first, second := calls[:half], calls[half:]
-	w.deliver(ctx, first, batchBody(first), split, true)
-	w.deliver(ctx, second, batchBody(second), split, split == nil || split.delivered)
+	first, second, firstBody, secondBody := batcher.Halves(calls, callOf)
+	w.deliver(ctx, first, firstBody, split, true)
+	w.deliver(ctx, second, secondBody, split, split == nil || split.delivered)
 }
 
 // redelivered reports whether any of calls has failed a delivery before.
@@ -137,66 +135,4 @@ func (w *Worker) blockKey(h *held) {
 	if w.ord != nil && h.ordered {
 		w.ord.nakked(h)
 	}
-}
-
-// batchBody builds the body of a batch of calls: they already fit together,
-// so any subset fits too.
-func batchBody(calls []*held) []byte {
-	n := len(`{"batch":[]}`) + len(calls)
-	for _, h := range calls {
-		n += len(h.call)
-	}
-	b := make([]byte, 0, n)
-	b = append(b, `{"batch":[`...)
-	for i, h := range calls {
-		if i > 0 {
-			b = append(b, ',')
-		}
-		b = append(b, h.call...)
-	}
-	return append(b, `]}`...)
-}
-
-func (p *pauseState) init(api, fix string, m *metrics, log *slog.Logger, every time.Duration) {
-	p.api, p.fix, p.m, p.log, p.every = api, fix, m, log, every
-	m.authPaused.WithLabelValues(api).Set(0)
-}
-
-func (p *pauseState) enter(err error) {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	now := time.Now()
-	if p.holders == 0 {
-		p.since = now
-	}
-	p.holders++
-	p.lastErr = err.Error()
-	p.m.authPaused.WithLabelValues(p.api).Set(1)
-	if now.Sub(p.lastLog) >= p.every {
-		p.lastLog = now
-		p.log.Error("delivery PAUSED: Customer.io refused the credentials or URL; nothing is dead-lettered, "+
-			"retrying every probe interval; a rotated key file is picked up without restart",
-			"api", p.api, "check", p.fix, "err", err, "probe_interval", p.every.String(),
-			"paused_for", now.Sub(p.since).Round(time.Second).String())
-	}
-}
-
-func (p *pauseState) leave() {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	p.holders--
-	if p.holders == 0 {
-		p.m.authPaused.WithLabelValues(p.api).Set(0)
-		p.log.Info("delivery resumed", "api", p.api, "paused_for", time.Since(p.since).Round(time.Millisecond).String())
-		p.lastLog = time.Time{}
-	}
-}
-
-func (p *pauseState) paused() (bool, string) {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	if p.holders > 0 {
-		return true, p.api + " paused: " + p.lastErr
-	}
-	return false, ""
 }

@@ -12,6 +12,7 @@ import (
 	"github.com/nats-io/nats.go"
 	dto "github.com/prometheus/client_model/go"
 
+	"github.com/cio-relay/cio-relay/batcher"
 	"github.com/cio-relay/cio-relay/deadletter"
 )
 
@@ -26,9 +27,9 @@ func TestSendSettlesByOutcome(t *testing.T) {
 		deliveries uint64
 		calls      []string
 		respond    func(ctx context.Context, n int, body []byte) error
-		want       []string // settlement of each call
-		letters    []string // dead letters' reasons
-		requests   int      // requests made, 0 to not check
+		want       []string            // settlement of each call
+		letters    []deadletter.Reason // dead letters' reasons
+		requests   int                 // requests made, 0 to not check
 	}{
 		{name: "2xx acks all", deliveries: 1, calls: []string{good, good},
 			want: []string{"ack", "ack"}, requests: 1},
@@ -39,7 +40,7 @@ func TestSendSettlesByOutcome(t *testing.T) {
 				}
 				return nil
 			},
-			want: []string{"ack", "term rejected", "ack", "ack"}, letters: []string{deadletter.ReasonRejected}},
+			want: []string{"ack", "term rejected", "ack", "ack"}, letters: []deadletter.Reason{deadletter.ReasonRejected}},
 		{name: "5xx on a first delivery naks whole with a delay", deliveries: 1, calls: []string{good, good},
 			respond: func(context.Context, int, []byte) error { return statusErr("cdp", 500) },
 			want:    []string{"nak 30s", "nak 30s"}},
@@ -56,7 +57,7 @@ func TestSendSettlesByOutcome(t *testing.T) {
 			want:    []string{"nak 1m0s", "nak 1m0s", "nak 1m0s", "nak 1m0s"}},
 		{name: "retries exhausted at MaxDeliver dead-letter", deliveries: 3, calls: []string{good},
 			respond: func(context.Context, int, []byte) error { return transportErr("cdp") },
-			want:    []string{"term retries_exhausted"}, letters: []string{deadletter.ReasonRetriesExhausted}},
+			want:    []string{"term retries_exhausted"}, letters: []deadletter.Reason{deadletter.ReasonRetriesExhausted}},
 		{name: "429 with Retry-After then 2xx acks", deliveries: 1, calls: []string{good},
 			respond: func(_ context.Context, n int, _ []byte) error {
 				if n == 0 {
@@ -78,7 +79,7 @@ func TestSendSettlesByOutcome(t *testing.T) {
 				s := &fakeSender{respond: tt.respond}
 				w, js := newFakeWorker(t, s, Options{})
 				hs, ms := heldCalls(t, w, tt.deliveries, tt.calls...)
-				w.send(t.Context(), hs, batchBody(hs))
+				w.send(t.Context(), hs, batcher.BodyOf(hs, callOf))
 				if got := settledAs(ms); !slices.Equal(got, tt.want) {
 					t.Errorf("settled %q, want %q", got, tt.want)
 				}
@@ -105,7 +106,7 @@ func TestRetryAfterIsWaited(t *testing.T) {
 		}}
 		w, _ := newFakeWorker(t, s, Options{})
 		hs, ms := heldCalls(t, w, 1, `{"type":"track","userId":"a"}`)
-		w.send(t.Context(), hs, batchBody(hs))
+		w.send(t.Context(), hs, batcher.BodyOf(hs, callOf))
 		if gap := s.at[1].Sub(s.at[0]); gap < 3*time.Second {
 			t.Fatalf("second request %v after the 429, want at least its Retry-After 3s", gap)
 		}
@@ -131,7 +132,7 @@ func TestPauseHoldsAndProbes(t *testing.T) {
 		w.ready.Store(true)
 		hs, ms := heldCalls(t, w, 5, `{"type":"track","userId":"a"}`)
 		done := make(chan struct{})
-		go func() { w.send(t.Context(), hs, batchBody(hs)); close(done) }()
+		go func() { w.send(t.Context(), hs, batcher.BodyOf(hs, callOf)); close(done) }()
 		synctest.Wait() // the fourth request waits for release
 		if ok, why := w.Ready(); ok || !strings.Contains(why, "cdp paused") {
 			t.Fatalf("Ready() = %v %q while paused", ok, why)
@@ -171,7 +172,7 @@ func TestHardStopNaksNow(t *testing.T) {
 				hs, ms := heldCalls(t, w, 1, `{"type":"track","userId":"a"}`, `{"type":"track","userId":"b"}`)
 				ctx, cancel := context.WithCancel(t.Context())
 				time.AfterFunc(time.Minute, cancel)
-				w.send(ctx, hs, batchBody(hs))
+				w.send(ctx, hs, batcher.BodyOf(hs, callOf))
 				if got := settledAs(ms); !slices.Equal(got, []string{"nak", "nak"}) {
 					t.Fatalf("settled %q, want nak now for both", got)
 				}
@@ -191,7 +192,7 @@ func TestDeadLetterPublishFailureNaks(t *testing.T) {
 		w, js := newFakeWorker(t, &fakeSender{}, Options{})
 		hs, ms := heldCalls(t, w, 1, `{"type":"track","userId":"a"}`, `{"type":"track","userId":"b"}`)
 		js.fail = func(*nats.Msg) error { return errors.New("no responders") }
-		w.deadLetter(t.Context(), hs[0], deadletter.ReasonRejected, 400, "bad")
+		w.deadLetter(t.Context(), hs[0], string(deadletter.ReasonRejected), 400, "bad")
 		if got := ms[0].how(); got != "nak 30s" {
 			t.Fatalf("settled %q, want nak 30s", got)
 		}
@@ -202,7 +203,7 @@ func TestDeadLetterPublishFailureNaks(t *testing.T) {
 			}
 			return nil
 		}
-		w.deadLetter(t.Context(), hs[1], deadletter.ReasonRejected, 400, strings.Repeat("x", 400))
+		w.deadLetter(t.Context(), hs[1], string(deadletter.ReasonRejected), 400, strings.Repeat("x", 400))
 		if got := ms[1].how(); got != "term rejected" {
 			t.Fatalf("settled %q, want term rejected", got)
 		}
@@ -218,7 +219,7 @@ func TestSettleFailureIsCounted(t *testing.T) {
 	w, _ := newFakeWorker(t, &fakeSender{}, Options{})
 	hs, ms := heldCalls(t, w, 1, `{"type":"track","userId":"a"}`)
 	ms[0].err = errors.New("connection closed")
-	w.send(context.Background(), hs, batchBody(hs))
+	w.send(context.Background(), hs, batcher.BodyOf(hs, callOf))
 	if ms[0].how() != "ack" {
 		t.Fatalf("settled %q, want an ack tried", ms[0].how())
 	}

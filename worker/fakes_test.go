@@ -102,12 +102,12 @@ func (j *fakeJS) PublishMsg(_ context.Context, m *nats.Msg, _ ...jetstream.Publi
 }
 
 // reasons are the dead letters' reasons, in order.
-func (j *fakeJS) reasons() []string {
+func (j *fakeJS) reasons() []deadletter.Reason {
 	j.mu.Lock()
 	defer j.mu.Unlock()
-	var rs []string
+	var rs []deadletter.Reason
 	for _, m := range j.letters {
-		rs = append(rs, m.Header.Get(deadletter.HeaderReason))
+		rs = append(rs, deadletter.Reason(m.Header.Get(deadletter.HeaderReason)))
 	}
 	return rs
 }
@@ -140,11 +140,11 @@ func (s *fakeSender) requests() int {
 }
 
 // Scripted answers of Customer.io.
-func statusErr(api string, status int) error { return &sink.StatusError{API: api, Status: status} }
-func retryAfterErr(api string, d time.Duration) error {
+func statusErr(api sink.API, status int) error { return &sink.StatusError{API: api, Status: status} }
+func retryAfterErr(api sink.API, d time.Duration) error {
 	return &sink.StatusError{API: api, Status: 429, RetryAfter: d}
 }
-func transportErr(api string) error {
+func transportErr(api sink.API) error {
 	return &sink.TransportError{API: api, Err: errors.New("connection reset by peer")}
 }
 

@@ -196,7 +196,7 @@ func TestRunDeliversEveryKind(t *testing.T) {
 			if got := direct.got(); !slices.Equal(got, wantDirect) {
 				t.Errorf("direct calls\n%q\nwant\n%q", got, wantDirect)
 			}
-			want := []string{"invalid_broadcast_id", "invalid_json", "invalid_metric", deadletter.ReasonRejected, deadletter.ReasonRejected}
+			want := []string{"invalid_broadcast_id", "invalid_json", "invalid_metric", string(deadletter.ReasonRejected), string(deadletter.ReasonRejected)}
 			if got := dlqReasons(t, js); !slices.Equal(got, want) {
 				t.Errorf("dead letters %q, want %q", got, want)
 			}

@@ -74,10 +74,10 @@ func (w *settler) settleCalls(ctx context.Context, calls []*held, s settlement) 
 				w.deadLetterRequested(ctx, h, s.requestedAt, s.detail)
 			case deadletter.ReasonRetriesExhausted:
 				exhausted++
-				w.deadLetter(ctx, h, a.Reason, s.Status,
+				w.deadLetter(ctx, h, string(a.Reason), s.Status,
 					fmt.Sprintf("delivery %d of %d failed: %v", h.deliveries, s.MaxDeliver, s.err))
 			default:
-				w.deadLetter(ctx, h, a.Reason, s.Status, s.err.Error())
+				w.deadLetter(ctx, h, string(a.Reason), s.Status, s.err.Error())
 			}
 		}
 	}

@@ -92,17 +92,17 @@ func (w *trackRunner) send(ctx context.Context, c trackCall) {
 // rejected (a 400 is a malformed delivery id), nak for later, or nak now
 // at shutdown.
 func (w *trackRunner) call(ctx context.Context, h *held, try func(context.Context) error, done func()) {
-	err := w.attempt(ctx, "track", w.pause, 0, nil, try)
+	err := w.attempt(ctx, sink.APITrack, w.pause, 0, nil, try)
 	s := settlement{outcome: outcome{Class: sink.Classify(err), Kind: kindTrack, Calls: 1,
 		Status: statusOf(err), MaxDeliver: w.maxDeliver, NakDelay: w.nakDelay}, err: err}
 	switch s.Class {
 	case sink.Delivered:
-		w.m.direct.WithLabelValues("track", "delivered").Inc()
+		w.m.direct.WithLabelValues(string(sink.APITrack), "delivered").Inc()
 		done()
 	case sink.Reject:
-		w.m.direct.WithLabelValues("track", "rejected").Inc()
+		w.m.direct.WithLabelValues(string(sink.APITrack), "rejected").Inc()
 	case sink.Retry:
-		w.m.direct.WithLabelValues("track", "nakked").Inc()
+		w.m.direct.WithLabelValues(string(sink.APITrack), "nakked").Inc()
 	}
 	w.settleCalls(ctx, []*held{h}, s)
 }

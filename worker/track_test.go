@@ -25,7 +25,7 @@ func TestTrackCallSettlement(t *testing.T) {
 		respond    error
 		cancel     bool
 		want       string
-		letter     string
+		letter     deadletter.Reason
 	}{
 		{"2xx acks", 1, nil, false, "ack", ""},
 		{"400 is rejected", 1, statusErr("track", 400), false, "term rejected", deadletter.ReasonRejected},
@@ -56,9 +56,9 @@ func TestTrackCallSettlement(t *testing.T) {
 					if got := m.how(); got != tt.want {
 						t.Errorf("settled %q, want %q", got, tt.want)
 					}
-					var want []string
+					var want []deadletter.Reason
 					if tt.letter != "" {
-						want = []string{tt.letter}
+						want = []deadletter.Reason{tt.letter}
 					}
 					if got := js.reasons(); !slices.Equal(got, want) {
 						t.Errorf("dead letters %q, want %q", got, want)

@@ -11,6 +11,7 @@ import (
 
 	"github.com/cio-relay/cio-relay/batcher"
 	"github.com/cio-relay/cio-relay/event"
+	"github.com/cio-relay/cio-relay/sink"
 	"github.com/cio-relay/cio-relay/trigger"
 )
 
@@ -56,9 +57,9 @@ func New(js jetstream.JetStream, sender Sender, opts Options) (*Worker, error) {
 		maxDeliver: opts.MaxDeliver, nakDelay: opts.NakDelay, m: w.m, log: w.log}
 	w.triggers = &triggerRunner{retrier: w.retrier, settler: w.settler, pause: &w.appPause, app: opts.App,
 		interval: opts.BroadcastInterval, maxDeliver: opts.MaxDeliver, nakDelay: opts.NakDelay, health: w.health, m: w.m, log: w.log}
-	w.pause.init("cdp", "CIO_CDP_API_KEY, CIO_CDP_URL", w.m, w.log, opts.ProbeInterval)
-	w.appPause.init("app", "CIO_APP_API_KEY, CIO_APP_URL", w.m, w.log, opts.ProbeInterval)
-	w.trackPause.init("track", "CIO_SITE_ID, CIO_TRACK_API_KEY, CIO_TRACK_URL", w.m, w.log, opts.ProbeInterval)
+	w.pause.init(sink.APICDP, "CIO_CDP_API_KEY, CIO_CDP_URL", w.m, w.log, opts.ProbeInterval)
+	w.appPause.init(sink.APIApp, "CIO_APP_API_KEY, CIO_APP_URL", w.m, w.log, opts.ProbeInterval)
+	w.trackPause.init(sink.APITrack, "CIO_SITE_ID, CIO_TRACK_API_KEY, CIO_TRACK_URL", w.m, w.log, opts.ProbeInterval)
 	return w, nil
 }
 
@@ -100,6 +101,9 @@ type held struct {
 	drained bool   // batcher.Call.Drained
 	parked  bool   // in a lane's queue, the gate or a wait list, not in a batch being sent
 }
+
+// callOf is a held call's wire bytes, for batcher.BodyOf and Halves.
+func callOf(h *held) []byte { return h.call }
 
 // InProgress extends the message's ack deadline.
 func (h *held) InProgress() error { return h.msg.InProgress() }

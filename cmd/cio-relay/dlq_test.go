@@ -37,7 +37,7 @@ func seedDLQ(t *testing.T, js jetstream.JetStream, reasons ...string) {
 	}
 	for i, r := range reasons {
 		m := deadletter.Msg("cio.track", nil, []byte(`{"userId":"u","event":"`+r+`"}`),
-			deadletter.Record{Reason: r, Stream: "CIO", StreamSeq: uint64(i + 1)})
+			deadletter.Record{Reason: deadletter.Reason(r), Stream: "CIO", StreamSeq: uint64(i + 1)})
 		if err := deadletter.Publish(ctx, js, m); err != nil {
 			t.Fatal(err)
 		}
@@ -237,8 +237,9 @@ func testReplayManifest(t *testing.T, path string) {
 	seedDLQ(t, e.js) // the streams
 	ctx := t.Context()
 	for i, l := range []struct {
-		subject, reason string
-		replays         int
+		subject string
+		reason  deadletter.Reason
+		replays int
 	}{
 		{"cio.track", deadletter.ReasonRetriesExhausted, 0},                            // 1: replayed
 		{"cio.broadcast", deadletter.ReasonRetriesExhausted, 0},                        // 2: a trigger

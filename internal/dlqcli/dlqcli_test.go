@@ -96,7 +96,7 @@ func (f *fixture) putDead(t *testing.T, i int, d dead) {
 	h.Set("X-Trace", "trace-"+strconv.Itoa(i+1))
 	h.Set("Nats-Msg-Id", "original-id") // dropped by deadletter.Msg
 	m := deadletter.Msg(d.subject, h, []byte(d.body), deadletter.Record{
-		Reason:       d.reason,
+		Reason:       deadletter.Reason(d.reason),
 		Status:       d.status,
 		Detail:       "detail " + strconv.Itoa(i+1),
 		Deliveries:   uint64(i + 1),
@@ -886,7 +886,7 @@ func TestLargeStream(t *testing.T) {
 			reason = "retries_exhausted"
 		}
 		msgs = append(msgs, deadletter.Msg("cio.track", nil, []byte(`{"userId":"bulk","event":"E`+strconv.Itoa(i)+`"}`),
-			deadletter.Record{Reason: reason, Stream: "CIO", StreamSeq: uint64(1000 + i), DeadLettered: f.now}))
+			deadletter.Record{Reason: deadletter.Reason(reason), Stream: "CIO", StreamSeq: uint64(1000 + i), DeadLettered: f.now}))
 	}
 	f.publishAll(t, msgs)
 

@@ -51,7 +51,7 @@ func (l *Letter) Time() time.Time {
 // subjects and time. The
 // subject filter was applied by the walk's consumer.
 func (l *Letter) matches(f Filter, now time.Time) bool {
-	if len(f.Reasons) > 0 && !slices.Contains(f.Reasons, l.Record.Reason) {
+	if len(f.Reasons) > 0 && !slices.Contains(f.Reasons, string(l.Record.Reason)) {
 		return false
 	}
 	for _, x := range f.Excluded {
@@ -93,7 +93,7 @@ func (l *Letter) json() jsonLetter {
 	r := l.Record
 	j := jsonLetter{
 		Seq: l.Seq, Subject: l.Subject, OriginalSubject: l.OriginalSubject(),
-		Reason: r.Reason, Status: r.Status, Error: r.Detail, Deliveries: r.Deliveries,
+		Reason: string(r.Reason), Status: r.Status, Error: r.Detail, Deliveries: r.Deliveries,
 		Stream: r.Stream, StreamSeq: r.StreamSeq, DeadLettered: l.Time().UTC(), MessageID: r.MessageID,
 	}
 	if !r.FirstSeen.IsZero() {

@@ -159,7 +159,7 @@ func (c *Command) stats(ctx context.Context, env *Env, stream jetstream.Stream) 
 	now := env.Now()
 	_, err := walk(ctx, stream, c.Filter, now, walkOpts{headersOnly: true}, func(l *Letter) error {
 		s.Total++
-		s.ByReason[l.Record.Reason]++
+		s.ByReason[string(l.Record.Reason)]++
 		s.BySubject[l.OriginalSubject()]++
 		if t := l.Time(); oldest.IsZero() || t.Before(oldest) {
 			oldest = t

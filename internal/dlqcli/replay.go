@@ -172,7 +172,7 @@ func (c *Command) vet(ctx context.Context, env *Env, l *Letter, res *replayCount
 	}
 	if !c.Force {
 		if !deadletter.Replayable(l.Record.Reason) {
-			res.invalid[l.Record.Reason]++
+			res.invalid[string(l.Record.Reason)]++
 			return kept
 		}
 		if n := l.Record.Replays; n >= c.MaxReplays {

@@ -66,7 +66,7 @@ func (f *fixture) publishOriginal(t *testing.T, subject string, h nats.Header, b
 func (f *fixture) putStub(t *testing.T, orig *jetstream.RawStreamMsg, reason string) {
 	t.Helper()
 	m := deadletter.Msg(orig.Subject, orig.Header, orig.Data, deadletter.Record{
-		Reason: reason, Status: 400, Detail: "too large for the API", Deliveries: 1,
+		Reason: deadletter.Reason(reason), Status: 400, Detail: "too large for the API", Deliveries: 1,
 		Stream: "CIO", StreamSeq: orig.Sequence, FirstSeen: orig.Time, MessageID: "mid-big", Version: "test",
 	})
 	if err := deadletter.Publish(t.Context(), f.js, deadletter.Stub(m)); err != nil {

@@ -204,7 +204,7 @@ func (c *Command) resolve(ctx context.Context, env *Env, stream jetstream.Stream
 	}
 	f := c.Filter
 	if len(c.Seqs) == 0 {
-		f.Reasons = []string{deadletter.ReasonAmbiguous}
+		f.Reasons = []string{string(deadletter.ReasonAmbiguous)}
 	}
 	reads := map[int64]*triggerRead{}
 	seen := map[uint64]bool{}
