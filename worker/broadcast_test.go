@@ -24,7 +24,6 @@ type triggerRig struct {
 	js    *fakeJS
 	app   *fakeDirect
 	pacer *trigger.Pacer[*held]
-	seq   uint64
 }
 
 func newTriggerRig(t *testing.T, respond func(op, arg string) error) *triggerRig {

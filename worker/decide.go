@@ -8,7 +8,8 @@ import (
 )
 
 // callKind is what a message asks of Customer.io; settlement differs by
-// it, and each kind has one API.
+// it. Each kind has one API (sink.APICDP, APIApp, APITrack), so the kind
+// stands for the API in decide.
 type callKind int
 
 const (
@@ -27,17 +28,6 @@ func (k callKind) String() string {
 		return "track"
 	}
 	return "unknown"
-}
-
-// api is the API the kind's requests go to.
-func (k callKind) api() sink.API {
-	switch k {
-	case kindTrigger:
-		return sink.APIApp
-	case kindTrack:
-		return sink.APITrack
-	}
-	return sink.APICDP
 }
 
 // outcome is what one request's attempts came to, as far as settling one of
