@@ -203,3 +203,82 @@ func TestRunDeliversEveryKind(t *testing.T) {
 		})
 	}
 }
+
+// TestHardStopHandsBatchesToAnotherWorker: two workers share the batch
+// consumer; one is stopped while Customer.io holds its requests. Its drain
+// waits ShutdownTimeout (a short one here, unlike the other worker's), then
+// the hard stop cuts the requests off and naks its calls at once, so the
+// other worker delivers them long before their ack wait (a minute) would
+// have ended; the stopped worker's Run returns nil.
+func TestHardStopHandsBatchesToAnotherWorker(t *testing.T) {
+	_, js := natstest.Start(t).Connect(t)
+	ctx := t.Context()
+	held := make(chan struct{}, 100)
+	stuck := &fakeSender{respond: func(ctx context.Context, _ int, _ []byte) error {
+		held <- struct{}{}
+		<-ctx.Done() // Customer.io never answers
+		return ctx.Err()
+	}}
+	delivered := make(chan string, 100)
+	healthy := &fakeSender{respond: func(_ context.Context, _ int, body []byte) error {
+		delivered <- string(body)
+		return nil
+	}}
+	start := func(s Sender, shutdown time.Duration) (stop func() error) {
+		w, err := New(js, s, Options{ManageStreams: true, AckWait: time.Minute, FlushInterval: 20 * time.Millisecond,
+			ShutdownTimeout: shutdown, RetryMaxElapsed: time.Hour})
+		if err != nil {
+			t.Fatal(err)
+		}
+		runCtx, cancel := context.WithCancel(ctx)
+		done := make(chan error, 1)
+		go func() { done <- w.Run(runCtx) }()
+		deadline := time.Now().Add(10 * time.Second)
+		for ok, _ := w.Ready(); !ok; ok, _ = w.Ready() {
+			if time.Now().After(deadline) {
+				t.Fatal("worker not ready in 10s")
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+		return func() error { cancel(); return <-done }
+	}
+	stopStuck := start(stuck, 300*time.Millisecond)
+	const n = 20
+	for i := range n {
+		if _, err := js.Publish(ctx, "cio.track", fmt.Appendf(nil, `{"userId":"u%d","event":"e"}`, i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	select {
+	case <-held: // the stuck worker has the calls in flight
+	case <-time.After(10 * time.Second):
+		t.Fatal("the stuck worker sent nothing")
+	}
+	stopHealthy := start(healthy, 0)
+	defer func() {
+		if err := stopHealthy(); err != nil {
+			t.Error(err)
+		}
+	}()
+	stopped := time.Now()
+	if err := stopStuck(); err != nil {
+		t.Fatalf("stopped worker's Run: %v", err)
+	}
+	if d := time.Since(stopped); d < 300*time.Millisecond {
+		t.Fatalf("stopped after %v, before its shutdown timeout: no drain", d)
+	}
+	seen := map[string]bool{}
+	for len(seen) < n {
+		select {
+		case body := <-delivered:
+			for i := range n {
+				if strings.Contains(body, fmt.Sprintf(`"u%d"`, i)) {
+					seen[fmt.Sprint(i)] = true
+				}
+			}
+		case <-time.After(20 * time.Second):
+			t.Fatalf("the other worker delivered %d of %d within 20s of the hard stop (ack wait 1m)", len(seen), n)
+		}
+	}
+	t.Logf("all %d calls delivered by the other worker %v after the stop", n, time.Since(stopped).Round(time.Millisecond))
+}
