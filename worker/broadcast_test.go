@@ -26,18 +26,27 @@ type triggerRig struct {
 	pacer *trigger.Pacer[*held]
 }
 
+// newTriggerRig has no turns, as a worker without the PACE bucket: turns
+// have their own tests, in virtual time, and their whole-second TTLs would
+// make every retry here wait a real second. withTurns adds them.
 func newTriggerRig(t *testing.T, respond func(op, arg string) error) *triggerRig {
 	t.Helper()
 	app := &fakeDirect{respond: respond}
 	w, js := newFakeWorker(t, &fakeSender{}, Options{App: app, BroadcastInterval: time.Millisecond,
 		RetryInitial: 5 * time.Millisecond, RetryMaxInterval: 20 * time.Millisecond, RetryMaxElapsed: 200 * time.Millisecond})
 	w.triggers.marks, _ = newTestMarks(t)
-	w.triggers.turns, _ = testTurns(newFakeTurnStore(), time.Millisecond)
 	p, err := trigger.NewPacer[*held](trigger.PacerOptions{Interval: time.Millisecond})
 	if err != nil {
 		t.Fatal(err)
 	}
 	return &triggerRig{w: w, js: js, app: app, pacer: p}
+}
+
+// withTurns makes each request wait for its broadcast's turn in a turn
+// store, as across replicas.
+func (r *triggerRig) withTurns() *triggerRig {
+	r.w.triggers.turns, _ = testTurns(newFakeTurnStore(), time.Millisecond)
+	return r
 }
 
 // add holds trigger messages for broadcast 7, delivered the given number
@@ -149,7 +158,7 @@ func TestTriggerRedeliveredAfterItsAnswer(t *testing.T) {
 // TestTriggerRejected: a coalesced request that is rejected goes back to
 // the pacer in halves; a trigger rejected on its own is dead-lettered.
 func TestTriggerRejected(t *testing.T) {
-	r := newTriggerRig(t, func(string, string) error { return statusErr("app", 422) })
+	r := newTriggerRig(t, func(string, string) error { return statusErr("app", 422) }).withTurns()
 	ms := r.add(t, 1, 1, 2)
 	if got := r.send(t, t.Context()); got != nil {
 		t.Fatalf("split request settled %d", len(got))
