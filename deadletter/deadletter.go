@@ -223,6 +223,24 @@ func Publish(ctx context.Context, js jetstream.JetStream, m *nats.Msg) error {
 	return nil
 }
 
+// Write dead-letters an original message (its subject, headers and body)
+// with record r, and returns once JetStream has its PubAck: the one way the
+// worker writes a dead letter, so that what it writes is what ParseRecord,
+// LetterOf and ReplayMsg read. A dead letter that would not fit in a NATS
+// message, the body near max_payload and the dead-letter headers on top
+// (nats.ErrMaxPayload), is written without its body and original headers
+// ([Stub]) rather than retried forever: the original stays in its stream at
+// r.StreamSeq, where [ReadOmitted] finds it. omitted says which was
+// written.
+func Write(ctx context.Context, js jetstream.JetStream, subject string, header nats.Header, body []byte, r Record) (omitted bool, err error) {
+	m := Msg(subject, header, body, r)
+	err = Publish(ctx, js, m)
+	if !errors.Is(err, nats.ErrMaxPayload) {
+		return false, err
+	}
+	return true, Publish(ctx, js, Stub(m))
+}
+
 // ParseRecord reads the dead-letter headers back.
 func ParseRecord(h nats.Header) (Record, error) {
 	var r Record

@@ -34,10 +34,9 @@ func ExampleReplayer() {
 	dlq, _ := js.CreateStream(ctx, deadletter.StreamConfig("CIO_DLQ", time.Hour, -1))
 
 	published := time.Date(2026, 6, 1, 12, 0, 0, 0, time.UTC)
-	m := deadletter.Msg("cio.track", nil, []byte(`{"userId":"u-1","event":"Paid"}`), deadletter.Record{
+	if _, err := deadletter.Write(ctx, js, "cio.track", nil, []byte(`{"userId":"u-1","event":"Paid"}`), deadletter.Record{
 		Reason: deadletter.ReasonRetriesExhausted, Stream: "CIO", StreamSeq: 7, FirstSeen: published, MessageID: "m-1",
-	})
-	if err := deadletter.Publish(ctx, js, m); err != nil {
+	}); err != nil {
 		panic(err)
 	}
 

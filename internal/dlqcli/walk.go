@@ -3,8 +3,10 @@ package dlqcli
 import (
 	"cmp"
 	"context"
+	"crypto/rand"
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -29,16 +31,17 @@ const fetchBatch = 256
 const inactiveThreshold = 10 * time.Minute
 
 // maxStalls bounds the fetches in a row that make no progress (nothing
-// delivered while messages are pending, or a consumer to make again),
-// before a walk gives up with an error instead of spinning.
+// delivered while messages are pending, or no answer), before a walk gives
+// up with an error instead of spinning. It also bounds the attempts of the
+// ordered consumer at making its next consumer (MaxResetAttempts).
 const maxStalls = 5
 
-// reopenFloor and reopenCeiling bound the wait before a walk makes its
-// consumer again, doubling from one to the other: right after a stream
-// leader step-down a new consumer's pulls answer "no responders" for a
-// moment (the consumer has no leader yet), and making it again at once
-// would use up maxStalls within milliseconds. Five stalls wait about 3s in
-// all, longer than an election.
+// reopenFloor and reopenCeiling bound the wait before a walk fetches again
+// after a fetch that made no progress, doubling from one to the other:
+// right after a stream leader step-down a new consumer's pulls answer "no
+// responders" for a moment (the consumer has no leader yet), and fetching
+// again at once would use up maxStalls within milliseconds. Five stalls
+// wait about 3s in all, longer than an election.
 const (
 	reopenFloor   = 200 * time.Millisecond
 	reopenCeiling = 2 * time.Second
@@ -49,10 +52,6 @@ const requestTimeout = 5 * time.Second
 
 // errStopWalk, returned by a walk's callback, ends the walk without error.
 var errStopWalk = errors.New("stop walk")
-
-// errMissed is why a walk made a new consumer when no error said why:
-// messages were delivered that it did not receive.
-var errMissed = errors.New("messages delivered but not received")
 
 // walkOpts tunes a walk.
 type walkOpts struct {
@@ -65,6 +64,14 @@ type walkOpts struct {
 // or the stream's last sequence when the walk began, so messages stored
 // while it runs (a replayed call dead-lettered again) are not met. It stops
 // with ctx's error when ctx is done, before the next message.
+//
+// It reads through nats.go's ordered consumer, which makes a new
+// server-side consumer for every fetch, starting after the last message
+// received: a consumer the server removed (inactiveThreshold, when the
+// output is piped to a pager nobody scrolls), or messages delivered where
+// nobody read them (a fetch the client gave up on, answered later), cost
+// nothing. What the walk adds is the end (upTo, or nothing pending) and
+// patience with a cluster electing a leader.
 func walk(ctx context.Context, stream jetstream.Stream, f Filter, now time.Time, opts walkOpts, fn func(*Letter) error) (upTo uint64, err error) {
 	upTo = opts.upTo
 	if upTo == 0 {
@@ -81,7 +88,7 @@ func walk(ctx context.Context, stream jetstream.Stream, f Filter, now time.Time,
 		}
 		upTo = info.State.LastSeq
 	}
-	w := &walker{stream: stream, subjects: f.dlqSubjects(), headersOnly: opts.headersOnly, next: 1}
+	w := &walker{stream: stream, subjects: f.dlqSubjects(), headersOnly: opts.headersOnly, prefix: "cio-relay-dlq-" + rand.Text(), next: 1}
 	if err := w.open(ctx); err != nil {
 		return upTo, err
 	}
@@ -93,106 +100,106 @@ func walk(ctx context.Context, stream jetstream.Stream, f Filter, now time.Time,
 			return upTo, err
 		}
 		batch, err := w.cons.FetchNoWait(fetchBatch)
-		if err != nil {
+		if err != nil && !transient(err) {
 			return upTo, fmt.Errorf("fetching from stream %s: %w", w.name(), err)
 		}
 		n, gap := 0, false
-		for m := range batch.Messages() {
-			meta, err := m.Metadata()
-			if err != nil {
-				return upTo, fmt.Errorf("reading message metadata: %w", err)
-			}
-			// Without acks nothing is redelivered, so a gap in the
-			// consumer's sequence is messages lost on the way: a fetch
-			// the client gave up on that the server answered later.
-			// The walk goes on from the last message it handled.
-			if meta.Sequence.Consumer != w.delivered+1 {
-				gap = true
-				break
-			}
-			n++
-			w.delivered = meta.Sequence.Consumer
-			seq := meta.Sequence.Stream
-			if seq > upTo {
-				return upTo, nil
-			}
-			w.next = seq + 1
-			// Replay intents are the replay's bookkeeping, not dead
-			// letters: no command lists, counts or purges them.
-			if l := letterOf(m, meta); !deadletter.IsIntent(l.Subject) && l.matches(f, now) {
-				if err := ctx.Err(); err != nil {
-					return upTo, err
+		if err == nil {
+			var delivered uint64 // consumer sequence of the last message of this fetch
+			for m := range batch.Messages() {
+				if gap {
+					continue // drained: the ordered consumer fetches only once a fetch is done
 				}
-				if err := fn(l); err != nil {
-					if errors.Is(err, errStopWalk) {
-						return upTo, nil
+				meta, err := m.Metadata()
+				if err != nil {
+					return upTo, fmt.Errorf("reading message metadata: %w", err)
+				}
+				// Each fetch has a consumer of its own, which nobody
+				// else should read: a gap is messages someone else
+				// took, and the walk goes on from the last it handled.
+				if meta.Sequence.Consumer != delivered+1 {
+					gap = true
+					continue
+				}
+				n++
+				delivered = meta.Sequence.Consumer
+				seq := meta.Sequence.Stream
+				if seq > upTo {
+					return upTo, nil
+				}
+				w.next = seq + 1
+				// Replay intents are the replay's bookkeeping, not dead
+				// letters: no command lists, counts or purges them.
+				if l := letterOf(m, meta); !deadletter.IsIntent(l.Subject) && l.matches(f, now) {
+					if err := ctx.Err(); err != nil {
+						return upTo, err
 					}
-					return upTo, err
+					if err := fn(l); err != nil {
+						if errors.Is(err, errStopWalk) {
+							return upTo, nil
+						}
+						return upTo, err
+					}
+				}
+				if seq >= upTo {
+					return upTo, nil
 				}
 			}
-			if seq >= upTo {
-				return upTo, nil
-			}
+			err = batch.Error()
 		}
 		if n > 0 {
 			stalls = 0
 		}
-		err = batch.Error()
 		switch {
-		case gap, errors.Is(err, jetstream.ErrConsumerDeleted), errors.Is(err, jetstream.ErrConsumerNotFound), errors.Is(err, nats.ErrNoResponders):
-			// The consumer is gone (the server removed it, or nobody
-			// answers its pull requests) or missed messages: a new one
-			// goes on from where the walk is.
-		case err != nil:
-			return upTo, fmt.Errorf("fetching from stream %s: %w", w.name(), err)
-		case n > 0:
+		case gap:
+			if err := w.open(ctx); err != nil {
+				return upTo, err
+			}
 			continue
-		default:
-			// An empty batch is the end, unless the consumer is gone.
+		case err != nil && !transient(err):
+			return upTo, fmt.Errorf("fetching from stream %s: %w", w.name(), err)
+		case err == nil && n > 0:
+			continue
+		case err == nil:
+			// An empty fetch is the end, unless messages are pending
+			// that the fetch gave up on before the server answered.
 			info, err := w.cons.Info(ctx)
-			switch {
-			case errors.Is(err, jetstream.ErrConsumerNotFound):
-			case err != nil:
+			if err != nil && !transient(err) && !errors.Is(err, jetstream.ErrConsumerNotFound) {
 				return upTo, fmt.Errorf("reading the walk's consumer on stream %s: %w", w.name(), err)
-			case info.Delivered.Consumer > w.delivered:
-				// Delivered where the walk did not read: a fetch the
-				// client gave up on, answered later.
-			case info.NumPending == 0:
+			}
+			if err == nil && info.NumPending == 0 {
 				return upTo, nil
-			default:
-				// Messages pending but none delivered: the fetch gave up
-				// before the server answered; try it again.
-				if stalls++; stalls > maxStalls {
-					return upTo, fmt.Errorf("stream %s: reading makes no progress at sequence %d (%d messages pending)", w.name(), w.next, info.NumPending)
-				}
-				continue
 			}
 		}
+		// No answer, or no progress: a cluster electing a leader, say.
 		if stalls++; stalls > maxStalls {
-			return upTo, fmt.Errorf("stream %s: reading makes no progress at sequence %d: %w", w.name(), w.next, cmp.Or(err, errMissed))
+			return upTo, fmt.Errorf("stream %s: reading makes no progress at sequence %d: %w", w.name(), w.next, cmp.Or(err, errNoProgress))
 		}
 		if err := pause(ctx, reopenWait(stalls)); err != nil {
-			return upTo, err
-		}
-		if err := w.open(ctx); err != nil {
 			return upTo, err
 		}
 	}
 }
 
-// walker is the consumer a walk reads through, and where it has got to.
+// errNoProgress is why a walk gave up when no error said why: messages
+// pending that fetches do not deliver.
+var errNoProgress = errors.New("messages pending but not delivered")
+
+// walker is the ordered consumer a walk reads through, and where it has
+// got to.
 type walker struct {
 	stream      jetstream.Stream
 	subjects    []string // dead-letter subjects; nil is all
 	headersOnly bool
+	prefix      string // of the names of the consumers it makes
 	cons        jetstream.Consumer
-	next        uint64 // stream sequence to start a new consumer at
-	delivered   uint64 // consumer sequence of the last message received
+	next        uint64 // stream sequence to start a new ordered consumer at
 }
 
 func (w *walker) name() string { return w.stream.CachedInfo().Config.Name }
 
-// reopenWait is the wait before the stalls-th new consumer in a row.
+// reopenWait is the wait before the stalls-th fetch in a row that makes no
+// progress.
 func reopenWait(stalls int) time.Duration {
 	d := reopenFloor
 	for i := 1; i < stalls && d < reopenCeiling; i++ {
@@ -213,7 +220,7 @@ func pause(ctx context.Context, d time.Duration) error {
 	}
 }
 
-// transient reports whether making a consumer failed only for now: during a
+// transient reports whether a request failed only for now: during a
 // leader election requests time out or find no responders, and JetStream
 // may answer that it is temporarily unavailable.
 func transient(err error) bool {
@@ -240,46 +247,47 @@ func retrying(ctx context.Context, fn func(ctx context.Context) error) error {
 	}
 }
 
-// open makes a new consumer starting at w.next, replacing the current one,
-// trying again while the failure is transient.
+// open makes a new ordered consumer starting at w.next, replacing the
+// current one, trying again while the failure is transient.
 func (w *walker) open(ctx context.Context) error {
 	w.close(ctx)
-	return retrying(ctx, w.create)
+	return retrying(ctx, func(ctx context.Context) error {
+		cons, err := w.stream.OrderedConsumer(ctx, jetstream.OrderedConsumerConfig{
+			FilterSubjects:    w.subjects,
+			DeliverPolicy:     jetstream.DeliverByStartSequencePolicy,
+			OptStartSeq:       w.next,
+			HeadersOnly:       w.headersOnly,
+			InactiveThreshold: inactiveThreshold,
+			MaxResetAttempts:  maxStalls + 1,
+			NamePrefix:        w.prefix,
+		})
+		if err != nil {
+			return fmt.Errorf("reading stream %s (subjects %q): %w", w.name(), w.subjects, err)
+		}
+		w.cons = cons
+		return nil
+	})
 }
 
-// create makes the walk's consumer.
-func (w *walker) create(ctx context.Context) error {
-	cfg := jetstream.ConsumerConfig{
-		Description:       "cio-relay dlq: reading the dead-letter stream",
-		DeliverPolicy:     jetstream.DeliverByStartSequencePolicy,
-		OptStartSeq:       w.next,
-		AckPolicy:         jetstream.AckNonePolicy,
-		HeadersOnly:       w.headersOnly,
-		MemoryStorage:     true,
-		Replicas:          1,
-		InactiveThreshold: inactiveThreshold,
-	}
-	if len(w.subjects) == 1 {
-		cfg.FilterSubject = w.subjects[0] // also for servers before 2.10
-	} else {
-		cfg.FilterSubjects = w.subjects
-	}
-	cons, err := w.stream.CreateConsumer(ctx, cfg)
-	if err != nil {
-		return fmt.Errorf("reading stream %s (subjects %q): %w", w.name(), w.subjects, err)
-	}
-	w.cons, w.delivered = cons, 0
-	return nil
-}
-
-// close removes the consumer. Failing that, the server removes it after
-// inactiveThreshold.
+// close removes every consumer the walk made. The ordered consumer deletes
+// the one it replaces in the background; one of those still in flight, or
+// failed, must not be left behind, so close looks for them by name. Failing
+// that, the server removes them after inactiveThreshold.
 func (w *walker) close(ctx context.Context) {
 	if w.cons == nil {
 		return
 	}
+	w.cons = nil
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
 	defer cancel()
-	_ = w.stream.DeleteConsumer(ctx, w.cons.CachedInfo().Name)
-	w.cons = nil
+	names := w.stream.ConsumerNames(ctx)
+	var ours []string
+	for name := range names.Name() {
+		if strings.HasPrefix(name, w.prefix+"_") {
+			ours = append(ours, name)
+		}
+	}
+	for _, name := range ours {
+		_ = w.stream.DeleteConsumer(ctx, name)
+	}
 }
