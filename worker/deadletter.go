@@ -2,13 +2,11 @@ package worker
 
 import (
 	"context"
-	"errors"
 	"strconv"
 	"time"
 
 	"github.com/cio-relay/cio-relay/deadletter"
 	"github.com/cio-relay/cio-relay/event"
-	"github.com/nats-io/nats.go"
 )
 
 // deadLetter writes h to the dead-letter stream, waits for the PubAck, and
@@ -31,7 +29,7 @@ func (w *settler) writeDeadLetter(ctx context.Context, h *held, reason string, s
 	if id, ok := event.MessageIDOf(h.msg.Data()); ok {
 		messageID = id
 	}
-	m := deadletter.Msg(h.msg.Subject(), h.msg.Headers(), h.msg.Data(), deadletter.Record{
+	r := deadletter.Record{
 		Reason:      deadletter.Reason(reason),
 		Status:      status,
 		Detail:      detail,
@@ -44,19 +42,17 @@ func (w *settler) writeDeadLetter(ctx context.Context, h *held, reason string, s
 		Version:     w.version,
 		Replays:     deadletter.ReplaysOf(h.msg.Headers()), // so a call that fails every time stops being replayed
 		RequestedAt: requestedAt,
-	})
+	}
 	// The publish gets its own bound: at shutdown ctx may be done, and a
 	// dead letter that can still be written should be.
 	pubCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
 	defer cancel()
-	err := deadletter.Publish(pubCtx, w.js, m)
-	if errors.Is(err, nats.ErrMaxPayload) {
+	omitted, err := deadletter.Write(pubCtx, w.js, h.msg.Subject(), h.msg.Headers(), h.msg.Data(), r)
+	if omitted && err == nil {
 		// The body is near NATS's payload limit and the dead-letter headers
-		// push it over: publish the record without it rather than retry
-		// forever. The original stays in its stream at the recorded
-		// sequence.
-		w.log.Warn("dead letter too large for NATS; writing it without the body", "stream_seq", h.seq, "bytes", len(m.Data))
-		err = deadletter.Publish(pubCtx, w.js, deadletter.Stub(m))
+		// pushed it over: the record went without it. The original stays
+		// in its stream at the recorded sequence.
+		w.log.Warn("dead letter too large for NATS; written without the body", "stream_seq", h.seq, "bytes", len(h.msg.Data()))
 	}
 	w.health.observe(opPublishDLQ, err, time.Now())
 	if err != nil {
