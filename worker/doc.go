@@ -35,19 +35,19 @@
 //	sample.go     consumer gauges and the lease interval, from the server
 //	dispatch.go   dispatch: up to SendConcurrency batches in flight
 //	deliver.go    deliver: one batch, its bisect on 4xx and 5xx split
-//	attempt.go    attempt: one request with retries, backoff, Retry-After, pause
+//	attempt.go    retrier: one request with retries, backoff, Retry-After, pause
 //	pause.go      pauseState: delivery paused on a configuration error
 //	decide.go     decide: the settlement policy, a pure function
-//	settle.go     settleCalls: applies decide's answer (ack, nak, dead-letter)
+//	settle.go     settler: applies decide's answer (ack, nak, dead-letter)
 //	deadletter.go writing a dead letter, then terminating the original
-//	direct.go     runDirect: the direct-call consumers and their reader
-//	broadcast.go  pace and sendTrigger: broadcast triggers, never sent twice
+//	direct.go     runDirect: a direct consumer's reader, feeding its runner
+//	broadcast.go  triggerRunner: pacing and sending triggers, never twice
 //	sentmark.go   the trigger markers (KV) that make a trigger once-only
 //	turns.go      turns: one trigger request per broadcast across replicas
 //	turn.go       turn: one turn held, and its KV value
 //	turnskv.go    the turns' KV bucket and metrics
-//	trackcalls.go Track API calls attributed to a delivery; ordered consumers
-//	suppress.go   suppressions and unsuppressions
+//	track.go      trackRunner: one Track API call (suppression, unsubscribe, metric)
+//	trackcalls.go the Track API consumers, and why two of them are ordered
 //	ordered.go    the ordered batch path: gate, key policy, lanes
 //	order.go      keyOrder: a key's calls wait behind its nakked call
 //	ackpending.go reading numbers from an ack subject without allocating
