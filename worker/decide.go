@@ -57,6 +57,15 @@ type outcome struct {
 	MaybeSent, BetweenTries, MarkersDown, ShuttingDown bool
 }
 
+// byDeliveries reports whether decide's answer may differ between the
+// calls of one request, by their delivery counts: only after transient
+// failures (Retry; a trigger's markers down), where the count chooses
+// between a nak delay and a dead letter. Otherwise one decision serves the
+// whole request (TestDecideInvariants checks it).
+func (o outcome) byDeliveries() bool {
+	return o.Class == sink.Retry || o.Kind == kindTrigger && o.MarkersDown
+}
+
 // verb is what happens to a message.
 type verb int
 

@@ -124,7 +124,8 @@ func TestDecideFlags(t *testing.T) {
 // sent is ambiguous (a pause, which no such answer is, aside), only a
 // trigger is ambiguous,
 // only a request of several calls is split, and a nak delay stays within
-// [NakDelay, 10×NakDelay].
+// [NakDelay, 10×NakDelay], and where byDeliveries says the decision is
+// the same for every call of a request, it is.
 func TestDecideInvariants(t *testing.T) {
 	const base = time.Second
 	bools := []bool{false, true}
@@ -155,6 +156,15 @@ func TestDecideInvariants(t *testing.T) {
 							}
 							if (a.Verb == verbDeadLetter) != (a.Reason != "") {
 								fail("a reason without a dead letter or one without")
+							}
+							if !o.byDeliveries() {
+								for _, other := range []uint64{0, 1, 2, 3, 4, 20} {
+									o2 := o
+									o2.Deliveries = other
+									if decide(o2) != a {
+										fail("the decision depends on deliveries, but byDeliveries says it does not")
+									}
+								}
 							}
 							if kind == kindTrigger && class != sink.Pause && o.MaybeSent && !o.MarkersDown && a.Reason != deadletter.ReasonAmbiguous {
 								fail("a trigger that may have been sent was not dead-lettered as ambiguous")

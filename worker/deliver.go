@@ -82,9 +82,6 @@ func (w *Worker) deliver(ctx context.Context, calls []*held, body []byte, split 
 		w.m.batches.WithLabelValues("delivered").Inc()
 		w.m.batchBytes.Observe(float64(len(body)))
 		w.m.batchCalls.Observe(float64(len(calls)))
-		for _, h := range calls {
-			w.m.deliveredByType.inc(h.typ)
-		}
 	}
 	if !w.settleCalls(ctx, calls, s) {
 		switch s.Class {

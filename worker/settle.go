@@ -42,13 +42,38 @@ type settler struct {
 // where messages of a request are acked, nakked or dead-lettered. It
 // reports split, settling nothing, when the request is to be split
 // instead (the same for every call of a request: it does not depend on a
-// call's deliveries). Triggers are acked with DoubleAck (ackTriggers).
+// call's deliveries). Triggers are acked with DoubleAck (doubleAck). The
+// decision is made once for the request unless it depends on each call's
+// deliveries (outcome.byDeliveries): a delivered batch is acked without a
+// decision per call.
 func (w *settler) settleCalls(ctx context.Context, calls []*held, s settlement) (split bool) {
+	if len(calls) == 0 {
+		return false
+	}
+	s.Deliveries = calls[0].deliveries
+	a := decide(s.outcome)
+	perCall := s.byDeliveries()
+	if a.Verb == verbAck && s.Kind != kindTrigger && !perCall {
+		// The hot path: a delivered batch, its calls counted by type as
+		// they are acked (one pass).
+		byType := w.m.deliveredByType
+		for _, h := range calls {
+			if s.Kind == kindBatch {
+				byType.inc(h.typ)
+			}
+			if err := h.msg.Ack(); err != nil {
+				w.settle(h, "ack", err)
+			}
+		}
+		return false
+	}
 	var acks []*held
 	nakked, exhausted := 0, 0
-	for _, h := range calls {
-		s.Deliveries = h.deliveries
-		a := decide(s.outcome)
+	for i, h := range calls {
+		if i > 0 && perCall {
+			s.Deliveries = h.deliveries
+			a = decide(s.outcome)
+		}
 		switch a.Verb {
 		case verbSplit:
 			// Decided for the request, not the call: the first call's
