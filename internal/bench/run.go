@@ -24,6 +24,16 @@ import (
 	"github.com/cio-relay/cio-relay/worker"
 )
 
+// The defaults of Config, exported for the bench command's flags.
+const (
+	DefaultEvents          = 1_000_000
+	DefaultSeed            = 1
+	DefaultPublishInFlight = 4_000 // nats.go's own
+	DefaultBarePullMax     = 1_000 // what the worker pulls with its default options
+	DefaultLatencyDuration = 10 * time.Second
+	DefaultStallTimeout    = 60 * time.Second
+)
+
 // Config configures a run. Zero values take the defaults noted.
 type Config struct {
 	Events int    // backlog size; default 1,000,000
@@ -84,19 +94,19 @@ type Config struct {
 
 func (c *Config) setDefaults() {
 	if c.Events == 0 {
-		c.Events = 1_000_000
+		c.Events = DefaultEvents
 	}
 	if c.Seed == 0 {
-		c.Seed = 1
+		c.Seed = DefaultSeed
 	}
 	if c.Stream == "" {
 		c.Stream = worker.DefaultStream
 	}
 	if c.PublishInFlight == 0 {
-		c.PublishInFlight = 4_000
+		c.PublishInFlight = DefaultPublishInFlight
 	}
 	if c.BarePullMax == 0 {
-		c.BarePullMax = 1_000
+		c.BarePullMax = DefaultBarePullMax
 	}
 	if c.LatencyRates == nil {
 		c.LatencyRates = []int{5_000, 50}
@@ -105,10 +115,10 @@ func (c *Config) setDefaults() {
 		c.LatencyCorpora = []Corpus{CorpusBench, CorpusSmall}
 	}
 	if c.LatencyDuration == 0 {
-		c.LatencyDuration = 10 * time.Second
+		c.LatencyDuration = DefaultLatencyDuration
 	}
 	if c.StallTimeout == 0 {
-		c.StallTimeout = 60 * time.Second
+		c.StallTimeout = DefaultStallTimeout
 	}
 	if c.Progress == nil {
 		c.Progress = io.Discard

@@ -5,7 +5,6 @@ import (
 	"context"
 	"fmt"
 	"strings"
-	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
 )
@@ -68,36 +67,5 @@ func (c *Command) purge(ctx context.Context, env *Env, stream jetstream.Stream) 
 		fmt.Fprintf(env.Stderr, "cio-relay dlq purge: %d could not be deleted\n", failures)
 		return errReported
 	}
-	return nil
-}
-
-// pacer spaces calls to wait at most rate a second; rate 0 does not wait.
-type pacer struct {
-	every time.Duration
-	next  time.Time
-}
-
-func newPacer(rate int) *pacer {
-	if rate <= 0 {
-		return &pacer{}
-	}
-	return &pacer{every: time.Second / time.Duration(rate)}
-}
-
-// wait returns when the next call may go, or with ctx's error.
-func (p *pacer) wait(ctx context.Context) error {
-	if p.every == 0 {
-		return nil
-	}
-	if d := time.Until(p.next); d > 0 {
-		timer := time.NewTimer(d)
-		defer timer.Stop()
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-timer.C:
-		}
-	}
-	p.next = time.Now().Add(p.every)
 	return nil
 }

@@ -8,6 +8,7 @@ import (
 	"slices"
 
 	"github.com/nats-io/nats.go/jetstream"
+	"golang.org/x/time/rate"
 
 	"github.com/cio-relay/cio-relay/deadletter"
 )
@@ -50,11 +51,11 @@ func (c *Command) replay(ctx context.Context, env *Env, stream jetstream.Stream)
 	if c.DryRun {
 		t.header()
 	}
-	rate := c.Rate
+	perSecond := c.Rate
 	if c.DryRun {
-		rate = 0 // nothing is sent, so nothing to pace
+		perSecond = 0 // nothing is sent, so nothing to pace
 	}
-	pace := newPacer(rate)
+	pace := newPace(perSecond)
 	var r *deadletter.Replayer
 	if !c.DryRun {
 		var err error
@@ -86,7 +87,7 @@ func (c *Command) replay(ctx context.Context, env *Env, stream jetstream.Stream)
 			}
 			return nil
 		}
-		if err := pace.wait(ctx); err != nil { // interrupted: l is left for the next run
+		if err := waitTurn(ctx, pace); err != nil { // interrupted: l is left for the next run
 			return err
 		}
 		res.Matched++
@@ -255,4 +256,28 @@ func (c *Command) report(env *Env, seq uint64, format string, args ...any) {
 		fmt.Fprint(env.Progress, "\r\x1b[K")
 	}
 	fmt.Fprintf(env.Stderr, "seq %d: "+format+"\n", append([]any{seq}, args...)...)
+}
+
+// newPace is the limiter of --rate: at most r replays a second, evenly
+// spaced (a burst of one); 0 is no limit.
+func newPace(r int) *rate.Limiter {
+	if r <= 0 {
+		return rate.NewLimiter(rate.Inf, 0)
+	}
+	return rate.NewLimiter(rate.Limit(r), 1)
+}
+
+// waitTurn waits for the next replay's turn under pace. It ends with ctx's
+// error when ctx ends first, and with context.DeadlineExceeded at once when
+// the turn would come after ctx's deadline, so that a replay cut short
+// either way says it was interrupted.
+func waitTurn(ctx context.Context, pace *rate.Limiter) error {
+	err := pace.Wait(ctx)
+	switch {
+	case err == nil:
+		return nil
+	case ctx.Err() != nil:
+		return ctx.Err()
+	}
+	return fmt.Errorf("%w: the next turn of --rate comes after it (%v)", context.DeadlineExceeded, err)
 }
