@@ -2,7 +2,6 @@ package worker
 
 import (
 	"context"
-	"errors"
 	"time"
 
 	"github.com/cio-relay/cio-relay/batcher"
@@ -121,18 +120,6 @@ func (w *Worker) hold(msg jetstream.Msg, idPrefix string, leases *leases[*held],
 	// Just delivered: its ack wait starts now.
 	leases.add(h, now)
 	return h, true
-}
-
-// rejectInput dead-letters a message whose body can never be delivered, with
-// the validation error's reason.
-func (w *Worker) rejectInput(ctx context.Context, h *held, err error, leases *leases[*held]) {
-	reason := string(event.ReasonInvalidJSON)
-	var ie *event.InvalidError
-	if errors.As(err, &ie) {
-		reason = string(ie.Reason)
-	}
-	w.deadLetter(ctx, h, reason, 0, err.Error())
-	leases.remove(h)
 }
 
 // heldSlab is how many helds one allocation holds.

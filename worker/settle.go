@@ -2,12 +2,14 @@ package worker
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"sync"
 	"time"
 
 	"github.com/cio-relay/cio-relay/deadletter"
+	"github.com/cio-relay/cio-relay/event"
 	"github.com/nats-io/nats.go/jetstream"
 )
 
@@ -153,4 +155,16 @@ func (w *settler) doubleAck(ctx context.Context, items []*held) {
 		})
 	}
 	wg.Wait()
+}
+
+// rejectInput dead-letters a message whose body can never be delivered, with
+// the validation error's reason.
+func (w *settler) rejectInput(ctx context.Context, h *held, err error, leases *leases[*held]) {
+	reason := string(event.ReasonInvalidJSON)
+	var ie *event.InvalidError
+	if errors.As(err, &ie) {
+		reason = string(ie.Reason)
+	}
+	w.deadLetter(ctx, h, reason, 0, err.Error())
+	leases.remove(h)
 }
