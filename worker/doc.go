@@ -10,7 +10,7 @@
 //	   ▲                               │                                          │ attempt (retry, pause)
 //	   │                               └─▶ ordered lanes (Options.Ordering) ──────┤
 //	   │         intake ─queue─▶ runDirect ─▶ pace ─▶ sendTrigger (turns, marks)  │
-//	   │                                   └─▶ N × trackCall ─────────────────────┤
+//	   │                                   └─▶ N × trackRunner ───────────────────┤
 //	   └──────── ack / nak / nak with delay / term ◀── settleCalls ◀── decide ◀───┘
 //	                                                       └─▶ dead-letter stream
 //
