@@ -6,6 +6,8 @@ import (
 	"crypto/rand"
 	"errors"
 	"fmt"
+	"slices"
+	"strconv"
 	"strings"
 	"time"
 
@@ -100,7 +102,7 @@ func walk(ctx context.Context, stream jetstream.Stream, f Filter, now time.Time,
 			return upTo, err
 		}
 		batch, err := w.cons.FetchNoWait(fetchBatch)
-		if err != nil && !transient(err) {
+		if err != nil && !fetchAgain(err) {
 			return upTo, fmt.Errorf("fetching from stream %s: %w", w.name(), err)
 		}
 		n, gap := 0, false
@@ -156,18 +158,20 @@ func walk(ctx context.Context, stream jetstream.Stream, f Filter, now time.Time,
 				return upTo, err
 			}
 			continue
-		case err != nil && !transient(err):
+		case err != nil && !fetchAgain(err):
 			return upTo, fmt.Errorf("fetching from stream %s: %w", w.name(), err)
 		case err == nil && n > 0:
 			continue
 		case err == nil:
-			// An empty fetch is the end, unless messages are pending
-			// that the fetch gave up on before the server answered.
-			info, err := w.cons.Info(ctx)
-			if err != nil && !transient(err) && !errors.Is(err, jetstream.ErrConsumerNotFound) {
-				return upTo, fmt.Errorf("reading the walk's consumer on stream %s: %w", w.name(), err)
+			// An empty fetch is the end, unless the stream still holds a
+			// message to walk: the fetch gave up before the server
+			// answered (it waits a second), or a consumer just made on a
+			// new leader answered before it knew its messages.
+			more, err := w.left(ctx, upTo)
+			if err != nil && !transient(err) {
+				return upTo, fmt.Errorf("reading stream %s: %w", w.name(), err)
 			}
-			if err == nil && info.NumPending == 0 {
+			if err == nil && !more {
 				return upTo, nil
 			}
 		}
@@ -179,6 +183,27 @@ func walk(ctx context.Context, stream jetstream.Stream, f Filter, now time.Time,
 			return upTo, err
 		}
 	}
+}
+
+// left reports whether the stream holds a message the walk has still to
+// meet: one of its subjects, from w.next to upTo. The stream is the
+// truth; a consumer's pending count is only its view of it.
+func (w *walker) left(ctx context.Context, upTo uint64) (bool, error) {
+	subjects := w.subjects
+	if len(subjects) == 0 {
+		subjects = []string{">"}
+	}
+	for _, subject := range subjects {
+		m, err := w.stream.GetMsg(ctx, w.next, jetstream.WithGetMsgSubject(subject))
+		switch {
+		case errors.Is(err, jetstream.ErrMsgNotFound):
+		case err != nil:
+			return false, err
+		case m.Sequence <= upTo:
+			return true, nil
+		}
+	}
+	return false, nil
 }
 
 // errNoProgress is why a walk gave up when no error said why: messages
@@ -218,6 +243,13 @@ func pause(ctx context.Context, d time.Duration) error {
 	case <-t.C:
 		return nil
 	}
+}
+
+// fetchAgain reports whether a fetch that failed with err is worth another:
+// a transient failure, or the consumer gone (removed by the server, or by
+// someone else) under it, which the next fetch makes again.
+func fetchAgain(err error) bool {
+	return transient(err) || errors.Is(err, jetstream.ErrConsumerDeleted) || errors.Is(err, jetstream.ErrConsumerNotFound)
 }
 
 // transient reports whether a request failed only for now: during a
@@ -269,25 +301,39 @@ func (w *walker) open(ctx context.Context) error {
 	})
 }
 
-// close removes every consumer the walk made. The ordered consumer deletes
-// the one it replaces in the background; one of those still in flight, or
-// failed, must not be left behind, so close looks for them by name. Failing
-// that, the server removes them after inactiveThreshold.
+// close removes every consumer the walk made: the current one, the one
+// before it (the ordered consumer deletes a consumer it replaces in the
+// background, and that delete may still be in flight), and any other
+// still listed under the walk's prefix. Failing that, the server removes
+// them after inactiveThreshold.
 func (w *walker) close(ctx context.Context) {
 	if w.cons == nil {
 		return
 	}
+	current := w.cons.CachedInfo()
 	w.cons = nil
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
 	defer cancel()
-	names := w.stream.ConsumerNames(ctx)
-	var ours []string
-	for name := range names.Name() {
-		if strings.HasPrefix(name, w.prefix+"_") {
-			ours = append(ours, name)
+	var names []string
+	if current != nil {
+		names = append(names, current.Name)
+		if i := strings.LastIndexByte(current.Name, '_'); i >= 0 {
+			if serial, err := strconv.Atoi(current.Name[i+1:]); err == nil && serial > 1 {
+				names = append(names, current.Name[:i+1]+strconv.Itoa(serial-1))
+			}
 		}
 	}
-	for _, name := range ours {
+	for _, name := range names {
+		_ = w.stream.DeleteConsumer(ctx, name)
+	}
+	lister := w.stream.ConsumerNames(ctx)
+	var rest []string
+	for name := range lister.Name() {
+		if strings.HasPrefix(name, w.prefix+"_") && !slices.Contains(names, name) {
+			rest = append(rest, name)
+		}
+	}
+	for _, name := range rest {
 		_ = w.stream.DeleteConsumer(ctx, name)
 	}
 }

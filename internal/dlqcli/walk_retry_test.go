@@ -38,3 +38,48 @@ func TestTransient(t *testing.T) {
 		}
 	}
 }
+
+func TestFetchAgain(t *testing.T) {
+	for _, tt := range []struct {
+		err  error
+		want bool
+	}{
+		{nats.ErrNoResponders, true},
+		{jetstream.ErrConsumerDeleted, true},
+		{fmt.Errorf("fetch: %w", jetstream.ErrConsumerNotFound), true},
+		{jetstream.ErrStreamNotFound, false},
+		{errors.New("something else"), false},
+	} {
+		if got := fetchAgain(tt.err); got != tt.want {
+			t.Errorf("fetchAgain(%v) = %v, want %v", tt.err, got, tt.want)
+		}
+	}
+}
+
+// TestWalkerLeft: the end of a walk is read from the stream, by subject,
+// from the walk's next sequence up to its last.
+func TestWalkerLeft(t *testing.T) {
+	f := newFixture(t) // letters 1..7: track at 1, 3, 5, 7; page at 4
+	for _, tt := range []struct {
+		subjects []string
+		next     uint64
+		upTo     uint64
+		want     bool
+	}{
+		{nil, 1, 7, true},
+		{nil, 7, 7, true},
+		{nil, 8, 7, false},
+		{nil, 3, 2, false}, // stored after the walk began
+		{[]string{"dlq.cio.page"}, 4, 7, true},
+		{[]string{"dlq.cio.page"}, 5, 7, false},
+		{[]string{"dlq.cio.alias", "dlq.cio.track"}, 6, 7, true},
+		{[]string{"dlq.cio.alias", "dlq.cio.track"}, 6, 6, false},
+		{[]string{"dlq.cio.*"}, 7, 7, true},
+	} {
+		w := &walker{stream: f.dlq, subjects: tt.subjects, next: tt.next}
+		got, err := w.left(t.Context(), tt.upTo)
+		if err != nil || got != tt.want {
+			t.Errorf("left(subjects %v, next %d, up to %d) = %v, %v; want %v", tt.subjects, tt.next, tt.upTo, got, err, tt.want)
+		}
+	}
+}
