@@ -46,3 +46,47 @@ func ackToken(reply string, short, long int) (uint64, bool) {
 	n, err := strconv.ParseUint(rest, 10, 64)
 	return n, err == nil
 }
+
+// parseAckReply reads the stream sequence, delivery count and timestamp
+// from a JetStream ack subject without allocating:
+// $JS.ACK.<stream>.<consumer>.<delivered>.<sseq>.<cseq>.<ts>.<pending> or,
+// with domain and account hash, $JS.ACK.<domain>.<hash>.<stream>.… .<rand>.
+func parseAckReply(reply string) (seq, delivered uint64, ts int64, ok bool) {
+	const prefix = "$JS.ACK."
+	if !strings.HasPrefix(reply, prefix) {
+		return 0, 0, 0, false
+	}
+	var tok [12]string
+	n := 0
+	rest := reply
+	for n < len(tok) {
+		i := strings.IndexByte(rest, '.')
+		if i < 0 {
+			tok[n] = rest
+			n++
+			break
+		}
+		tok[n] = rest[:i]
+		n++
+		rest = rest[i+1:]
+		if n == len(tok) && rest != "" {
+			return 0, 0, 0, false
+		}
+	}
+	var off int
+	switch {
+	case n == 9:
+		off = 4
+	case n >= 11:
+		off = 6
+	default:
+		return 0, 0, 0, false
+	}
+	d, err1 := strconv.ParseUint(tok[off], 10, 64)
+	s, err2 := strconv.ParseUint(tok[off+1], 10, 64)
+	t, err3 := strconv.ParseInt(tok[off+3], 10, 64)
+	if err1 != nil || err2 != nil || err3 != nil {
+		return 0, 0, 0, false
+	}
+	return s, d, t, true
+}

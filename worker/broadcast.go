@@ -4,19 +4,40 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"sync"
 	"time"
 
-	"github.com/cio-relay/cio-relay/deadletter"
 	"github.com/cio-relay/cio-relay/sink"
 	"github.com/cio-relay/cio-relay/trigger"
 )
+
+// triggerRunner sends the broadcast triggers of the -broadcast consumer:
+// the pacer releases at most one request per broadcast per interval, each
+// request waits for its broadcast's turn across replicas (turns), is
+// marked before it is sent so it is never sent twice (marks), and its
+// triggers are settled by the outcome (see decide). runDirect feeds the
+// pacer; pace sends what it releases.
+type triggerRunner struct {
+	*retrier
+	*settler
+	pause      *pauseState // the App API's
+	app        Triggerer
+	marks      *sentMarks // bound by Run
+	turns      *turns     // bound by Run
+	interval   time.Duration
+	maxDeliver int
+	nakDelay   time.Duration
+	health     *jsHealth
+	m          *metrics
+	log        *slog.Logger
+}
 
 // pace releases trigger requests as the pacer allows and sends each in its
 // own goroutine. When the reader is done (shutdown), triggers still waiting
 // for their turn are nakked at once for another replica rather than held
 // through the pacing interval.
-func (w *Worker) pace(ctx context.Context, p *trigger.Pacer[*held], work, room chan struct{}, readerDone <-chan struct{}, leases *leases[*held]) {
+func (w *triggerRunner) pace(ctx context.Context, p *trigger.Pacer[*held], work, room chan struct{}, readerDone <-chan struct{}, leases *leases[*held]) {
 	var inflight sync.WaitGroup
 	defer inflight.Wait()
 	timer := time.NewTimer(time.Hour)
@@ -79,13 +100,13 @@ func (w *Worker) pace(ctx context.Context, p *trigger.Pacer[*held], work, room c
 // rejected request of several triggers goes back to the pacer in halves
 // (Pacer.Split), each sent in its broadcast's turn, so only a trigger
 // rejected on its own is dead-lettered.
-func (w *Worker) sendTrigger(ctx context.Context, stopping <-chan struct{}, p *trigger.Pacer[*held], b *trigger.Batch[*held]) []*held {
+func (w *triggerRunner) sendTrigger(ctx context.Context, stopping <-chan struct{}, p *trigger.Pacer[*held], b *trigger.Batch[*held]) []*held {
 	var triggerID int64
 	var c *markClaim
 	requested := false        // a request for b may have reached Customer.io
 	var requestedAt time.Time // when the last request was sent
 	waited := false
-	err := w.attempt(ctx, "app", &w.appPause, w.opts.BroadcastInterval, stopTrigger, func(ctx context.Context) error {
+	err := w.attempt(ctx, sink.APIApp, w.pause, w.interval, stopTrigger, func(ctx context.Context) error {
 		t, err := w.turns.acquire(ctx, stopping, b.BroadcastID)
 		if err != nil {
 			return err
@@ -102,7 +123,7 @@ func (w *Worker) sendTrigger(ctx context.Context, stopping <-chan struct{}, p *t
 			return err
 		}
 		requested, requestedAt = true, time.Now()
-		triggerID, err = w.opts.App.Trigger(reqCtx, b.BroadcastID, b.Body)
+		triggerID, err = w.app.Trigger(reqCtx, b.BroadcastID, b.Body)
 		t.answered(ctx, retryAfter(err))
 		if err != nil && !sink.MaybeTriggered(err) && sink.Classify(err) != sink.Cancelled {
 			// Customer.io answered that it did not act: a later request
@@ -116,6 +137,10 @@ func (w *Worker) sendTrigger(ctx context.Context, stopping <-chan struct{}, p *t
 		return err
 	})
 	now := time.Now()
+	s := settlement{outcome: outcome{Class: sink.Classify(err), Kind: kindTrigger, Calls: len(b.Items),
+		Status: statusOf(err), MaxDeliver: w.maxDeliver, NakDelay: w.nakDelay,
+		MaybeSent: sink.MaybeTriggered(err), BetweenTries: errors.Is(err, errGaveUpBetweenTries),
+		ShuttingDown: ctx.Err() != nil}, err: err, requestedAt: requestedAt}
 	var conflict *markConflict
 	var kvErr *markError
 	switch {
@@ -123,67 +148,66 @@ func (w *Worker) sendTrigger(ctx context.Context, stopping <-chan struct{}, p *t
 		return w.sentBefore(ctx, p, b, conflict, requested, now)
 	case errors.As(err, &kvErr):
 		w.health.failed(opKV, now)
-		w.m.direct.WithLabelValues("app", "nakked").Inc()
+		w.m.direct.WithLabelValues(string(sink.APIApp), "nakked").Inc()
 		w.log.Error("broadcast trigger markers unreachable: not sending blind; nakking for later", "broadcast_id", b.BroadcastID,
 			"triggers", len(b.Items), "err", err)
-		for _, h := range b.Items {
-			if ctx.Err() != nil {
-				w.settle(h, "nak", h.msg.Nak())
-			} else {
-				w.settle(h, "nak", h.msg.NakWithDelay(w.nakDelay(h.deliveries)))
-			}
-		}
+		s.MarkersDown = true
+		w.settleCalls(ctx, b.Items, s)
 		if requested {
-			p.Defer(b.BroadcastID, now.Add(w.opts.BroadcastInterval))
+			p.Defer(b.BroadcastID, now.Add(w.interval))
 		}
 		p.Withdraw(b, func(*held) bool { return true })
 		return b.Items
-	case sink.MaybeTriggered(err):
-		w.ambiguous(ctx, b, requestedAt, fmt.Sprintf("broadcast %d: request may have reached Customer.io, not retried: %v", b.BroadcastID, err))
+	case s.MaybeSent:
+		w.m.direct.WithLabelValues(string(sink.APIApp), "ambiguous").Inc()
+		s.detail = fmt.Sprintf("broadcast %d: request may have reached Customer.io, not retried: %v", b.BroadcastID, err)
+		w.settleCalls(ctx, b.Items, s)
 		p.Done(b, now)
 		return b.Items
 	}
-	switch sink.Classify(err) {
+	switch s.Class {
 	case sink.Delivered:
 		if n := w.marks.sent(ctx, c, triggerID); n > 0 {
 			w.health.failed(opKV, now)
 			w.log.Warn("broadcast triggered but not all markers recorded it; if their acks are lost too, those triggers are dead-lettered as ambiguous",
 				"broadcast_id", b.BroadcastID, "trigger_id", triggerID, "markers", n)
 		}
-		w.m.direct.WithLabelValues("app", "delivered").Inc()
+		w.m.direct.WithLabelValues(string(sink.APIApp), "delivered").Inc()
 		w.m.coalesced.Add(float64(len(b.Items) - 1))
 		w.log.Info("broadcast triggered", "broadcast_id", b.BroadcastID, "trigger_id", triggerID,
 			"triggers", len(b.Items), "recipients", b.Recipients)
-		w.ackTriggers(ctx, b.Items)
 	case sink.Reject:
-		if p.Split(b, now) {
+		if decide(s.outcome).Verb == verbSplit && p.Split(b, now) {
 			// One trigger of a merged request may have spoiled it for the
 			// rest: its halves go back to the pacer, each waiting its turn.
-			w.m.direct.WithLabelValues("app", "split").Inc()
+			w.m.direct.WithLabelValues(string(sink.APIApp), "split").Inc()
 			w.log.Warn("coalesced trigger request rejected; sending it again in halves, each in its broadcast's turn",
 				"broadcast_id", b.BroadcastID, "triggers", len(b.Items), "status", sink.StatusOf(err), "err", err)
 			return nil
 		}
-		w.m.direct.WithLabelValues("app", "rejected").Inc()
-		w.deadLetter(ctx, b.Items[0], string(deadletter.ReasonRejected), sink.StatusOf(err), err.Error())
+		w.m.direct.WithLabelValues(string(sink.APIApp), "rejected").Inc()
+		// The pacer would not split it: the first trigger stands for the request.
+		s.Calls = 1
+		w.settleCalls(ctx, b.Items[:1], s)
+		p.Done(b, now)
+		return b.Items
 	case sink.Retry:
-		w.m.direct.WithLabelValues("app", "nakked").Inc()
-		w.giveUp(ctx, b.Items, err)
-	default: // sink.Cancelled: the shutdown timeout
-		if errors.Is(err, errGaveUpBetweenTries) {
-			w.nakNow(b.Items)
-			break
+		w.m.direct.WithLabelValues(string(sink.APIApp), "nakked").Inc()
+	case sink.Cancelled:
+		if !s.BetweenTries {
+			// The request was cut off in flight and may have been acted on.
+			w.m.direct.WithLabelValues(string(sink.APIApp), "ambiguous").Inc()
+			s.detail = fmt.Sprintf("broadcast %d: request cut off at shutdown, may have reached Customer.io, not retried: %v", b.BroadcastID, err)
 		}
-		// The request was cut off in flight and may have been acted on.
-		w.ambiguous(ctx, b, requestedAt, fmt.Sprintf("broadcast %d: request cut off at shutdown, may have reached Customer.io, not retried: %v", b.BroadcastID, err))
 	}
+	w.settleCalls(ctx, b.Items, s)
 	p.Done(b, now)
 	return b.Items
 }
 
 // observePacingWait records how long the oldest trigger of b waited for
 // its request to be sent.
-func (w *Worker) observePacingWait(b *trigger.Batch[*held]) {
+func (w *triggerRunner) observePacingWait(b *trigger.Batch[*held]) {
 	now := time.Now()
 	oldest := now
 	for _, h := range b.Items {
@@ -213,29 +237,29 @@ func stopTrigger(err error) bool {
 // sentBefore settles the triggers of b whose markers an earlier delivery
 // wrote, without sending them, and gives the rest back to the pacer to be
 // sent at once in a request without them.
-func (w *Worker) sentBefore(ctx context.Context, p *trigger.Pacer[*held], b *trigger.Batch[*held], conflict *markConflict, requested bool, now time.Time) []*held {
+func (w *triggerRunner) sentBefore(ctx context.Context, p *trigger.Pacer[*held], b *trigger.Batch[*held], conflict *markConflict, requested bool, now time.Time) []*held {
 	gone := make(map[*held]bool, len(conflict.found))
 	var acks []*held
 	for _, f := range conflict.found {
 		gone[f.h] = true
 		if f.sent {
-			w.m.direct.WithLabelValues("app", "already_sent").Inc()
+			w.m.direct.WithLabelValues(string(sink.APIApp), "already_sent").Inc()
 			w.log.Info("broadcast trigger was sent by an earlier delivery whose ack was lost; acking it without sending",
 				"broadcast_id", b.BroadcastID, "stream_seq", f.h.seq, "deliveries", f.h.deliveries, "marker", f.value)
 			acks = append(acks, f.h)
 			continue
 		}
-		w.m.direct.WithLabelValues("app", "ambiguous").Inc()
+		w.m.direct.WithLabelValues(string(sink.APIApp), "ambiguous").Inc()
 		// The marker was written just before the earlier request: its
 		// time is the request's.
 		w.deadLetterRequested(ctx, f.h, f.since, fmt.Sprintf(
 			"broadcast %d: an earlier delivery began sending this trigger at %s and recorded no answer; it may have reached Customer.io, not sent again",
 			b.BroadcastID, f.since.UTC().Format(time.RFC3339)))
 	}
-	w.ackTriggers(ctx, acks)
+	w.doubleAck(ctx, acks)
 	if requested {
 		// An earlier try of this batch made a request: its turn is used.
-		p.Defer(b.BroadcastID, now.Add(w.opts.BroadcastInterval))
+		p.Defer(b.BroadcastID, now.Add(w.interval))
 	}
 	p.Withdraw(b, func(h *held) bool { return gone[h] })
 	settled := make([]*held, 0, len(gone))
@@ -243,34 +267,4 @@ func (w *Worker) sentBefore(ctx context.Context, p *trigger.Pacer[*held], b *tri
 		settled = append(settled, h)
 	}
 	return settled
-}
-
-// ambiguous dead-letters every trigger of b as ambiguous, with the time
-// its request was sent (deadletter.HeaderRequestedAt), where an operator
-// looks for the trigger it may have created. Their markers stay
-// "sending", so a copy that comes back (the dead-letter publish failed) is
-// dead-lettered again rather than sent.
-func (w *Worker) ambiguous(ctx context.Context, b *trigger.Batch[*held], requestedAt time.Time, detail string) {
-	w.m.direct.WithLabelValues("app", "ambiguous").Inc()
-	for _, h := range b.Items {
-		w.deadLetterRequested(ctx, h, requestedAt, detail)
-	}
-}
-
-// ackTriggers acks trigger messages and waits for the server to confirm
-// (DoubleAck), markConcurrency at a time. An ack that fails is logged; the
-// message comes back, finds its "sent" marker and is acked then.
-func (w *Worker) ackTriggers(ctx context.Context, items []*held) {
-	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), markTimeout)
-	defer cancel()
-	sem := make(chan struct{}, markConcurrency)
-	var wg sync.WaitGroup
-	for _, h := range items {
-		sem <- struct{}{}
-		wg.Go(func() {
-			defer func() { <-sem }()
-			w.settle(h, "ack", h.msg.DoubleAck(ctx))
-		})
-	}
-	wg.Wait()
 }

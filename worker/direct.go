@@ -67,7 +67,7 @@ func (w *Worker) runDirect(ctx context.Context, in *intake, pacer *trigger.Pacer
 	for range w.opts.DirectConcurrency {
 		wg.Go(func() {
 			for c := range trackCalls {
-				w.sendTrackCall(ctx, c)
+				w.track.send(ctx, c)
 				leases.remove(c.h)
 			}
 		})
@@ -75,7 +75,7 @@ func (w *Worker) runDirect(ctx context.Context, in *intake, pacer *trigger.Pacer
 	work := make(chan struct{}, 1) // the pacer may have something to release
 	room := make(chan struct{}, 1) // the pacer may have room again
 	readerDone := make(chan struct{})
-	wg.Go(func() { w.pace(ctx, pacer, work, room, readerDone, leases) })
+	wg.Go(func() { w.triggers.pace(ctx, pacer, work, room, readerDone, leases) })
 
 	for h, ok := in.next(); ok; h, ok = in.next() {
 		msg := h.msg

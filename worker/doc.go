@@ -5,7 +5,14 @@
 //
 // The pipeline, one goroutine per stage:
 //
-//	intake ──queue──▶ reader ──calls──▶ batcher ──batches──▶ dispatcher ──▶ N senders
+//	             ┌──────────── leases (InProgress every ⅓ ack wait) ───────────┐
+//	JetStream ─▶ intake ─queue─▶ read/prepare ─calls─▶ batcher ─batches─▶ dispatch ─▶ N × deliver
+//	   ▲                               │                                          │ attempt (retry, pause)
+//	   │                               └─▶ ordered lanes (Options.Ordering) ──────┤
+//	   │         intake ─queue─▶ runDirect ─▶ pace ─▶ sendTrigger (turns, marks)  │
+//	   │                                   └─▶ N × trackRunner ───────────────────┤
+//	   └──────── ack / nak / nak with delay / term ◀── settleCalls ◀── decide ◀───┘
+//	                                                       └─▶ dead-letter stream
 //
 // The intake pulls (Fetch) only when its bounded queue has room for a whole
 // pull, and leases each message the moment it arrives; every other channel
@@ -13,6 +20,39 @@
 // Customer.io stops the reader and then the pulling, and nothing the
 // process has received waits un-leased in a client buffer. Direct calls
 // (triggers, suppressions) have an intake of their own per consumer.
+//
+// Where each stage lives:
+//
+//	worker.go     Worker, New, Ready; held, one message in the worker's hands
+//	options.go    Options, their Default* constants and Validate
+//	run.go        Run: binds, wires the stages, waits for them
+//	shutdown.go   the two phases of a stop (drain, hard stop) and the final flush
+//	stream.go     stream, consumer and dead-letter stream setup (bind)
+//	pinned.go     the batch consumer's priority group for the ordered path
+//	intake.go     intake: pulls into a bounded queue, leases on arrival
+//	prepare.go    hold (metadata, lease), read (prepare a call), rejectInput
+//	lease.go      leases: extends the ack deadline of everything held
+//	sample.go     consumer gauges and the lease interval, from the server
+//	dispatch.go   dispatch: up to SendConcurrency batches in flight
+//	deliver.go    deliver: one batch, its bisect on 4xx and 5xx split
+//	attempt.go    retrier: one request with retries, backoff, Retry-After, pause
+//	pause.go      pauseState: delivery paused on a configuration error
+//	decide.go     decide: the settlement policy, a pure function
+//	settle.go     settler: applies decide's answer (ack, nak, dead-letter)
+//	deadletter.go writing a dead letter, then terminating the original
+//	direct.go     runDirect: a direct consumer's reader, feeding its runner
+//	broadcast.go  triggerRunner: pacing and sending triggers, never twice
+//	sentmark.go   the trigger markers (KV) that make a trigger once-only
+//	turns.go      turns: one trigger request per broadcast across replicas
+//	turn.go       turn: one turn held, and its KV value
+//	turnskv.go    the turns' KV bucket and metrics
+//	track.go      trackRunner: one Track API call (suppression, unsubscribe, metric)
+//	trackcalls.go the Track API consumers, and why two of them are ordered
+//	ordered.go    the ordered batch path: gate, key policy, lanes
+//	order.go      keyOrder: a key's calls wait behind its nakked call
+//	ackpending.go reading numbers from an ack subject without allocating
+//	health.go     whether JetStream answers, for Ready
+//	metrics.go    the worker's Prometheus metrics
 //
 // A message is acked only after the batch it is in got a 2xx. From the moment
 // the intake receives a message until it is settled, the lease keeper extends

@@ -9,8 +9,6 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
 
-	"github.com/cio-relay/cio-relay/deadletter"
-	"github.com/cio-relay/cio-relay/event"
 	"github.com/cio-relay/cio-relay/sink"
 )
 
@@ -74,90 +72,6 @@ type DeliveryReporter interface {
 // orderedCheckInterval and sets it to 1 again (older replicas only write it
 // when they start, so the two never fight).
 const orderedMaxAckPending = 1
-
-// trackCall is one Track API message, parsed.
-type trackCall struct {
-	h      *held
-	unsub  sink.Unsubscribe
-	metric sink.Metric
-}
-
-// parseTrackCall validates a Track API message; for suppressions it sets
-// h.identifier.
-func parseTrackCall(h *held) (trackCall, error) {
-	c := trackCall{h: h}
-	var err error
-	switch h.msg.Subject() {
-	case SubjectSuppress, SubjectUnsuppress:
-		h.identifier, err = sink.ParseSuppression(h.msg.Data())
-	case SubjectUnsubscribe:
-		c.unsub, err = sink.ParseUnsubscribe(h.msg.Data())
-	case SubjectMetric:
-		c.metric, err = sink.ParseMetric(h.msg.Data())
-	default:
-		err = &event.InvalidError{Reason: event.ReasonUnknownType, Detail: "no Track API call on subject " + h.msg.Subject()}
-	}
-	return c, err
-}
-
-// sendTrackCall sends one Track API call and settles its message.
-func (w *Worker) sendTrackCall(ctx context.Context, c trackCall) {
-	switch c.h.msg.Subject() {
-	case SubjectSuppress, SubjectUnsuppress:
-		w.suppress(ctx, c.h)
-	case SubjectUnsubscribe:
-		action := "unsubscribe"
-		if !c.unsub.Unsubscribe {
-			action = "resubscribe"
-		}
-		w.trackCall(ctx, c.h, func(ctx context.Context) error {
-			return w.opts.Delivery.Unsubscribe(ctx, c.unsub)
-		}, func() {
-			w.m.track.unsubscribes.WithLabelValues(action).Inc()
-			// A delivery id names a message, not a person: it may be logged.
-			w.log.Info("unsubscribe applied", "action", action, "delivery_id", c.unsub.DeliveryID)
-		})
-	case SubjectMetric:
-		body, err := c.metric.Body(c.h.published)
-		if err != nil {
-			w.deadLetter(ctx, c.h, string(event.ReasonInvalidField), 0, err.Error())
-			return
-		}
-		shape := "metrics"
-		if c.metric.Legacy {
-			shape = "push_events"
-		}
-		w.trackCall(ctx, c.h, func(ctx context.Context) error {
-			return w.opts.Delivery.ReportMetric(ctx, body)
-		}, func() {
-			w.m.track.metrics.WithLabelValues(c.metric.Metric, shape).Inc()
-			// Never the recipient: an email address, phone number or device token.
-			w.log.Debug("delivery metric reported", "metric", c.metric.Metric, "delivery_id", c.metric.DeliveryID)
-		})
-	}
-}
-
-// trackCall sends one request with the Track API's retries and pauses (as
-// for suppressions) and settles h by the outcome: ack, dead-letter as
-// rejected (a 400 is a malformed delivery id), nak for later, or nak now
-// at shutdown.
-func (w *Worker) trackCall(ctx context.Context, h *held, try func(context.Context) error, done func()) {
-	err := w.attempt(ctx, "track", &w.trackPause, 0, nil, try)
-	switch sink.Classify(err) {
-	case sink.Delivered:
-		w.m.direct.WithLabelValues("track", "delivered").Inc()
-		done()
-		w.settle(h, "ack", h.msg.Ack())
-	case sink.Reject:
-		w.m.direct.WithLabelValues("track", "rejected").Inc()
-		w.deadLetter(ctx, h, string(deadletter.ReasonRejected), sink.StatusOf(err), err.Error())
-	case sink.Retry:
-		w.m.direct.WithLabelValues("track", "nakked").Inc()
-		w.giveUp(ctx, []*held{h}, err)
-	default:
-		w.nakNow([]*held{h})
-	}
-}
 
 // trackConsumers are the consumers of Track API calls this worker can
 // send: suppressions with credentials, unsubscribes and metrics with a

@@ -8,13 +8,10 @@ import (
 	"fmt"
 	"log/slog"
 	"strconv"
-	"strings"
 	"sync"
 	"time"
 
-	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
-	"github.com/prometheus/client_golang/prometheus"
 )
 
 // Customer.io accepts one trigger request per broadcast every 10 seconds,
@@ -63,31 +60,6 @@ import (
 // cio_relay_broadcast_pacing_global says which mode the replica is in. A
 // missing bucket is not a reason to refuse to start, as the marker bucket
 // is: without it triggers are slower, never sent twice.
-
-// TurnsBucket is the name of the KV bucket of broadcast turns for stream:
-// "{stream}_PACE".
-func TurnsBucket(stream string) string { return stream + "_PACE" }
-
-// TurnsConfig is the KV bucket the worker creates for stream's broadcast
-// turns when it manages streams: one value per key, per-key TTLs (the
-// server expires each turn), their expiry markers kept a minute. TTL bounds
-// what could outlive every per-key TTL (an operator's manual write) to an
-// hour. Memory storage would do, since a turn is worth nothing after a
-// minute, but file storage keeps the turns of a replica that is mid-request
-// through a server restart. Replicas is 1 here; the worker creates it with
-// RELAY_STREAM_REPLICAS, like its streams.
-func TurnsConfig(stream string) jetstream.KeyValueConfig {
-	return jetstream.KeyValueConfig{
-		Bucket:         TurnsBucket(stream),
-		Description:    "cio-relay: whose turn it is to send a trigger request for each broadcast",
-		History:        1,
-		TTL:            time.Hour,
-		LimitMarkerTTL: time.Minute,
-		MaxValueSize:   256,
-		Storage:        jetstream.FileStorage,
-		Replicas:       1,
-	}
-}
 
 // DefaultTriggerTimeout is Options.TriggerTimeout's default, cio-relay's
 // default RELAY_HTTP_TIMEOUT.
@@ -163,16 +135,6 @@ func newTurns(store turnStore, find func(context.Context) (turnStore, error), in
 	return g
 }
 
-// turn is a broadcast's turn, held by this replica: the right to send one
-// request. A nil *turn is a request paced by this replica alone.
-type turn struct {
-	g      *turns
-	store  turnStore
-	key    string
-	rev    uint64
-	sendBy time.Time // the request must be answered by then
-}
-
 // errStopWaiting ends a wait for a turn at shutdown: the request was never
 // sent. It is a shutdown between tries for attempt and sendTrigger.
 var errStopWaiting = fmt.Errorf("%w: stopped waiting for the broadcast's turn: %w", errGaveUpBetweenTries, context.Canceled)
@@ -246,101 +208,12 @@ func (g *turns) take(ctx context.Context, store turnStore, key string) (*turn, t
 	return nil, turnWait(e, time.Now(), g.interval), nil
 }
 
-// turnWait is how long a replica that found the turn taken waits before
-// trying again, given the entry it read and its own clock's now: until the
-// entry's expiry when answered (its creation by the server's clock plus its
-// TTL, and at most the TTL from now), at most half an interval while a
-// request is in flight (the holder keeps the turn an interval after the
-// answer, so the next look sees it answered in time), and never less than
-// turnPoll, so a clock ahead of the server's does not spin. A server clock
-// off from the replica's by s costs at most s per turn; it can never make
-// a request early, as only the server's expiry frees the turn.
-func turnWait(e turnEntry, now time.Time, interval time.Duration) time.Duration {
-	state, ttl := parseTurn(e.value)
-	wait := e.created.Add(ttl).Sub(now)
-	switch state {
-	case turnAnswered:
-		// It was written before it was read: it expires within ttl
-		// of now, whatever the server's clock says.
-		wait = min(wait, ttl)
-	case turnSending:
-		wait = min(wait, interval/2)
-	default:
-		wait = interval / 2
-	}
-	return max(wait, turnPoll(interval))
-}
-
-// turnPoll is the least wait between two looks at a taken turn: a
-// fiftieth of the interval (200ms for Customer.io's 10s), at least 10ms.
-func turnPoll(interval time.Duration) time.Duration { return max(interval/50, 10*time.Millisecond) }
-
-// parseTurn reads a turn's state and TTL. A value it cannot read (an
-// operator's, a later version's) counts as a request in flight with no
-// known end.
-func parseTurn(v string) (state string, ttl time.Duration) {
-	f := strings.Fields(v)
-	if len(f) < 2 {
-		return "", 0
-	}
-	secs, err := strconv.ParseInt(f[1], 10, 64)
-	if err != nil || secs < 0 {
-		return "", 0
-	}
-	return f[0], time.Duration(secs) * time.Second
-}
-
-// wholeSeconds rounds d up to whole seconds, at least one: the NATS server
-// reads a TTL in whole seconds, truncating, and refuses one under a second.
-func wholeSeconds(d time.Duration) time.Duration {
-	return max(time.Second, (d+time.Second-1)/time.Second*time.Second)
-}
-
 // sendingTTL is the TTL of a turn taken for a request: long enough that it
 // outlives the request's latest answer by an interval.
 func (g *turns) sendingTTL() time.Duration { return wholeSeconds(g.limit + g.interval) }
 
 func (g *turns) value(state string, ttl time.Duration) string {
 	return state + " " + strconv.FormatInt(int64(ttl/time.Second), 10) + " " + g.replica
-}
-
-// answered records that t's request was answered (or failed) now: the turn
-// stays taken for the interval, or hold when longer (a Retry-After), from
-// the server's receipt of this write. If the write fails the turn's first
-// TTL frees it, later but never early.
-func (t *turn) answered(ctx context.Context, hold time.Duration) {
-	if t == nil {
-		return
-	}
-	ttl := wholeSeconds(max(min(hold, maxTurnHold), t.g.interval))
-	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), markTimeout)
-	defer cancel()
-	if _, err := t.store.Replace(ctx, t.key, t.g.value(turnAnswered, ttl), t.rev, ttl); err != nil {
-		t.g.log.Warn("could not record the answer in the broadcast's turn; other replicas wait for it to expire",
-			"broadcast_id", t.key, "expires_in", t.g.sendingTTL().String(), "err", err)
-	}
-}
-
-// unused gives t back at once: its request was not sent.
-func (t *turn) unused(ctx context.Context) {
-	if t == nil {
-		return
-	}
-	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), markTimeout)
-	defer cancel()
-	if err := t.store.Free(ctx, t.key, t.rev); err != nil {
-		t.g.log.Warn("could not give back an unused broadcast turn; other replicas wait for it to expire",
-			"broadcast_id", t.key, "expires_in", t.g.sendingTTL().String(), "err", err)
-	}
-}
-
-// context bounds the request sent in t to t.sendBy, so it cannot outlive
-// the turn. A nil t leaves ctx as it is.
-func (t *turn) context(ctx context.Context) (context.Context, context.CancelFunc) {
-	if t == nil {
-		return context.WithCancel(ctx)
-	}
-	return context.WithDeadline(ctx, t.sendBy)
 }
 
 // current returns the store, looking the bucket up again once per
@@ -394,116 +267,4 @@ func (g *turns) fallback(id int64, err error) {
 			"another replica may send for the same broadcast within the interval and be answered 429 (retried, nothing lost)",
 			"bucket", g.bucketHint(), "broadcast_id", id, "err", err)
 	}
-}
-
-// turnMetrics count how trigger requests were paced.
-type turnMetrics struct {
-	bucket   string
-	global   prometheus.Gauge
-	fallback prometheus.Counter
-}
-
-func newTurnMetrics() *turnMetrics {
-	return &turnMetrics{
-		global: prometheus.NewGauge(prometheus.GaugeOpts{
-			Name: "cio_relay_broadcast_pacing_global",
-			Help: "1 while this replica paces broadcast triggers across replicas (the {stream}_PACE bucket answers), 0 while it paces them on its own.",
-		}),
-		fallback: prometheus.NewCounter(prometheus.CounterOpts{
-			Name: "cio_relay_broadcast_pacing_fallback_total",
-			Help: "Trigger requests sent paced by this replica alone, because the {stream}_PACE bucket could not be reached.",
-		}),
-	}
-}
-
-func (m *turnMetrics) collectors() []prometheus.Collector {
-	return []prometheus.Collector{m.global, m.fallback}
-}
-
-// kvTurns is turnStore on a JetStream KV bucket.
-type kvTurns struct {
-	kv      jetstream.KeyValue
-	js      jetstream.JetStream
-	subject string // "$KV.{bucket}.": a key's subject, for Replace
-}
-
-func newKVTurns(js jetstream.JetStream, kv jetstream.KeyValue) *kvTurns {
-	return &kvTurns{kv: kv, js: js, subject: "$KV." + kv.Bucket() + "."}
-}
-
-func (s *kvTurns) Create(ctx context.Context, key, value string, ttl time.Duration) (uint64, error) {
-	return s.kv.Create(ctx, key, []byte(value), jetstream.KeyTTL(ttl))
-}
-
-func (s *kvTurns) Get(ctx context.Context, key string) (turnEntry, error) {
-	e, err := s.kv.Get(ctx, key)
-	if err != nil {
-		return turnEntry{}, err
-	}
-	return turnEntry{value: string(e.Value()), created: e.Created()}, nil
-}
-
-// Replace is Update with a TTL, which KeyValue.Update cannot set: a publish
-// to the key's subject expecting rev as the subject's last sequence, as
-// Update does, with the Nats-TTL header, as Create does.
-func (s *kvTurns) Replace(ctx context.Context, key, value string, rev uint64, ttl time.Duration) (uint64, error) {
-	ack, err := s.js.PublishMsg(ctx, &nats.Msg{Subject: s.subject + key, Data: []byte(value)},
-		jetstream.WithExpectLastSequencePerSubject(rev), jetstream.WithMsgTTL(ttl))
-	if err != nil {
-		var apiErr *jetstream.APIError
-		if errors.As(err, &apiErr) && (apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequence ||
-			apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequenceConstant) {
-			return 0, fmt.Errorf("%w: %w", err, jetstream.ErrKeyRevisionMismatch)
-		}
-		return 0, err
-	}
-	return ack.Sequence, nil
-}
-
-// Free purges the key if rev is still its revision; the purge marker itself
-// expires after a minute, so freed turns leave nothing behind.
-func (s *kvTurns) Free(ctx context.Context, key string, rev uint64) error {
-	return s.kv.Purge(ctx, key, jetstream.LastRevision(rev), jetstream.PurgeTTL(time.Minute))
-}
-
-// bindTurns opens the turns bucket for the worker's stream, creating or
-// updating it when the worker manages streams. Without the bucket (missing
-// with RELAY_MANAGE_STREAMS=false, or refused by a server older than 2.11)
-// it warns and paces per replica, looking for the bucket again every
-// minute. It returns nil when the worker sends no triggers.
-func (w *Worker) bindTurns(ctx context.Context) *turns {
-	if w.opts.App == nil {
-		return nil
-	}
-	cfg := TurnsConfig(w.opts.Stream)
-	cfg.Replicas = w.opts.StreamReplicas // kept like the stream it paces
-	w.m.turns.bucket = cfg.Bucket
-	find := func(ctx context.Context) (turnStore, error) {
-		kv, err := w.js.KeyValue(ctx, cfg.Bucket)
-		if err != nil {
-			return nil, err
-		}
-		return newKVTurns(w.js, kv), nil
-	}
-	var store turnStore
-	if w.opts.ManageStreams {
-		kv, err := w.js.CreateOrUpdateKeyValue(ctx, cfg)
-		if err != nil {
-			w.log.Warn("could not create the broadcast pacing bucket (needs nats-server 2.11 or later): each replica paces its own trigger requests",
-				"bucket", cfg.Bucket, "err", err)
-		} else {
-			store = newKVTurns(w.js, kv)
-		}
-	} else {
-		s, err := find(ctx)
-		if err != nil {
-			w.log.Warn(fmt.Sprintf("broadcast pacing bucket %s not usable and RELAY_MANAGE_STREAMS=false: each replica paces its own trigger requests, "+
-				"so two replicas may send for one broadcast within 10s (answered 429, retried); create it with "+
-				"`nats kv add %s --history 1 --ttl 1h --marker-ttl 1m` (nats-server 2.11 or later), or let cio-relay manage it; "+
-				"it is looked for again every minute", cfg.Bucket, cfg.Bucket), "err", err)
-		}
-		store = s
-	}
-	w.m.turns.global.Set(0)
-	return newTurns(store, find, w.opts.BroadcastInterval, sendLimit(w.opts.TriggerTimeout), w.log, w.m.turns)
 }

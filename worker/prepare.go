@@ -1,0 +1,126 @@
+package worker
+
+import (
+	"context"
+	"time"
+
+	"github.com/cio-relay/cio-relay/batcher"
+	"github.com/cio-relay/cio-relay/deadletter"
+	"github.com/cio-relay/cio-relay/event"
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+// read takes messages from the intake until it has stopped and sends each
+// valid call on calls, or hands it to the ordered path when there is one;
+// invalid ones are dead-lettered at once.
+func (w *Worker) read(ctx context.Context, in *intake, leases *leases[*held], calls chan<- batcher.Call[*held]) {
+	var prep event.Preparer
+	// Calls are prepared into a slab shared by many calls rather than one
+	// allocation each; a slab is released when the last batch using it is.
+	var slab []byte
+	for h, ok := in.next(); ok; h, ok = in.next() {
+		data := h.msg.Data()
+		// Compaction only shrinks a body; what Prepare inserts is short.
+		if need := len(data) + 192 + len(h.id.Override); cap(slab)-len(slab) < need {
+			slab = make([]byte, 0, max(slabSize, need))
+		}
+		start := len(slab)
+		// A call without a timestamp gets its publish time, so a backlog
+		// does not shift when Customer.io records it.
+		var stamp event.Stamp
+		var err error
+		slab, stamp, err = prep.PrepareAt(slab, h.typ, data, h.id, h.published)
+		h.call = slab[start:len(slab):len(slab)]
+		if err != nil {
+			w.rejectInput(ctx, h, err, leases)
+			continue
+		}
+		if stamp == event.StampOmitted {
+			w.m.timestampOmitted.Inc()
+		}
+		if w.ord != nil {
+			h.ordered, h.key = true, prep.KeyHash()
+			h.cseq, _ = parseAckCseq(h.msg.Reply())
+			var pin string
+			if hdr := h.msg.Headers(); hdr != nil {
+				pin = hdr.Get(pinIDHeader)
+			}
+			w.ord.add(h, pin, drained(h.msg) && in.empty())
+			continue
+		}
+		// A redelivery is no sign of a drained consumer: after a failure
+		// the nakked calls come back one by one as their delays end, and
+		// lingering on each would send them in many small requests just
+		// as Customer.io recovers. The flush interval gathers them; they
+		// have waited a nak delay already.
+		calls <- batcher.Call[*held]{Data: h.call, Item: h, Drained: h.deliveries == 1 && drained(h.msg) && in.empty()}
+	}
+}
+
+// drained reports whether the server had nothing more pending for the
+// consumer when it delivered msg: NumPending from its ack reply, else from
+// its metadata. Unknown counts as not drained (see batcher.Call.Drained).
+func drained(msg jetstream.Msg) bool {
+	if p, ok := parseAckPending(msg.Reply()); ok {
+		return p == 0
+	}
+	meta, err := msg.Metadata()
+	return err == nil && meta.NumPending == 0
+}
+
+// pullAhead is how many messages the batch intake may hold ahead of the
+// batcher: about one batch, enough to keep the batcher busy, and no more
+// than the consumer lets one client have unacknowledged.
+func (w *Worker) pullAhead(cons jetstream.Consumer) int {
+	n := min(w.opts.BatchMaxCalls, 1000)
+	if m := cons.CachedInfo().Config.MaxAckPending; m > 0 {
+		n = min(n, m)
+	}
+	return n
+}
+
+// slabSize is the size of the buffers calls are prepared into: a few
+// hundred typical calls each.
+const slabSize = 256 << 10
+
+// hold takes a message into the worker's hands the moment it arrives: reads
+// its metadata, counts it and starts extending its ack deadline. alloc
+// gives the record to fill.
+func (w *Worker) hold(msg jetstream.Msg, idPrefix string, leases *leases[*held], alloc func() *held) (*held, bool) {
+	seq, deliveries, ts, ok := parseAckReply(msg.Reply())
+	if !ok {
+		meta, err := msg.Metadata()
+		if err != nil {
+			// Not a JetStream message: nothing to ack and nothing to derive an
+			// id from.
+			w.log.Error("message without JetStream metadata", "subject", msg.Subject(), "err", err)
+			return nil, false
+		}
+		seq, deliveries, ts = meta.Sequence.Stream, meta.NumDelivered, meta.Timestamp.UnixNano()
+	}
+	now := time.Now()
+	h := alloc()
+	*h = held{msg: msg, typ: event.TypeOfSubject(msg.Subject()), seq: seq,
+		deliveries: deliveries, published: time.Unix(0, ts), received: now,
+		id: event.ID{Prefix: idPrefix, Seq: seq}}
+	if hdr := msg.Headers(); hdr != nil {
+		h.id.Override = hdr.Get(deadletter.HeaderMessageID)
+		// A replayed call keeps the time it was first published.
+		h.published = deadletter.PublishedAt(hdr, h.published)
+	}
+	if h.typ == event.Unknown {
+		// The direct consumers' subjects: a fixed, small set.
+		w.m.consumed.WithLabelValues(msg.Subject()).Inc()
+	} else {
+		w.m.consumedByType.inc(h.typ)
+	}
+	if h.deliveries > 1 {
+		w.m.redeliveries.Inc()
+	}
+	// Just delivered: its ack wait starts now.
+	leases.add(h, now)
+	return h, true
+}
+
+// heldSlab is how many helds one allocation holds.
+const heldSlab = 256
