@@ -36,10 +36,17 @@ type triggerRunner struct {
 // pace releases trigger requests as the pacer allows and sends each in its
 // own goroutine. When the reader is done (shutdown), triggers still waiting
 // for their turn are nakked at once for another replica rather than held
-// through the pacing interval.
+// through the pacing interval; so are the halves of a merged request that
+// was rejected while in flight, which the pacer took back to send later.
 func (w *triggerRunner) pace(ctx context.Context, p *trigger.Pacer[*held], work, room chan struct{}, readerDone <-chan struct{}, leases *leases[*held]) {
 	var inflight sync.WaitGroup
-	defer inflight.Wait()
+	handBack := func() {
+		if pending := p.Drain(); len(pending) > 0 {
+			w.log.Info("shutting down: nakking broadcast triggers still waiting for their turn", "triggers", len(pending))
+			w.nakNow(pending)
+			leases.remove(pending...)
+		}
+	}
 	timer := time.NewTimer(time.Hour)
 	defer timer.Stop()
 	done := readerDone
@@ -54,11 +61,9 @@ func (w *triggerRunner) pace(ctx context.Context, p *trigger.Pacer[*held], work,
 			})
 		}
 		if done == nil {
-			if pending := p.Drain(); len(pending) > 0 {
-				w.log.Info("shutting down: nakking broadcast triggers still waiting for their turn", "triggers", len(pending))
-				w.nakNow(pending)
-				leases.remove(pending...)
-			}
+			handBack()
+			inflight.Wait()
+			handBack() // what a rejected request in flight put back
 			return
 		}
 		if next, ok := p.Next(); ok {

@@ -218,3 +218,34 @@ type downKV struct{ jetstream.KeyValue }
 func (downKV) Create(context.Context, string, []byte, ...jetstream.KVCreateOpt) (uint64, error) {
 	return 0, nats.ErrTimeout
 }
+
+// TestTriggerRejectedAtShutdownIsHandedBack: a coalesced request in flight
+// when the reader stops is rejected; the pacer would split it and wait
+// each half's turn, but nobody is left to send them. Both triggers must be
+// nakked at once for another replica, not left leased until the process
+// exits and the server's ack wait brings them back.
+func TestTriggerRejectedAtShutdownIsHandedBack(t *testing.T) {
+	inFlight, answer := make(chan struct{}), make(chan struct{})
+	r := newTriggerRig(t, func(string, string) error {
+		close(inFlight) // one request only: a second would panic here
+		<-answer
+		return statusErr("app", 422)
+	})
+	ms := r.add(t, 1, 1, 2)
+	readerDone, paced := make(chan struct{}), make(chan struct{})
+	go func() {
+		defer close(paced)
+		r.w.triggers.pace(t.Context(), r.pacer, make(chan struct{}, 1), make(chan struct{}, 1), readerDone, newLeases[*held](time.Hour))
+	}()
+	<-inFlight
+	close(readerDone)
+	close(answer)
+	select {
+	case <-paced:
+	case <-time.After(10 * time.Second):
+		t.Fatal("pace did not return after the reader stopped")
+	}
+	if got := settledAs(ms); !slices.Equal(got, []string{"nak", "nak"}) {
+		t.Fatalf("triggers of the rejected request settled %q, want both nakked at once", got)
+	}
+}
