@@ -265,6 +265,7 @@ func TestParse(t *testing.T) {
 		{"json is not a replay flag", []string{"replay", "--json"}, Command{Name: CmdReplay, MaxReplays: deadletter.DefaultMaxReplays}, []string{"--json"}, ""},
 		{"max replays 0", []string{"replay", "--max-replays", "0"}, Command{}, nil, "--max-replays must be at least 1"},
 		{"excluded subject not under cio", []string{"replay", "--exclude-subject", "broadcast"}, Command{}, nil, "--exclude-subject"},
+		{"unknown reason", []string{"purge", "--yes", "--reason", "rejectd"}, Command{}, nil, `--reason: unknown reason "rejectd" (one of invalid_json,`},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -619,7 +620,7 @@ func TestReplay(t *testing.T) {
 		{"since, paced", []string{"--since", "3h", "--rate", "1000"}, seqsWhere(func(d dead) bool { return d.ago <= 3*time.Hour }), "matched 3, replayed 3"},
 		{"all", []string{"--force"}, seqsWhere(all), "matched 7, replayed 7, failed 0, skipped 0"},
 		{"all but the validation failure", nil, seqsWhere(func(d dead) bool { return d.reason != "invalid_json" }), "matched 7, replayed 6, failed 0, skipped 0, kept 1"},
-		{"none", []string{"--reason", "not_configured"}, nil, "matched 0, replayed 0, failed 0, skipped 0"},
+		{"none", []string{"--reason", "missing_group_id"}, nil, "matched 0, replayed 0, failed 0, skipped 0"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -849,7 +850,7 @@ func TestPurge(t *testing.T) {
 			seqsWhere(func(d dead) bool { return d.subject != "cio.track" || d.ago <= 3*time.Hour })},
 		{"answered n", []string{"--reason", "rejected"}, "n\n", 1, "", seqsWhere(all)},
 		{"no answer", nil, "", 1, "", seqsWhere(all)},
-		{"nothing matches", []string{"--reason", "not_configured"}, "", 0, "no dead letters match; nothing deleted", seqsWhere(all)},
+		{"nothing matches", []string{"--reason", "missing_group_id"}, "", 0, "no dead letters match; nothing deleted", seqsWhere(all)},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

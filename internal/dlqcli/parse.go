@@ -5,6 +5,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -34,7 +35,8 @@ Commands:
 Filters (list, stats, replay, purge; resolve takes --subject, --since,
 --until and --exclude-subject):
   --reason R    only this reason (rejected, retries_exhausted, invalid_json, ...);
-                repeat the flag or separate with commas for several
+                repeat the flag or separate with commas for several; a reason
+                not in README's table is refused
   --subject S   only this original subject: cio.track; wildcards as in NATS
                 (cio.*, cio.>); repeat or separate with commas for several
   --since T     only dead-lettered at or after T: RFC 3339 (2025-06-01T12:00:00Z),
@@ -296,6 +298,13 @@ func Parse(args []string) (cmd *Command, rest []string, err error) {
 			return nil, nil, fmt.Errorf("%s: --exclude-subject: %w", c.Name, err)
 		}
 	}
+	for _, r := range c.Filter.Reasons {
+		// A misspelt reason would match nothing: for purge, an operator
+		// would think there was nothing to purge.
+		if !slices.Contains(deadletter.Reasons(), deadletter.Reason(r)) {
+			return nil, nil, fmt.Errorf("%s: --reason: unknown reason %q (one of %s)", c.Name, r, reasonList())
+		}
+	}
 	if c.Name == CmdReplay && c.MaxReplays < 1 {
 		return nil, nil, fmt.Errorf("replay: --max-replays must be at least 1, got %d (--force replays regardless)", c.MaxReplays)
 	}
@@ -308,6 +317,15 @@ func Parse(args []string) (cmd *Command, rest []string, err error) {
 		}
 	}
 	return c, rest, nil
+}
+
+// reasonList is the dead-letter reasons, comma-separated.
+func reasonList() string {
+	var names []string
+	for _, r := range deadletter.Reasons() {
+		names = append(names, string(r))
+	}
+	return strings.Join(names, ",")
 }
 
 // flagSet declares the flags of c's command, bound to c's fields.
