@@ -62,8 +62,8 @@ type ordered struct {
 	drainedAt time.Time
 }
 
-// lane is one sender's queue: calls of the keys that hash to it, in the
-// order they were released.
+// lane is one sender's queue: calls of the keys that hash to it, in stream
+// order (see queueLocked).
 type lane struct {
 	queue  []*held
 	wake   chan struct{} // cap 1: the queue changed
@@ -120,14 +120,27 @@ func (o *ordered) routeLocked(h *held, now time.Time) {
 	o.queueLocked(o.keys.add(h), now)
 }
 
-// queueLocked appends calls to their lanes.
+// queueLocked puts calls in their lanes' queues, each by stream sequence.
+// Mostly that is appending; but a call released from a wait list (a nakked
+// call back after its nak delay) can be older than calls of its key queued
+// before it, which were let in while it was in flight, or routed with a
+// takeover's whole gate: appended, it would go after them. A queue in
+// stream order sends each key's calls in order, and the send-time check
+// (filter) holds back those behind a call nakked since.
 func (o *ordered) queueLocked(calls []*held, now time.Time) {
 	for _, r := range calls {
 		l := o.lanes[r.key%uint64(len(o.lanes))]
 		if len(l.queue) == 0 {
 			l.oldest = now
 		}
-		l.queue = append(l.queue, r)
+		if n := len(l.queue); n == 0 || l.queue[n-1].seq <= r.seq {
+			l.queue = append(l.queue, r)
+		} else {
+			// After every queued call of the same sequence: a second copy
+			// goes after the first.
+			i, _ := slices.BinarySearchFunc(l.queue, r.seq+1, func(q *held, s uint64) int { return cmpUint(q.seq, s) })
+			l.queue = slices.Insert(l.queue, i, r)
+		}
 		signal(l.wake)
 		if r.drained {
 			// The source is drained for every lane, not just this call's:
