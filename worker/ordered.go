@@ -208,10 +208,25 @@ func (o *ordered) nakked(h *held) {
 
 // filter returns the calls of a batch about to be sent that may go now;
 // the others join their keys' wait lists.
+//
+// None may go once the barrier has closed since the batch was taken (a
+// batch is only taken while it is open, and it opens again only when
+// nothing is in flight): the pin was lost, and with it what the key policy
+// knew, so the second half of a bisect whose first half was just nakked
+// would go unchecked, ahead of that half's redelivery to the replica pinned
+// now. Those calls are handed back at once, as loseLocked hands back what
+// it holds; a request already under way is left to finish.
 func (o *ordered) filter(calls []*held) []*held {
 	o.mu.Lock()
 	defer o.mu.Unlock()
 	defer o.dropDisplacedLocked()
+	if !o.open {
+		for _, h := range calls {
+			h.parked = false
+			o.w.settle(h, "nak", h.msg.Nak())
+		}
+		return nil
+	}
 	for i, h := range calls {
 		if o.keys.eligible(h) {
 			continue

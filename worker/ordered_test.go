@@ -1,10 +1,19 @@
 package worker
 
 import (
+	"context"
+	"net/http"
 	"slices"
+	"strings"
+	"sync"
 	"testing"
 	"testing/synctest"
 	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/cio-relay/cio-relay/internal/natstest"
+	"github.com/cio-relay/cio-relay/sink"
 )
 
 // TestLaneTakeTiming checks, in virtual time, when a lane's batch is due:
@@ -144,6 +153,131 @@ func TestOrderedLanesKeepKeyOrderAcrossNaks(t *testing.T) {
 			}
 			if n := o.keys.keys; len(n) != 0 {
 				t.Errorf("%d keys still blocked after everything was back and sent", len(n))
+			}
+		})
+	}
+}
+
+// scriptSender answers each batch with the next status of its script (200
+// once it runs out) and records the bodies.
+type scriptSender struct {
+	mu       sync.Mutex
+	statuses []int
+	bodies   []string
+	answers  []int
+}
+
+func (s *scriptSender) SendBatch(_ context.Context, body []byte) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	status := http.StatusOK
+	if len(s.bodies) < len(s.statuses) {
+		status = s.statuses[len(s.bodies)]
+	}
+	s.bodies = append(s.bodies, string(body))
+	s.answers = append(s.answers, status)
+	if status/100 == 2 {
+		return nil
+	}
+	return &sink.StatusError{API: "cdp", Status: status}
+}
+
+// nakHook is a message that runs after once it has been nakked with a delay:
+// something that happens just as the call is handed back.
+type nakHook struct {
+	jetstream.Msg
+	after func()
+}
+
+func (m nakHook) NakWithDelay(d time.Duration) error {
+	err := m.Msg.NakWithDelay(d)
+	m.after()
+	return err
+}
+
+// TestOrderedPinLostDuringBisect: a batch of person K's calls 1 and 2 (with
+// another person's call between them) is bisected, by a 400 or by the 5xx
+// split, and its first half (K1) is nakked; just then the replica learns it
+// lost the pin, and hands back what it holds, forgetting which keys were
+// blocked. The second half must not go: K2 would be accepted while K1
+// waits for redelivery to the replica pinned now. It is handed back too, so
+// every call comes back from the consumer.
+func TestOrderedPinLostDuringBisect(t *testing.T) {
+	for _, tt := range []struct {
+		name       string
+		deliveries uint64 // of the calls; 2 or more makes a 5xx split the batch
+		statuses   []int  // the batch, its first half
+	}{
+		{"bisect after a 400", 1, []int{400, 503}},
+		{"5xx split of a redelivered batch", 2, []int{503, 503}},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			ctx := context.Background()
+			_, js := natstest.Start(t).Connect(t)
+			if _, err := js.CreateStream(ctx, StreamConfig("CIO")); err != nil {
+				t.Fatal(err)
+			}
+			cons, err := js.CreateOrUpdateConsumer(ctx, "CIO", jetstream.ConsumerConfig{
+				Durable: "cio-relay", AckPolicy: jetstream.AckExplicitPolicy, AckWait: time.Minute, FilterSubject: "cio.track",
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+			bodies := []string{`{"userId":"K","event":"e","properties":{"seq":1}}`, `{"userId":"J","event":"e","properties":{"seq":1}}`,
+				`{"userId":"K","event":"e","properties":{"seq":2}}`}
+			for _, b := range bodies {
+				if _, err := js.Publish(ctx, "cio.track", []byte(b)); err != nil {
+					t.Fatal(err)
+				}
+			}
+			sender := &scriptSender{statuses: tt.statuses}
+			w, err := New(js, sender, Options{Ordering: true, RetryMaxElapsed: -1, NakDelay: time.Millisecond, SendConcurrency: 1})
+			if err != nil {
+				t.Fatal(err)
+			}
+			leases := newLeases[*held](time.Minute)
+			w.ord = newOrdered(w, cons, leases)
+			w.ord.open, w.ord.pin = true, "p"
+			fetched, err := cons.Fetch(len(bodies), jetstream.FetchMaxWait(5*time.Second))
+			if err != nil {
+				t.Fatal(err)
+			}
+			var calls []*held
+			for m := range fetched.Messages() {
+				if len(calls) == 0 {
+					m = nakHook{Msg: m, after: w.ord.pinLost}
+				}
+				h, _ := w.hold(m, "t:", leases, func() *held { return new(held) })
+				h.ordered, h.call, h.deliveries = true, m.Data(), tt.deliveries
+				h.key = uint64(m.Data()[11]) // K or J
+				calls = append(calls, h)
+			}
+			if len(calls) != len(bodies) {
+				t.Fatalf("fetched %d calls, want %d", len(calls), len(bodies))
+			}
+			w.ord.inFlight++ // as takeLocked does
+			w.send(ctx, calls, batchBody(calls))
+
+			k1 := false // a request carrying K1 was accepted
+			for i, b := range sender.bodies {
+				ok := sender.answers[i]/100 == 2
+				if ok && strings.Contains(b, bodies[2]) && !k1 {
+					t.Fatalf("request %d, carrying K2, answered %d before any request carrying K1 was accepted; requests %q, answers %v",
+						i+1, sender.answers[i], sender.bodies, sender.answers)
+				}
+				k1 = k1 || (ok && strings.Contains(b, bodies[0]))
+			}
+			// Nothing was accepted: every call is handed back and comes again.
+			again, err := cons.Fetch(len(bodies), jetstream.FetchMaxWait(5*time.Second))
+			if err != nil {
+				t.Fatal(err)
+			}
+			n := 0
+			for range again.Messages() {
+				n++
+			}
+			if n != len(bodies) {
+				t.Errorf("%d calls redelivered after the pin was lost, want all %d; requests %q, answers %v", n, len(bodies), sender.bodies, sender.answers)
 			}
 		})
 	}
