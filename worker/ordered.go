@@ -310,6 +310,11 @@ func (o *ordered) barrier(ctx context.Context) {
 			o.pin = ""
 			o.loseLocked()
 		}
+		if o.open {
+			// A blocker the server has acked will not come back.
+			o.keys.settled(info.AckFloor.Stream)
+			o.dropDisplacedLocked()
+		}
 		if !o.open && o.pin != "" && o.inFlight == 0 {
 			// Distinct sequences: a lease that lapsed while NATS was away
 			// brings a second copy of a message, which the server counts

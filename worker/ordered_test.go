@@ -2,6 +2,7 @@ package worker
 
 import (
 	"context"
+	"fmt"
 	"net/http"
 	"slices"
 	"strings"
@@ -280,5 +281,110 @@ func TestOrderedPinLostDuringBisect(t *testing.T) {
 				t.Errorf("%d calls redelivered after the pin was lost, want all %d; requests %q, answers %v", n, len(bodies), sender.bodies, sender.answers)
 			}
 		})
+	}
+}
+
+// TestOrderedBlockerAckedByAnotherCopyIsReleased: a replica can hold two
+// deliveries of one call (a stale nak, its own or a dead replica's, made
+// the server deliver it again). When one copy is accepted and acked and the
+// other is then nakked, the server ignores the nak (the sequence is no
+// longer pending) and never delivers the call again: the key's later calls
+// must not wait for it forever, leased, so that the consumer never
+// settles. The consumer's ack floor says the sequence is done.
+func TestOrderedBlockerAckedByAnotherCopyIsReleased(t *testing.T) {
+	ctx := context.Background()
+	_, js := natstest.Start(t).Connect(t)
+	if _, err := js.CreateStream(ctx, StreamConfig("CIO")); err != nil {
+		t.Fatal(err)
+	}
+	cfg := jetstream.ConsumerConfig{Durable: "cio-relay", AckPolicy: jetstream.AckExplicitPolicy, AckWait: time.Minute, FilterSubject: "cio.track"}
+	setPinned(&cfg)
+	cons, err := js.CreateOrUpdateConsumer(ctx, "CIO", cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for seq := 1; seq <= 2; seq++ {
+		if _, err := js.Publish(ctx, "cio.track", fmt.Appendf(nil, `{"userId":"K","event":"e","properties":{"seq":%d}}`, seq)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	w, err := New(js, &scriptSender{}, Options{Ordering: true, SendConcurrency: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	leases := newLeases[*held](time.Minute)
+	o := newOrdered(w, cons, leases)
+	w.ord = o
+	fetch := func(n int) []*held {
+		t.Helper()
+		b, err := cons.Fetch(n, jetstream.FetchMaxWait(5*time.Second), jetstream.FetchPriorityGroup(PriorityGroup))
+		if err != nil {
+			t.Fatal(err)
+		}
+		var out []*held
+		for m := range b.Messages() {
+			h, _ := w.hold(m, "t:", leases, func() *held { return new(held) })
+			h.ordered, h.call, h.key = true, m.Data(), 1
+			out = append(out, h)
+		}
+		if len(out) != n {
+			t.Fatalf("fetched %d messages, want %d", len(out), n)
+		}
+		return out
+	}
+	first := fetch(1)[0] // call 1
+	if err := first.msg.Nak(); err != nil {
+		t.Fatal(err)
+	}
+	again := fetch(2) // call 1 delivered again, and call 2, in either order
+	second, two := again[0], again[1]
+	if two.seq == first.seq {
+		second, two = two, second
+	}
+	if second.seq != first.seq || second.deliveries != 2 {
+		t.Fatalf("fetched seqs %v, want call 1 (seq %d) delivered again", seqs(again), first.seq)
+	}
+	o.open, o.pin = true, second.msg.Headers().Get(pinIDHeader)
+
+	// The first copy is accepted and acked; the second, sent later, fails
+	// and is nakked: the key is blocked by a call that will not come back.
+	// (Acked on the wire: the client library refuses a second answer to
+	// one delivery, which a worker never gives.)
+	if _, err := js.Conn().Request(first.msg.Reply(), []byte("+ACK"), 5*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	o.nakked(second)
+	if err := second.msg.Nak(); err != nil {
+		t.Fatal(err)
+	}
+	if info, err := cons.Info(ctx); err != nil || info.NumAckPending != 1 || info.AckFloor.Stream != first.seq {
+		t.Fatalf("consumer after the ack and the nak: %v; want call 2 alone pending and call 1 under the ack floor", func() any {
+			if err != nil {
+				return err
+			}
+			return fmt.Sprintf("%d pending, ack floor %d", info.NumAckPending, info.AckFloor.Stream)
+		}())
+	}
+	o.add(two, o.pin, true)
+	o.mu.Lock()
+	queued := len(o.lanes[0].queue)
+	o.mu.Unlock()
+	if queued != 0 {
+		t.Fatalf("call 2 queued at once while call 1 was nakked")
+	}
+
+	barrierCtx, stop := context.WithCancel(ctx)
+	defer stop()
+	go o.barrier(barrierCtx)
+	select {
+	case <-o.lanes[0].wake:
+	case <-time.After(10 * time.Second):
+		t.Fatal("call 2 still waits for call 1 10s after call 1 was acked: its key is blocked for good")
+	}
+	o.mu.Lock()
+	got := seqs(o.lanes[0].queue)
+	o.mu.Unlock()
+	if !slices.Equal(got, []uint64{two.seq}) {
+		t.Fatalf("lane queue %v, want call 2 (seq %d)", got, two.seq)
 	}
 }
