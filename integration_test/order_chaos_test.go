@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"math/rand/v2"
-	"os"
 	"path/filepath"
 	"sync"
 	"testing"
@@ -27,20 +26,10 @@ func TestOrderingChaos(t *testing.T) {
 	}
 	for _, ordering := range []bool{true, false} {
 		t.Run(fmt.Sprintf("ordering=%v", ordering), func(t *testing.T) {
-			if ordering && os.Getenv(envOrderingSoak) != "1" {
-				// Not passed off as green: issue 13 stays open on it.
-				t.Skipf("KNOWN DEFECT: with three replicas, SIGKILLs and a NATS restart a few calls of one person "+
-					"are first accepted out of order in about 1 run in 20 (issue 13 open); %s=1 runs it", envOrderingSoak)
-			}
 			orderingChaos(t, ordering)
 		})
 	}
 }
-
-// envOrderingSoak runs the ordered half of TestOrderingChaos, which fails
-// about 1 run in 20 until the cause is found (issue 13): in CI it would
-// make one run in twenty red at random.
-const envOrderingSoak = "CIO_RELAY_ORDERING_SOAK"
 
 func orderingChaos(t *testing.T, ordering bool) {
 	const events, keys = 20000, 500
