@@ -18,7 +18,7 @@ import (
 // blocker the consumer's ack floor has passed (settled).
 //
 // Calls released go to their key's lane, which sends one batch at a time in
-// the order it received them; a call already queued in a lane when its key
+// stream order; a call already queued in a lane when its key
 // became blocked is taken out again at send time (eligible).
 type keyOrder struct {
 	keys map[uint64]*keyState
