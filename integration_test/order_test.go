@@ -241,25 +241,45 @@ func (e *env) createStream(t *testing.T) {
 	}
 }
 
-// logKeyRequests logs every CDP request that carried a call of key: when,
-// how it was answered, and the key's sequence numbers in it, for a reader
-// working out how an order broke.
-func logKeyRequests(t *testing.T, reqs []ciotest.Request, key string) {
+// logKeyRequests logs every CDP request that carried a call of key: when
+// it arrived, who sent it (sender; nil when unknown), how it was answered,
+// and the key's sequence numbers and messageIds in it (the ids name the
+// stream sequences), for a reader working out how an order broke. Requests
+// are in the order they were answered.
+func logKeyRequests(t *testing.T, reqs []ciotest.Request, key string, sender func(ciotest.Request) string) {
 	t.Helper()
 	for _, r := range reqs {
 		var seqs []int
+		var ids []string
+		raws := make([]json.RawMessage, 0, len(r.Calls))
 		for _, c := range r.Calls {
+			raws = append(raws, c.Raw)
+		}
+		if len(raws) == 0 && r.API == ciotest.APICDP {
+			// A fault answered it before the stand-in parsed it.
+			var b struct{ Batch []json.RawMessage }
+			_ = json.Unmarshal(r.Body, &b)
+			raws = b.Batch
+		}
+		for _, raw := range raws {
 			var v struct {
 				UserID      string            `json:"userId"`
 				AnonymousID string            `json:"anonymousId"`
+				MessageID   string            `json:"messageId"`
 				Properties  struct{ Seq int } `json:"properties"`
 			}
-			if json.Unmarshal(c.Raw, &v) == nil && v.UserID+v.AnonymousID == key {
+			if json.Unmarshal(raw, &v) == nil && v.UserID+v.AnonymousID == key {
 				seqs = append(seqs, v.Properties.Seq)
+				ids = append(ids, v.MessageID)
 			}
 		}
 		if len(seqs) > 0 {
-			t.Logf("%s: %d %s, %d calls, %s seqs %v", r.Time.Format("15:04:05.000"), r.Status, r.Outcome, len(r.Calls), key, seqs)
+			from := ""
+			if sender != nil {
+				from = " from " + sender(r)
+			}
+			t.Logf("%s%s (%s): %d %s, %d calls, %s seqs %v, ids %v",
+				r.Time.Format("15:04:05.000"), from, r.RemoteAddr, r.Status, r.Outcome, len(raws), key, seqs, ids)
 		}
 	}
 }

@@ -75,13 +75,16 @@
 // received itself, so nothing another replica received or nakked can be
 // overtaken, then routes what it holds in stream order. One that loses the
 // pin (a 423, or consumer info naming another pin) naks all it holds that
-// is not in flight, in stream order.
+// is not in flight, in stream order, and the rest of a batch in flight
+// (the halves of a bisect not yet sent) once its request is done.
 //
-// Calls go to lane KeyHash % SendConcurrency; a lane packs and sends one
-// batch at a time, so a key's calls go in order while other keys' lanes go
-// on. When calls are nakked their keys are blocked by those sequences
+// Calls go to lane KeyHash % SendConcurrency; a lane keeps its queue in
+// stream order (a nakked call that comes back goes before its key's later
+// calls) and packs and sends one batch at a time, so a key's calls go in
+// order while other keys' lanes go on. When calls are nakked their keys are blocked by those sequences
 // (keyOrder): later calls of the key wait, leased, until the blocker is
-// redelivered, and are released behind it in sequence order; eligibility
+// redelivered (or the consumer's ack floor passes it: another delivery of
+// it was accepted), and are released behind it in sequence order; eligibility
 // is checked again at send time (deliver), for the halves of a bisect and
 // for calls queued before the block. A dead-lettered call blocks nothing.
 // What is held counts against the consumer's MaxAckPending, which bounds

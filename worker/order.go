@@ -14,10 +14,11 @@ import (
 // When a blocker is redelivered it joins the wait list too, and the list is
 // released in stream order up to the next blocker still out: so several
 // blockers of one key go in sequence order, each before the calls behind
-// it. A call that is dead-lettered or delivered blocks nothing.
+// it. A call that is dead-lettered or delivered blocks nothing, nor does a
+// blocker the consumer's ack floor has passed (settled).
 //
 // Calls released go to their key's lane, which sends one batch at a time in
-// the order it received them; a call already queued in a lane when its key
+// stream order; a call already queued in a lane when its key
 // became blocked is taken out again at send time (eligible).
 type keyOrder struct {
 	keys map[uint64]*keyState
@@ -125,6 +126,23 @@ func (o *keyOrder) nakked(h *held) {
 	}
 	if i, ok := slices.BinarySearch(ks.blockers, h.seq); !ok {
 		ks.blockers = slices.Insert(ks.blockers, i, h.seq)
+	}
+}
+
+// settled forgets the blockers at or below floor, the consumer's ack
+// floor, and releases what waited behind them. Such a sequence is acked
+// (another delivery of the call was accepted: a replica can hold two, after
+// a stale nak) or terminated, so the server ignored its nak and will not
+// deliver it again; waiting for it would hold the key's later calls,
+// leased, for good.
+func (o *keyOrder) settled(floor uint64) {
+	for key, ks := range o.keys {
+		n, _ := slices.BinarySearch(ks.blockers, floor+1)
+		if n == 0 {
+			continue
+		}
+		ks.blockers = slices.Delete(ks.blockers, 0, n)
+		o.freed = append(o.freed, o.release(key, ks)...)
 	}
 }
 

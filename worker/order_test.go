@@ -19,7 +19,7 @@ func seqs(calls []*held) []uint64 {
 // order. Key 1 is the person under test; key 2 another person.
 func TestKeyOrder(t *testing.T) {
 	type step struct {
-		op   string // "add": arrival; "nak": handed back; "send": eligibility at send time
+		op   string // "add": arrival; "nak": handed back; "send": eligibility at send time; "floor": the ack floor is seq
 		key  uint64
 		seq  uint64
 		want []uint64 // add: released, in order; send: [seq] when eligible, else none
@@ -62,6 +62,12 @@ func TestKeyOrder(t *testing.T) {
 		{"a copy of a blocker at send time is the blocker back", []step{
 			{"nak", 1, 2, nil}, {"send", 1, 2, []uint64{2}}, {"add", 1, 3, []uint64{3}},
 		}},
+		{"a blocker under the ack floor is done: what waited goes", []step{
+			{"nak", 1, 2, nil}, {"nak", 1, 4, nil}, {"add", 1, 3, nil}, {"add", 1, 5, nil},
+			{"floor", 0, 1, nil},
+			{"floor", 0, 2, []uint64{3}}, // 4 is still out
+			{"floor", 0, 4, []uint64{5}},
+		}},
 		{"nothing of a dead-lettered call blocks: it is never nakked", []step{
 			{"add", 1, 1, []uint64{1}}, {"add", 1, 2, []uint64{2}},
 		}},
@@ -77,6 +83,10 @@ func TestKeyOrder(t *testing.T) {
 					got = seqs(o.add(h))
 				case "nak":
 					o.nakked(h)
+				case "floor":
+					o.settled(s.seq)
+					got = seqs(o.freed)
+					o.freed = nil
 				case "send":
 					if o.eligible(h) {
 						got = []uint64{s.seq}

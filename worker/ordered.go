@@ -62,8 +62,8 @@ type ordered struct {
 	drainedAt time.Time
 }
 
-// lane is one sender's queue: calls of the keys that hash to it, in the
-// order they were released.
+// lane is one sender's queue: calls of the keys that hash to it, in stream
+// order (see queueLocked).
 type lane struct {
 	queue  []*held
 	wake   chan struct{} // cap 1: the queue changed
@@ -120,14 +120,27 @@ func (o *ordered) routeLocked(h *held, now time.Time) {
 	o.queueLocked(o.keys.add(h), now)
 }
 
-// queueLocked appends calls to their lanes.
+// queueLocked puts calls in their lanes' queues, each by stream sequence.
+// Mostly that is appending; but a call released from a wait list (a nakked
+// call back after its nak delay) can be older than calls of its key queued
+// before it, which were let in while it was in flight, or routed with a
+// takeover's whole gate: appended, it would go after them. A queue in
+// stream order sends each key's calls in order, and the send-time check
+// (filter) holds back those behind a call nakked since.
 func (o *ordered) queueLocked(calls []*held, now time.Time) {
 	for _, r := range calls {
 		l := o.lanes[r.key%uint64(len(o.lanes))]
 		if len(l.queue) == 0 {
 			l.oldest = now
 		}
-		l.queue = append(l.queue, r)
+		if n := len(l.queue); n == 0 || l.queue[n-1].seq <= r.seq {
+			l.queue = append(l.queue, r)
+		} else {
+			// After every queued call of the same sequence: a second copy
+			// goes after the first.
+			i, _ := slices.BinarySearchFunc(l.queue, r.seq+1, func(q *held, s uint64) int { return cmpUint(q.seq, s) })
+			l.queue = slices.Insert(l.queue, i, r)
+		}
 		signal(l.wake)
 		if r.drained {
 			// The source is drained for every lane, not just this call's:
@@ -195,10 +208,25 @@ func (o *ordered) nakked(h *held) {
 
 // filter returns the calls of a batch about to be sent that may go now;
 // the others join their keys' wait lists.
+//
+// None may go once the barrier has closed since the batch was taken (a
+// batch is only taken while it is open, and it opens again only when
+// nothing is in flight): the pin was lost, and with it what the key policy
+// knew, so the second half of a bisect whose first half was just nakked
+// would go unchecked, ahead of that half's redelivery to the replica pinned
+// now. Those calls are handed back at once, as loseLocked hands back what
+// it holds; a request already under way is left to finish.
 func (o *ordered) filter(calls []*held) []*held {
 	o.mu.Lock()
 	defer o.mu.Unlock()
 	defer o.dropDisplacedLocked()
+	if !o.open {
+		for _, h := range calls {
+			h.parked = false
+			o.w.settle(h, "nak", h.msg.Nak())
+		}
+		return nil
+	}
 	for i, h := range calls {
 		if o.keys.eligible(h) {
 			continue
@@ -281,6 +309,11 @@ func (o *ordered) barrier(ctx context.Context) {
 			o.w.log.Warn("the consumer is pinned to another replica; handing back what is not in flight", "consumer", info.Name)
 			o.pin = ""
 			o.loseLocked()
+		}
+		if o.open {
+			// A blocker the server has acked will not come back.
+			o.keys.settled(info.AckFloor.Stream)
+			o.dropDisplacedLocked()
 		}
 		if !o.open && o.pin != "" && o.inFlight == 0 {
 			// Distinct sequences: a lease that lapsed while NATS was away

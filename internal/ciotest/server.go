@@ -124,6 +124,9 @@ type Request struct {
 	// parsed: for accepted requests and also for dropped and rejected ones,
 	// so a test can name what was lost.
 	Calls []Call
+	// RemoteAddr is the client's address (host:port) as the connection
+	// has it: which connection, and so which client process, sent it.
+	RemoteAddr string
 }
 
 // Call is one CDP call as received.
@@ -396,6 +399,7 @@ func (s *Server) serve(w http.ResponseWriter, r *http.Request) {
 		RawQuery: r.URL.RawQuery,
 		Header:   r.Header.Clone(),
 	}
+	req.RemoteAddr = r.RemoteAddr
 	req.API = apiOf(req.Path)
 	req.AuthOK = s.authorized(req.API, r)
 	body, err := readBody(r)
