@@ -13,6 +13,7 @@ import (
 
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/cio-relay/cio-relay/batcher"
 	"github.com/cio-relay/cio-relay/internal/natstest"
 	"github.com/cio-relay/cio-relay/sink"
 )
@@ -232,7 +233,7 @@ func TestOrderedPinLostDuringBisect(t *testing.T) {
 				}
 			}
 			sender := &scriptSender{statuses: tt.statuses}
-			w, err := New(js, sender, Options{Ordering: true, RetryMaxElapsed: -1, NakDelay: time.Millisecond, SendConcurrency: 1})
+			w, err := New(js, sender, Options{Ordering: true, NoRetry: true, NakDelay: time.Millisecond, SendConcurrency: 1})
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -257,7 +258,7 @@ func TestOrderedPinLostDuringBisect(t *testing.T) {
 				t.Fatalf("fetched %d calls, want %d", len(calls), len(bodies))
 			}
 			w.ord.inFlight++ // as takeLocked does
-			w.send(ctx, calls, batchBody(calls))
+			w.send(ctx, calls, batcher.BodyOf(calls, callOf))
 
 			k1 := false // a request carrying K1 was accepted
 			for i, b := range sender.bodies {
