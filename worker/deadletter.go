@@ -12,17 +12,17 @@ import (
 // deadLetter writes h to the dead-letter stream, waits for the PubAck, and
 // only then terminates the original. If the dead-letter publish fails the
 // original is nakked, so it comes back and is dead-lettered then: never lost.
-func (w *settler) deadLetter(ctx context.Context, h *held, reason string, status int, detail string) {
+func (w *settler) deadLetter(ctx context.Context, h *held, reason deadletter.Reason, status int, detail string) {
 	w.writeDeadLetter(ctx, h, reason, status, detail, time.Time{})
 }
 
 // deadLetterRequested dead-letters a broadcast trigger as ambiguous,
 // recording when its request was sent.
 func (w *settler) deadLetterRequested(ctx context.Context, h *held, requestedAt time.Time, detail string) {
-	w.writeDeadLetter(ctx, h, string(deadletter.ReasonAmbiguous), 0, detail, requestedAt)
+	w.writeDeadLetter(ctx, h, deadletter.ReasonAmbiguous, 0, detail, requestedAt)
 }
 
-func (w *settler) writeDeadLetter(ctx context.Context, h *held, reason string, status int, detail string, requestedAt time.Time) {
+func (w *settler) writeDeadLetter(ctx context.Context, h *held, reason deadletter.Reason, status int, detail string, requestedAt time.Time) {
 	// The id the call was (or would have been) sent with: its own, or the
 	// derived one, which a replay must keep.
 	messageID := h.id.String()
@@ -30,7 +30,7 @@ func (w *settler) writeDeadLetter(ctx context.Context, h *held, reason string, s
 		messageID = id
 	}
 	r := deadletter.Record{
-		Reason:      deadletter.Reason(reason),
+		Reason:      reason,
 		Status:      status,
 		Detail:      detail,
 		Deliveries:  h.deliveries,
@@ -56,15 +56,15 @@ func (w *settler) writeDeadLetter(ctx context.Context, h *held, reason string, s
 	}
 	w.health.observe(opPublishDLQ, err, time.Now())
 	if err != nil {
-		w.log.Error("dead-letter publish failed; nakking the message to try again", "reason", reason, "stream_seq", h.seq, "err", err)
+		w.log.Error("dead-letter publish failed; nakking the message to try again", "reason", reason.String(), "stream_seq", h.seq, "err", err)
 		w.blockKey(h)
 		w.settle(h, "nak", h.msg.NakWithDelay(w.retryDLQ))
 		return
 	}
-	w.m.deadLetters.WithLabelValues(reason).Inc()
-	w.log.Warn("dead-lettered", "reason", reason, "status", status, "subject", h.msg.Subject(),
+	w.m.deadLetters.WithLabelValues(reason.String()).Inc()
+	w.log.Warn("dead-lettered", "reason", reason.String(), "status", status, "subject", h.msg.Subject(),
 		"stream_seq", h.seq, "deliveries", h.deliveries, "detail", truncate(detail, 300))
-	w.settle(h, "term", h.msg.TermWithReason(reason))
+	w.settle(h, "term", h.msg.TermWithReason(reason.String()))
 }
 
 func truncate(s string, n int) string {

@@ -192,7 +192,7 @@ func TestDeadLetterPublishFailureNaks(t *testing.T) {
 		w, js := newFakeWorker(t, &fakeSender{}, Options{})
 		hs, ms := heldCalls(t, w, 1, `{"type":"track","userId":"a"}`, `{"type":"track","userId":"b"}`)
 		js.fail = func(*nats.Msg) error { return errors.New("no responders") }
-		w.deadLetter(t.Context(), hs[0], string(deadletter.ReasonRejected), 400, "bad")
+		w.deadLetter(t.Context(), hs[0], deadletter.ReasonRejected, 400, "bad")
 		if got := ms[0].how(); got != "nak 30s" {
 			t.Fatalf("settled %q, want nak 30s", got)
 		}
@@ -203,7 +203,7 @@ func TestDeadLetterPublishFailureNaks(t *testing.T) {
 			}
 			return nil
 		}
-		w.deadLetter(t.Context(), hs[1], string(deadletter.ReasonRejected), 400, strings.Repeat("x", 400))
+		w.deadLetter(t.Context(), hs[1], deadletter.ReasonRejected, 400, strings.Repeat("x", 400))
 		if got := ms[1].how(); got != "term rejected" {
 			t.Fatalf("settled %q, want term rejected", got)
 		}

@@ -48,7 +48,9 @@
 //	turnskv.go    the turns' KV bucket and metrics
 //	track.go      trackRunner: one Track API call (suppression, unsubscribe, metric)
 //	trackcalls.go the Track API consumers, and why two of them are ordered
-//	ordered.go    the ordered batch path: gate, key policy, lanes
+//	ordered.go    the ordered batch path: the gate, routing calls to lanes by key
+//	barrier.go    the takeover barrier: open once no other replica holds a call
+//	lane.go       a lane: one batch at a time, due when full, old or drained
 //	order.go      keyOrder: a key's calls wait behind its nakked call
 //	ackpending.go reading numbers from an ack subject without allocating
 //	health.go     whether JetStream answers, for Ready

@@ -113,7 +113,7 @@ func (w *Worker) Run(ctx context.Context) error {
 			// closes calls, and its last batch reaches a sender, which nakks it
 			// at once if the shutdown timeout has passed.
 			_ = b.Run(context.Background(), calls, batches, func(c batcher.Call[*held], err error) {
-				w.deadLetter(sendCtx, c.Item, string(event.ReasonTooLarge), 0, err.Error())
+				w.deadLetter(sendCtx, c.Item, event.ReasonTooLarge, 0, err.Error())
 				leases.remove(c.Item)
 			})
 		})

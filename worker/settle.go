@@ -101,10 +101,10 @@ func (w *settler) settleCalls(ctx context.Context, calls []*held, s settlement) 
 				w.deadLetterRequested(ctx, h, s.requestedAt, s.detail)
 			case deadletter.ReasonRetriesExhausted:
 				exhausted++
-				w.deadLetter(ctx, h, string(a.Reason), s.Status,
+				w.deadLetter(ctx, h, a.Reason, s.Status,
 					fmt.Sprintf("delivery %d of %d failed: %v", h.deliveries, s.MaxDeliver, s.err))
 			default:
-				w.deadLetter(ctx, h, string(a.Reason), s.Status, s.err.Error())
+				w.deadLetter(ctx, h, a.Reason, s.Status, s.err.Error())
 			}
 		}
 	}
@@ -160,10 +160,10 @@ func (w *settler) doubleAck(ctx context.Context, items []*held) {
 // rejectInput dead-letters a message whose body can never be delivered, with
 // the validation error's reason.
 func (w *settler) rejectInput(ctx context.Context, h *held, err error, leases *leases[*held]) {
-	reason := string(event.ReasonInvalidJSON)
+	reason := event.ReasonInvalidJSON
 	var ie *event.InvalidError
 	if errors.As(err, &ie) {
-		reason = string(ie.Reason)
+		reason = ie.Reason
 	}
 	w.deadLetter(ctx, h, reason, 0, err.Error())
 	leases.remove(h)

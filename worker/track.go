@@ -70,7 +70,7 @@ func (w *trackRunner) send(ctx context.Context, c trackCall) {
 	case SubjectMetric:
 		body, err := c.metric.Body(c.h.published)
 		if err != nil {
-			w.deadLetter(ctx, c.h, string(event.ReasonInvalidField), 0, err.Error())
+			w.deadLetter(ctx, c.h, event.ReasonInvalidField, 0, err.Error())
 			return
 		}
 		shape := "metrics"

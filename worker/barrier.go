@@ -1,0 +1,161 @@
+package worker
+
+import (
+	"context"
+	"slices"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+// barrier opens the gate once no other replica holds a message of the
+// consumer: its NumAckPending is no more than what this replica holds of
+// what the server had delivered by then. Then the gate's calls are routed
+// in stream order.
+func (o *ordered) barrier(ctx context.Context) {
+	t := time.NewTicker(barrierPoll)
+	defer t.Stop()
+	var lastCheck, lastRepair time.Time
+	reconnects := o.reconnects()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-o.changed:
+		case <-t.C:
+		}
+		o.mu.Lock()
+		if n := o.reconnects(); n != reconnects {
+			// Away from NATS, leases may have lapsed and the pin moved
+			// without this replica hearing of it: start over as if the
+			// pin were lost, so nothing stale is sent.
+			reconnects = n
+			if o.pin != "" {
+				o.w.log.Warn("reconnected to NATS; handing back what is not in flight and waiting for the barrier again", "consumer", o.cons.CachedInfo().Name)
+				o.pin = ""
+				o.loseLocked()
+			}
+		}
+		open, holding := o.open, o.holdingLocked()
+		o.mu.Unlock()
+		// While open, the consumer is asked now and then whether this
+		// replica still has the pin: one whose pulls no longer carry the
+		// pin id (after a reconnect, say) is never told by a 423.
+		if open && (!holding || time.Since(lastCheck) < pinCheck) {
+			continue
+		}
+		lastCheck = time.Now()
+		infoCtx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		info, err := o.cons.Info(infoCtx)
+		cancel()
+		if err != nil {
+			continue
+		}
+		if !isPinned(info.Config) {
+			if time.Since(lastRepair) < pinCheck {
+				continue
+			}
+			lastRepair = time.Now()
+			// Rewritten without the policy (by hand, or a tool): pulls
+			// then bring messages without a pin, and the barrier cannot
+			// pass. Put it back; the next pulls are pinned.
+			o.w.log.Warn("the consumer lost its pinned priority group; putting it back", "consumer", info.Name)
+			if _, err := o.w.rebindBatch(ctx); err != nil {
+				o.w.log.Error("putting the pinned priority group back failed", "consumer", info.Name, "err", err)
+			}
+			continue
+		}
+		o.mu.Lock()
+		if pinned := pinnedClient(info); o.pin != "" && pinned != "" && pinned != o.pin {
+			o.w.log.Warn("the consumer is pinned to another replica; handing back what is not in flight", "consumer", info.Name)
+			o.pin = ""
+			o.loseLocked()
+		}
+		if o.open {
+			// A blocker the server has acked will not come back.
+			o.keys.settled(info.AckFloor.Stream)
+			o.dropDisplacedLocked()
+		}
+		if !o.open && o.pin != "" && o.inFlight == 0 {
+			// Distinct sequences: a lease that lapsed while NATS was away
+			// brings a second copy of a message, which the server counts
+			// once.
+			mine := make(map[uint64]struct{}, len(o.gate))
+			for _, h := range o.gate {
+				if h.cseq <= info.Delivered.Consumer {
+					mine[h.seq] = struct{}{}
+				}
+			}
+			if info.NumAckPending <= len(mine) {
+				o.openLocked()
+			}
+		}
+		o.mu.Unlock()
+	}
+}
+
+// reconnects is how often the connection has reconnected to NATS.
+func (o *ordered) reconnects() uint64 {
+	if nc := o.w.js.Conn(); nc != nil {
+		return nc.Stats().Reconnects
+	}
+	return 0
+}
+
+// pinCheck is how often a replica that holds ordered calls checks that it
+// still has the pin.
+const pinCheck = time.Second
+
+// pinnedClient is the pin id the consumer's priority group has now; ""
+// when none.
+func pinnedClient(info *jetstream.ConsumerInfo) string {
+	for _, g := range info.PriorityGroups {
+		if g.Group == PriorityGroup {
+			return g.PinnedClientID
+		}
+	}
+	return ""
+}
+
+// holdingLocked reports whether anything waits in the gate, a lane or a
+// wait list.
+func (o *ordered) holdingLocked() bool {
+	if len(o.gate) > 0 || len(o.keys.keys) > 0 {
+		return true
+	}
+	for _, l := range o.lanes {
+		if len(l.queue) > 0 {
+			return true
+		}
+	}
+	return false
+}
+
+// openLocked opens the barrier: the gate's calls go to their lanes in
+// stream order, with no key blocked (everything pending is in this
+// replica's hands).
+func (o *ordered) openLocked() {
+	o.open = true
+	// Calls set aside by a send that was in flight when the pin was lost
+	// join the gate: nothing of this replica's past blocks a key now.
+	gate := append(o.gate, o.keys.reset()...)
+	o.gate = nil
+	slices.SortFunc(gate, func(a, b *held) int {
+		if c := cmpUint(a.seq, b.seq); c != 0 {
+			return c
+		}
+		return cmpUint(a.cseq, b.cseq)
+	})
+	now := time.Now()
+	for i, h := range gate {
+		if i+1 < len(gate) && gate[i+1].seq == h.seq {
+			// Two copies of one sequence: the later delivery is the live
+			// one; this one's lease is gone.
+			h.parked = false
+			o.leases.remove(h)
+			continue
+		}
+		o.routeLocked(h, now)
+	}
+	o.w.log.Info("pinned: delivering in order", "consumer", o.cons.CachedInfo().Name, "held", len(gate))
+}

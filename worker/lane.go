@@ -1,0 +1,138 @@
+package worker
+
+import (
+	"context"
+	"fmt"
+	"slices"
+	"time"
+
+	"github.com/cio-relay/cio-relay/batcher"
+	"github.com/cio-relay/cio-relay/event"
+)
+
+// lane is one sender's queue: calls of the keys that hash to it, in stream
+// order (see queueLocked).
+type lane struct {
+	queue  []*held
+	wake   chan struct{} // cap 1: the queue changed
+	oldest time.Time     // when the first call now queued was queued
+	linger time.Time     // when a drained call was queued, zero if none
+}
+
+// runLane sends l's calls one batch at a time until close and an empty
+// queue.
+func (o *ordered) runLane(ctx context.Context, l *lane) {
+	timer := time.NewTimer(time.Hour)
+	defer timer.Stop()
+	for {
+		batch, wait, done := o.take(l)
+		if done {
+			return
+		}
+		if batch == nil {
+			timer.Reset(wait)
+			select {
+			case <-l.wake:
+			case <-timer.C:
+			}
+			continue
+		}
+		o.w.m.inFlight.Inc()
+		body := o.body(batch)
+		o.w.send(ctx, batch, *body)
+		o.w.m.inFlight.Dec()
+		// The sender is done with the body (see Sender): recycle it.
+		o.bodies.Put(body)
+		o.mu.Lock()
+		o.inFlight--
+		for _, h := range batch {
+			if !h.parked { // parked: set aside by filter, still held
+				o.leases.remove(h)
+			}
+		}
+		o.mu.Unlock()
+		signal(o.changed)
+	}
+}
+
+// body builds batch's request body in a recycled buffer.
+func (o *ordered) body(batch []*held) *[]byte {
+	b, _ := o.bodies.Get().(*[]byte)
+	if b == nil {
+		b = new([]byte)
+	}
+	*b = batcher.AppendBodyOf((*b)[:0], batch, callOf)
+	return b
+}
+
+// take returns the lane's next batch when it is due (full, or its oldest
+// call waited the flush interval, or a linger passed after a drained call),
+// else how long to wait; done once closing and empty.
+func (o *ordered) take(l *lane) (batch []*held, wait time.Duration, done bool) {
+	batch, tooLarge, wait, done := o.takeLocked(l)
+	if tooLarge != nil {
+		// Larger than a batch may be (a low BatchMaxBytes): the batcher
+		// would refuse it too.
+		o.w.deadLetter(context.Background(), tooLarge, event.ReasonTooLarge, 0,
+			fmt.Sprintf("call of %d bytes does not fit a batch of %d", len(tooLarge.call), o.w.opts.BatchMaxBytes))
+		o.leases.remove(tooLarge)
+		return nil, 0, false
+	}
+	return batch, wait, done
+}
+
+func (o *ordered) takeLocked(l *lane) (batch []*held, tooLarge *held, wait time.Duration, done bool) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	if len(l.queue) == 0 {
+		return nil, nil, time.Hour, o.closing
+	}
+	maxBytes, maxCalls := o.w.opts.BatchMaxBytes, o.w.opts.BatchMaxCalls
+	size, n := batcher.Overhead, 0
+	for n < len(l.queue) && n < maxCalls && size+len(l.queue[n].call)+1 <= maxBytes {
+		size += len(l.queue[n].call) + 1
+		n++
+	}
+	now := time.Now()
+	due := l.oldest.Add(o.w.opts.FlushInterval)
+	linger := l.linger
+	if linger.IsZero() && !o.drainedAt.IsZero() {
+		linger = o.drainedAt
+	}
+	if !linger.IsZero() {
+		if at := linger.Add(min(batcher.DefaultLinger, o.w.opts.FlushInterval)); at.Before(due) {
+			due = at
+		}
+	}
+	full := n < len(l.queue) || n == maxCalls
+	if n == 0 {
+		// A call larger than a batch: the batcher's limit, dead-lettered.
+		h := l.queue[0]
+		l.queue = l.queue[1:]
+		h.parked = false
+		return nil, h, 0, false
+	}
+	if !full && !o.closing && now.Before(due) {
+		return nil, nil, due.Sub(now), false
+	}
+	batch = slices.Clone(l.queue[:n])
+	l.queue = slices.Delete(l.queue, 0, n)
+	for _, h := range batch {
+		h.parked = false
+	}
+	l.oldest, l.linger = now, time.Time{}
+	for _, h := range l.queue {
+		if h.drained {
+			l.linger = now
+			break
+		}
+	}
+	o.inFlight++
+	return batch, nil, 0, false
+}
+
+// parseAckCseq reads the consumer sequence (the delivery's own number)
+// from a JetStream ack subject; see parseAckPending for the forms.
+func parseAckCseq(reply string) (uint64, bool) {
+	return ackToken(reply, 4, 6)
+}
