@@ -24,31 +24,12 @@ const (
 
 func newTrack(t *testing.T, s *ciotest.Server, site, key string) *sink.Track {
 	t.Helper()
-	c, err := sink.NewTrack(sink.TrackOptions{
-		URL:       s.TrackURL(),
-		SiteID:    site,
-		APIKey:    func() string { return key },
-		UserAgent: "cio-relay/test",
-		Client:    sink.NewHTTPClient(2, 5*time.Second),
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	return c
+	return must[*sink.Track](t)(sink.NewTrack(sink.TrackOptions{URL: s.TrackURL(), SiteID: site, APIKey: keyOf(key), UserAgent: testUA, Client: testClient()}))
 }
 
 func newApp(t *testing.T, s *ciotest.Server, key string) *sink.App {
 	t.Helper()
-	c, err := sink.NewApp(sink.AppOptions{
-		URL:       s.AppURL(),
-		APIKey:    func() string { return key },
-		UserAgent: "cio-relay/test",
-		Client:    sink.NewHTTPClient(2, 5*time.Second),
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	return c
+	return must[*sink.App](t)(sink.NewApp(sink.AppOptions{URL: s.AppURL(), APIKey: keyOf(key), UserAgent: testUA, Client: testClient()}))
 }
 
 func directServer(t *testing.T, fault func(*ciotest.Request) *ciotest.Fault) *ciotest.Server {

@@ -14,18 +14,30 @@ import (
 	"github.com/cio-relay/cio-relay/sink"
 )
 
+// testUA is the User-Agent the test clients send.
+const testUA = "cio-relay/test"
+
+// testClient is the HTTP client of the test clients.
+func testClient() *http.Client { return sink.NewHTTPClient(2, 5*time.Second) }
+
+// keyOf is an API key source that always returns key.
+func keyOf(key string) func() string { return func() string { return key } }
+
+// must returns a constructor's result, failing the test on its error:
+// must(t)(sink.NewCDP(…)).
+func must[T any](t *testing.T) func(T, error) T {
+	return func(c T, err error) T {
+		t.Helper()
+		if err != nil {
+			t.Fatal(err)
+		}
+		return c
+	}
+}
+
 func newCDP(t *testing.T, s *ciotest.Server, key string) *sink.CDP {
 	t.Helper()
-	c, err := sink.NewCDP(sink.CDPOptions{
-		URL:       s.CDPURL(),
-		APIKey:    func() string { return key },
-		UserAgent: "cio-relay/test",
-		Client:    sink.NewHTTPClient(2, 5*time.Second),
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	return c
+	return must[*sink.CDP](t)(sink.NewCDP(sink.CDPOptions{URL: s.CDPURL(), APIKey: keyOf(key), UserAgent: testUA, Client: testClient()}))
 }
 
 const body = `{"batch":[{"type":"track","messageId":"m1","userId":"u","event":"e <&>"}]}`
