@@ -37,24 +37,36 @@ func (w *Worker) read(ctx context.Context, in *intake, leases *leases[*held], ca
 	defer handOff()
 	var prep event.Preparer
 	// Calls are prepared into a slab shared by many calls rather than one
-	// allocation each; a slab is released when the last batch using it is.
-	var slab []byte
+	// allocation each. On the unordered path a slab is reused once every
+	// call in it is settled (see slab); the ordered path keeps calls in
+	// lanes and wait lists of its own, and leaves its slabs to the garbage
+	// collector.
+	pool := w.slabs
+	if w.ord != nil {
+		pool = nil
+	}
+	sl := pool.get(0)
+	defer func() { sl.release(1) }()
 	for h, ok := in.next(); ok; h, ok = in.next() {
 		data := h.msg.Data()
 		// Compaction only shrinks a body; what Prepare inserts is short.
-		if need := len(data) + 192 + len(h.id.Override); cap(slab)-len(slab) < need {
-			slab = make([]byte, 0, max(slabSize, need))
+		if need := len(data) + 192 + len(h.id.Override); cap(sl.buf)-len(sl.buf) < need {
+			sl.release(1)
+			sl = pool.get(need)
 		}
-		start := len(slab)
+		start := len(sl.buf)
 		// A call without a timestamp gets its publish time, so a backlog
 		// does not shift when Customer.io records it.
 		var stamp event.Stamp
 		var err error
-		slab, stamp, err = prep.PrepareAt(slab, h.typ, data, h.id, h.published)
-		h.call = slab[start:len(slab):len(slab)]
+		sl.buf, stamp, err = prep.PrepareAt(sl.buf, h.typ, data, h.id, h.published)
+		h.call = sl.buf[start:len(sl.buf):len(sl.buf)]
+		sl.hold()
+		h.slab = sl
 		if err != nil {
 			handOff() // what was read before it need not wait for the dead letter
 			w.rejectInput(ctx, h, err, leases)
+			releaseCalls([]*held{h})
 			continue
 		}
 		if stamp == event.StampOmitted {
@@ -111,10 +123,6 @@ func (w *Worker) pullAhead(cons jetstream.Consumer) int {
 	}
 	return n
 }
-
-// slabSize is the size of the buffers calls are prepared into: a few
-// hundred typical calls each.
-const slabSize = 256 << 10
 
 // hold takes a message into the worker's hands the moment it arrives: reads
 // its metadata, counts it and starts extending its ack deadline. alloc

@@ -115,6 +115,7 @@ func (w *Worker) Run(ctx context.Context) error {
 			_ = b.RunSlices(context.Background(), calls, batches, func(c batcher.Call[*held], err error) {
 				w.deadLetter(sendCtx, c.Item, string(event.ReasonTooLarge), 0, err.Error())
 				leases.remove(c.Item)
+				releaseCalls([]*held{c.Item})
 			})
 		})
 		pipe.Go(func() { w.dispatch(sendCtx, batches, leases) })
