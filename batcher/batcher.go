@@ -261,65 +261,53 @@ func New[T any](maxBytes, maxCalls int, interval time.Duration, opts ...Option) 
 // A call that cannot fit even alone is passed to reject and dropped from the
 // pipeline; reject must not block.
 func (b *Batcher[T]) Run(ctx context.Context, in <-chan Call[T], out chan<- *Batch[T], reject func(Call[T], error)) error {
-	// One timer, set to the open batch's deadline (interval or linger,
-	// whichever is sooner); armedAt is what it is set to, zero when stopped.
-	timer := time.NewTimer(time.Hour)
-	timer.Stop()
-	var armedAt time.Time
-	rearm := func() {
-		oldest, open := b.packer.Oldest()
-		if !open {
-			if !armedAt.IsZero() {
-				timer.Stop()
-				armedAt = time.Time{}
-			}
-			return
-		}
-		if at, _ := b.due.at(oldest); !at.Equal(armedAt) {
-			timer.Reset(time.Until(at))
-			armedAt = at
-		}
-	}
-	send := func(batch *Batch[T]) error {
-		select {
-		case out <- batch:
-			return nil
-		case <-ctx.Done():
-			return ctx.Err()
-		}
-	}
+	return b.run(ctx, in, nil, out, reject)
+}
+
+// RunSlices is Run for calls handed over several at a time: each slice's
+// calls are taken in order, exactly as if they had come one by one on Run's
+// channel, flush deadlines, linger (Call.Drained) and all. One channel
+// operation per slice instead of per call is what it is for: on a busy
+// relay the hand-off, not the packing, was the batcher's cost.
+//
+// RunSlices is done with a slice, and keeps nothing of it but the calls'
+// items, once it receives the next one or returns; so a producer sending on
+// an unbuffered channel may fill a slice again as soon as its next send has
+// gone through (two slices, used in turn, are enough). An empty slice is
+// ignored.
+func (b *Batcher[T]) RunSlices(ctx context.Context, in <-chan []Call[T], out chan<- *Batch[T], reject func(Call[T], error)) error {
+	return b.run(ctx, nil, in, out, reject)
+}
+
+// run is Run and RunSlices: exactly one of one and many is non-nil.
+func (b *Batcher[T]) run(ctx context.Context, one <-chan Call[T], many <-chan []Call[T], out chan<- *Batch[T], reject func(Call[T], error)) error {
+	r := runner[T]{b: b, ctx: ctx, out: out, reject: reject, timer: time.NewTimer(time.Hour)}
+	r.timer.Stop()
 	for {
 		select {
 		case <-ctx.Done():
 			return ctx.Err()
-		case c, ok := <-in:
+		case c, ok := <-one:
 			if !ok {
-				timer.Stop()
-				if batch := b.packer.Flush(); batch != nil {
-					return send(batch)
-				}
-				return nil
+				return r.finish()
 			}
+			if err := r.take(c, time.Now()); err != nil {
+				return err
+			}
+		case cs, ok := <-many:
+			if !ok {
+				return r.finish()
+			}
+			// One clock reading for the slice: its calls were read
+			// together, microseconds apart.
 			now := time.Now()
-			closed, err := b.packer.Add(c.Data, c.Item, now)
-			if err != nil {
-				reject(c, err)
-				continue
-			}
-			if closed != nil {
-				b.due.reset()
-			}
-			if b.packer.Size() > 0 { // c is in the open batch
-				b.due.added(now, c.Drained)
-			}
-			rearm()
-			if closed != nil {
-				if err := send(closed); err != nil {
+			for _, c := range cs {
+				if err := r.take(c, now); err != nil {
 					return err
 				}
 			}
-		case <-timer.C:
-			armedAt = time.Time{}
+		case <-r.timer.C:
+			r.armedAt = time.Time{}
 			oldest, open := b.packer.Oldest()
 			if !open {
 				continue
@@ -327,9 +315,78 @@ func (b *Batcher[T]) Run(ctx context.Context, in <-chan Call[T], out chan<- *Bat
 			_, why := b.due.at(oldest)
 			batch := b.packer.flush(why)
 			b.due.reset()
-			if err := send(batch); err != nil {
+			if err := r.send(batch); err != nil {
 				return err
 			}
 		}
 	}
+}
+
+// runner is the state of one Run: its output and the one timer, set to
+// the open batch's deadline (interval or linger, whichever is sooner).
+type runner[T any] struct {
+	b       *Batcher[T]
+	ctx     context.Context
+	out     chan<- *Batch[T]
+	reject  func(Call[T], error)
+	timer   *time.Timer
+	armedAt time.Time // what timer is set to; zero when stopped
+}
+
+// take adds c, received at now, to the open batch and sends the batch it
+// closed, if any.
+func (r *runner[T]) take(c Call[T], now time.Time) error {
+	b := r.b
+	closed, err := b.packer.Add(c.Data, c.Item, now)
+	if err != nil {
+		r.reject(c, err)
+		return nil
+	}
+	if closed != nil {
+		b.due.reset()
+	}
+	if b.packer.Size() > 0 { // c is in the open batch
+		b.due.added(now, c.Drained)
+	}
+	r.rearm()
+	if closed != nil {
+		return r.send(closed)
+	}
+	return nil
+}
+
+// rearm sets the timer to the open batch's deadline, or stops it when no
+// batch is open.
+func (r *runner[T]) rearm() {
+	oldest, open := r.b.packer.Oldest()
+	if !open {
+		if !r.armedAt.IsZero() {
+			r.timer.Stop()
+			r.armedAt = time.Time{}
+		}
+		return
+	}
+	if at, _ := r.b.due.at(oldest); !at.Equal(r.armedAt) {
+		r.timer.Reset(time.Until(at))
+		r.armedAt = at
+	}
+}
+
+// send hands batch on, unless ctx ends first.
+func (r *runner[T]) send(batch *Batch[T]) error {
+	select {
+	case r.out <- batch:
+		return nil
+	case <-r.ctx.Done():
+		return r.ctx.Err()
+	}
+}
+
+// finish is the end of the input: the open batch goes.
+func (r *runner[T]) finish() error {
+	r.timer.Stop()
+	if batch := r.b.packer.Flush(); batch != nil {
+		return r.send(batch)
+	}
+	return nil
 }

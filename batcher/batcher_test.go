@@ -431,3 +431,49 @@ func BenchmarkRun(b *testing.B) {
 		b.Fatal(err)
 	}
 }
+
+// BenchmarkRunSlices is BenchmarkRun with the calls handed over sliceCalls
+// at a time (RunSlices), two slices used in turn, as the worker's reader
+// does under load.
+func BenchmarkRunSlices(b *testing.B) {
+	calls := make([][]byte, 1024)
+	for i := range calls {
+		calls[i] = makeCall(i, 1000)
+	}
+	bt, err := New[int](MaxBatchBytes, 2000, time.Second)
+	if err != nil {
+		b.Fatal(err)
+	}
+	in := make(chan []Call[int])
+	out := make(chan *Batch[int])
+	done := make(chan error, 1)
+	go func() {
+		done <- bt.RunSlices(context.Background(), in, out, func(Call[int], error) { b.Error("unexpected reject") })
+		close(out)
+	}()
+	go func() {
+		for batch := range out {
+			batch.Release()
+		}
+	}()
+	b.SetBytes(1000)
+	b.ReportAllocs()
+	var bufs [2][]Call[int]
+	cur, i := 0, 0
+	for b.Loop() {
+		bufs[cur] = append(bufs[cur], Call[int]{Data: calls[i%len(calls)], Item: i})
+		i++
+		if len(bufs[cur]) == sliceCalls {
+			in <- bufs[cur]
+			cur = 1 - cur
+			bufs[cur] = bufs[cur][:0]
+		}
+	}
+	if len(bufs[cur]) > 0 {
+		in <- bufs[cur]
+	}
+	close(in)
+	if err := <-done; err != nil {
+		b.Fatal(err)
+	}
+}

@@ -60,11 +60,30 @@ type sent struct {
 	reason  FlushReason
 }
 
+// handOff is how calls reach the batcher in a timeline.
+type handOff int
+
+const (
+	oneByOne handOff = iota // Run, a channel send per call
+	sliced                  // RunSlices: calls that arrive together in one slice (at most sliceCalls)
+)
+
+func (h handOff) String() string { return [...]string{"Run", "RunSlices"}[h] }
+
+// sliceCalls is how many calls one slice of a sliced timeline holds at most.
+const sliceCalls = 64
+
 // timeline runs b over arrivals in a synctest bubble and returns what it
 // sent, when, and when each call arrived. Time is virtual: the run takes no
-// real time, and every instant is exact.
-func timeline(t *testing.T, b *Batcher[int], arrivals []arrival) (out []sent, arrived []time.Duration, calls [][]byte) {
+// real time, and every instant is exact. Sliced, the calls arriving at the
+// same instant go in one slice, and the producer reuses two slices in
+// turn, spoiling the one it takes back, so a batcher that kept anything of
+// a slice past the next one would send wrong items.
+func timeline(t *testing.T, b *Batcher[int], arrivals []arrival, mode ...handOff) (out []sent, arrived []time.Duration, calls [][]byte) {
 	t.Helper()
+	if len(mode) > 0 && mode[0] == sliced {
+		return slicedTimeline(t, b, arrivals)
+	}
 	for i, a := range arrivals {
 		calls = append(calls, makeCall(i, a.size))
 	}
@@ -94,6 +113,62 @@ func timeline(t *testing.T, b *Batcher[int], arrivals []arrival) (out []sent, ar
 		close(in)
 		if err := <-done; err != nil {
 			t.Errorf("Run = %v", err)
+		}
+		<-collected
+	})
+	return out, arrived, calls
+}
+
+func slicedTimeline(t *testing.T, b *Batcher[int], arrivals []arrival) (out []sent, arrived []time.Duration, calls [][]byte) {
+	t.Helper()
+	for i, a := range arrivals {
+		calls = append(calls, makeCall(i, a.size))
+	}
+	synctest.Test(t, func(t *testing.T) {
+		start := time.Now()
+		in := make(chan []Call[int])
+		batches := make(chan *Batch[int])
+		done := make(chan error, 1)
+		go func() {
+			done <- b.RunSlices(context.Background(), in, batches, func(Call[int], error) { t.Error("unexpected reject") })
+			close(batches)
+		}()
+		collected := make(chan struct{})
+		go func() {
+			defer close(collected)
+			for batch := range batches {
+				out = append(out, sent{at: time.Since(start), created: batch.Created.Sub(start),
+					items: batch.Items, bytes: len(batch.Body()), reason: batch.Reason})
+			}
+		}()
+		var bufs [2][]Call[int]
+		cur := 0
+		flush := func() {
+			if len(bufs[cur]) == 0 {
+				return
+			}
+			in <- bufs[cur]
+			cur = 1 - cur
+			// The batcher has the other slice now and is done with this
+			// one: spoil it before it is filled again.
+			for i := range bufs[cur] {
+				bufs[cur][i] = Call[int]{Item: -1}
+			}
+			bufs[cur] = bufs[cur][:0]
+		}
+		for i, a := range arrivals {
+			if a.after > 0 || len(bufs[cur]) == sliceCalls {
+				flush()
+			}
+			time.Sleep(a.after) // virtual time
+			arrived = append(arrived, time.Since(start))
+			bufs[cur] = append(bufs[cur], Call[int]{Data: calls[i], Item: i, Drained: a.drained})
+		}
+		flush()
+		time.Sleep(time.Minute) // virtual: every timer still set fires before the input ends
+		close(in)
+		if err := <-done; err != nil {
+			t.Errorf("RunSlices = %v", err)
 		}
 		<-collected
 	})
@@ -144,20 +219,22 @@ func TestRunLinger(t *testing.T) {
 			[]arrival{{0, 300_000, false}, {ms, 300_000, true}},
 			[]want{{ms, 1, FlushFull}, {6 * ms, 1, FlushLinger}}},
 	} {
-		t.Run(tt.name, func(t *testing.T) {
-			b, err := New[int](MaxBatchBytes, tt.maxCalls, 100*ms)
-			if err != nil {
-				t.Fatal(err)
-			}
-			got, _, _ := timeline(t, b, tt.arrivals)
-			var gotW []want
-			for _, s := range got {
-				gotW = append(gotW, want{s.at, len(s.items), s.reason})
-			}
-			if !slices.Equal(gotW, tt.want) {
-				t.Errorf("batches (at, calls, reason)\n got %v\nwant %v", gotW, tt.want)
-			}
-		})
+		for _, mode := range []handOff{oneByOne, sliced} {
+			t.Run(mode.String()+"/"+tt.name, func(t *testing.T) {
+				b, err := New[int](MaxBatchBytes, tt.maxCalls, 100*ms)
+				if err != nil {
+					t.Fatal(err)
+				}
+				got, _, _ := timeline(t, b, tt.arrivals, mode)
+				var gotW []want
+				for _, s := range got {
+					gotW = append(gotW, want{s.at, len(s.items), s.reason})
+				}
+				if !slices.Equal(gotW, tt.want) {
+					t.Errorf("batches (at, calls, reason)\n got %v\nwant %v", gotW, tt.want)
+				}
+			})
+		}
 	}
 }
 
@@ -166,14 +243,24 @@ func TestRunLinger(t *testing.T) {
 // the flush interval, nor a drained call past its linger; a batch goes early
 // only with a drained call in it; timed flushes are at least a linger after
 // the batch before (the request-rate bound at a trickle); and a batch closed
-// as full was full.
+// as full was full. Handed over in slices (RunSlices), about a third of the
+// calls arrive together with the one before.
 func TestRunLingerProperties(t *testing.T) {
 	const (
 		interval = 50 * time.Millisecond
 		linger   = 5 * time.Millisecond
 		maxBytes = 20_000
 	)
-	for seed := range uint64(25) {
+	for _, mode := range []handOff{oneByOne, sliced} {
+		for seed := range uint64(25) {
+			lingerProperties(t, mode, seed, interval, linger, maxBytes)
+		}
+	}
+}
+
+func lingerProperties(t *testing.T, mode handOff, seed uint64, interval, linger time.Duration, maxBytes int) {
+	t.Helper()
+	{
 		r := rand.New(rand.NewPCG(seed, 99))
 		drainedPct := r.IntN(101)
 		maxCalls := 1 + r.IntN(40)
@@ -184,18 +271,21 @@ func TestRunLingerProperties(t *testing.T) {
 				size:    30 + r.IntN(3000),
 				drained: r.IntN(100) < drainedPct,
 			}
+			if mode == sliced && r.IntN(3) == 0 {
+				arrivals[i].after = 0
+			}
 		}
 		b, err := New[int](maxBytes, maxCalls, interval, WithLinger(linger))
 		if err != nil {
 			t.Fatal(err)
 		}
-		got, arrived, calls := timeline(t, b, arrivals)
+		got, arrived, calls := timeline(t, b, arrivals, mode)
 		next := 0
 		var prev time.Duration
 		for bi, s := range got {
 			for _, item := range s.items {
 				if item != next {
-					t.Fatalf("seed %d batch %d: call %d, want %d", seed, bi, item, next)
+					t.Fatalf("%v seed %d batch %d: call %d, want %d", mode, seed, bi, item, next)
 				}
 				next++
 			}
@@ -242,7 +332,7 @@ func TestRunLingerProperties(t *testing.T) {
 			prev = s.at
 		}
 		if next != len(arrivals) {
-			t.Fatalf("seed %d: %d of %d calls sent", seed, next, len(arrivals))
+			t.Fatalf("%v seed %d: %d of %d calls sent", mode, seed, next, len(arrivals))
 		}
 	}
 }
@@ -253,6 +343,12 @@ func TestRunLingerProperties(t *testing.T) {
 // full but the last, which goes a linger after the last call instead of a
 // flush interval.
 func TestRunLingerKeepsFillUnderLoad(t *testing.T) {
+	for _, mode := range []handOff{oneByOne, sliced} {
+		t.Run(mode.String(), func(t *testing.T) { lingerKeepsFill(t, mode) })
+	}
+}
+
+func lingerKeepsFill(t *testing.T, mode handOff) {
 	r := rand.New(rand.NewPCG(7, 7))
 	arrivals := make([]arrival, 5_000)
 	for i := range arrivals {
@@ -263,7 +359,7 @@ func TestRunLingerKeepsFillUnderLoad(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	got, _, calls := timeline(t, b, arrivals)
+	got, _, calls := timeline(t, b, arrivals, mode)
 	want := pack(t, calls, MaxBatchBytes, 2000)
 	if len(got) != len(want) {
 		t.Fatalf("%d batches, packing alone makes %d", len(got), len(want))

@@ -2,6 +2,7 @@ package worker
 
 import (
 	"context"
+	"strings"
 	"testing"
 	"time"
 
@@ -56,3 +57,57 @@ func BenchmarkSendDelivered(b *testing.B) {
 type acceptAll struct{}
 
 func (acceptAll) SendBatch(context.Context, []byte) error { return nil }
+
+// BenchmarkReadToBatches measures the reader and the batcher as Run wires
+// them on the unordered path: calls (about 1 KB) prepared into slabs,
+// handed to the batcher, packed, and the batches released as a sender
+// would once it has settled them. Per op: one call.
+func BenchmarkReadToBatches(b *testing.B) {
+	w, err := New(nil, nil, Options{})
+	if err != nil {
+		b.Fatal(err)
+	}
+	body := `{"type":"track","userId":"user-42","event":"Order Completed","properties":{"note":"` +
+		strings.Repeat("x", 900) + `","total":12.5}}`
+	m := newScriptedMsg("cio.track", body, 12345, 1)
+	leases := newLeases[*held](time.Hour)
+	hs := make([]held, b.N)
+	for i := range hs {
+		if _, ok := w.hold(m, "bench.", leases, func() *held { return &hs[i] }); !ok {
+			b.Fatal("not held")
+		}
+	}
+	bt, err := batcher.New[*held](w.opts.BatchMaxBytes, w.opts.BatchMaxCalls, w.opts.FlushInterval)
+	if err != nil {
+		b.Fatal(err)
+	}
+	in := &intake{queue: make(chan *held, 1000), freed: make(chan struct{}, 1)}
+	calls := make(chan []batcher.Call[*held])
+	batches := make(chan *batcher.Batch[*held])
+	b.SetBytes(int64(len(body)))
+	b.ReportAllocs()
+	b.ResetTimer()
+	go func() {
+		for i := range hs {
+			in.queue <- &hs[i]
+		}
+		close(in.queue)
+	}()
+	go func() {
+		w.read(context.Background(), in, leases, calls)
+		close(calls)
+	}()
+	go func() {
+		_ = bt.RunSlices(context.Background(), calls, batches, func(batcher.Call[*held], error) { b.Error("rejected") })
+		close(batches)
+	}()
+	n := 0
+	for batch := range batches {
+		n += batch.Len()
+		batch.Release()
+		releaseCalls(batch.Items)
+	}
+	if n != b.N {
+		b.Fatalf("%d calls batched, want %d", n, b.N)
+	}
+}

@@ -21,8 +21,11 @@ func (w *Worker) dispatch(ctx context.Context, batches <-chan *batcher.Batch[*he
 			defer leases.remove(batch.Items...)
 			w.send(ctx, batch.Items, batch.Body())
 			// The sender is done with the body (see Sender), and the calls
-			// point into the reader's slabs, not into it: recycle it.
+			// point into the reader's slabs, not into it: recycle it. And
+			// send has settled every call (halves and dead letters
+			// included): recycle their slabs too.
 			batch.Release()
+			releaseCalls(batch.Items)
 		})
 	}
 	wg.Wait()

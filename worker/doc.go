@@ -30,7 +30,8 @@
 //	stream.go     stream, consumer and dead-letter stream setup (bind)
 //	pinned.go     the batch consumer's priority group for the ordered path
 //	intake.go     intake: pulls into a bounded queue, leases on arrival
-//	prepare.go    hold (metadata, lease), read (prepare a call), rejectInput
+//	prepare.go    hold (metadata, lease), read (prepare a call, hand calls on in slices), rejectInput
+//	slab.go       slabs: the buffers calls are prepared into, reused once their calls are settled
 //	lease.go      leases: extends the ack deadline of everything held
 //	sample.go     consumer gauges and the lease interval, from the server
 //	dispatch.go   dispatch: up to SendConcurrency batches in flight

@@ -73,6 +73,12 @@ func newIntake(cons jetstream.Consumer, capacity int, take func(jetstream.Msg) (
 		queue: make(chan *held, capacity), freed: make(chan struct{}, 1),
 		pull: max(capacity/2, 1), log: log,
 	}
+	// nats.go's Fetch allocates a timer per message (a time.After in the
+	// loop that hands a pull's messages out: about 2.7 of the relay's 8.4
+	// allocations per event). FetchNoWait, FetchBytes and Next run the
+	// same loop (Next is a pull of one), so no other use of them avoids it;
+	// Consume and Messages would, at the price of messages waiting
+	// un-leased in the client's buffer.
 	in.fetch = func(ctx context.Context, n int) (jetstream.MessageBatch, error) {
 		if in.group != "" {
 			return in.cons.Fetch(n, jetstream.FetchContext(ctx), jetstream.FetchHeartbeat(in.expiry/3),

@@ -56,7 +56,7 @@ func (w *Worker) Run(ctx context.Context) error {
 	defer stopBackground()
 
 	leases.setInterval(leaseInterval(consumerAckWaits(consumers)))
-	calls := make(chan batcher.Call[*held])
+	calls := make(chan []batcher.Call[*held])
 	batches := make(chan *batcher.Batch[*held])
 
 	var wg sync.WaitGroup
@@ -112,9 +112,10 @@ func (w *Worker) Run(ctx context.Context) error {
 			// The batcher's context is never cancelled: it ends when the reader
 			// closes calls, and its last batch reaches a sender, which nakks it
 			// at once if the shutdown timeout has passed.
-			_ = b.Run(context.Background(), calls, batches, func(c batcher.Call[*held], err error) {
+			_ = b.RunSlices(context.Background(), calls, batches, func(c batcher.Call[*held], err error) {
 				w.deadLetter(sendCtx, c.Item, event.ReasonTooLarge, 0, err.Error())
 				leases.remove(c.Item)
+				releaseCalls([]*held{c.Item})
 			})
 		})
 		pipe.Go(func() { w.dispatch(sendCtx, batches, leases) })

@@ -34,6 +34,7 @@ type Worker struct {
 	ready                       atomic.Bool    // consumer bound and consuming
 	health                      *jsHealth      // whether JetStream answers (health.go)
 	ord                         *ordered       // the ordered batch path; nil when Ordering is off
+	slabs                       *slabs         // the reader's recycled call buffers (slab.go)
 	*settler                                   // acks, naks and dead letters (settle.go)
 	*retrier                                   // requests with retries and pauses (attempt.go)
 	track                       *trackRunner   // Track API calls (track.go)
@@ -49,7 +50,8 @@ func New(js jetstream.JetStream, sender Sender, opts Options) (*Worker, error) {
 	if _, err := batcher.NewPacker[*held](opts.BatchMaxBytes, opts.BatchMaxCalls); err != nil {
 		return nil, fmt.Errorf("worker options: %w", err)
 	}
-	w := &Worker{js: js, sender: sender, opts: opts, log: opts.Logger, m: newMetrics(opts.Registerer), health: newJSHealth(opts.Registerer)}
+	w := &Worker{js: js, sender: sender, opts: opts, log: opts.Logger, m: newMetrics(opts.Registerer), health: newJSHealth(opts.Registerer),
+		slabs: newSlabs()}
 	w.retrier = newRetrier(opts, w.log, w.m)
 	w.settler = &settler{js: js, stream: opts.Stream, version: opts.Version, retryDLQ: opts.NakDelay,
 		blockKey: w.blockKey, log: w.log, m: w.m, health: w.health}
@@ -85,6 +87,7 @@ func (w *Worker) Ready() (bool, string) {
 type held struct {
 	msg        jetstream.Msg
 	call       []byte     // wire bytes
+	slab       *slab      // holds call's bytes until released (releaseCalls)
 	typ        event.Type // Unknown for a message that never became a call
 	id         event.ID   // the messageId it gets when its body has none
 	seq        uint64     // stream sequence
