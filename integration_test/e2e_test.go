@@ -217,11 +217,6 @@ func mix(r *rand.Rand) event.Type {
 func TestEndToEnd(t *testing.T) {
 	e := newEnv(t, ciotest.Options{})
 	reg := prometheus.NewRegistry()
-	// The flush interval is long beside the time a batch takes to fill on
-	// a slow machine (the race detector: about 1,400 calls/s, a batch every
-	// quarter second), so batches close for size and the fill below says
-	// something about packing, not about the machine's speed.
-	e.startWorker(t, worker.Options{FlushInterval: 2 * time.Second, AckWait: 10 * time.Second, Registerer: reg})
 
 	r := rand.New(rand.NewPCG(7, 11))
 	var msgs []published
@@ -271,8 +266,17 @@ func TestEndToEnd(t *testing.T) {
 		}
 	}
 
-	start := time.Now()
+	// The calls wait in the stream before the worker starts, so batches
+	// close for size and the fill below says something about packing, not
+	// about the machine's speed: a worker that keeps up with a slow
+	// publisher is drained after every few calls, and flushes on drain.
+	// The flush interval is long beside the time a batch takes to fill on
+	// a slow machine (the race detector: about 1,400 calls/s, a batch every
+	// quarter second).
+	e.createStream(t)
 	e.publishAll(t, msgs)
+	start := time.Now()
+	e.startWorker(t, worker.Options{FlushInterval: 2 * time.Second, AckWait: 10 * time.Second, Registerer: reg})
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	if err := e.cio.WaitDelivered(ctx, wantValid); err != nil {
