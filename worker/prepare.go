@@ -115,11 +115,21 @@ func drained(msg jetstream.Msg) bool {
 	return err == nil && meta.NumPending == 0
 }
 
+// maxPullAhead bounds pullAhead when batches are allowed many calls.
+const maxPullAhead = 4000
+
 // pullAhead is how many messages the batch intake may hold ahead of the
-// batcher: about one batch, enough to keep the batcher busy, and no more
-// than the consumer lets one client have unacknowledged.
+// batcher: about two batches, and no more than the consumer lets one
+// client have unacknowledged. A pull asks for half of it, so with the
+// defaults 2,000 messages come per request. Pulls of 500 (a queue of 1,000)
+// left the relay waiting on JetStream between pulls: in the bench (300,000
+// events of 1.4 KB, nats-server in its own process, 2 cores) end to end was
+// 0.81–0.85× the bare consumer's rate with them and 0.90–0.98× with these,
+// ordered 73,000–75,000 events/s against 82,000–89,000. Every message in
+// the queue is leased, so a larger queue costs memory (about 6 MB more
+// here), not redeliveries.
 func (w *Worker) pullAhead(cons jetstream.Consumer) int {
-	n := min(w.opts.BatchMaxCalls, 1000)
+	n := min(2*w.opts.BatchMaxCalls, maxPullAhead)
 	if m := cons.CachedInfo().Config.MaxAckPending; m > 0 {
 		n = min(n, m)
 	}
