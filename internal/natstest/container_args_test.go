@@ -12,8 +12,11 @@ import (
 // TestContainerArgsParseAsNatsServerFlags checks the container's command
 // with nats-server's own flag parser, so a misspelt flag fails here, where
 // no Docker engine is needed, instead of as a container that exits in CI.
+//
+// Neither this test nor TestContainerArgsStartAJetStreamNode runs in
+// parallel: server.ConfigureOptions writes a package variable of
+// nats-server's (FlagSnapshot), a data race when two tests call it at once.
 func TestContainerArgsParseAsNatsServerFlags(t *testing.T) {
-	t.Parallel()
 	tests := []struct {
 		name       string
 		node       *clusterNode
@@ -63,7 +66,6 @@ func TestContainerArgsParseAsNatsServerFlags(t *testing.T) {
 // dir): JetStream must start, which a cluster node without a configured
 // route would not do.
 func TestContainerArgsStartAJetStreamNode(t *testing.T) {
-	t.Parallel()
 	b := newContainerBackend(t, "img", &clusterNode{cluster: "c", name: "n0"})
 	l, err := freePorts(b.node)
 	if err != nil {
