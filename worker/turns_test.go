@@ -261,42 +261,36 @@ func TestTurnHeldForRetryAfter(t *testing.T) {
 	})
 }
 
-// TestUnusedTurnIsFreedAtOnce: a turn whose request was never sent is
-// given back: the next replica takes it without waiting an interval.
-func TestUnusedTurnIsFreedAtOnce(t *testing.T) {
-	synctest.Test(t, func(t *testing.T) {
-		store := newFakeTurnStore()
-		a, _ := testTurns(store, 10*time.Second)
-		b, _ := testTurns(store, 10*time.Second)
-		ta, _ := a.acquire(t.Context(), nil, 7)
-		ta.unused(t.Context())
-		start := time.Now()
-		if tb, err := b.acquire(t.Context(), nil, 7); err != nil || tb == nil {
-			t.Fatalf("B: acquire = %v, %v", tb, err)
-		}
-		if waited := time.Since(start); waited != 0 {
-			t.Errorf("B waited %v for a turn given back, want 0", waited)
-		}
-	})
-}
-
-// TestTurnsOfBroadcastsAreIndependent: broadcast 8's turn never waits
-// behind broadcast 7's.
-func TestTurnsOfBroadcastsAreIndependent(t *testing.T) {
-	synctest.Test(t, func(t *testing.T) {
-		store := newFakeTurnStore()
-		a, _ := testTurns(store, 10*time.Second)
-		b, _ := testTurns(store, 10*time.Second)
-		ta, _ := a.acquire(t.Context(), nil, 7)
-		ta.answered(t.Context(), 0)
-		start := time.Now()
-		if tb, err := b.acquire(t.Context(), nil, 8); err != nil || tb == nil {
-			t.Fatalf("B: acquire = %v, %v", tb, err)
-		}
-		if waited := time.Since(start); waited != 0 {
-			t.Errorf("broadcast 8 waited %v behind broadcast 7", waited)
-		}
-	})
+// TestTurnTakenAtOnce: replica B takes a turn without waiting an interval
+// when A gave its turn back unused, and when A's turn is another
+// broadcast's (broadcast 8's turn never waits behind broadcast 7's).
+func TestTurnTakenAtOnce(t *testing.T) {
+	tests := []struct {
+		name      string
+		release   func(ctx context.Context, ta *turn)
+		broadcast int64
+	}{
+		{"a turn given back unused", func(ctx context.Context, ta *turn) { ta.unused(ctx) }, 7},
+		{"another broadcast's turn", func(ctx context.Context, ta *turn) { ta.answered(ctx, 0) }, 8},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			synctest.Test(t, func(t *testing.T) {
+				store := newFakeTurnStore()
+				a, _ := testTurns(store, 10*time.Second)
+				b, _ := testTurns(store, 10*time.Second)
+				ta, _ := a.acquire(t.Context(), nil, 7)
+				tt.release(t.Context(), ta)
+				start := time.Now()
+				if tb, err := b.acquire(t.Context(), nil, tt.broadcast); err != nil || tb == nil {
+					t.Fatalf("B: acquire = %v, %v", tb, err)
+				}
+				if waited := time.Since(start); waited != 0 {
+					t.Errorf("B waited %v for broadcast %d, want 0", waited, tt.broadcast)
+				}
+			})
+		})
+	}
 }
 
 // TestTurnWaitEndsAtShutdown: a replica waiting for a turn stops when its
