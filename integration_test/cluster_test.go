@@ -68,6 +68,9 @@ func (r *logRecorder) records(t *testing.T, msg string) []map[string]any {
 	defer r.mu.Unlock()
 	var out []map[string]any
 	for _, line := range strings.Split(strings.TrimSpace(r.buf.String()), "\n") {
+		if line == "" {
+			continue // nothing logged yet
+		}
 		var rec map[string]any
 		if err := json.Unmarshal([]byte(line), &rec); err != nil {
 			t.Fatalf("log line %q: %v", line, err)

@@ -98,7 +98,7 @@ func TestTakeoverIsNotMaskedByACopyTheOldHolderAcked(t *testing.T) {
 	})
 	// A's request for call 0 is answered: it acks its copy. Then it dies
 	// (a kill: call 1 is left to its ack wait).
-	e.sendAsAnotherReplica(t, msgs[0].body)
+	e.sendAsAnotherReplica(t, []byte(`{"type":"track","userId":"p0","event":"step","properties":{"seq":0},"messageId":"replica-A-1"}`))
 	// (By hand: nats.go refuses to ack a message it has nakked.)
 	if _, err := e.nc.Request(atA[0].Reply(), []byte("+ACK"), 5*time.Second); err != nil {
 		t.Fatal(err)
@@ -135,11 +135,27 @@ func (e *env) sendAsAnotherReplica(t *testing.T, call []byte) {
 	}
 }
 
-// otherHolder is the delivery lease of the replica the test plays.
-type otherHolder struct{}
+// otherHolder is the ordered delivery lease, held by the replica the test
+// plays: taken before the worker starts, left to expire when it dies.
+type otherHolder struct{ t *testing.T }
 
-func leaseHolder(t *testing.T, e *env, consumer string) *otherHolder { return &otherHolder{} }
+func leaseHolder(t *testing.T, e *env, consumer string) *otherHolder {
+	t.Helper()
+	ctx := context.Background()
+	kv, err := e.js.CreateKeyValue(ctx, worker.TurnsConfig("CIO"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := kv.Create(ctx, worker.DeliveryLeaseKey(consumer), []byte("delivering 5 replica-A"), jetstream.KeyTTL(5*time.Second)); err != nil {
+		t.Fatal(err)
+	}
+	return &otherHolder{t: t}
+}
 
-func (h *otherHolder) waitedFor(rec *logRecorder) bool { return false }
+// waitedFor reports whether the worker logged that it waits for the lease.
+func (h *otherHolder) waitedFor(rec *logRecorder) bool {
+	return len(rec.records(h.t, "another replica holds the ordered delivery lease; waiting for it")) > 0
+}
 
+// died: a killed replica leaves its lease to expire.
 func (h *otherHolder) died() {}

@@ -10,8 +10,8 @@ import (
 
 // barrier opens the gate once no other replica holds a message of the
 // consumer: its NumAckPending is no more than what this replica holds of
-// what the server had delivered by then. Then the gate's calls are routed
-// in stream order.
+// what the server had delivered by then, all received in this epoch. Then
+// the gate's calls are routed in stream order.
 func (o *ordered) barrier(ctx context.Context) {
 	t := time.NewTicker(barrierPoll)
 	defer t.Stop()
@@ -27,14 +27,11 @@ func (o *ordered) barrier(ctx context.Context) {
 		o.mu.Lock()
 		if n := o.reconnects(); n != reconnects {
 			// Away from NATS, leases may have lapsed and the pin moved
-			// without this replica hearing of it: start over as if the
-			// pin were lost, so nothing stale is sent.
+			// without this replica hearing of it, and acks may have
+			// waited in the client: end the epoch, so nothing stale is
+			// sent or counted, and take the lease again.
 			reconnects = n
-			if o.pin != "" {
-				o.w.log.Warn("reconnected to NATS; handing back what is not in flight and waiting for the barrier again", "consumer", o.cons.CachedInfo().Name)
-				o.pin = ""
-				o.loseLocked()
-			}
+			o.endEpochLocked(endReconnected)
 		}
 		open, holding := o.open, o.holdingLocked()
 		o.mu.Unlock()
@@ -67,19 +64,19 @@ func (o *ordered) barrier(ctx context.Context) {
 		}
 		o.mu.Lock()
 		if pinned := pinnedClient(info); o.pin != "" && pinned != "" && pinned != o.pin {
-			o.w.log.Warn("the consumer is pinned to another replica; handing back what is not in flight", "consumer", info.Name)
-			o.pin = ""
-			o.loseLocked()
+			o.w.log.Warn("the consumer is pinned to another replica", "consumer", info.Name)
+			o.endEpochLocked(endPinLost)
 		}
 		if o.open {
 			// A blocker the server has acked will not come back.
 			o.keys.settled(info.AckFloor.Stream)
 			o.dropDisplacedLocked()
 		}
-		if !o.open && o.pin != "" && o.inFlight == 0 {
-			// Distinct sequences: a lease that lapsed while NATS was away
-			// brings a second copy of a message, which the server counts
-			// once.
+		if !o.open && o.holding && o.pin != "" && o.inFlight == 0 {
+			// Everything held was received in this epoch, in which no
+			// other replica acks (holder.go): each is pending, and the
+			// count is exact. Distinct sequences: a message whose lease
+			// lapsed comes a second time, and the server counts it once.
 			mine := make(map[uint64]struct{}, len(o.gate))
 			for _, h := range o.gate {
 				if h.cseq <= info.Delivered.Consumer {

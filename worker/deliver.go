@@ -2,6 +2,7 @@ package worker
 
 import (
 	"context"
+	"errors"
 
 	"github.com/cio-relay/cio-relay/batcher"
 	"github.com/cio-relay/cio-relay/sink"
@@ -52,7 +53,8 @@ type serverErrorSplit struct {
 // split is nil outside a 5xx split (see serverErrorSplit); maySplit says
 // whether a 5xx failure of calls may be split further.
 func (w *Worker) deliver(ctx context.Context, calls []*held, body []byte, split *serverErrorSplit, maySplit bool) {
-	if w.ord != nil && len(calls) > 0 && calls[0].ordered {
+	ordered := w.ord != nil && len(calls) > 0 && calls[0].ordered
+	if ordered {
 		// A key may have been blocked since the batch was packed: its calls
 		// wait for the blocker (see keyOrder).
 		if kept := w.ord.filter(calls); len(kept) < len(calls) {
@@ -63,12 +65,27 @@ func (w *Worker) deliver(ctx context.Context, calls []*held, body []byte, split 
 		}
 	}
 	var stop func(error) bool
-	if split != nil {
-		stop = func(error) bool { return true } // one try: see serverErrorSplit
+	send := func(ctx context.Context) error { return w.sender.SendBatch(ctx, body) }
+	switch {
+	case split != nil:
+		stop = func(err error) bool { return true } // one try: see serverErrorSplit
+	case ordered:
+		stop = stopNotHolder
 	}
-	err := w.attempt(ctx, sink.APICDP, &w.pause, 0, stop, func(ctx context.Context) error {
-		return w.sender.SendBatch(ctx, body)
-	})
+	if ordered {
+		send = w.ord.leased(send)
+	}
+	err := w.attempt(ctx, sink.APICDP, &w.pause, 0, stop, send)
+	if ordered && (errors.Is(err, errNotHolder) || !w.ord.mayAck()) {
+		// Not sent, or answered too late to be acked by this replica:
+		// the next holder sends it (holder.go).
+		why := endLeaseLost
+		if !errors.Is(err, errNotHolder) {
+			why = endNotAcked
+		}
+		w.ord.handBack(calls, why)
+		return
+	}
 	s := settlement{outcome: outcome{Class: sink.Classify(err), Kind: kindBatch, Calls: len(calls),
 		Status: statusOf(err), MaxDeliver: w.opts.MaxDeliver, NakDelay: w.opts.NakDelay,
 		InSplit: split != nil, MaySplit: maySplit}, err: err}

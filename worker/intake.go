@@ -44,6 +44,12 @@ type intake struct {
 	// consumer as it is now.
 	pinLost func()
 	repair  func(context.Context) (jetstream.Consumer, error)
+	// allowed, when set, says whether to ask for messages now (the
+	// ordered path: only while this replica holds the delivery lease);
+	// whoever makes it true signals freed. A pull already open runs to
+	// its end. pulling is whether one is open.
+	allowed func() bool
+	pulling atomic.Bool
 }
 
 const (
@@ -146,6 +152,7 @@ type openPull struct {
 // messages are still being handed out.
 func (in *intake) run(ctx context.Context) error {
 	defer close(in.queue)
+	defer in.pulling.Store(false)
 	var (
 		cur     *openPull
 		retry   = retryFloor
@@ -160,7 +167,7 @@ func (in *intake) run(ctx context.Context) error {
 		}
 	}()
 	for {
-		if cur == nil && done != nil && !time.Now().Before(retryAt) && in.roomForPull() {
+		if cur == nil && done != nil && !time.Now().Before(retryAt) && in.roomForPull() && (in.allowed == nil || in.allowed()) {
 			// Its deadline sets the request's expiry; a stop ends it
 			// sooner (below).
 			pctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), in.expiry)
@@ -174,7 +181,11 @@ func (in *intake) run(ctx context.Context) error {
 				timer.Reset(time.Until(retryAt))
 			} else {
 				cur = &openPull{batch: b, msgs: b.Messages(), cancel: cancel, left: in.pull}
+				in.pulling.Store(true)
 			}
+		}
+		if cur == nil {
+			in.pulling.Store(false)
 		}
 		if cur == nil && done == nil {
 			return nil

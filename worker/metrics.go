@@ -34,6 +34,10 @@ type metrics struct {
 	// Customer.io's per-call limit only without it.
 	timestampOmitted prometheus.Counter
 	turns            *turnMetrics // broadcast pacing across replicas
+	// The ordered path's delivery lease (holder.go): held now, and the
+	// epochs that ended, by why.
+	deliveryLease prometheus.Gauge
+	epochsEnded   *prometheus.CounterVec // reason
 
 	consumedByType, deliveredByType *byType
 }
@@ -125,6 +129,12 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		timestampOmitted: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "cio_relay_timestamp_omitted_total", Help: "Calls without a timestamp sent without their publish time inserted, because only without it do they fit the 32,000-byte limit (Customer.io stamps them on arrival).",
 		}),
+		deliveryLease: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "cio_relay_ordered_delivery_lease", Help: "1 while this replica holds the ordered delivery lease: it alone sends and acks the batch consumer's calls (RELAY_ORDERING).",
+		}),
+		epochsEnded: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "cio_relay_ordered_lease_released_total", Help: "Times this replica let the ordered delivery lease go, by reason: pin_lost, reconnected, lease_lost, not_acked, stopped.",
+		}, []string{"reason"}),
 	}
 	m.consumedByType, m.deliveredByType = newByType(m.consumed), newByType(m.delivered)
 	m.track = newTrackMetrics()
@@ -134,7 +144,8 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		reg.MustRegister(m.turns.collectors()...)
 		reg.MustRegister(m.consumed, m.delivered, m.batches, m.batchBytes, m.batchCalls, m.requestTime,
 			m.retries, m.deadLetters, m.inFlight, m.acksFailed, m.authPaused, m.held, m.pending, m.ackPending,
-			m.redeliveries, m.shutdownNaked, m.direct, m.coalesced, m.suppressions, m.pacingWait, m.timestampOmitted)
+			m.redeliveries, m.shutdownNaked, m.direct, m.coalesced, m.suppressions, m.pacingWait, m.timestampOmitted,
+			m.deliveryLease, m.epochsEnded)
 	}
 	return m
 }

@@ -40,9 +40,15 @@ type ordered struct {
 	w      *Worker
 	cons   jetstream.Consumer
 	leases *leases[*held]
+	lease  *deliveryLease // whose epoch it is (holder.go, epoch.go)
+	in     *intake        // the batch intake: pulls only in an epoch
+	end    chan struct{}  // cap 1: the epoch has ended
 
-	mu       sync.Mutex
-	pin      string // the Nats-Pin-Id this replica was last delivered with
+	mu         sync.Mutex
+	holding    bool      // in an epoch: this replica holds the lease and delivers
+	epochStart time.Time // when the epoch began: what was received before is not its own
+	lastUnpin  time.Time // when a stale pin was last cleared (pinLost)
+	pin        string    // the Nats-Pin-Id this replica was last delivered with in this epoch
 	inFlight int    // batches being sent
 	keys     *keyOrder
 	lanes    []*lane
@@ -58,8 +64,9 @@ type ordered struct {
 	drainedAt time.Time
 }
 
-func newOrdered(w *Worker, cons jetstream.Consumer, leases *leases[*held]) *ordered {
-	o := &ordered{w: w, cons: cons, leases: leases, keys: newKeyOrder(), changed: make(chan struct{}, 1)}
+func newOrdered(w *Worker, cons jetstream.Consumer, leases *leases[*held], in *intake, lease *deliveryLease) *ordered {
+	o := &ordered{w: w, cons: cons, leases: leases, in: in, lease: lease, keys: newKeyOrder(),
+		changed: make(chan struct{}, 1), end: make(chan struct{}, 1)}
 	for range w.opts.SendConcurrency {
 		o.lanes = append(o.lanes, &lane{wake: make(chan struct{}, 1)})
 	}
@@ -70,15 +77,24 @@ func newOrdered(w *Worker, cons jetstream.Consumer, leases *leases[*held]) *orde
 func (o *ordered) add(h *held, pin string, drained bool) {
 	o.mu.Lock()
 	defer o.mu.Unlock()
+	if !o.holding || h.received.Before(o.epochStart) {
+		// Not this epoch's: the last pull of one that ended, or received
+		// before this one began. Another replica may have acked it since.
+		o.w.settle(h, "nak", h.msg.Nak())
+		o.leases.remove(h)
+		return
+	}
 	if pin != o.pin {
-		// Pinned anew (the first message, or again after another replica
-		// had the pin): what this replica still holds may be older than
-		// what the other one delivered.
 		if o.pin != "" {
-			o.w.log.Warn("pinned again after another replica was; handing back what is not in flight", "consumer", o.cons.CachedInfo().Name)
+			// Pinned anew within an epoch: the pin lapsed, and another
+			// replica (an older version, without the lease) may have
+			// delivered meanwhile.
+			o.w.settle(h, "nak", h.msg.Nak())
+			o.leases.remove(h)
+			o.endEpochLocked(endPinLost)
+			return
 		}
 		o.pin = pin
-		o.loseLocked()
 	}
 	h.parked = true
 	h.drained = drained
@@ -156,14 +172,25 @@ func (o *ordered) dropDisplacedLocked() {
 	o.keys.displaced = o.keys.displaced[:0]
 }
 
-// pinLost is the intake's report of a pull answered "pin mismatch": another
-// replica delivers now.
+// pinLost is the intake's report of a pull answered "pin mismatch":
+// another client is pinned. Early in an epoch, before anything came, that
+// is the last holder's pin, left until PinnedTTL: clear it. Later another
+// replica delivers now: the epoch ends.
 func (o *ordered) pinLost() {
 	o.mu.Lock()
+	if o.holding && o.pin == "" && o.inFlight == 0 && !o.holdingLocked() {
+		unpin := time.Since(o.lastUnpin) >= time.Second
+		if unpin {
+			o.lastUnpin = time.Now()
+		}
+		o.mu.Unlock()
+		if unpin {
+			o.unpin(context.Background())
+		}
+		return
+	}
 	defer o.mu.Unlock()
-	o.w.log.Warn("lost the consumer's pin to another replica; handing back what is not in flight", "consumer", o.cons.CachedInfo().Name)
-	o.pin = ""
-	o.loseLocked()
+	o.endEpochLocked(endPinLost)
 }
 
 // loseLocked closes the barrier and hands back, in stream order and for
@@ -245,11 +272,15 @@ func (o *ordered) run(sendCtx, bgCtx context.Context, read func()) {
 	barrierCtx, stopBarrier := context.WithCancel(bgCtx)
 	defer stopBarrier()
 	go o.barrier(barrierCtx)
+	epochs := make(chan struct{})
+	go func() {
+		defer close(epochs)
+		o.runEpochs(barrierCtx)
+	}()
 	read()
 	o.close()
 	wg.Wait()
 	o.mu.Lock()
-	defer o.mu.Unlock()
 	back := o.keys.reset()
 	slices.SortFunc(back, func(a, b *held) int { return cmpUint(a.seq, b.seq) })
 	for _, h := range back {
@@ -257,6 +288,16 @@ func (o *ordered) run(sendCtx, bgCtx context.Context, read func()) {
 		o.w.settle(h, "nak", h.msg.Nak())
 		o.leases.remove(h)
 	}
+	held := o.holding
+	o.holding = false
+	o.mu.Unlock()
+	// The last sends are done, the intake has stopped: let the lease go.
+	stopBarrier()
+	<-epochs
+	if held {
+		o.w.m.epochsEnded.WithLabelValues(endStopped).Inc()
+	}
+	o.letGo(bgCtx)
 }
 
 // close says the reader has stopped: lanes send what they have and end;

@@ -26,8 +26,8 @@ func TestLaneTakeTiming(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		w := &Worker{opts: Options{BatchMaxBytes: 1000, BatchMaxCalls: 3, FlushInterval: time.Second, SendConcurrency: 2}}
 		w.opts.setDefaults()
-		o := newOrdered(w, nil, newLeases[*held](time.Second))
-		o.open, o.pin = true, "p"
+		o := newOrdered(w, nil, newLeases[*held](time.Second), nil, heldLease())
+		o.open, o.pin, o.holding = true, "p", true
 		call := func(key, seq uint64, drained bool) {
 			h := &held{key: key, seq: seq, call: []byte(`{"x":1}`), ordered: true}
 			o.add(h, "p", drained)
@@ -110,8 +110,8 @@ func TestOrderedLanesKeepKeyOrderAcrossNaks(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			w := &Worker{opts: Options{BatchMaxBytes: 1000, BatchMaxCalls: tt.calls, FlushInterval: time.Hour, SendConcurrency: 1}}
 			w.opts.setDefaults()
-			o := newOrdered(w, nil, newLeases[*held](time.Second))
-			o.open, o.pin, o.closing = true, "p", true // closing: every batch is due at once
+			o := newOrdered(w, nil, newLeases[*held](time.Second), nil, heldLease())
+			o.open, o.pin, o.holding, o.closing = true, "p", true, true // closing: every batch is due at once
 			var sent []*held                           // first sends, in order
 			seen := map[uint64]bool{}
 			var last []*held
@@ -238,8 +238,8 @@ func TestOrderedPinLostDuringBisect(t *testing.T) {
 				t.Fatal(err)
 			}
 			leases := newLeases[*held](time.Minute)
-			w.ord = newOrdered(w, cons, leases)
-			w.ord.open, w.ord.pin = true, "p"
+			w.ord = newOrdered(w, cons, leases, &intake{freed: make(chan struct{}, 1)}, heldLease())
+			w.ord.open, w.ord.pin, w.ord.holding = true, "p", true
 			fetched, err := cons.Fetch(len(bodies), jetstream.FetchMaxWait(5*time.Second))
 			if err != nil {
 				t.Fatal(err)
@@ -314,7 +314,7 @@ func TestOrderedBlockerAckedByAnotherCopyIsReleased(t *testing.T) {
 		t.Fatal(err)
 	}
 	leases := newLeases[*held](time.Minute)
-	o := newOrdered(w, cons, leases)
+	o := newOrdered(w, cons, leases, &intake{freed: make(chan struct{}, 1)}, heldLease())
 	w.ord = o
 	fetch := func(n int) []*held {
 		t.Helper()
@@ -345,7 +345,7 @@ func TestOrderedBlockerAckedByAnotherCopyIsReleased(t *testing.T) {
 	if second.seq != first.seq || second.deliveries != 2 {
 		t.Fatalf("fetched seqs %v, want call 1 (seq %d) delivered again", seqs(again), first.seq)
 	}
-	o.open, o.pin = true, second.msg.Headers().Get(pinIDHeader)
+	o.open, o.pin, o.holding = true, second.msg.Headers().Get(pinIDHeader), true
 
 	// The first copy is accepted and acked; the second, sent later, fails
 	// and is nakked: the key is blocked by a call that will not come back.
@@ -388,4 +388,11 @@ func TestOrderedBlockerAckedByAnotherCopyIsReleased(t *testing.T) {
 	if !slices.Equal(got, []uint64{two.seq}) {
 		t.Fatalf("lane queue %v, want call 2 (seq %d)", got, two.seq)
 	}
+}
+
+// heldLease is a delivery lease this replica holds for an hour, without a
+// store: for tests of what the ordered path does within an epoch.
+func heldLease() *deliveryLease {
+	return &deliveryLease{key: deliveryLeaseKey("cio-relay"), rev: 1, renewed: time.Now(), ttl: time.Hour,
+		requestTimeout: time.Second, now: time.Now}
 }

@@ -156,8 +156,13 @@ func (w *Worker) openIntakes(ctx context.Context, cons jetstream.Consumer, idPre
 	}, w.log)}
 	intakes[0].repair = w.rebindBatch
 	if w.opts.Ordering {
-		w.ord = newOrdered(w, cons, leases)
+		lease, err := w.bindDeliveryLease(ctx, cons.CachedInfo().Name)
+		if err != nil {
+			return nil, nil, nil, err
+		}
+		w.ord = newOrdered(w, cons, leases, intakes[0], lease)
 		intakes[0].pinLost = w.ord.pinLost
+		intakes[0].allowed = w.ord.mayPull
 	}
 	consumers := []jetstream.Consumer{cons} // the batch consumer first
 	var pacers []*trigger.Pacer[*held]
