@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"math/rand/v2"
-	"os"
 	"path/filepath"
 	"sync"
 	"testing"
@@ -27,22 +26,10 @@ func TestOrderingChaos(t *testing.T) {
 	}
 	for _, ordering := range []bool{true, false} {
 		t.Run(fmt.Sprintf("ordering=%v", ordering), func(t *testing.T) {
-			if ordering && os.Getenv(envOrderingSoak) != "1" {
-				// Not passed off as green: issue 13 stays open on it.
-				t.Skipf("KNOWN DEFECT: about 1 run in 80 (1 of 80 after the fixes) a few persons' calls are first accepted out of order after the "+
-					"NATS restart: the new pin's barrier counts copies that the old pin's replica acks late (buffered "+
-					"acks flushed on reconnect), so it passes while that replica's nakked call is still pending "+
-					"(issue 13 open); %s=1 runs it", envOrderingSoak)
-			}
 			orderingChaos(t, ordering)
 		})
 	}
 }
-
-// envOrderingSoak runs the ordered half of TestOrderingChaos, which still
-// fails about 1 run in 80 (issue 13): in CI it would make one run in
-// eighty red at random.
-const envOrderingSoak = "CIO_RELAY_ORDERING_SOAK"
 
 func orderingChaos(t *testing.T, ordering bool) {
 	const events, keys = 20000, 500
@@ -75,6 +62,8 @@ func orderingChaos(t *testing.T, ordering bool) {
 		"RELAY_RETRY_MAX_ELAPSED": "100ms", // batches are nakked and redelivered often
 		"RELAY_MAX_DELIVER":       "1000",
 		"RELAY_BATCH_MAX_CALLS":   "100",
+		// Sizes the delivery lease a killed replica leaves: 6s, not 42s.
+		"RELAY_HTTP_TIMEOUT": "2s",
 	})
 	start := time.Now()
 	procs := []*relayProc{}

@@ -64,6 +64,10 @@ func (o *ordered) takeLease(ctx context.Context) bool {
 			o.mu.Unlock()
 			o.w.m.deliveryLease.Set(1)
 			o.w.log.Info("took the ordered delivery lease: pulling and delivering", "consumer", o.cons.CachedInfo().Name)
+			// A pin now is a replica's that died holding the lease (or of
+			// an older version, without one): a pull without the pin id
+			// would wait PinnedTTL behind it.
+			o.unpin(ctx)
 			signal(o.in.freed)
 			return true
 		case err != nil && ctx.Err() == nil:
