@@ -42,6 +42,16 @@ func fastOptions() worker.Options {
 // request (0: 10s).
 func (e *env) runWorker(t *testing.T, opts worker.Options, clientTimeout time.Duration) (*worker.Worker, *prometheus.Registry) {
 	t.Helper()
+	w, reg, stop := e.launchWorker(t, opts, clientTimeout)
+	t.Cleanup(stop)
+	return w, reg
+}
+
+// launchWorker is runWorker with the stop in the caller's hands: stop
+// shuts the worker down as a SIGTERM would and waits for Run to return,
+// failing the test if it returns an error. Once is enough; more are no-ops.
+func (e *env) launchWorker(t *testing.T, opts worker.Options, clientTimeout time.Duration) (*worker.Worker, *prometheus.Registry, func()) {
+	t.Helper()
 	if clientTimeout == 0 {
 		clientTimeout = 10 * time.Second
 	}
@@ -71,22 +81,25 @@ func (e *env) runWorker(t *testing.T, opts worker.Options, clientTimeout time.Du
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- w.Run(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		select {
-		case err := <-done:
-			if err != nil {
-				t.Errorf("worker.Run: %v", err)
+	var once sync.Once
+	stop := func() {
+		once.Do(func() {
+			cancel()
+			select {
+			case err := <-done:
+				if err != nil {
+					t.Errorf("worker.Run: %v", err)
+				}
+			case <-time.After(30 * time.Second):
+				t.Errorf("worker did not stop within 30s")
 			}
-		case <-time.After(30 * time.Second):
-			t.Errorf("worker did not stop within 30s")
-		}
-	})
+		})
+	}
 	waitFor(t, 10*time.Second, "consumer to be created", func() bool {
 		_, err := e.js.Consumer(context.Background(), "CIO", "cio-relay")
 		return err == nil
 	})
-	return w, reg
+	return w, reg, stop
 }
 
 // metricValue sums the counters or gauges named name whose labels include

@@ -33,8 +33,11 @@ func (o *ordered) barrier(ctx context.Context) {
 			reconnects = n
 			o.endEpochLocked(endReconnected)
 		}
-		open, holding := o.open, o.holdingLocked()
+		open, holding, epoch := o.open, o.holdingLocked(), o.holding
 		o.mu.Unlock()
+		if !epoch {
+			continue // another replica delivers: nothing to ask the server
+		}
 		// While open, the consumer is asked now and then whether this
 		// replica still has the pin: one whose pulls no longer carry the
 		// pin id (after a reconnect, say) is never told by a 423.

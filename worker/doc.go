@@ -50,6 +50,8 @@
 //	track.go      trackRunner: one Track API call (suppression, unsubscribe, metric)
 //	trackcalls.go the Track API consumers, and why two of them are ordered
 //	ordered.go    the ordered batch path: the gate, routing calls to lanes by key
+//	holder.go     the delivery lease: one replica at a time sends and acks ordered calls
+//	epoch.go      taking, keeping and letting go of the lease; what an epoch allows
 //	barrier.go    the takeover barrier: open once no other replica holds a call
 //	lane.go       a lane: one batch at a time, due when full, old or drained
 //	order.go      keyOrder: a key's calls wait behind its nakked call
@@ -70,16 +72,23 @@
 //
 //	intake ──queue──▶ reader ──▶ gate ──▶ key policy ──▶ N lanes (one batch in flight each)
 //
-// One replica delivers: the batch consumer has the pinned_client priority
-// policy (group PriorityGroup, PinnedTTL), and the intake pulls with the
-// group, at least every orderedPullExpiry so the pin is kept. A replica
-// that is pinned (a new Nats-Pin-Id on its messages) holds everything in
-// the gate until the consumer's NumAckPending is no more than what it
-// received itself, so nothing another replica received or nakked can be
-// overtaken, then routes what it holds in stream order. One that loses the
-// pin (a 423, or consumer info naming another pin) naks all it holds that
-// is not in flight, in stream order, and the rest of a batch in flight
-// (the halves of a bisect not yet sent) once its request is done.
+// One replica delivers: the one that holds the delivery lease (holder.go,
+// a KV key with a server-kept TTL), in epochs (epoch.go): only it pulls,
+// sends ordered batches (each request cut off before the lease could run
+// out) and acks them (only while the lease is valid). The batch consumer
+// also has the pinned_client priority policy (group PriorityGroup,
+// PinnedTTL), and the intake pulls with the group, at least every
+// orderedPullExpiry so the pin is kept. At the start of an epoch the
+// replica holds everything in the gate until the consumer's NumAckPending
+// is no more than what it received itself, so nothing another replica
+// received or nakked can be overtaken, then routes what it holds in stream
+// order; it counts only what it received in this epoch, in which no other
+// replica acks, so the count is exact. An epoch ends when the replica
+// loses the pin (a 423, or consumer info naming another pin), reconnects
+// to NATS, cannot renew the lease, or stops: it naks all it holds that is
+// not in flight, in stream order, and the rest of a batch in flight (the
+// halves of a bisect not yet sent) once its request is done, then lets the
+// lease go once its requests, its open pull and its acks are done.
 //
 // Calls go to lane KeyHash % SendConcurrency; a lane keeps its queue in
 // stream order (a nakked call that comes back goes before its key's later

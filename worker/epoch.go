@@ -63,7 +63,7 @@ func (o *ordered) takeLease(ctx context.Context) bool {
 			o.holding, o.epochStart, o.pin = true, time.Now(), ""
 			o.mu.Unlock()
 			o.w.m.deliveryLease.Set(1)
-			o.w.log.Info("took the ordered delivery lease: pulling and delivering", "consumer", o.cons.CachedInfo().Name)
+			o.w.log.Info("took the ordered delivery lease: pulling and delivering", "consumer", o.cons.CachedInfo().Name, "replica", o.lease.replica)
 			// A pin now is a replica's that died holding the lease (or of
 			// an older version, without one): a pull without the pin id
 			// would wait PinnedTTL behind it.

@@ -49,15 +49,15 @@ type ordered struct {
 	epochStart time.Time // when the epoch began: what was received before is not its own
 	lastUnpin  time.Time // when a stale pin was last cleared (pinLost)
 	pin        string    // the Nats-Pin-Id this replica was last delivered with in this epoch
-	inFlight int    // batches being sent
-	keys     *keyOrder
-	lanes    []*lane
-	gate     []*held // received while the barrier is closed
-	open     bool    // the barrier has passed since the pin was last gained
-	closing  bool    // the reader has stopped: lanes end once empty
-	changed  chan struct{}
-	one      [1]*held  // routeLocked's scratch
-	bodies   sync.Pool // *[]byte: batch bodies, recycled once sent
+	inFlight   int       // batches being sent
+	keys       *keyOrder
+	lanes      []*lane
+	gate       []*held // received while the barrier is closed
+	open       bool    // the barrier has passed since the pin was last gained
+	closing    bool    // the reader has stopped: lanes end once empty
+	changed    chan struct{}
+	one        [1]*held  // routeLocked's scratch
+	bodies     sync.Pool // *[]byte: batch bodies, recycled once sent
 	// drainedAt is when the source last said it was drained (a call read
 	// with nothing pending behind it); zero once a call came that was not.
 	// Every lane's partial batch then goes after the linger.

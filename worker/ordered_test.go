@@ -112,7 +112,7 @@ func TestOrderedLanesKeepKeyOrderAcrossNaks(t *testing.T) {
 			w.opts.setDefaults()
 			o := newOrdered(w, nil, newLeases[*held](time.Second), nil, heldLease())
 			o.open, o.pin, o.holding, o.closing = true, "p", true, true // closing: every batch is due at once
-			var sent []*held                           // first sends, in order
+			var sent []*held                                            // first sends, in order
 			seen := map[uint64]bool{}
 			var last []*held
 			send := func() bool {
