@@ -61,6 +61,14 @@ func (w *settler) writeDeadLetter(ctx context.Context, h *held, reason deadlette
 		w.settle(h, "nak", h.msg.NakWithDelay(w.retryDLQ))
 		return
 	}
+	if w.mayTerm != nil && !w.mayTerm(h) {
+		// Written, but a term now could reach the server after the
+		// ordered delivery lease ran out (holder.go): hand it back. The
+		// next holder writes it again with the same Nats-Msg-Id, which
+		// the dead-letter stream drops as a duplicate, and terminates it.
+		w.settle(h, "nak", h.msg.Nak())
+		return
+	}
 	w.m.deadLetters.WithLabelValues(reason.String()).Inc()
 	w.log.Warn("dead-lettered", "reason", reason.String(), "status", status, "subject", h.msg.Subject(),
 		"stream_seq", h.seq, "deliveries", h.deliveries, "detail", truncate(detail, 300))

@@ -150,3 +150,9 @@ func (w *Worker) blockKey(h *held) {
 		w.ord.nakked(h)
 	}
 }
+
+// mayTerm tells the settler whether h may be terminated now: an ordered
+// call only while this replica may ack (see ordered.mayAck).
+func (w *Worker) mayTerm(h *held) bool {
+	return w.ord == nil || !h.ordered || w.ord.mayAck()
+}

@@ -63,7 +63,7 @@ func (o *ordered) takeLease(ctx context.Context) bool {
 			o.holding, o.epochStart, o.pin = true, time.Now(), ""
 			o.mu.Unlock()
 			o.w.m.deliveryLease.Set(1)
-			o.w.log.Info("took the ordered delivery lease: pulling and delivering", "consumer", o.cons.CachedInfo().Name, "replica", o.lease.replica)
+			o.w.log.Info("took the ordered delivery lease: pulling and delivering", "consumer", o.consumerName(), "replica", o.lease.replica)
 			// A pin now is a replica's that died holding the lease (or of
 			// an older version, without one): a pull without the pin id
 			// would wait PinnedTTL behind it.
@@ -71,10 +71,10 @@ func (o *ordered) takeLease(ctx context.Context) bool {
 			signal(o.in.freed)
 			return true
 		case err != nil && ctx.Err() == nil:
-			o.w.log.Warn("could not take the ordered delivery lease; trying again", "consumer", o.cons.CachedInfo().Name, "err", err)
+			o.w.log.Warn("could not take the ordered delivery lease; trying again", "consumer", o.consumerName(), "err", err)
 		case !waiting && err == nil:
 			waiting = true
-			o.w.log.Info("another replica holds the ordered delivery lease; waiting for it", "consumer", o.cons.CachedInfo().Name,
+			o.w.log.Info("another replica holds the ordered delivery lease; waiting for it", "consumer", o.consumerName(),
 				"key", o.lease.key, "holder", o.holderName(ctx))
 		}
 		select {
@@ -115,7 +115,7 @@ func (o *ordered) keepLease(ctx context.Context) {
 			o.endEpoch(endLeaseLost)
 			return
 		case err != nil && ctx.Err() == nil:
-			o.w.log.Warn("renewing the ordered delivery lease failed; trying again", "consumer", o.cons.CachedInfo().Name,
+			o.w.log.Warn("renewing the ordered delivery lease failed; trying again", "consumer", o.consumerName(),
 				"valid_for", time.Until(o.lease.end()).Round(time.Millisecond).String(), "err", err)
 		}
 	}
@@ -138,7 +138,7 @@ func (o *ordered) endEpochLocked(why string) {
 	o.holding, o.pin = false, ""
 	o.loseLocked()
 	o.w.m.epochsEnded.WithLabelValues(why).Inc()
-	o.w.log.Warn("letting the ordered delivery lease go; handing back what is not in flight", "consumer", o.cons.CachedInfo().Name, "reason", why)
+	o.w.log.Warn("letting the ordered delivery lease go; handing back what is not in flight", "consumer", o.consumerName(), "reason", why)
 	signal(o.end)
 	if o.in != nil {
 		signal(o.in.freed) // the intake: no more pulls
@@ -179,7 +179,7 @@ func (o *ordered) letGo(ctx context.Context) {
 		if err != nil {
 			// Acks that may still reach the server: keep the lease until
 			// it runs out rather than let another replica count them.
-			o.w.log.Warn("could not flush acks before letting the ordered delivery lease go; leaving it to expire", "consumer", o.cons.CachedInfo().Name,
+			o.w.log.Warn("could not flush acks before letting the ordered delivery lease go; leaving it to expire", "consumer", o.consumerName(),
 				"expires_in", time.Until(o.lease.end().Add(leaseMargin)).Round(time.Second).String(), "err", err)
 			o.lease.drop()
 			o.w.m.deliveryLease.Set(0)
@@ -188,7 +188,7 @@ func (o *ordered) letGo(ctx context.Context) {
 	}
 	o.unpin(ctx)
 	if err := o.lease.release(ctx); err != nil {
-		o.w.log.Warn("could not release the ordered delivery lease; it expires by itself", "consumer", o.cons.CachedInfo().Name, "err", err)
+		o.w.log.Warn("could not release the ordered delivery lease; it expires by itself", "consumer", o.consumerName(), "err", err)
 	}
 	o.w.m.deliveryLease.Set(0)
 }
@@ -200,10 +200,10 @@ func (o *ordered) unpin(ctx context.Context) {
 	defer cancel()
 	stream, err := o.w.js.Stream(ctx, o.w.opts.Stream)
 	if err == nil {
-		err = stream.UnpinConsumer(ctx, o.cons.CachedInfo().Name, PriorityGroup)
+		err = stream.UnpinConsumer(ctx, o.consumerName(), PriorityGroup)
 	}
 	if err != nil {
-		o.w.log.Warn("could not unpin the consumer; the next replica is pinned once the pin expires", "consumer", o.cons.CachedInfo().Name,
+		o.w.log.Warn("could not unpin the consumer; the next replica is pinned once the pin expires", "consumer", o.consumerName(),
 			"pinned_ttl", PinnedTTL.String(), "err", err)
 	}
 }
@@ -255,4 +255,12 @@ func (o *ordered) handBack(calls []*held, why string) {
 		o.w.settle(h, "nak", h.msg.Nak())
 	}
 	o.endEpochLocked(why)
+}
+
+// consumerName is the batch consumer's name, for logs.
+func (o *ordered) consumerName() string {
+	if o.cons == nil { // tests of the lanes alone
+		return ""
+	}
+	return o.cons.CachedInfo().Name
 }

@@ -209,3 +209,6 @@ func settledAs(ms []*scriptedMsg) []string {
 	}
 	return out
 }
+
+// Conn is no connection: the worker's checks of it pass.
+func (j *fakeJS) Conn() *nats.Conn { return nil }

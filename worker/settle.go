@@ -31,10 +31,11 @@ type settlement struct {
 // to, and the ordered path's hook for a nak (blockKey).
 type settler struct {
 	js       jetstream.JetStream
-	stream   string        // recorded on dead letters
-	version  string        // recorded on dead letters
-	retryDLQ time.Duration // nak delay when a dead letter cannot be written
-	blockKey func(*held)   // told of a nak before it is sent (see Worker.blockKey)
+	stream   string           // recorded on dead letters
+	version  string           // recorded on dead letters
+	retryDLQ time.Duration    // nak delay when a dead letter cannot be written
+	blockKey func(*held)      // told of a nak before it is sent (see Worker.blockKey)
+	mayTerm  func(*held) bool // whether a dead letter's original may be terminated now (see Worker.mayTerm)
 	log      *slog.Logger
 	m        *metrics
 	health   *jsHealth

@@ -54,7 +54,7 @@ func New(js jetstream.JetStream, sender Sender, opts Options) (*Worker, error) {
 		slabs: newSlabs()}
 	w.retrier = newRetrier(opts, w.log, w.m)
 	w.settler = &settler{js: js, stream: opts.Stream, version: opts.Version, retryDLQ: opts.NakDelay,
-		blockKey: w.blockKey, log: w.log, m: w.m, health: w.health}
+		blockKey: w.blockKey, mayTerm: w.mayTerm, log: w.log, m: w.m, health: w.health}
 	w.track = &trackRunner{retrier: w.retrier, settler: w.settler, pause: &w.trackPause, track: opts.Track, delivery: opts.Delivery,
 		maxDeliver: opts.MaxDeliver, nakDelay: opts.NakDelay, m: w.m, log: w.log}
 	w.triggers = &triggerRunner{retrier: w.retrier, settler: w.settler, pause: &w.appPause, app: opts.App,
