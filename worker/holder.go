@@ -148,6 +148,13 @@ func (l *deliveryLease) renew(ctx context.Context) error {
 	defer cancel()
 	start := l.now()
 	next, err := l.store.Replace(ctx, l.key, l.value(), rev, l.ttl)
+	if errors.Is(err, jetstream.ErrKeyRevisionMismatch) {
+		// A renewal that timed out may have been written after all: the
+		// key is still this replica's, at a revision it did not hear of.
+		if e, gerr := l.store.Get(ctx, l.key); gerr == nil && e.value == l.value() && e.rev > rev {
+			next, err = l.store.Replace(ctx, l.key, l.value(), e.rev, l.ttl)
+		}
+	}
 	if errors.Is(err, jetstream.ErrKeyRevisionMismatch) || errors.Is(err, jetstream.ErrKeyNotFound) {
 		l.drop()
 		return errLeaseLost

@@ -166,3 +166,36 @@ func TestParseDeliveryLease(t *testing.T) {
 		}
 	}
 }
+
+// TestDeliveryLeaseRenewalHeardLate: a renewal that timed out on the way
+// back but was written leaves the key at a revision the holder did not
+// hear of; the next renewal finds the key still its own and goes on,
+// instead of losing the lease and waiting out its own TTL.
+func TestDeliveryLeaseRenewalHeardLate(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		ctx := context.Background()
+		store := newFakeTurnStore()
+		a := newDeliveryLease(store, "cio-relay", "a", 0)
+		if ok, _ := a.acquire(ctx); !ok {
+			t.Fatal("A could not take a free lease")
+		}
+		// The write of a renewal whose answer was lost.
+		if _, err := store.Replace(ctx, a.key, a.value(), a.rev, a.ttl); err != nil {
+			t.Fatal(err)
+		}
+		if err := a.renew(ctx); err != nil {
+			t.Fatalf("renew after a renewal heard late: %v", err)
+		}
+		if _, ok := a.sendBy(); !ok {
+			t.Fatal("A may not send")
+		}
+		// Another replica's key is not adopted.
+		b := newDeliveryLease(store, "cio-relay", "b", 0)
+		store.mu.Lock()
+		store.keys[a.key] = fakeTurn{value: b.value(), rev: 99, expires: time.Now().Add(time.Hour)}
+		store.mu.Unlock()
+		if err := a.renew(ctx); !errors.Is(err, errLeaseLost) {
+			t.Fatalf("A renewed B's key: %v", err)
+		}
+	})
+}

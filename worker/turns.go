@@ -96,6 +96,7 @@ const (
 type turnEntry struct {
 	value   string
 	created time.Time
+	rev     uint64
 }
 
 // turnStore is the part of the KV bucket turns use. Create fails with

@@ -82,7 +82,7 @@ func (s *fakeTurnStore) Get(_ context.Context, key string) (turnEntry, error) {
 	if !ok {
 		return turnEntry{}, jetstream.ErrKeyNotFound
 	}
-	return turnEntry{value: k.value, created: k.created.Add(s.skew)}, nil
+	return turnEntry{value: k.value, created: k.created.Add(s.skew), rev: k.rev}, nil
 }
 
 func (s *fakeTurnStore) Replace(_ context.Context, key, value string, rev uint64, ttl time.Duration) (uint64, error) {

@@ -80,7 +80,7 @@ func (s *kvTurns) Get(ctx context.Context, key string) (turnEntry, error) {
 	if err != nil {
 		return turnEntry{}, err
 	}
-	return turnEntry{value: string(e.Value()), created: e.Created()}, nil
+	return turnEntry{value: string(e.Value()), created: e.Created(), rev: e.Revision()}, nil
 }
 
 // Replace is Update with a TTL, which KeyValue.Update cannot set: a publish
