@@ -5,6 +5,7 @@ import (
 	"errors"
 
 	"github.com/cio-relay/cio-relay/batcher"
+	"github.com/cio-relay/cio-relay/event"
 	"github.com/cio-relay/cio-relay/sink"
 )
 
@@ -70,7 +71,7 @@ func (w *Worker) deliver(ctx context.Context, calls []*held, body []byte, split 
 	case split != nil:
 		stop = func(err error) bool { return true } // one try: see serverErrorSplit
 	case ordered:
-		stop = stopNotHolder
+		stop = w.ord.stop
 	}
 	if ordered {
 		send = w.ord.leased(send)
@@ -99,6 +100,10 @@ func (w *Worker) deliver(ctx context.Context, calls []*held, body []byte, split 
 		w.m.batches.WithLabelValues("delivered").Inc()
 		w.m.batchBytes.Observe(float64(len(body)))
 		w.m.batchCalls.Observe(float64(len(calls)))
+		if ordered {
+			w.ord.ackDelivered(calls)
+			return
+		}
 	}
 	if !w.settleCalls(ctx, calls, s) {
 		switch s.Class {
@@ -151,8 +156,12 @@ func (w *Worker) blockKey(h *held) {
 	}
 }
 
-// mayTerm tells the settler whether h may be terminated now: an ordered
-// call only while this replica may ack (see ordered.mayAck).
+// mayTerm tells the settler whether h may be terminated now: a message of
+// the ordered batch consumer only while this replica may ack (see
+// ordered.mayAck).
 func (w *Worker) mayTerm(h *held) bool {
-	return w.ord == nil || !h.ordered || w.ord.mayAck()
+	// The batch consumer's messages have a call type (an invalid one
+	// too, dead-lettered before it is marked ordered); the direct
+	// consumers' have none and no lease.
+	return w.ord == nil || h.typ == event.Unknown || w.ord.mayAck()
 }

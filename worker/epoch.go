@@ -27,10 +27,6 @@ const (
 // not (or not for long enough) the holder of the delivery lease.
 var errNotHolder = errors.New("not the holder of the ordered delivery lease")
 
-// stopNotHolder is attempt's stop for ordered requests: no retry once the
-// lease is not this replica's.
-func stopNotHolder(err error) bool { return errors.Is(err, errNotHolder) }
-
 // runEpochs takes the lease whenever it is free, keeps it while this
 // replica delivers, and lets it go when an epoch ends, until ctx is done.
 // The lease held at the end is let go by run, after the last sends (its
@@ -42,6 +38,12 @@ func (o *ordered) runEpochs(ctx context.Context) {
 			return
 		}
 		o.letGo(ctx)
+		o.mu.Lock()
+		closing := o.closing
+		o.mu.Unlock()
+		if closing {
+			return // stopping: not worth taking again for the drain
+		}
 	}
 }
 
@@ -51,7 +53,14 @@ func (o *ordered) takeLease(ctx context.Context) bool {
 	t := time.NewTicker(leasePoll)
 	defer t.Stop()
 	waiting := false
+	var warned time.Time
 	for {
+		o.mu.Lock()
+		closing := o.closing
+		o.mu.Unlock()
+		if closing {
+			return false
+		}
 		ok, err := o.lease.acquire(ctx)
 		switch {
 		case ok:
@@ -70,8 +79,9 @@ func (o *ordered) takeLease(ctx context.Context) bool {
 			o.unpin(ctx)
 			signal(o.in.freed)
 			return true
-		case err != nil && ctx.Err() == nil:
-			o.w.log.Warn("could not take the ordered delivery lease; trying again", "consumer", o.consumerName(), "err", err)
+		case err != nil && ctx.Err() == nil && time.Since(warned) >= time.Minute:
+			warned = time.Now()
+			o.w.log.Warn("could not take the ordered delivery lease; trying again every 250ms (logged once a minute)", "consumer", o.consumerName(), "err", err)
 		case !waiting && err == nil:
 			waiting = true
 			o.w.log.Info("another replica holds the ordered delivery lease; waiting for it", "consumer", o.consumerName(),
@@ -212,8 +222,39 @@ func (o *ordered) unpin(ctx context.Context) {
 // epoch.
 func (o *ordered) mayPull() bool {
 	o.mu.Lock()
+	holding := o.holding
+	o.mu.Unlock()
+	return holding && o.lease.valid()
+}
+
+// stopRetrying is attempt's stop for ordered requests: no retry once the
+// lease is not this replica's, or its epoch has ended (the calls are
+// handed back, not kept through a backoff).
+func (o *ordered) stopRetrying(err error) bool {
+	if errors.Is(err, errNotHolder) {
+		return true
+	}
+	o.mu.Lock()
 	defer o.mu.Unlock()
-	return o.holding
+	return !o.holding
+}
+
+// ackDelivered acks a delivered ordered batch, each call only while the
+// lease lets this replica ack: an ack that blocks (a congested connection)
+// must not carry the next ones past the lease's end. What it may not ack
+// any more it hands back, ending the epoch.
+func (o *ordered) ackDelivered(calls []*held) {
+	byType := o.w.m.deliveredByType
+	for i, h := range calls {
+		if !o.mayAck() {
+			o.handBack(calls[i:], endNotAcked)
+			return
+		}
+		byType.inc(h.typ)
+		if err := h.msg.Ack(); err != nil {
+			o.w.settle(h, "ack", err)
+		}
+	}
 }
 
 // leased wraps an ordered request: it is sent only within an epoch, and

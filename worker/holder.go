@@ -120,7 +120,17 @@ func (l *deliveryLease) acquire(ctx context.Context) (bool, error) {
 	start := l.now()
 	rev, err := l.store.Create(ctx, l.key, l.value(), l.ttl)
 	if errors.Is(err, jetstream.ErrKeyExists) {
-		return false, nil
+		// Perhaps this replica's own: a create or renewal written, its
+		// answer lost (a KV leader election, say). Adopted, it is not
+		// waited out.
+		e, gerr := l.store.Get(ctx, l.key)
+		if gerr != nil || e.value != l.value() {
+			return false, nil
+		}
+		start = l.now()
+		if rev, err = l.store.Replace(ctx, l.key, l.value(), e.rev, l.ttl); err != nil {
+			return false, nil
+		}
 	}
 	if err != nil {
 		return false, fmt.Errorf("taking the ordered delivery lease %s: %w", l.key, err)
@@ -144,7 +154,8 @@ func (l *deliveryLease) renew(ctx context.Context) error {
 		l.drop()
 		return errLeaseLost
 	}
-	ctx, cancel := context.WithTimeout(ctx, markTimeout)
+	// A renewal answered after the lease's end is worth nothing.
+	ctx, cancel := context.WithTimeout(ctx, min(markTimeout, l.end().Sub(l.now())))
 	defer cancel()
 	start := l.now()
 	next, err := l.store.Replace(ctx, l.key, l.value(), rev, l.ttl)

@@ -199,3 +199,45 @@ func TestDeliveryLeaseRenewalHeardLate(t *testing.T) {
 		}
 	})
 }
+
+// committingTimeoutStore is the turns bucket during a KV leader election:
+// the next write is made but its answer is lost, so the caller sees a
+// timeout.
+type committingTimeoutStore struct {
+	*fakeTurnStore
+	loseNextAnswer bool
+}
+
+func (s *committingTimeoutStore) Create(ctx context.Context, key, value string, ttl time.Duration) (uint64, error) {
+	rev, err := s.fakeTurnStore.Create(ctx, key, value, ttl)
+	if err == nil && s.loseNextAnswer {
+		s.loseNextAnswer = false
+		return 0, errUnreachable
+	}
+	return rev, err
+}
+
+// TestDeliveryLeaseTakenButNotHeard: a take whose create was written but
+// whose answer was lost leaves this replica's own key; the next try adopts
+// it rather than waiting out the TTL, and no other replica can take it.
+func TestDeliveryLeaseTakenButNotHeard(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		ctx := context.Background()
+		store := &committingTimeoutStore{fakeTurnStore: newFakeTurnStore(), loseNextAnswer: true}
+		a := newDeliveryLease(store, "cio-relay", "a-1a2b3c", 0)
+		b := newDeliveryLease(store, "cio-relay", "b-4d5e6f", 0)
+		if ok, err := a.acquire(ctx); ok || err == nil {
+			t.Fatalf("a take with its answer lost: %v, %v; want a timeout", ok, err)
+		}
+		time.Sleep(leasePoll)
+		if ok, err := b.acquire(ctx); ok || err != nil {
+			t.Fatalf("B took A's key: %v, %v", ok, err)
+		}
+		if ok, err := a.acquire(ctx); !ok || err != nil {
+			t.Fatalf("A's next take: %v, %v; want its own key adopted", ok, err)
+		}
+		if _, ok := a.sendBy(); !ok {
+			t.Fatal("A may not send")
+		}
+	})
+}

@@ -40,9 +40,10 @@ type ordered struct {
 	w      *Worker
 	cons   jetstream.Consumer
 	leases *leases[*held]
-	lease  *deliveryLease // whose epoch it is (holder.go, epoch.go)
-	in     *intake        // the batch intake: pulls only in an epoch
-	end    chan struct{}  // cap 1: the epoch has ended
+	lease  *deliveryLease   // whose epoch it is (holder.go, epoch.go)
+	in     *intake          // the batch intake: pulls only in an epoch
+	end    chan struct{}    // cap 1: the epoch has ended
+	stop   func(error) bool // stopRetrying, made once
 
 	mu         sync.Mutex
 	holding    bool      // in an epoch: this replica holds the lease and delivers
@@ -67,6 +68,7 @@ type ordered struct {
 func newOrdered(w *Worker, cons jetstream.Consumer, leases *leases[*held], in *intake, lease *deliveryLease) *ordered {
 	o := &ordered{w: w, cons: cons, leases: leases, in: in, lease: lease, keys: newKeyOrder(),
 		changed: make(chan struct{}, 1), end: make(chan struct{}, 1)}
+	o.stop = o.stopRetrying
 	for range w.opts.SendConcurrency {
 		o.lanes = append(o.lanes, &lane{wake: make(chan struct{}, 1)})
 	}
@@ -271,12 +273,9 @@ func (o *ordered) run(sendCtx, bgCtx context.Context, read func()) {
 	}
 	barrierCtx, stopBarrier := context.WithCancel(bgCtx)
 	defer stopBarrier()
-	go o.barrier(barrierCtx)
-	epochs := make(chan struct{})
-	go func() {
-		defer close(epochs)
-		o.runEpochs(barrierCtx)
-	}()
+	var background sync.WaitGroup
+	background.Go(func() { o.barrier(barrierCtx) })
+	background.Go(func() { o.runEpochs(barrierCtx) })
 	read()
 	o.close()
 	wg.Wait()
@@ -293,7 +292,7 @@ func (o *ordered) run(sendCtx, bgCtx context.Context, read func()) {
 	o.mu.Unlock()
 	// The last sends are done, the intake has stopped: let the lease go.
 	stopBarrier()
-	<-epochs
+	background.Wait()
 	if held {
 		o.w.m.epochsEnded.WithLabelValues(endStopped).Inc()
 	}
