@@ -13,7 +13,9 @@ import (
 )
 
 // TestFullPacerLeasesWhatWaits is #11 item 2's own reproduction: the App
-// API answers slowly (1.5 s, above the 1 s ack wait), so the triggers one
+// API answers slowly (3 s, above the 2 s ack wait; a 1 s ack wait left the
+// race detector on a loaded machine too little time to renew 1,300 leases
+// within it), so the triggers one
 // replica has taken pile up in its pacer until it is full (1,000), and the
 // ones it has received beyond that wait for room, leased or not. An
 // operator has set the broadcast consumer's MaxAckPending above the
@@ -25,11 +27,11 @@ import (
 func TestFullPacerLeasesWhatWaits(t *testing.T) {
 	const (
 		triggers = 1300
-		ackWait  = time.Second
+		ackWait  = 2 * time.Second
 	)
 	e := newEnv(t, ciotest.Options{AppKey: "app-key", Fault: func(r *ciotest.Request) *ciotest.Fault {
 		if r.API == ciotest.APIApp {
-			return &ciotest.Fault{Delay: 1500 * time.Millisecond, Slow: true}
+			return &ciotest.Fault{Delay: 3 * time.Second, Slow: true}
 		}
 		return nil
 	}})
@@ -71,7 +73,7 @@ func TestFullPacerLeasesWhatWaits(t *testing.T) {
 	}
 	redelivered := metricValue(t, first, "cio_relay_redeliveries_total") + metricValue(t, second, "cio_relay_redeliveries_total")
 	dead := streamMsgs(t, e.js, "CIO_DLQ")
-	t.Logf("%d triggers behind a full pacer, App API at 1.5s, ack wait %v: %d requests, %d sent more than once, %v redelivered, %d dead letters",
+	t.Logf("%d triggers behind a full pacer, App API at 3s, ack wait %v: %d requests, %d sent more than once, %v redelivered, %d dead letters",
 		triggers, ackWait, e.cio.Stats().Requests, twice, redelivered, dead)
 	if twice != 0 || redelivered != 0 || dead != 0 {
 		t.Errorf("%d triggers sent more than once, %v redelivered, %d dead-lettered; want none", twice, redelivered, dead)
