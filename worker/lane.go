@@ -45,11 +45,13 @@ func (o *ordered) runLane(ctx context.Context, l *lane) {
 		o.bodies.Put(body)
 		o.mu.Lock()
 		o.inFlight--
+		gone := batch[:0] // batch is this lane's own (takeLocked), not used again
 		for _, h := range batch {
 			if !h.parked { // parked: set aside by filter, still held
-				o.leases.remove(h)
+				gone = append(gone, h)
 			}
 		}
+		o.letGo(gone)
 		o.mu.Unlock()
 		signal(o.changed)
 	}
@@ -75,7 +77,8 @@ func (o *ordered) take(l *lane) (batch []*held, wait time.Duration, done bool) {
 		// would refuse it too.
 		o.w.deadLetter(context.Background(), tooLarge, event.ReasonTooLarge, 0,
 			fmt.Sprintf("call of %d bytes does not fit a batch of %d", len(tooLarge.call), o.w.opts.BatchMaxBytes))
-		o.leases.remove(tooLarge)
+		// Out of the lane's queue and in no batch: this lane's alone.
+		o.letGo([]*held{tooLarge})
 		return nil, 0, false
 	}
 	return batch, wait, done

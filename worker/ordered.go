@@ -151,8 +151,8 @@ func (o *ordered) dropDisplacedLocked() {
 	}
 	for _, h := range o.keys.displaced {
 		h.parked = false
-		o.leases.remove(h)
 	}
+	o.letGo(o.keys.displaced)
 	o.keys.displaced = o.keys.displaced[:0]
 }
 
@@ -181,8 +181,8 @@ func (o *ordered) loseLocked() {
 	for _, h := range back {
 		h.parked = false
 		o.w.settle(h, "nak", h.msg.Nak())
-		o.leases.remove(h)
 	}
+	o.letGo(back)
 }
 
 // nakked records that h was handed back: its key waits for it.
@@ -255,8 +255,8 @@ func (o *ordered) run(sendCtx, bgCtx context.Context, read func()) {
 	for _, h := range back {
 		h.parked = false
 		o.w.settle(h, "nak", h.msg.Nak())
-		o.leases.remove(h)
 	}
+	o.letGo(back)
 }
 
 // close says the reader has stopped: lanes send what they have and end;
@@ -268,10 +268,23 @@ func (o *ordered) close() {
 	for _, h := range o.gate {
 		h.parked = false
 		o.w.settle(h, "nak", h.msg.Nak())
-		o.leases.remove(h)
 	}
+	o.letGo(o.gate)
 	o.gate = nil
 	for _, l := range o.lanes {
 		signal(l.wake)
 	}
+}
+
+// letGo ends the ordered path's hold of calls it will not send again: they
+// were delivered, nakked, dead-lettered or handed back, or are an older copy
+// a redelivery displaced. Their leases end, and their slab references
+// (prepare) are released: nothing reads their bytes after this. The caller
+// holds o.mu, or is the only one that can reach the calls (a lane's call
+// too large for a batch); so a call let go twice (set aside by filter and
+// handed back while its batch was in flight) finds its slab gone the second
+// time, and releases nothing.
+func (o *ordered) letGo(calls []*held) {
+	o.leases.remove(calls...)
+	releaseCalls(calls)
 }
