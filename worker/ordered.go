@@ -50,8 +50,7 @@ type ordered struct {
 	open     bool    // the barrier has passed since the pin was last gained
 	closing  bool    // the reader has stopped: lanes end once empty
 	changed  chan struct{}
-	one      [1]*held  // routeLocked's scratch
-	bodies   sync.Pool // *[]byte: batch bodies, recycled once sent
+	one      [1]*held // routeLocked's scratch
 	// drainedAt is when the source last said it was drained (a call read
 	// with nothing pending behind it); zero once a call came that was not.
 	// Every lane's partial batch then goes after the linger.
