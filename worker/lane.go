@@ -17,6 +17,7 @@ type lane struct {
 	wake   chan struct{} // cap 1: the queue changed
 	oldest time.Time     // when the first call now queued was queued
 	linger time.Time     // when a drained call was queued, zero if none
+	bytes  int           // the queued calls' bytes, each with its comma
 	// body is the request body of the batch being sent, rebuilt in place
 	// for each: a lane sends one batch at a time, so one buffer of
 	// BatchMaxBytes is all it needs, and it is never handed to the garbage
@@ -69,6 +70,19 @@ func (o *ordered) runLane(ctx context.Context, l *lane) {
 	}
 }
 
+// fullLocked reports whether l's queue holds more than a batch, or a
+// batch of BatchMaxCalls: takeLocked sends it at once.
+//
+// A lane that waits is woken only when its queue gets its first call or
+// becomes full, when a drained call sets its linger, and at close: other
+// calls do not change when its batch is due. Woken on every call, a lane
+// waiting for its batch to fill took the lock and measured its whole queue
+// once per call queued, against the reader adding the next
+// (BenchmarkReadOrdered: 0.05–0.06 takes per call, now 0.005).
+func (o *ordered) fullLocked(l *lane) bool {
+	return len(l.queue) >= o.w.opts.BatchMaxCalls || batcher.Overhead+l.bytes > o.w.opts.BatchMaxBytes
+}
+
 // take returns the lane's next batch when it is due (full, or its oldest
 // call waited the flush interval, or a linger passed after a drained call),
 // else how long to wait; done once closing and empty.
@@ -114,6 +128,7 @@ func (o *ordered) takeLocked(l *lane) (batch []*held, tooLarge *held, wait time.
 		// A call larger than a batch: the batcher's limit, dead-lettered.
 		h := l.queue[0]
 		l.queue = l.queue[1:]
+		l.bytes -= len(h.call) + 1
 		h.parked = false
 		return nil, h, 0, false
 	}
@@ -122,6 +137,7 @@ func (o *ordered) takeLocked(l *lane) (batch []*held, tooLarge *held, wait time.
 	}
 	batch = slices.Clone(l.queue[:n])
 	l.queue = slices.Delete(l.queue, 0, n)
+	l.bytes -= size - batcher.Overhead
 	for _, h := range batch {
 		h.parked = false
 	}

@@ -116,7 +116,8 @@ func (o *ordered) routeLocked(h *held, now time.Time) {
 func (o *ordered) queueLocked(calls []*held, now time.Time) {
 	for _, r := range calls {
 		l := o.lanes[r.key%uint64(len(o.lanes))]
-		if len(l.queue) == 0 {
+		empty, full := len(l.queue) == 0, o.fullLocked(l)
+		if empty {
 			l.oldest = now
 		}
 		if n := len(l.queue); n == 0 || l.queue[n-1].seq <= r.seq {
@@ -127,7 +128,11 @@ func (o *ordered) queueLocked(calls []*held, now time.Time) {
 			i, _ := slices.BinarySearchFunc(l.queue, r.seq+1, func(q *held, s uint64) int { return cmpUint(q.seq, s) })
 			l.queue = slices.Insert(l.queue, i, r)
 		}
-		signal(l.wake)
+		l.bytes += len(r.call) + 1
+		if empty || (!full && o.fullLocked(l)) {
+			// Only these change when the lane's batch is due (see fullLocked).
+			signal(l.wake)
+		}
 		if r.drained {
 			// The source is drained for every lane, not just this call's:
 			// each partial batch goes after the linger.
@@ -172,7 +177,7 @@ func (o *ordered) loseLocked() {
 	back := o.keys.reset()
 	for _, l := range o.lanes {
 		back = append(back, l.queue...)
-		l.queue, l.linger = nil, time.Time{}
+		l.queue, l.bytes, l.linger = nil, 0, time.Time{}
 	}
 	back = append(back, o.gate...)
 	o.gate = nil
