@@ -150,9 +150,11 @@ func TestOrderedRecycledSlabsKeepEveryCallIntact(t *testing.T) {
 	}
 	made := w.slabs.made.Load()
 	filled := calls * (padLen + 200) / slabSize
-	// Not recycled, made would be about filled; a third less is enough to
-	// show that calls were prepared into slabs other calls had used.
-	if made*3 > int64(filled)*2 {
+	// Not recycled, made would be filled and more (redelivered calls are
+	// prepared again), or nothing (slabs from no pool are not counted);
+	// 27–39 were made in runs that recycled. Fewer than filled shows that
+	// calls were prepared into slabs others had used.
+	if made == 0 || made >= int64(filled) {
 		t.Errorf("%d slabs allocated for about %d slabs' worth of calls: not recycled", made, filled)
 	}
 	t.Logf("%d slabs allocated for about %d slabs' worth of calls; %d requests, %d accepted", made, filled, sender.requests(), len(accepted))
