@@ -152,7 +152,7 @@ func (o *ordered) openLocked() {
 			// Two copies of one sequence: the later delivery is the live
 			// one; this one's lease is gone.
 			h.parked = false
-			o.leases.remove(h)
+			o.dropCalls([]*held{h})
 			continue
 		}
 		o.routeLocked(h, now)

@@ -2,7 +2,9 @@ package worker
 
 import (
 	"context"
+	"fmt"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -109,5 +111,54 @@ func BenchmarkReadToBatches(b *testing.B) {
 	}
 	if n != b.N {
 		b.Fatalf("%d calls batched, want %d", n, b.N)
+	}
+}
+
+// BenchmarkReadOrdered is BenchmarkReadToBatches for the ordered path, as
+// Run wires it with the barrier open: calls prepared into slabs, routed to
+// lanes by key (64 people), packed and sent to a Customer.io that accepts
+// everything, acked and let go. Per op: one call.
+func BenchmarkReadOrdered(b *testing.B) {
+	w, err := New(&fakeJS{}, acceptAll{}, Options{Ordering: true})
+	if err != nil {
+		b.Fatal(err)
+	}
+	var msgs []*scriptedMsg
+	for u := range 64 {
+		body := fmt.Sprintf(`{"type":"track","userId":"user-%d","event":"Order Completed","properties":{"note":"%s","total":12.5}}`,
+			u, strings.Repeat("x", 900))
+		m := newScriptedMsg("cio.track", body, 12345, 1)
+		m.discard = true
+		msgs = append(msgs, m)
+	}
+	leases := newLeases[*held](time.Hour)
+	w.ord = newOrdered(w, nil, leases, &intake{freed: make(chan struct{}, 1)}, heldLease())
+	w.ord.open, w.ord.holding = true, true
+	hs := make([]held, b.N)
+	for i := range hs {
+		if _, ok := w.hold(msgs[i%len(msgs)], "bench.", leases, func() *held { return &hs[i] }); !ok {
+			b.Fatal("not held")
+		}
+	}
+	in := &intake{queue: make(chan *held, 1000), freed: make(chan struct{}, 1)}
+	b.SetBytes(int64(len(msgs[0].data)))
+	b.ReportAllocs()
+	b.ResetTimer()
+	go func() {
+		for i := range hs {
+			in.queue <- &hs[i]
+		}
+		close(in.queue)
+	}()
+	var wg sync.WaitGroup
+	for _, l := range w.ord.lanes {
+		wg.Go(func() { w.ord.runLane(context.Background(), l) })
+	}
+	w.read(context.Background(), in, leases, nil)
+	w.ord.close()
+	wg.Wait()
+	b.StopTimer()
+	if n := leases.len(); n != 0 {
+		b.Fatalf("%d calls still leased", n)
 	}
 }

@@ -57,8 +57,7 @@ type ordered struct {
 	open       bool    // the barrier has passed since the pin was last gained
 	closing    bool    // the reader has stopped: lanes end once empty
 	changed    chan struct{}
-	one        [1]*held  // routeLocked's scratch
-	bodies     sync.Pool // *[]byte: batch bodies, recycled once sent
+	one        [1]*held // routeLocked's scratch
 	// drainedAt is when the source last said it was drained (a call read
 	// with nothing pending behind it); zero once a call came that was not.
 	// Every lane's partial batch then goes after the linger.
@@ -83,7 +82,7 @@ func (o *ordered) add(h *held, pin string, drained bool) {
 		// Not this epoch's: the last pull of one that ended, or received
 		// before this one began. Another replica may have acked it since.
 		o.w.settle(h, "nak", h.msg.Nak())
-		o.leases.remove(h)
+		o.dropCalls([]*held{h})
 		return
 	}
 	if pin != o.pin {
@@ -92,7 +91,7 @@ func (o *ordered) add(h *held, pin string, drained bool) {
 			// replica (an older version, without the lease) may have
 			// delivered meanwhile.
 			o.w.settle(h, "nak", h.msg.Nak())
-			o.leases.remove(h)
+			o.dropCalls([]*held{h})
 			o.endEpochLocked(endPinLost)
 			return
 		}
@@ -135,7 +134,8 @@ func (o *ordered) routeLocked(h *held, now time.Time) {
 func (o *ordered) queueLocked(calls []*held, now time.Time) {
 	for _, r := range calls {
 		l := o.lanes[r.key%uint64(len(o.lanes))]
-		if len(l.queue) == 0 {
+		empty, full := len(l.queue) == 0, o.fullLocked(l)
+		if empty {
 			l.oldest = now
 		}
 		if n := len(l.queue); n == 0 || l.queue[n-1].seq <= r.seq {
@@ -146,7 +146,11 @@ func (o *ordered) queueLocked(calls []*held, now time.Time) {
 			i, _ := slices.BinarySearchFunc(l.queue, r.seq+1, func(q *held, s uint64) int { return cmpUint(q.seq, s) })
 			l.queue = slices.Insert(l.queue, i, r)
 		}
-		signal(l.wake)
+		l.bytes += len(r.call) + 1
+		if empty || (!full && o.fullLocked(l)) {
+			// Only these change when the lane's batch is due (see fullLocked).
+			signal(l.wake)
+		}
 		if r.drained {
 			// The source is drained for every lane, not just this call's:
 			// each partial batch goes after the linger.
@@ -169,8 +173,8 @@ func (o *ordered) dropDisplacedLocked() {
 	}
 	for _, h := range o.keys.displaced {
 		h.parked = false
-		o.leases.remove(h)
 	}
+	o.dropCalls(o.keys.displaced)
 	o.keys.displaced = o.keys.displaced[:0]
 }
 
@@ -202,7 +206,7 @@ func (o *ordered) loseLocked() {
 	back := o.keys.reset()
 	for _, l := range o.lanes {
 		back = append(back, l.queue...)
-		l.queue, l.linger = nil, time.Time{}
+		l.queue, l.bytes, l.linger = nil, 0, time.Time{}
 	}
 	back = append(back, o.gate...)
 	o.gate = nil
@@ -210,8 +214,8 @@ func (o *ordered) loseLocked() {
 	for _, h := range back {
 		h.parked = false
 		o.w.settle(h, "nak", h.msg.Nak())
-		o.leases.remove(h)
 	}
+	o.dropCalls(back)
 }
 
 // nakked records that h was handed back: its key waits for it.
@@ -285,8 +289,8 @@ func (o *ordered) run(sendCtx, bgCtx context.Context, read func()) {
 	for _, h := range back {
 		h.parked = false
 		o.w.settle(h, "nak", h.msg.Nak())
-		o.leases.remove(h)
 	}
+	o.dropCalls(back)
 	held := o.holding
 	o.holding = false
 	o.mu.Unlock()
@@ -308,10 +312,23 @@ func (o *ordered) close() {
 	for _, h := range o.gate {
 		h.parked = false
 		o.w.settle(h, "nak", h.msg.Nak())
-		o.leases.remove(h)
 	}
+	o.dropCalls(o.gate)
 	o.gate = nil
 	for _, l := range o.lanes {
 		signal(l.wake)
 	}
+}
+
+// dropCalls ends the ordered path's hold of calls it will not send again: they
+// were delivered, nakked, dead-lettered or handed back, or are an older copy
+// a redelivery displaced. Their leases end, and their slab references
+// (prepare) are released: nothing reads their bytes after this. The caller
+// holds o.mu, or is the only one that can reach the calls (a lane's call
+// too large for a batch); so a call let go twice (set aside by filter and
+// handed back while its batch was in flight) finds its slab gone the second
+// time, and releases nothing.
+func (o *ordered) dropCalls(calls []*held) {
+	o.leases.remove(calls...)
+	releaseCalls(calls)
 }

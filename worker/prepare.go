@@ -37,14 +37,10 @@ func (w *Worker) read(ctx context.Context, in *intake, leases *leases[*held], ca
 	defer handOff()
 	var prep event.Preparer
 	// Calls are prepared into a slab shared by many calls rather than one
-	// allocation each. On the unordered path a slab is reused once every
-	// call in it is settled (see slab); the ordered path keeps calls in
-	// lanes and wait lists of its own, and leaves its slabs to the garbage
-	// collector.
+	// allocation each, and a slab is reused once every call in it is
+	// settled (see slab): by dispatch on the unordered path, by the ordered
+	// path wherever it lets a call go (see ordered.letGo).
 	pool := w.slabs
-	if w.ord != nil {
-		pool = nil
-	}
 	sl := pool.get(0)
 	defer func() { sl.release(1) }()
 	for h, ok := in.next(); ok; h, ok = in.next() {

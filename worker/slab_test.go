@@ -44,7 +44,7 @@ func TestSlabRefs(t *testing.T) {
 	if p.made.Load() != 2 {
 		t.Errorf("%d slabs made, want 2", p.made.Load())
 	}
-	var none *slabs // the ordered path: nothing recycled
+	var none *slabs // no pool: nothing recycled
 	if s := none.get(0); s.pool != nil {
 		t.Error("a slab from a nil pool is recycled")
 	}
