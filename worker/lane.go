@@ -130,6 +130,8 @@ func (o *ordered) takeLocked(l *lane) (batch []*held, tooLarge *held, wait time.
 		l.queue = l.queue[1:]
 		l.bytes -= len(h.call) + 1
 		h.parked = false
+		o.keys.gone(h) // never sent: its key's later calls need not wait for it
+		o.dropDisplacedLocked()
 		return nil, h, 0, false
 	}
 	if !full && !o.closing && now.Before(due) {

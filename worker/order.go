@@ -19,7 +19,10 @@ import (
 //
 // Calls released go to their key's lane, which sends one batch at a time in
 // stream order; a call already queued in a lane when its key
-// became blocked is taken out again at send time (eligible).
+// became blocked is taken out again at send time (eligible). A released
+// call keeps blocking its key until it is sent: a later call already in a
+// batch (the other half of a bisect whose first half was nakked and came
+// back meanwhile) must not go ahead of it, queued behind it in the lane.
 type keyOrder struct {
 	keys map[uint64]*keyState
 	// freed are calls released from wait lists by eligible or nakked: the
@@ -35,11 +38,18 @@ type keyOrder struct {
 type keyState struct {
 	blockers []uint64 // stream sequences nakked and not yet back, ascending
 	waiting  []*held  // leased, not yet released, ascending by seq
+	unsent   []uint64 // released to the lane, not yet sent, ascending
+}
+
+// empty reports whether nothing of the key is held back any more.
+func (ks *keyState) empty() bool {
+	return len(ks.blockers) == 0 && len(ks.waiting) == 0 && len(ks.unsent) == 0
 }
 
 func newKeyOrder() *keyOrder { return &keyOrder{keys: make(map[uint64]*keyState)} }
 
-// has reports whether key has state: blockers out or calls waiting.
+// has reports whether key has state: blockers out, calls waiting or
+// released and not yet sent.
 func (o *keyOrder) has(key uint64) bool { return o.keys[key] != nil }
 
 // add takes a call that arrived (new or redelivered) and returns the calls
@@ -83,10 +93,40 @@ func (o *keyOrder) release(key uint64, ks *keyState) []*held {
 	}
 	out := slices.Clone(ks.waiting[:n])
 	ks.waiting = slices.Delete(ks.waiting, 0, n)
-	if len(ks.blockers) == 0 && len(ks.waiting) == 0 {
+	for _, h := range out {
+		ks.unsent = insertSeq(ks.unsent, h.seq)
+	}
+	if ks.empty() {
 		delete(o.keys, key)
 	}
 	return out
+}
+
+// insertSeq adds seq to the ascending seqs, once.
+func insertSeq(seqs []uint64, seq uint64) []uint64 {
+	if i, ok := slices.BinarySearch(seqs, seq); !ok {
+		seqs = slices.Insert(seqs, i, seq)
+	}
+	return seqs
+}
+
+// removeSeq takes seq out of the ascending seqs, if there.
+func removeSeq(seqs []uint64, seq uint64) []uint64 {
+	if i, ok := slices.BinarySearch(seqs, seq); ok {
+		seqs = slices.Delete(seqs, i, i+1)
+	}
+	return seqs
+}
+
+// gone says a released call was let go without being sent (too large for
+// a batch: dead-lettered): it holds its key no longer.
+func (o *keyOrder) gone(h *held) {
+	ks := o.keys[h.key]
+	if ks == nil {
+		return
+	}
+	ks.unsent = removeSeq(ks.unsent, h.seq)
+	o.freed = append(o.freed, o.release(h.key, ks)...)
 }
 
 // eligible reports whether h may be sent now: nothing of its key before it
@@ -99,10 +139,10 @@ func (o *keyOrder) eligible(h *held) bool {
 	if ks == nil {
 		return true
 	}
-	if i, ok := slices.BinarySearch(ks.blockers, h.seq); ok {
-		ks.blockers = slices.Delete(ks.blockers, i, i+1)
-	}
-	if (len(ks.blockers) == 0 || h.seq < ks.blockers[0]) && (len(ks.waiting) == 0 || h.seq < ks.waiting[0].seq) {
+	ks.blockers = removeSeq(ks.blockers, h.seq)
+	ks.unsent = removeSeq(ks.unsent, h.seq) // it is being sent
+	if (len(ks.blockers) == 0 || h.seq < ks.blockers[0]) && (len(ks.waiting) == 0 || h.seq < ks.waiting[0].seq) &&
+		(len(ks.unsent) == 0 || h.seq < ks.unsent[0]) {
 		// What waited behind it may follow it now.
 		o.freed = append(o.freed, o.release(h.key, ks)...)
 		return true
@@ -129,8 +169,8 @@ func (o *keyOrder) nakked(h *held) {
 	}
 }
 
-// settled forgets the blockers at or below floor, the consumer's ack
-// floor, and releases what waited behind them. Such a sequence is acked
+// settled forgets the blockers (and released calls) at or below floor, the
+// consumer's ack floor, and releases what waited behind them. Such a sequence is acked
 // (another delivery of the call was accepted: a replica can hold two, after
 // a stale nak) or terminated, so the server ignored its nak and will not
 // deliver it again; waiting for it would hold the key's later calls,
@@ -138,10 +178,12 @@ func (o *keyOrder) nakked(h *held) {
 func (o *keyOrder) settled(floor uint64) {
 	for key, ks := range o.keys {
 		n, _ := slices.BinarySearch(ks.blockers, floor+1)
-		if n == 0 {
+		u, _ := slices.BinarySearch(ks.unsent, floor+1)
+		if n == 0 && u == 0 {
 			continue
 		}
 		ks.blockers = slices.Delete(ks.blockers, 0, n)
+		ks.unsent = slices.Delete(ks.unsent, 0, u)
 		o.freed = append(o.freed, o.release(key, ks)...)
 	}
 }

@@ -19,7 +19,7 @@ func seqs(calls []*held) []uint64 {
 // order. Key 1 is the person under test; key 2 another person.
 func TestKeyOrder(t *testing.T) {
 	type step struct {
-		op   string // "add": arrival; "nak": handed back; "send": eligibility at send time; "floor": the ack floor is seq
+		op   string // "add": arrival; "nak": handed back; "send": eligibility at send time; "floor": the ack floor is seq; "gone": let go unsent
 		key  uint64
 		seq  uint64
 		want []uint64 // add: released, in order; send: [seq] when eligible, else none
@@ -68,6 +68,26 @@ func TestKeyOrder(t *testing.T) {
 			{"floor", 0, 2, []uint64{3}}, // 4 is still out
 			{"floor", 0, 4, []uint64{5}},
 		}},
+		{"a blocker back does not let a later call already in flight overtake it", []step{
+			// A bisect: the half with 1 failed and was nakked; 1 came back
+			// (its nak delay is short) while the half with 5 was still to
+			// be sent. 5 must wait until 1 is sent.
+			{"nak", 1, 1, nil},
+			{"add", 1, 1, []uint64{1}},
+			{"send", 1, 5, nil},
+			{"send", 1, 1, []uint64{1, 5}},
+			{"send", 1, 5, []uint64{5}},
+		}},
+		{"a released call that never goes (too large) does not hold its key", []step{
+			{"nak", 1, 1, nil}, {"add", 1, 1, []uint64{1}},
+			{"gone", 1, 1, nil},
+			{"send", 1, 5, []uint64{5}},
+		}},
+		{"a released call under the ack floor does not hold its key", []step{
+			{"nak", 1, 1, nil}, {"add", 1, 1, []uint64{1}},
+			{"floor", 0, 1, nil},
+			{"send", 1, 5, []uint64{5}},
+		}},
 		{"nothing of a dead-lettered call blocks: it is never nakked", []step{
 			{"add", 1, 1, []uint64{1}}, {"add", 1, 2, []uint64{2}},
 		}},
@@ -83,6 +103,10 @@ func TestKeyOrder(t *testing.T) {
 					got = seqs(o.add(h))
 				case "nak":
 					o.nakked(h)
+				case "gone":
+					o.gone(h)
+					got = seqs(o.freed)
+					o.freed = nil
 				case "floor":
 					o.settled(s.seq)
 					got = seqs(o.freed)
@@ -110,7 +134,9 @@ func TestKeyOrderForgetsSettledKeys(t *testing.T) {
 	for k := range uint64(1000) {
 		o.nakked(&held{key: k, seq: k})
 		o.add(&held{key: k, seq: k + 5000})
-		o.add(&held{key: k, seq: k})
+		for _, h := range o.add(&held{key: k, seq: k}) {
+			o.eligible(h) // sent, as its lane does
+		}
 	}
 	if n := len(o.keys); n != 0 {
 		t.Fatalf("%d keys still have state", n)

@@ -110,9 +110,12 @@ func TestOrderedRecycledSlabsKeepEveryCallIntact(t *testing.T) {
 	mu.Lock()
 	defer mu.Unlock()
 	got := map[string]int{}
+	last := map[string]int{} // user → the latest call (i) accepted
+	outOfOrder := 0
 	for _, b := range accepted {
 		var batch struct {
 			Batch []struct {
+				UserID     string `json:"userId"`
 				Event      string `json:"event"`
 				Properties struct {
 					I   int    `json:"i"`
@@ -129,7 +132,16 @@ func TestOrderedRecycledSlabsKeepEveryCallIntact(t *testing.T) {
 					c.Event, c.Properties.I, len(c.Properties.Pad), len(pad))
 			}
 			got[c.Event]++
+			// Each good call is accepted once (checked below): every
+			// acceptance is a first, and a user's must come in order.
+			if prev, ok := last[c.UserID]; ok && c.Properties.I < prev {
+				outOfOrder++
+			}
+			last[c.UserID] = max(last[c.UserID], c.Properties.I)
 		}
+	}
+	if outOfOrder > 0 {
+		t.Errorf("%d calls accepted after a later call of their user", outOfOrder)
 	}
 	missing, twice := 0, 0
 	for name := range want {
