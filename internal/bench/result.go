@@ -58,7 +58,13 @@ type Result struct {
 	Batches  BatchStats `json:"batches"`
 	// Ordered is the same backlog drained again with ordering on
 	// (Config.CompareOrdering); OrderedRatio its events/s ÷ Worker's.
-	Ordered        *Phase      `json:"ordered,omitempty"`
+	Ordered *Phase `json:"ordered,omitempty"`
+	// BarePinned is the bare consumer again with the ordered path's
+	// pinned priority policy (Config.CompareOrdering): what a pinned
+	// consumer costs JetStream and its client, before the relay does
+	// anything; PinnedRatio its events/s ÷ Bare's.
+	BarePinned     *Phase      `json:"bare_pinned,omitempty"`
+	PinnedRatio    float64     `json:"pinned_ratio,omitempty"`
 	OrderedBatches *BatchStats `json:"ordered_batches,omitempty"`
 	OrderedRatio   float64     `json:"ordered_ratio,omitempty"`
 	Latency        []*Latency  `json:"latency,omitempty"`
@@ -168,6 +174,9 @@ func (r *Result) evaluate() {
 				fmt.Sprintf("%.2f×", r.CPURatio), r.CPURatio <= targetCPURatio})
 		}
 	}
+	if r.BarePinned != nil && r.Bare.EventsPerSec > 0 {
+		r.PinnedRatio = r.BarePinned.EventsPerSec / r.Bare.EventsPerSec
+	}
 	if r.Ordered != nil && r.Worker.EventsPerSec > 0 {
 		r.OrderedRatio = r.Ordered.EventsPerSec / r.Worker.EventsPerSec
 		r.Targets = append(r.Targets, Target{"ordered vs unordered throughput", fmt.Sprintf("≥ %.2f×", targetOrdered),
@@ -251,6 +260,12 @@ func (r *Result) WriteTable(w io.Writer) error {
 		fmt.Fprintf(&b, "ordered/unordered:  %.2f× (%s events/s ordered, %s unordered; latency scenarios below ran ordered)\n",
 			r.OrderedRatio, thousands(int64(r.Ordered.EventsPerSec)), thousands(int64(r.Worker.EventsPerSec)))
 		writeBatches(&b, "ordered batches:   ", *r.OrderedBatches)
+		if p := r.BarePinned; p != nil && r.Bare.EventsPerSec > 0 {
+			fmt.Fprintf(&b, "pinned bare/bare:   %.2f× (%s events/s; CPU-s per M events: client %.1f vs %.1f, nats-server %.1f vs %.1f): "+
+				"what the pinned consumer itself costs, before the relay\n",
+				r.PinnedRatio, thousands(int64(p.EventsPerSec)), p.CPUSecondsPerMillion, r.Bare.CPUSecondsPerMillion,
+				p.ServerCPUSecondsPerMillion, r.Bare.ServerCPUSecondsPerMillion)
+		}
 	}
 	for _, l := range r.Latency {
 		fmt.Fprintf(&b, "latency %-5s %6s/s: %s events of %.0f B (achieved %.0f/s): p50 %.0f ms, p90 %.0f ms, p99 %.0f ms, max %.0f ms, mean %.0f ms\n",
@@ -309,6 +324,9 @@ func (r *Result) writePhases(b *strings.Builder) {
 	}
 	if r.Bare.Events > 0 {
 		row(r.Bare)
+	}
+	if r.BarePinned != nil {
+		row(*r.BarePinned)
 	}
 	row(r.Worker)
 	if r.Ordered != nil {

@@ -269,11 +269,20 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 	// 2. The bare limit.
 	if !cfg.SkipBare {
 		prog("bare consumer: pull and ack %d events…", cfg.Events)
-		r.Bare, err = runBare(ctx, url, cfg, pid)
+		r.Bare, err = runBare(ctx, url, cfg, pid, false)
 		if err != nil {
 			return nil, fmt.Errorf("bare consumer: %w", err)
 		}
 		prog("bare consumer: %.2fs (%.0f events/s)", r.Bare.Seconds, r.Bare.EventsPerSec)
+		if cfg.CompareOrdering {
+			prog("bare consumer, pinned: pull and ack %d events…", cfg.Events)
+			bp, err := runBare(ctx, url, cfg, pid, true)
+			if err != nil {
+				return nil, fmt.Errorf("bare pinned consumer: %w", err)
+			}
+			r.BarePinned = &bp
+			prog("bare consumer, pinned: %.2fs (%.0f events/s)", bp.Seconds, bp.EventsPerSec)
+		}
 	}
 
 	// 3. cio-relay on the same backlog.
@@ -540,8 +549,11 @@ func startServer(dir string) (*server.Server, string, error) {
 }
 
 // runBare drains the backlog with a plain pull consumer that acks each
-// message and does nothing else.
-func runBare(ctx context.Context, url string, cfg Config, server int) (Phase, error) {
+// message and does nothing else. pinned gives the consumer the ordered
+// path's priority policy (pinned_client) and pulls with its group: what
+// JetStream itself charges for one pinned client (a Nats-Pin-Id header on
+// every message, decoded by the client), apart from anything the relay does.
+func runBare(ctx context.Context, url string, cfg Config, server int, pinned bool) (Phase, error) {
 	nc, err := nats.Connect(url, nats.Name("cio-relay bench bare consumer"))
 	if err != nil {
 		return Phase{}, err
@@ -551,21 +563,30 @@ func runBare(ctx context.Context, url string, cfg Config, server int) (Phase, er
 	if err != nil {
 		return Phase{}, err
 	}
-	m := begin("bare consumer", server, nil)
+	name, durable := "bare consumer", bareConsumer
 	// The worker's consumer, under another name.
-	cons, err := js.CreateOrUpdateConsumer(ctx, cfg.Stream, jetstream.ConsumerConfig{
-		Durable:        bareConsumer,
+	ccfg := jetstream.ConsumerConfig{
+		Durable:        durable,
 		AckPolicy:      jetstream.AckExplicitPolicy,
 		AckWait:        30 * time.Second,
 		MaxDeliver:     -1,
 		MaxAckPending:  20_000,
 		FilterSubjects: worker.FilterSubjects(),
 		DeliverPolicy:  jetstream.DeliverAllPolicy,
-	})
+	}
+	pull := []jetstream.PullMessagesOpt{jetstream.PullMaxMessages(cfg.BarePullMax)}
+	if pinned {
+		name, durable = "bare pinned", bareConsumer+"-pinned"
+		ccfg.Durable = durable
+		ccfg.PriorityPolicy, ccfg.PriorityGroups, ccfg.PinnedTTL = jetstream.PriorityPolicyPinned, []string{worker.PriorityGroup}, worker.PinnedTTL
+		pull = append(pull, jetstream.PullPriorityGroup(worker.PriorityGroup))
+	}
+	m := begin(name, server, nil)
+	cons, err := js.CreateOrUpdateConsumer(ctx, cfg.Stream, ccfg)
 	if err != nil {
 		return Phase{}, err
 	}
-	iter, err := cons.Messages(jetstream.PullMaxMessages(cfg.BarePullMax))
+	iter, err := cons.Messages(pull...)
 	if err != nil {
 		return Phase{}, err
 	}
@@ -606,14 +627,14 @@ func runBare(ctx context.Context, url string, cfg Config, server int) (Phase, er
 		got.Add(1)
 	}
 	iter.Stop()
-	settled, err := waitSettled(ctx, js, cfg.Stream, bareConsumer, cfg.StallTimeout)
+	settled, err := waitSettled(ctx, js, cfg.Stream, durable, cfg.StallTimeout)
 	if err != nil {
 		return Phase{}, err
 	}
 	p := m.end(settled, cfg.Events, bytes)
 	dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
 	defer cancel()
-	_ = js.DeleteConsumer(dctx, cfg.Stream, bareConsumer)
+	_ = js.DeleteConsumer(dctx, cfg.Stream, durable)
 	return p, nil
 }
 
