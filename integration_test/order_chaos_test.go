@@ -89,13 +89,13 @@ func orderingChaos(t *testing.T, ordering bool) {
 		}
 		return out
 	}
-	// The replica delivering: with ordering, the live one that was pinned
-	// last (it logs so when its barrier passes); without, any.
+	// The replica delivering: with ordering, the live one whose barrier
+	// passed most often (it logs so); without, any.
 	delivering := func() *relayProc {
 		ps := live()
 		best, most := ps[0], -1
 		for _, p := range ps {
-			if n := p.logs.count("pinned: delivering in order"); n > most && n > 0 {
+			if n := p.logs.count("barrier passed: delivering in order"); n > most && n > 0 {
 				best, most = p, n
 			}
 		}

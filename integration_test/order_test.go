@@ -159,6 +159,11 @@ func TestOrderingOneReplicaUnderFaults(t *testing.T) {
 	if rep.missing != 0 || rep.violations != 0 {
 		t.Fatalf("ordered: %d calls missing, %d out of order (%s)", rep.missing, rep.violations, rep.example)
 	}
+	// The delivery lease orders; the consumer needs no priority policy
+	// (which would cost JetStream a header per message).
+	if got := consumerInfo(t, e.js).Config; got.PriorityPolicy != jetstream.PriorityPolicyNone {
+		t.Errorf("the ordered worker created its consumer with priority policy %v", got.PriorityPolicy)
+	}
 }
 
 // TestUnorderedViolatesOrderUnderFaults is TestOrderingOneReplicaUnderFaults
@@ -185,15 +190,22 @@ func TestUnorderedViolatesOrderUnderFaults(t *testing.T) {
 	}
 }
 
-// TestOrderingPutsThePinnedPolicyBack: an operator (or an older tool)
-// rewrites the consumer without its priority group while an ordered worker
-// runs; the worker puts it back and goes on delivering, in order.
-func TestOrderingPutsThePinnedPolicyBack(t *testing.T) {
+// TestOrderingWithOrWithoutThePinnedPolicy: a consumer an earlier version
+// pinned (priority policy pinned_client) keeps its policy, and ordered
+// delivery goes on with it; an operator removes it once the rollout is over
+// (it costs JetStream a header per message), and ordered delivery goes on
+// without it: the worker does not put it back.
+func TestOrderingWithOrWithoutThePinnedPolicy(t *testing.T) {
 	msgs := orderedCalls(3, 2000, 50)
 	e := newEnv(t, ciotest.Options{})
+	e.createStream(t)
+	e.createPinnedConsumer(t, orderedOptions(true).AckWait)
 	e.runWorker(t, orderedOptions(true), 0)
 	e.publishAll(t, msgs[:1000])
 	waitSettled(t, e.js, 30*time.Second)
+	if got := consumerInfo(t, e.js).Config; got.PriorityPolicy != jetstream.PriorityPolicyPinned {
+		t.Errorf("consumer's policy %v: an earlier version's pin removed", got.PriorityPolicy)
+	}
 
 	cfg := consumerInfo(t, e.js).Config
 	cfg.PriorityPolicy, cfg.PriorityGroups, cfg.PinnedTTL = jetstream.PriorityPolicyNone, nil, 0
@@ -202,8 +214,8 @@ func TestOrderingPutsThePinnedPolicyBack(t *testing.T) {
 	}
 	e.publishAll(t, msgs[1000:])
 	waitSettled(t, e.js, 30*time.Second)
-	if got := consumerInfo(t, e.js).Config; got.PriorityPolicy != jetstream.PriorityPolicyPinned || !slices.Contains(got.PriorityGroups, worker.PriorityGroup) {
-		t.Errorf("consumer's policy %v groups %v: not put back", got.PriorityPolicy, got.PriorityGroups)
+	if got := consumerInfo(t, e.js).Config; got.PriorityPolicy != jetstream.PriorityPolicyNone || len(got.PriorityGroups) != 0 {
+		t.Errorf("consumer's policy %v groups %v: put back", got.PriorityPolicy, got.PriorityGroups)
 	}
 	rep := checkOrder(t, e.cio.Delivered(), msgs)
 	if rep.missing != 0 || rep.violations != 0 {
@@ -212,12 +224,14 @@ func TestOrderingPutsThePinnedPolicyBack(t *testing.T) {
 }
 
 // TestUnorderedReplicaLeavesThePinnedPolicy: a replica with ordering off
-// joins ordered ones on one consumer (a rolling change of RELAY_ORDERING).
-// It must not remove the policy the others order by, and must pull with
-// the group (a pull without it is refused): every call is delivered.
+// joins ordered ones on a consumer an earlier version pinned (a rolling
+// change of RELAY_ORDERING). It must not remove the policy, and must pull
+// with the group (a pull without it is refused): every call is delivered.
 func TestUnorderedReplicaLeavesThePinnedPolicy(t *testing.T) {
 	msgs := orderedCalls(4, 2000, 50)
 	e := newEnv(t, ciotest.Options{})
+	e.createStream(t)
+	e.createPinnedConsumer(t, orderedOptions(true).AckWait)
 	e.runWorker(t, orderedOptions(true), 0)
 	e.runWorker(t, orderedOptions(false), 0)
 	e.publishAll(t, msgs)

@@ -15,7 +15,7 @@ import (
 func (o *ordered) barrier(ctx context.Context) {
 	t := time.NewTicker(barrierPoll)
 	defer t.Stop()
-	var lastCheck, lastRepair time.Time
+	var lastCheck time.Time
 	reconnects := o.reconnects()
 	for {
 		select {
@@ -51,20 +51,6 @@ func (o *ordered) barrier(ctx context.Context) {
 		if err != nil {
 			continue
 		}
-		if !isPinned(info.Config) {
-			if time.Since(lastRepair) < pinCheck {
-				continue
-			}
-			lastRepair = time.Now()
-			// Rewritten without the policy (by hand, or a tool): pulls
-			// then bring messages without a pin, and the barrier cannot
-			// pass. Put it back; the next pulls are pinned.
-			o.w.log.Warn("the consumer lost its pinned priority group; putting it back", "consumer", info.Name)
-			if _, err := o.w.rebindBatch(ctx); err != nil {
-				o.w.log.Error("putting the pinned priority group back failed", "consumer", info.Name, "err", err)
-			}
-			continue
-		}
 		o.mu.Lock()
 		if pinned := pinnedClient(info); o.pin != "" && pinned != "" && pinned != o.pin {
 			o.w.log.Warn("the consumer is pinned to another replica", "consumer", info.Name)
@@ -75,7 +61,7 @@ func (o *ordered) barrier(ctx context.Context) {
 			o.keys.settled(info.AckFloor.Stream)
 			o.dropDisplacedLocked()
 		}
-		if !o.open && o.holding && o.pin != "" && o.inFlight == 0 {
+		if !o.open && o.holding && o.inFlight == 0 {
 			// Everything held was received in this epoch, in which no
 			// other replica acks (holder.go): each is pending, and the
 			// count is exact. Distinct sequences: a message whose lease
@@ -157,5 +143,5 @@ func (o *ordered) openLocked() {
 		}
 		o.routeLocked(h, now)
 	}
-	o.w.log.Info("pinned: delivering in order", "consumer", o.cons.CachedInfo().Name, "held", len(gate))
+	o.w.log.Info("barrier passed: delivering in order", "consumer", o.cons.CachedInfo().Name, "held", len(gate))
 }

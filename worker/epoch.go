@@ -206,6 +206,9 @@ func (o *ordered) letGo(ctx context.Context) {
 // unpin asks the server to unpin the batch consumer's priority group, so
 // the next replica's pull is pinned at once.
 func (o *ordered) unpin(ctx context.Context) {
+	if o.cons == nil || !isPinned(o.cons.CachedInfo().Config) {
+		return // no pin to clear (see checkPinned)
+	}
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), markTimeout)
 	defer cancel()
 	stream, err := o.w.js.Stream(ctx, o.w.opts.Stream)

@@ -99,9 +99,6 @@ func (w *Worker) bind(ctx context.Context) (jetstream.Consumer, string, error) {
 	}
 
 	want := w.consumerConfig()
-	if w.opts.Ordering {
-		setPinned(&want)
-	}
 	cons, err := w.bindConsumer(ctx, want)
 	if err != nil {
 		return nil, "", err
