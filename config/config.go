@@ -69,7 +69,7 @@ type Batch struct {
 // Send is how requests to Customer.io are sent and retried.
 type Send struct {
 	Concurrency          int  // batches in flight
-	Ordering             bool // each person's calls in stream order (one pinned replica, lanes by key)
+	Ordering             bool // each person's calls in stream order (one replica holding the delivery lease, lanes by key)
 	HTTPTimeout          time.Duration
 	RetryInitialInterval time.Duration
 	RetryMaxInterval     time.Duration

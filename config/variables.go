@@ -142,7 +142,7 @@ func (c *Config) variables() []variable {
 			{name: "RELAY_ORDERING", def: "true", value: boolField(&c.Send.Ordering),
 				help: "Deliver each person's calls (by userId, else anonymousId) to Customer.io in the order they were " +
 					"published, across retries, redeliveries and replicas: one replica at a time delivers (it holds a lease in " +
-					"the {stream}_PACE KV bucket; a pinned priority group on RELAY_CONSUMER). false: any replica delivers anything, in any order, for raw throughput."},
+					"the {stream}_PACE KV bucket). false: any replica delivers anything, in any order, for raw throughput."},
 			{name: "RELAY_HTTP_TIMEOUT", def: durationDefault(sink.DefaultTimeout), value: durationField(&c.Send.HTTPTimeout, positive[time.Duration]()),
 				help: "Timeout of one request to Customer.io, reading the response included. With RELAY_ORDERING it also sizes " +
 					"the delivery lease (this plus a third of it, 2-10s, plus 2s): how long a replica that died delivering holds up the next."},

@@ -28,7 +28,7 @@
 //	run.go        Run: binds, wires the stages, waits for them
 //	shutdown.go   the two phases of a stop (drain, hard stop) and the final flush
 //	stream.go     stream, consumer and dead-letter stream setup (bind)
-//	pinned.go     the batch consumer's priority group for the ordered path
+//	pinned.go     a priority group on the batch consumer (an earlier version's pin)
 //	intake.go     intake: pulls into a bounded queue, leases on arrival
 //	prepare.go    hold (metadata, lease), read (prepare a call, hand calls on in slices), rejectInput
 //	slab.go       slabs: the buffers calls are prepared into, reused once their calls are settled
@@ -75,10 +75,11 @@
 // One replica delivers: the one that holds the delivery lease (holder.go,
 // a KV key with a server-kept TTL), in epochs (epoch.go): only it pulls,
 // sends ordered batches (each request cut off before the lease could run
-// out) and acks them (only while the lease is valid). The batch consumer
-// also has the pinned_client priority policy (group PriorityGroup,
-// PinnedTTL), and the intake pulls with the group, at least every
-// orderedPullExpiry so the pin is kept. At the start of an epoch the
+// out) and acks them (only while the lease is valid). The consumer needs
+// no priority policy; one an earlier version pinned (pinned_client, group
+// PriorityGroup) keeps it, the intake pulls with the group at least every
+// orderedPullExpiry so the pin is kept, and a pin change ends the epoch
+// (see checkPinned). At the start of an epoch the
 // replica holds everything in the gate until the consumer's NumAckPending
 // is no more than what it received itself, so nothing another replica
 // received or nakked can be overtaken, then routes what it holds in stream
