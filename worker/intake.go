@@ -37,6 +37,11 @@ type intake struct {
 	// again within orderedPullExpiry so the pin is kept (see PinnedTTL).
 	group  string
 	expiry time.Duration
+	// shortPulls makes every pull expire within orderedPullExpiry, group
+	// or not: the ordered path lets its delivery lease go only once its
+	// last pull has ended (see letGo), and an idle stream's 30s pull would
+	// hold the handover that long.
+	shortPulls bool
 	// pinLost is called when a pull is refused for a pin another replica
 	// holds now; repair when one is refused as a bad request, which for
 	// the batch consumer means its priority groups changed (an older
@@ -86,11 +91,11 @@ func newIntake(cons jetstream.Consumer, capacity int, take func(jetstream.Msg) (
 	// Consume and Messages would, at the price of messages waiting
 	// un-leased in the client's buffer.
 	in.fetch = func(ctx context.Context, n int) (jetstream.MessageBatch, error) {
+		hb := jetstream.FetchHeartbeat(min(pullHeartbeat, in.expiry/3))
 		if in.group != "" {
-			return in.cons.Fetch(n, jetstream.FetchContext(ctx), jetstream.FetchHeartbeat(in.expiry/3),
-				jetstream.FetchPriorityGroup(in.group))
+			return in.cons.Fetch(n, jetstream.FetchContext(ctx), hb, jetstream.FetchPriorityGroup(in.group))
 		}
-		return in.cons.Fetch(n, jetstream.FetchContext(ctx), jetstream.FetchHeartbeat(pullHeartbeat))
+		return in.cons.Fetch(n, jetstream.FetchContext(ctx), hb)
 	}
 	in.use(cons)
 	return in
@@ -104,6 +109,9 @@ func (in *intake) use(cons jetstream.Consumer) {
 		if slices.Contains(groups, PriorityGroup) {
 			in.group = PriorityGroup
 		}
+	}
+	if in.shortPulls {
+		in.expiry = orderedPullExpiry
 	}
 }
 

@@ -50,10 +50,11 @@ type fakeConsumer struct {
 	asked   []int // messages asked for, by pull
 	batches []*fakeBatch
 	infoErr error
+	cfg     jetstream.ConsumerConfig // what CachedInfo says it is
 }
 
 func (c *fakeConsumer) CachedInfo() *jetstream.ConsumerInfo {
-	return &jetstream.ConsumerInfo{Name: "fake"}
+	return &jetstream.ConsumerInfo{Name: "fake", Config: c.cfg}
 }
 
 func (c *fakeConsumer) Info(context.Context) (*jetstream.ConsumerInfo, error) {
@@ -249,4 +250,35 @@ func TestIntakeStopHandsOutWhatThePullStillBrings(t *testing.T) {
 			t.Errorf("%d received and %d handed out after the stop, %d pulls; want the 3 the open pull brought, and no new pull", *taken, n, len(c.pulls()))
 		}
 	})
+}
+
+// TestIntakePullExpiry: a pull waits on an idle stream pullExpiry, or
+// orderedPullExpiry on a consumer with a priority group (the pin is kept
+// by asking this often) and on the ordered path whatever the consumer (the
+// delivery lease is let go only once the last pull has ended).
+func TestIntakePullExpiry(t *testing.T) {
+	pinned := jetstream.ConsumerConfig{PriorityPolicy: jetstream.PriorityPolicyPinned, PriorityGroups: []string{PriorityGroup}}
+	tests := []struct {
+		name       string
+		cfg        jetstream.ConsumerConfig
+		shortPulls bool
+		want       time.Duration
+		group      string
+	}{
+		{"plain", jetstream.ConsumerConfig{}, false, pullExpiry, ""},
+		{"pinned", pinned, false, orderedPullExpiry, PriorityGroup},
+		{"ordered", jetstream.ConsumerConfig{}, true, orderedPullExpiry, ""},
+		{"ordered, pinned by an earlier version", pinned, true, orderedPullExpiry, PriorityGroup},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			c := &fakeConsumer{cfg: tt.cfg}
+			in := newIntake(c, 10, nil, slog.New(slog.DiscardHandler))
+			in.shortPulls = tt.shortPulls
+			in.use(c)
+			if in.expiry != tt.want || in.group != tt.group {
+				t.Errorf("expiry %v group %q, want %v %q", in.expiry, in.group, tt.want, tt.group)
+			}
+		})
+	}
 }

@@ -18,9 +18,11 @@ const PriorityGroup = "cio-relay"
 
 const (
 	// orderedPullExpiry is how long one pull of an ordered intake waits on
-	// an idle stream. The server moves the pin to another replica when the
-	// pinned one has sent no pull request for PinnedTTL (an open pull does
-	// not count), so an idle pinned replica must ask this often.
+	// an idle stream: the handover of the delivery lease waits for the
+	// last one (letGo), and on a pinned consumer the server moves the pin
+	// to another replica when the pinned one has sent no pull request for
+	// PinnedTTL (an open pull does not count), so an idle pinned replica
+	// must ask this often.
 	orderedPullExpiry = 3 * time.Second
 	// PinnedTTL is the batch consumer's pinned TTL: how long a pinned
 	// replica may go without a pull request before another is pinned. More

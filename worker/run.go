@@ -163,6 +163,8 @@ func (w *Worker) openIntakes(ctx context.Context, cons jetstream.Consumer, idPre
 		w.ord = newOrdered(w, cons, leases, intakes[0], lease)
 		intakes[0].pinLost = w.ord.pinLost
 		intakes[0].allowed = w.ord.mayPull
+		intakes[0].shortPulls = true
+		intakes[0].use(cons)
 	}
 	consumers := []jetstream.Consumer{cons} // the batch consumer first
 	var pacers []*trigger.Pacer[*held]
