@@ -54,12 +54,9 @@ import (
 // meanwhile); one that stops or loses the pin hands over within a pull
 // expiry.
 
-// deliveryLeaseKey is the lease's key in the turns bucket.
-func deliveryLeaseKey(consumer string) string { return "ordered." + consumer }
-
 // DeliveryLeaseKey is the key of the ordered delivery lease of consumer in
 // the {stream}_PACE bucket (TurnsBucket), for operators and tests.
-func DeliveryLeaseKey(consumer string) string { return deliveryLeaseKey(consumer) }
+func DeliveryLeaseKey(consumer string) string { return "ordered." + consumer }
 
 // leaseMargin is what the lease keeps in hand beyond its holder's last
 // request: a cut-off request's last bytes, an ack on the wire.
@@ -95,7 +92,7 @@ func newDeliveryLease(store turnStore, consumer, replica string, requestTimeout 
 	if requestTimeout <= 0 {
 		requestTimeout = DefaultTriggerTimeout
 	}
-	return &deliveryLease{store: store, key: deliveryLeaseKey(consumer), replica: replica,
+	return &deliveryLease{store: store, key: DeliveryLeaseKey(consumer), replica: replica,
 		ttl: deliveryLeaseTTL(requestTimeout), requestTimeout: requestTimeout, now: time.Now}
 }
 

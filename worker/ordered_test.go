@@ -393,6 +393,6 @@ func TestOrderedBlockerAckedByAnotherCopyIsReleased(t *testing.T) {
 // heldLease is a delivery lease this replica holds for an hour, without a
 // store: for tests of what the ordered path does within an epoch.
 func heldLease() *deliveryLease {
-	return &deliveryLease{key: deliveryLeaseKey("cio-relay"), rev: 1, renewed: time.Now(), ttl: time.Hour,
+	return &deliveryLease{key: DeliveryLeaseKey("cio-relay"), rev: 1, renewed: time.Now(), ttl: time.Hour,
 		requestTimeout: time.Second, now: time.Now}
 }

@@ -100,12 +100,7 @@ func TestOrderedRecycledSlabsKeepEveryCallIntact(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	select {
-	case <-js.PublishAsyncComplete():
-	case <-time.After(30 * time.Second):
-		t.Fatal("publishes not acknowledged in 30s")
-	}
-	settledAll(t, js, DefaultStream)
+	publishedAndSettled(t, js)
 
 	mu.Lock()
 	defer mu.Unlock()

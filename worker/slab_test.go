@@ -9,6 +9,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go/jetstream"
+
 	"github.com/cio-relay/cio-relay/deadletter"
 	"github.com/cio-relay/cio-relay/internal/natstest"
 )
@@ -119,12 +121,7 @@ func TestRecycledSlabsKeepEveryCallIntact(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	select {
-	case <-js.PublishAsyncComplete():
-	case <-time.After(30 * time.Second):
-		t.Fatal("publishes not acknowledged in 30s")
-	}
-	settledAll(t, js, DefaultStream)
+	publishedAndSettled(t, js)
 	stop()
 	wg.Wait()
 	close(errs)
@@ -181,4 +178,16 @@ func TestRecycledSlabsKeepEveryCallIntact(t *testing.T) {
 		t.Errorf("%d slabs allocated for about %d slabs' worth of calls: not recycled", made, filled)
 	}
 	t.Logf("%d slabs allocated for about %d slabs' worth of calls; %d requests", made, filled, sender.requests())
+}
+
+// publishedAndSettled waits for every async publish to be acknowledged,
+// then for the worker to settle the whole stream.
+func publishedAndSettled(t *testing.T, js jetstream.JetStream) {
+	t.Helper()
+	select {
+	case <-js.PublishAsyncComplete():
+	case <-time.After(30 * time.Second):
+		t.Fatal("publishes not acknowledged in 30s")
+	}
+	settledAll(t, js, DefaultStream)
 }
