@@ -208,7 +208,7 @@ func readCases() []readCase {
 		{name: "trigger errors", path: "/v1/campaigns/5/triggers/1/errors", paged: true,
 			seed: func(t *testing.T, e *readEnv, n int) []json.RawMessage {
 				e.triggerBroadcast(t, 5, 1)
-				it := items(n, func(i int) json.RawMessage { return raw(`{"detail":"customer u-%d does not exist","status":"422"}`, i) })
+				it := items(n, func(i int) json.RawMessage { return raw(`"line %d: customer u-%d does not exist"`, i+1, i) })
 				e.data.TriggerErrors = map[int64][]json.RawMessage{1: it}
 				return it
 			},
