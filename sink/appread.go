@@ -218,10 +218,29 @@ type Trigger struct {
 	ProcessedAt int64      `json:"processed_at"`
 }
 
-// TriggerError is one entry of a trigger's errors.
+// TriggerError is one entry of a trigger's errors. The reference
+// (broadcastErrors) gives each as a string, "line <x>: <error text>",
+// which is read into Detail; an object with detail and status, the App
+// API's shape for its own errors, is read too.
 type TriggerError struct {
 	Detail string     `json:"detail"`
 	Status FlexString `json:"status"`
+}
+
+// UnmarshalJSON reads a string or an object with detail and status.
+func (e *TriggerError) UnmarshalJSON(b []byte) error {
+	var s string
+	if json.Unmarshal(b, &s) == nil {
+		*e = TriggerError{Detail: s}
+		return nil
+	}
+	type plain TriggerError
+	var p plain
+	if err := json.Unmarshal(b, &p); err != nil {
+		return fmt.Errorf("want an error's text or an object with detail: %w", err)
+	}
+	*e = TriggerError(p)
+	return nil
 }
 
 // ReportingWebhook is one entry of GET /v1/reporting_webhooks (listWebhooks).
@@ -448,8 +467,8 @@ func (r *AppReader) Triggers(ctx context.Context, broadcastID int64) (Items[Trig
 }
 
 // Trigger reads one trigger: GET /v1/campaigns/{id}/triggers/{trigger_id}
-// → {"trigger":{…}} (the envelope is unverified; an answer without it is
-// read as the trigger itself).
+// → the trigger itself (broadcastStatus; an answer wrapped in "trigger"
+// is read too).
 func (r *AppReader) Trigger(ctx context.Context, broadcastID, triggerID int64) (Item[Trigger], error) {
 	if err := errors.Join(positive("broadcast", broadcastID), positive("trigger", triggerID)); err != nil {
 		return Item[Trigger]{}, err
@@ -458,8 +477,8 @@ func (r *AppReader) Trigger(ctx context.Context, broadcastID, triggerID int64) (
 }
 
 // TriggerErrors lists a trigger's errors: GET
-// /v1/campaigns/{id}/triggers/{trigger_id}/errors → {"errors":[…],"next":…},
-// following next as start.
+// /v1/campaigns/{id}/triggers/{trigger_id}/errors → {"errors":[string…],
+// "next":offset}, following next as start.
 func (r *AppReader) TriggerErrors(ctx context.Context, broadcastID, triggerID int64, limit int) (Items[TriggerError], error) {
 	if err := errors.Join(positive("broadcast", broadcastID), positive("trigger", triggerID)); err != nil {
 		return Items[TriggerError]{}, err
@@ -538,8 +557,8 @@ func readAll[T any](ctx context.Context, r *AppReader, path, key string) (Items[
 
 // readPages reads a list paged with start/next: each request asks for at
 // most pageMax (fewer when limit is nearly reached), and passes the
-// previous answer's next as start, until next is empty, a page is empty,
-// or limit items are in hand (0: no limit).
+// previous answer's next as start, until next is empty or 0, a page is
+// empty, or limit items are in hand (0: no limit).
 func readPages[T any](ctx context.Context, r *AppReader, path string, q url.Values, key string, limit, pageMax int) (Items[T], error) {
 	if limit < 0 {
 		return Items[T]{}, fmt.Errorf("limit %d is negative", limit)
@@ -572,7 +591,9 @@ func readPages[T any](ctx context.Context, r *AppReader, path string, q url.Valu
 		if err := out.add(raws); err != nil {
 			return out, fmt.Errorf("reading %s: %w", path, err)
 		}
-		if next == "" || len(raws) == 0 || (limit > 0 && len(out.Items) >= limit) {
+		// "0" ends a list paged by offset (a trigger's errors): offset 0
+		// is the first page, never the next one.
+		if next == "" || next == "0" || len(raws) == 0 || (limit > 0 && len(out.Items) >= limit) {
 			return out, nil
 		}
 		// A cursor seen before would loop forever: Customer.io's

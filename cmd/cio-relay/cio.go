@@ -167,8 +167,11 @@ func cioCommands() map[string]cioCmd {
 		}},
 		"trigger-errors": {args: []string{"BROADCAST", "TRIGGER"}, paged: true, read: func(ctx context.Context, r *sink.AppReader, o *cioOpts) (*cioTable, error) {
 			it, err := r.TriggerErrors(ctx, o.ids[0], o.ids[1], o.limit)
-			return inOrder(it, err, []string{"STATUS", "DETAIL"}, func(v sink.TriggerError) []string {
-				return []string{dash(string(v.Status)), v.Detail}
+			return inOrder(it, err, []string{"ERROR"}, func(v sink.TriggerError) []string {
+				if v.Status != "" {
+					return []string{string(v.Status) + ": " + v.Detail}
+				}
+				return []string{v.Detail}
 			})
 		}},
 		"webhooks": {read: func(ctx context.Context, r *sink.AppReader, _ *cioOpts) (*cioTable, error) {
