@@ -20,11 +20,11 @@ import (
 // App API reads, for the operator CLI (cio-relay cio …). Paths, parameters
 // and fields follow Customer.io's App API reference: its OpenAPI document
 // (docs.customer.io/files/journeys-app.json, operations listSegments,
-// getSegment, getSegmentMembership, listMessages, listWebhooks,
-// getCollections, listSnippets; the newsletter and transactional message
-// objects) and the project's /work/shared/specs/customerio-api.md (trigger
-// paths, newsletters' and transactional's paths). Where the reference was
-// not found the README's table says "unverified".
+// getSegment, getSegmentMembership, listMessages, listBroadcastTriggers,
+// broadcastStatus, broadcastErrors, listWebhooks, getCollections,
+// getCioAllowlist, listNewsletters, listSnippets, listTransactional) and
+// the project's /work/shared/specs/customerio-api.md. Where the reference
+// says nothing the README's table says "unverified".
 
 // AppReadRate is the App API's documented limit for every endpoint but
 // sends and triggers: "rate limited to 10 requests per 1s" (the 429 answer
@@ -39,8 +39,8 @@ const MaxMessagesPage = 1000
 // to be accepted, large enough that a long list takes few requests.
 const (
 	membershipPage    = 1000 // getSegmentMembership: default 1000, maximum 30000
-	newslettersPage   = 100  // listNewsletters: maximum not found (unverified)
-	triggerErrorsPage = 100  // trigger errors: maximum not found (unverified)
+	newslettersPage   = 100  // listNewsletters: no maximum documented
+	triggerErrorsPage = 100  // broadcastErrors: no maximum documented
 )
 
 // maxReadBody bounds one read's answer: a page of 1000 messages is a
@@ -267,8 +267,8 @@ type Collection struct {
 }
 
 // IPAddress is one of Customer.io's sending IP addresses, from GET
-// /v1/info/ip_addresses (the answer's shape is unverified: an entry may be
-// a string or an object with "ip" or "address").
+// /v1/info/ip_addresses (getCioAllowlist: each a string; an object with
+// "ip" or "address" is read too).
 type IPAddress struct {
 	Address string
 }
@@ -500,8 +500,7 @@ func (r *AppReader) Collections(ctx context.Context) (Items[Collection], error) 
 	return readAll[Collection](ctx, r, "/collections", "collections")
 }
 
-// IPAddresses lists GET /v1/info/ip_addresses → {"ip_addresses":[…]}
-// (the member's name is unverified).
+// IPAddresses lists GET /v1/info/ip_addresses → {"ip_addresses":[…]}.
 func (r *AppReader) IPAddresses(ctx context.Context) (Items[IPAddress], error) {
 	return readAll[IPAddress](ctx, r, "/info/ip_addresses", "ip_addresses")
 }

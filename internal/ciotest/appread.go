@@ -75,7 +75,7 @@ type AppData struct {
 	Membership        map[int64][]json.RawMessage
 	ReportingWebhooks []json.RawMessage
 	Collections       []json.RawMessage
-	IPAddresses       []json.RawMessage // answered as "ip_addresses" (unverified member name)
+	IPAddresses       []json.RawMessage // answered as "ip_addresses" (getCioAllowlist: strings)
 	Newsletters       []json.RawMessage // sort=asc|desc orders them by "created"
 	Snippets          []json.RawMessage
 	Transactional     []json.RawMessage // answered as "messages"
