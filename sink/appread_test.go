@@ -566,3 +566,46 @@ func TestMessagesWindowRefusedBeforeAnyRequest(t *testing.T) {
 		t.Errorf("%d requests sent", n)
 	}
 }
+
+// TestMessagesPagesAtMostAThousand: without a page size of its own the
+// reader asks for Customer.io's largest page, 1000 (the stand-in, like
+// the reference, refuses more), and only for what --limit still lacks.
+func TestMessagesPagesAtMostAThousand(t *testing.T) {
+	e := newReadEnv(t, nil)
+	now := e.clock.Now().Unix()
+	e.s.SetAppData(ciotest.AppData{Messages: items(2600, func(i int) json.RawMessage {
+		return raw(`{"id":"m-%d","type":"email","created":%d,"metrics":{"sent":%d}}`, i, now-int64(i), now-int64(i))
+	})})
+	r := e.reader(t, appKey, 0)
+	for _, tt := range []struct {
+		limit  int
+		want   int
+		limits string
+	}{
+		{0, 2600, "limit=1000 limit=1000 limit=1000"},
+		{2500, 2500, "limit=1000 limit=1000 limit=500"},
+	} {
+		before := len(e.s.Requests())
+		got, err := r.Messages(context.Background(), sink.MessageFilter{}, tt.limit)
+		if err != nil {
+			t.Fatalf("limit %d: %v", tt.limit, err)
+		}
+		if len(got.Items) != tt.want || got.Items[tt.want-1].ID != fmt.Sprintf("m-%d", tt.want) {
+			t.Errorf("limit %d: %d messages, want m-1 to m-%d", tt.limit, len(got.Items), tt.want)
+		}
+		var limits []string
+		for _, q := range e.s.Requests()[before:] {
+			if q.Status != http.StatusOK {
+				t.Errorf("limit %d: a request answered %d: %s", tt.limit, q.Status, q.RawQuery)
+			}
+			for _, p := range strings.Split(q.RawQuery, "&") {
+				if strings.HasPrefix(p, "limit=") {
+					limits = append(limits, p)
+				}
+			}
+		}
+		if got := strings.Join(limits, " "); got != tt.limits {
+			t.Errorf("limit %d: requests asked %s, want %s", tt.limit, got, tt.limits)
+		}
+	}
+}
