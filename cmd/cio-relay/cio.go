@@ -498,11 +498,16 @@ func parentOf(m sink.Message) string {
 	return "-"
 }
 
-// metricsOf lists a message's metrics in the order they happened.
+// metricsOf lists the events a message reached (the metrics Customer.io
+// filters by, and drafted), in the order they happened. The metrics object
+// also carries counts (human_opened, prefetch_clicked, …) and its created
+// time, which are not events.
 func metricsOf(m map[string]int64) string {
 	names := make([]string, 0, len(m))
 	for k := range m {
-		names = append(names, k)
+		if k == "drafted" || slices.Contains(sink.MessageMetrics, k) {
+			names = append(names, k)
+		}
 	}
 	slices.SortFunc(names, func(a, b string) int {
 		if c := cmp.Compare(m[a], m[b]); c != 0 {

@@ -299,3 +299,20 @@ func TestCIOUsage(t *testing.T) {
 		t.Errorf("cio -h: exit %d", code)
 	}
 }
+
+// TestMetricsOf: the METRICS column lists the events a delivery reached,
+// in the order they happened; the metrics object's counts (human_opened,
+// prefetch_clicked, …) and its created time are not events.
+func TestMetricsOf(t *testing.T) {
+	m := map[string]int64{"created": 1796157400, "sent": 1796157488, "delivered": 1796157490, "opened": 1796157548,
+		"human_opened": 1, "prefetch_opened": 0, "human_clicked": 2, "prefetch_clicked": 1}
+	if got, want := metricsOf(m), "sent,delivered,opened"; got != want {
+		t.Errorf("metricsOf = %q, want %q", got, want)
+	}
+	if got := metricsOf(map[string]int64{"drafted": 5}); got != "drafted" {
+		t.Errorf("a draft's metrics = %q, want drafted", got)
+	}
+	if got := metricsOf(nil); got != "-" {
+		t.Errorf("no metrics = %q, want -", got)
+	}
+}
