@@ -370,10 +370,10 @@ func (f MessageFilter) Check(now time.Time) error {
 	return errors.Join(errs...)
 }
 
-// CheckMessagesWindow refuses a messages window Customer.io would refuse:
-// one that ends before it starts, or spans more than six calendar months
-// ("window at most 6 months", issue #16 quoting the reference); until
-// unset is now.
+// CheckMessagesWindow refuses a messages window Customer.io cannot answer
+// whole: one that ends before it starts, or spans more than six calendar
+// months (listMessages: "we only send back 6 months of data", silently);
+// until unset is now.
 func CheckMessagesWindow(since, until, now time.Time) error {
 	if since.IsZero() {
 		return nil

@@ -39,8 +39,9 @@ import (
 //     (broadcastStatus) is answered as the object itself, without an
 //     envelope.
 //   - GET /v1/messages refuses a window (start_ts to end_ts, end_ts
-//     defaulting to now) longer than six months, an unknown type or
-//     metric, and ids or times that are not integers (400). By default
+//     defaulting to now) longer than six months (stricter than
+//     Customer.io, which silently answers six months of it), an unknown
+//     type or metric, and ids or times that are not integers (400). By default
 //     it answers sent messages only; drafts=true answers drafts (a
 //     message whose metrics have "drafted" and no "sent").
 //   - Reads answer only GET (405), after the App API key (401).
