@@ -20,11 +20,11 @@ import (
 // App API reads, for the operator CLI (cio-relay cio …). Paths, parameters
 // and fields follow Customer.io's App API reference: its OpenAPI document
 // (docs.customer.io/files/journeys-app.json, operations listSegments,
-// getSegment, getSegmentMembership, listMessages, listWebhooks,
-// getCollections, listSnippets; the newsletter and transactional message
-// objects) and the project's /work/shared/specs/customerio-api.md (trigger
-// paths, newsletters' and transactional's paths). Where the reference was
-// not found the README's table says "unverified".
+// getSegment, getSegmentMembership, listMessages, listBroadcastTriggers,
+// broadcastStatus, broadcastErrors, listWebhooks, getCollections,
+// getCioAllowlist, listNewsletters, listSnippets, listTransactional) and
+// the project's /work/shared/specs/customerio-api.md. Where the reference
+// says nothing the README's table says "unverified".
 
 // AppReadRate is the App API's documented limit for every endpoint but
 // sends and triggers: "rate limited to 10 requests per 1s" (the 429 answer
@@ -39,8 +39,8 @@ const MaxMessagesPage = 1000
 // to be accepted, large enough that a long list takes few requests.
 const (
 	membershipPage    = 1000 // getSegmentMembership: default 1000, maximum 30000
-	newslettersPage   = 100  // listNewsletters: maximum not found (unverified)
-	triggerErrorsPage = 100  // trigger errors: maximum not found (unverified)
+	newslettersPage   = 100  // listNewsletters: no maximum documented
+	triggerErrorsPage = 100  // broadcastErrors: no maximum documented
 )
 
 // maxReadBody bounds one read's answer: a page of 1000 messages is a
@@ -218,10 +218,29 @@ type Trigger struct {
 	ProcessedAt int64      `json:"processed_at"`
 }
 
-// TriggerError is one entry of a trigger's errors.
+// TriggerError is one entry of a trigger's errors. The reference
+// (broadcastErrors) gives each as a string, "line <x>: <error text>",
+// which is read into Detail; an object with detail and status, the App
+// API's shape for its own errors, is read too.
 type TriggerError struct {
 	Detail string     `json:"detail"`
 	Status FlexString `json:"status"`
+}
+
+// UnmarshalJSON reads a string or an object with detail and status.
+func (e *TriggerError) UnmarshalJSON(b []byte) error {
+	var s string
+	if json.Unmarshal(b, &s) == nil {
+		*e = TriggerError{Detail: s}
+		return nil
+	}
+	type plain TriggerError
+	var p plain
+	if err := json.Unmarshal(b, &p); err != nil {
+		return fmt.Errorf("want an error's text or an object with detail: %w", err)
+	}
+	*e = TriggerError(p)
+	return nil
 }
 
 // ReportingWebhook is one entry of GET /v1/reporting_webhooks (listWebhooks).
@@ -248,8 +267,8 @@ type Collection struct {
 }
 
 // IPAddress is one of Customer.io's sending IP addresses, from GET
-// /v1/info/ip_addresses (the answer's shape is unverified: an entry may be
-// a string or an object with "ip" or "address").
+// /v1/info/ip_addresses (getCioAllowlist: each a string; an object with
+// "ip" or "address" is read too).
 type IPAddress struct {
 	Address string
 }
@@ -351,10 +370,10 @@ func (f MessageFilter) Check(now time.Time) error {
 	return errors.Join(errs...)
 }
 
-// CheckMessagesWindow refuses a messages window Customer.io would refuse:
-// one that ends before it starts, or spans more than six calendar months
-// ("window at most 6 months", issue #16 quoting the reference); until
-// unset is now.
+// CheckMessagesWindow refuses a messages window Customer.io cannot answer
+// whole: one that ends before it starts, or spans more than six calendar
+// months (listMessages: "we only send back 6 months of data", silently);
+// until unset is now.
 func CheckMessagesWindow(since, until, now time.Time) error {
 	if since.IsZero() {
 		return nil
@@ -448,8 +467,8 @@ func (r *AppReader) Triggers(ctx context.Context, broadcastID int64) (Items[Trig
 }
 
 // Trigger reads one trigger: GET /v1/campaigns/{id}/triggers/{trigger_id}
-// → {"trigger":{…}} (the envelope is unverified; an answer without it is
-// read as the trigger itself).
+// → the trigger itself (broadcastStatus; an answer wrapped in "trigger"
+// is read too).
 func (r *AppReader) Trigger(ctx context.Context, broadcastID, triggerID int64) (Item[Trigger], error) {
 	if err := errors.Join(positive("broadcast", broadcastID), positive("trigger", triggerID)); err != nil {
 		return Item[Trigger]{}, err
@@ -458,8 +477,8 @@ func (r *AppReader) Trigger(ctx context.Context, broadcastID, triggerID int64) (
 }
 
 // TriggerErrors lists a trigger's errors: GET
-// /v1/campaigns/{id}/triggers/{trigger_id}/errors → {"errors":[…],"next":…},
-// following next as start.
+// /v1/campaigns/{id}/triggers/{trigger_id}/errors → {"errors":[string…],
+// "next":offset}, following next as start.
 func (r *AppReader) TriggerErrors(ctx context.Context, broadcastID, triggerID int64, limit int) (Items[TriggerError], error) {
 	if err := errors.Join(positive("broadcast", broadcastID), positive("trigger", triggerID)); err != nil {
 		return Items[TriggerError]{}, err
@@ -481,8 +500,7 @@ func (r *AppReader) Collections(ctx context.Context) (Items[Collection], error) 
 	return readAll[Collection](ctx, r, "/collections", "collections")
 }
 
-// IPAddresses lists GET /v1/info/ip_addresses → {"ip_addresses":[…]}
-// (the member's name is unverified).
+// IPAddresses lists GET /v1/info/ip_addresses → {"ip_addresses":[…]}.
 func (r *AppReader) IPAddresses(ctx context.Context) (Items[IPAddress], error) {
 	return readAll[IPAddress](ctx, r, "/info/ip_addresses", "ip_addresses")
 }
@@ -538,8 +556,8 @@ func readAll[T any](ctx context.Context, r *AppReader, path, key string) (Items[
 
 // readPages reads a list paged with start/next: each request asks for at
 // most pageMax (fewer when limit is nearly reached), and passes the
-// previous answer's next as start, until next is empty, a page is empty,
-// or limit items are in hand (0: no limit).
+// previous answer's next as start, until next is empty or 0, a page is
+// empty, or limit items are in hand (0: no limit).
 func readPages[T any](ctx context.Context, r *AppReader, path string, q url.Values, key string, limit, pageMax int) (Items[T], error) {
 	if limit < 0 {
 		return Items[T]{}, fmt.Errorf("limit %d is negative", limit)
@@ -572,7 +590,9 @@ func readPages[T any](ctx context.Context, r *AppReader, path string, q url.Valu
 		if err := out.add(raws); err != nil {
 			return out, fmt.Errorf("reading %s: %w", path, err)
 		}
-		if next == "" || len(raws) == 0 || (limit > 0 && len(out.Items) >= limit) {
+		// "0" ends a list paged by offset (a trigger's errors): offset 0
+		// is the first page, never the next one.
+		if next == "" || next == "0" || len(raws) == 0 || (limit > 0 && len(out.Items) >= limit) {
 			return out, nil
 		}
 		// A cursor seen before would loop forever: Customer.io's

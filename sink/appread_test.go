@@ -208,7 +208,7 @@ func readCases() []readCase {
 		{name: "trigger errors", path: "/v1/campaigns/5/triggers/1/errors", paged: true,
 			seed: func(t *testing.T, e *readEnv, n int) []json.RawMessage {
 				e.triggerBroadcast(t, 5, 1)
-				it := items(n, func(i int) json.RawMessage { return raw(`{"detail":"customer u-%d does not exist","status":"422"}`, i) })
+				it := items(n, func(i int) json.RawMessage { return raw(`"line %d: customer u-%d does not exist"`, i+1, i) })
 				e.data.TriggerErrors = map[int64][]json.RawMessage{1: it}
 				return it
 			},
@@ -564,5 +564,48 @@ func TestMessagesWindowRefusedBeforeAnyRequest(t *testing.T) {
 	}
 	if n := len(e.s.Requests()); n != 0 {
 		t.Errorf("%d requests sent", n)
+	}
+}
+
+// TestMessagesPagesAtMostAThousand: without a page size of its own the
+// reader asks for Customer.io's largest page, 1000 (the stand-in, like
+// the reference, refuses more), and only for what --limit still lacks.
+func TestMessagesPagesAtMostAThousand(t *testing.T) {
+	e := newReadEnv(t, nil)
+	now := e.clock.Now().Unix()
+	e.s.SetAppData(ciotest.AppData{Messages: items(2600, func(i int) json.RawMessage {
+		return raw(`{"id":"m-%d","type":"email","created":%d,"metrics":{"sent":%d}}`, i, now-int64(i), now-int64(i))
+	})})
+	r := e.reader(t, appKey, 0)
+	for _, tt := range []struct {
+		limit  int
+		want   int
+		limits string
+	}{
+		{0, 2600, "limit=1000 limit=1000 limit=1000"},
+		{2500, 2500, "limit=1000 limit=1000 limit=500"},
+	} {
+		before := len(e.s.Requests())
+		got, err := r.Messages(context.Background(), sink.MessageFilter{}, tt.limit)
+		if err != nil {
+			t.Fatalf("limit %d: %v", tt.limit, err)
+		}
+		if len(got.Items) != tt.want || got.Items[tt.want-1].ID != fmt.Sprintf("m-%d", tt.want) {
+			t.Errorf("limit %d: %d messages, want m-1 to m-%d", tt.limit, len(got.Items), tt.want)
+		}
+		var limits []string
+		for _, q := range e.s.Requests()[before:] {
+			if q.Status != http.StatusOK {
+				t.Errorf("limit %d: a request answered %d: %s", tt.limit, q.Status, q.RawQuery)
+			}
+			for _, p := range strings.Split(q.RawQuery, "&") {
+				if strings.HasPrefix(p, "limit=") {
+					limits = append(limits, p)
+				}
+			}
+		}
+		if got := strings.Join(limits, " "); got != tt.limits {
+			t.Errorf("limit %d: requests asked %s, want %s", tt.limit, got, tt.limits)
+		}
 	}
 }

@@ -167,8 +167,11 @@ func cioCommands() map[string]cioCmd {
 		}},
 		"trigger-errors": {args: []string{"BROADCAST", "TRIGGER"}, paged: true, read: func(ctx context.Context, r *sink.AppReader, o *cioOpts) (*cioTable, error) {
 			it, err := r.TriggerErrors(ctx, o.ids[0], o.ids[1], o.limit)
-			return inOrder(it, err, []string{"STATUS", "DETAIL"}, func(v sink.TriggerError) []string {
-				return []string{dash(string(v.Status)), v.Detail}
+			return inOrder(it, err, []string{"ERROR"}, func(v sink.TriggerError) []string {
+				if v.Status != "" {
+					return []string{string(v.Status) + ": " + v.Detail}
+				}
+				return []string{v.Detail}
 			})
 		}},
 		"webhooks": {read: func(ctx context.Context, r *sink.AppReader, _ *cioOpts) (*cioTable, error) {
@@ -495,11 +498,16 @@ func parentOf(m sink.Message) string {
 	return "-"
 }
 
-// metricsOf lists a message's metrics in the order they happened.
+// metricsOf lists the events a message reached (the metrics Customer.io
+// filters by, and drafted), in the order they happened. The metrics object
+// also carries counts (human_opened, prefetch_clicked, …) and its created
+// time, which are not events.
 func metricsOf(m map[string]int64) string {
 	names := make([]string, 0, len(m))
 	for k := range m {
-		names = append(names, k)
+		if k == "drafted" || slices.Contains(sink.MessageMetrics, k) {
+			names = append(names, k)
+		}
 	}
 	slices.SortFunc(names, func(a, b string) int {
 		if c := cmp.Compare(m[a], m[b]); c != 0 {

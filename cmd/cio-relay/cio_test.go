@@ -43,7 +43,7 @@ func seedWorkspace(t *testing.T, s *ciotest.Server, now time.Time) {
 		Newsletters:   []json.RawMessage{r(`{"id":128275,"name":"Weekly Product Update","type":"email","created":%d,"updated":%d,"sent_at":%d,"tags":["Product Updates"]}`, ts, ts, ts+5), r(`{"id":128280,"name":"Launch","type":"push","created":%d,"updated":%d,"sent_at":null}`, ts+20, ts+20)},
 		Snippets:      []json.RawMessage{r(`{"name":"address","value":"<strong>My Company</strong><br/>1234 Fake St<br/>Fake, NY 10111","updated_at":%d}`, ts)},
 		Transactional: []json.RawMessage{r(`{"id":3,"name":"Reset password","description":"","send_to_unsubscribed":true,"link_tracking":false,"open_tracking":true,"hide_message_body":false,"queue_drafts":false,"created_at":%d,"updated_at":%d}`, ts, ts)},
-		TriggerErrors: map[int64][]json.RawMessage{1: {r(`{"detail":"customer u-9 does not exist","status":"422"}`)}},
+		TriggerErrors: map[int64][]json.RawMessage{1: {r(`"line 2: customer u-9 does not exist"`)}},
 	})
 	app, err := sink.NewApp(sink.AppOptions{URL: s.AppURL(), APIKey: func() string { return cioTestKey }, Client: http.DefaultClient})
 	if err != nil {
@@ -94,7 +94,7 @@ func TestCIOCommands(t *testing.T) {
 		{[]string{"segment-members", "3"}, "ID   CIO_ID    EMAIL", []string{"u-1  a3000001  u1@example.com", "u-2  a3000002  -"}},
 		{[]string{"triggers", "7"}, "ID  BROADCAST  CREATED", []string{"1   7"}},
 		{[]string{"trigger", "7", "1"}, "", []string{"ID         1", "BROADCAST  7"}},
-		{[]string{"trigger-errors", "7", "1"}, "STATUS  DETAIL", []string{"422     customer u-9 does not exist"}},
+		{[]string{"trigger-errors", "7", "1"}, "ERROR", []string{"line 2: customer u-9 does not exist"}},
 		{[]string{"webhooks"}, "ID  NAME", []string{"4   warehouse  webhook  false     2       https://hooks.example.com/cio?…"}},
 		{[]string{"collections"}, "ID  NAME", []string{"1   upcoming events  2     296"}},
 		{[]string{"ip-addresses"}, "ADDRESS", []string{"35.188.196.183", "104.198.177.219"}},
@@ -297,5 +297,22 @@ func TestCIOUsage(t *testing.T) {
 	var out bytes.Buffer
 	if code := run(t.Context(), []string{"cio", "-h"}, env(nil), &out, &out); code != 0 || !strings.Contains(out.String(), "segment-members ID") {
 		t.Errorf("cio -h: exit %d", code)
+	}
+}
+
+// TestMetricsOf: the METRICS column lists the events a delivery reached,
+// in the order they happened; the metrics object's counts (human_opened,
+// prefetch_clicked, …) and its created time are not events.
+func TestMetricsOf(t *testing.T) {
+	m := map[string]int64{"created": 1796157400, "sent": 1796157488, "delivered": 1796157490, "opened": 1796157548,
+		"human_opened": 1, "prefetch_opened": 0, "human_clicked": 2, "prefetch_clicked": 1}
+	if got, want := metricsOf(m), "sent,delivered,opened"; got != want {
+		t.Errorf("metricsOf = %q, want %q", got, want)
+	}
+	if got := metricsOf(map[string]int64{"drafted": 5}); got != "drafted" {
+		t.Errorf("a draft's metrics = %q, want drafted", got)
+	}
+	if got := metricsOf(nil); got != "-" {
+		t.Errorf("no metrics = %q, want -", got)
 	}
 }

@@ -26,13 +26,22 @@ import (
 //     it does not count against the window. Such answers are recorded
 //     with [OutcomeRateLimited] and counted in [Stats.RateLimited].
 //   - Paged reads (messages, newsletters, segment membership, trigger
-//     errors) answer at most limit items and an opaque next cursor, ""
-//     on the last page; the client must pass next back as start. A start
-//     the stand-in did not hand out is refused (400), as is a limit out
-//     of range (messages: 1–1000; membership: 1–30000).
+//     errors) answer at most limit items and a next cursor the client
+//     must pass back as start. Messages, newsletters and membership hand
+//     out an opaque string, "" on the last page; a trigger's errors an
+//     integer offset (the reference types next as one), 0 on the last
+//     page (what the real last page carries is undocumented: 0 is the
+//     case a client can get wrong, reading the first page again). A
+//     start the stand-in did not hand out is refused (400), as is a limit
+//     out of range (messages: 1–1000; membership: 1–30000).
+//   - A trigger's errors are strings, "line <x>: <error text>", as the
+//     reference (broadcastErrors) gives them, not objects; one trigger
+//     (broadcastStatus) is answered as the object itself, without an
+//     envelope.
 //   - GET /v1/messages refuses a window (start_ts to end_ts, end_ts
-//     defaulting to now) longer than six months, an unknown type or
-//     metric, and ids or times that are not integers (400). By default
+//     defaulting to now) longer than six months (stricter than
+//     Customer.io, which silently answers six months of it), an unknown
+//     type or metric, and ids or times that are not integers (400). By default
 //     it answers sent messages only; drafts=true answers drafts (a
 //     message whose metrics have "drafted" and no "sent").
 //   - Reads answer only GET (405), after the App API key (401).
@@ -67,11 +76,12 @@ type AppData struct {
 	Membership        map[int64][]json.RawMessage
 	ReportingWebhooks []json.RawMessage
 	Collections       []json.RawMessage
-	IPAddresses       []json.RawMessage // answered as "ip_addresses" (unverified member name)
+	IPAddresses       []json.RawMessage // answered as "ip_addresses" (getCioAllowlist: strings)
 	Newsletters       []json.RawMessage // sort=asc|desc orders them by "created"
 	Snippets          []json.RawMessage
 	Transactional     []json.RawMessage // answered as "messages"
-	// TriggerErrors holds an accepted trigger's errors, by trigger id.
+	// TriggerErrors holds an accepted trigger's errors, by trigger id:
+	// JSON strings, as Customer.io sends them.
 	TriggerErrors map[int64][]json.RawMessage
 }
 
@@ -245,9 +255,9 @@ func (s *Server) answerRead(rt readRoute, q url.Values, now time.Time) response 
 			return readError(http.StatusNotFound, "broadcast %d has no trigger %d", rt.id, rt.tid)
 		}
 		if rt.name == "trigger" {
-			return accepted(`{"trigger":` + string(triggerJSON(s.triggers[i])) + `}`)
+			return accepted(string(triggerJSON(s.triggers[i])))
 		}
-		return answerPage("errors", d.TriggerErrors[rt.tid], q, 100, 1000, nil)
+		return answerOffsetPage("errors", d.TriggerErrors[rt.tid], q, 100, 1000)
 	}
 	member := lists[rt.name]
 	var items []json.RawMessage
@@ -404,6 +414,33 @@ func answerPage(member string, items []json.RawMessage, q url.Values, def, maxLi
 	}
 	nb, _ := json.Marshal(next)
 	return accepted(body + `,"next":` + string(nb) + "}")
+}
+
+// answerOffsetPage is answerPage with an integer offset as the cursor:
+// next is the offset of the following page, 0 on the last one.
+func answerOffsetPage(member string, items []json.RawMessage, q url.Values, def, maxLimit int) response {
+	limit := def
+	if v := q.Get("limit"); v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil || n < 1 || n > maxLimit {
+			return readError(http.StatusBadRequest, "limit must be from 1 to %d, got %q", maxLimit, v)
+		}
+		limit = n
+	}
+	offset := 0
+	if v := q.Get("start"); v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil || n < 0 || n > len(items) {
+			return readError(http.StatusBadRequest, "start %q is not an offset this API handed out", v)
+		}
+		offset = n
+	}
+	end := min(offset+limit, len(items))
+	next := 0
+	if end < len(items) {
+		next = end
+	}
+	return accepted(strings.TrimSuffix(listJSON(member, items[offset:end]), "}") + `,"next":` + strconv.Itoa(next) + "}")
 }
 
 // membershipIDs is membership's "ids": the identifiers' ids.

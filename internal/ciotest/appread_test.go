@@ -95,3 +95,38 @@ func TestAppReadRefusals(t *testing.T) {
 		t.Errorf("POST to a read: %d Allow %q", a.status, a.header.Get("Allow"))
 	}
 }
+
+// TestAppReadTriggerShapes: one trigger is answered as the object itself
+// (broadcastStatus), its errors as strings paged by an integer offset,
+// 0 on the last page (broadcastErrors); an offset not handed out is
+// refused.
+func TestAppReadTriggerShapes(t *testing.T) {
+	c := &clock{now: time.Date(2026, 6, 1, 12, 0, 0, 0, time.UTC)}
+	s := newServer(t, func(o *ciotest.Options) { o.Now = c.Now })
+	if a := do(t, triggerRequest(t, s, "5", `{"ids":["u1"]}`, "Bearer "+appKey)); a.status != http.StatusOK {
+		t.Fatalf("trigger: %d %s", a.status, a.body)
+	}
+	s.SetAppData(ciotest.AppData{TriggerErrors: map[int64][]json.RawMessage{1: {
+		json.RawMessage(`"line 1: customer u-1 does not exist"`), json.RawMessage(`"line 2: customer u-2 does not exist"`), json.RawMessage(`"line 3: customer u-3 does not exist"`),
+	}}})
+	at := c.Now().Unix()
+	tests := []struct {
+		name, path string
+		status     int
+		body       string
+	}{
+		{"one trigger", "/campaigns/5/triggers/1", http.StatusOK, fmt.Sprintf(`{"id":1,"broadcast_id":5,"created_at":%d,"processed_at":%d}`, at, at)},
+		{"first page", "/campaigns/5/triggers/1/errors?limit=2", http.StatusOK, `{"errors":["line 1: customer u-1 does not exist","line 2: customer u-2 does not exist"],"next":2}`},
+		{"last page", "/campaigns/5/triggers/1/errors?limit=2&start=2", http.StatusOK, `{"errors":["line 3: customer u-3 does not exist"],"next":0}`},
+		{"offset not handed out", "/campaigns/5/triggers/1/errors?start=x", http.StatusBadRequest, `not an offset`},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			c.Advance(time.Second)
+			a := appGet(t, s, tt.path, appKey)
+			if a.status != tt.status || (tt.status == http.StatusOK && a.body != tt.body) || !strings.Contains(a.body, tt.body) {
+				t.Fatalf("%d %s, want %d %s", a.status, a.body, tt.status, tt.body)
+			}
+		})
+	}
+}
