@@ -35,18 +35,26 @@ const (
 // id, so it only refuses what cannot be one.
 const MaxDeliveryIDBytes = 1000
 
-// Metrics are the metric values POST /api/v1/metrics accepts, as found in
-// Customer.io's Track API reference
-// (https://docs.customer.io/integrations/api/track/tag/track-events/metrics/):
-// the email variant lists bounced, clicked, converted, deferred, delivered,
-// dropped, opened and spammed; the push variant (and the deprecated
-// /api/v1/push/events it replaces) opened, converted and delivered.
+// MetricsByChannel are the metric values Customer.io's Track API reference
+// gives each variant of POST /api/v1/metrics (its OpenAPI's request body is
+// one of Email, In-app, Push, Slack, SMS and Webhook;
+// https://docs.customer.io/integrations/api/track/#operation/metrics).
 // Segment's Customer.io destination ("Report Delivery Event",
-// segmentio/action-destinations) offers exactly the same eight. The
-// in-app, SMS, Slack and webhook variants of the request are not rendered
-// in the reference copies available to us, so their enumerations could not
-// be checked; a value outside this set is dead-lettered as invalid_metric
-// rather than sent on a guess, and can be replayed once it is added here.
+// segmentio/action-destinations) offers the eight of email.
+var MetricsByChannel = map[string][]string{
+	"email":   {"bounced", "clicked", "converted", "deferred", "delivered", "dropped", "opened", "spammed"},
+	"in-app":  {"clicked", "converted", "opened"},
+	"push":    {"converted", "delivered", "opened"},
+	"slack":   {"clicked", "converted", "delivered", "opened"},
+	"sms":     {"bounced", "clicked", "delivered", "opened"},
+	"webhook": {"bounced", "clicked", "converted", "deferred", "delivered", "dropped", "opened", "spammed"},
+}
+
+// Metrics are the metric values ParseMetric accepts: every channel's of
+// MetricsByChannel, which are all among email's eight. A body names no
+// channel, so a value is checked against the union, not against its
+// channel's list; anything else is dead-lettered as invalid_metric rather
+// than sent on a guess, and can be replayed once it is added here.
 var Metrics = []string{"bounced", "clicked", "converted", "deferred", "delivered", "dropped", "opened", "spammed"}
 
 // PushEvents are the events of the deprecated POST /api/v1/push/events,

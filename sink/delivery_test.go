@@ -5,12 +5,14 @@ import (
 	"encoding/json"
 	"errors"
 	"net/url"
+	"slices"
 	"strings"
 	"testing"
 	"time"
 	"unicode/utf8"
 
 	"github.com/cio-relay/cio-relay/event"
+	"github.com/cio-relay/cio-relay/internal/ciotest"
 	"github.com/cio-relay/cio-relay/sink"
 )
 
@@ -112,6 +114,46 @@ func TestParseMetric(t *testing.T) {
 				t.Errorf("Body = %s, %v\nwant   %s", body, err, tt.want)
 			}
 		})
+	}
+}
+
+// TestParseMetricEveryChannel: every metric value Customer.io's reference
+// lists for any channel is accepted, sent as given, and accepted by the
+// stand-in; the union is exactly Metrics, the stand-in's list.
+func TestParseMetricEveryChannel(t *testing.T) {
+	s := directServer(t, nil)
+	c, err := sink.NewTrack(sink.TrackOptions{URL: s.TrackURL(), UserAgent: "test", Client: sink.NewHTTPClient(2, 5*time.Second)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	union := map[string]bool{}
+	for channel, values := range sink.MetricsByChannel {
+		for _, v := range values {
+			union[v] = true
+			m, err := sink.ParseMetric([]byte(`{"delivery_id":"d1","metric":"` + v + `","timestamp":1700000000}`))
+			if err != nil {
+				t.Errorf("%s metric %q: %v", channel, v, err)
+				continue
+			}
+			body, err := m.Body(time.Now())
+			if err != nil {
+				t.Fatal(err)
+			}
+			if want := `{"delivery_id":"d1","metric":"` + v + `","timestamp":1700000000}`; string(body) != want {
+				t.Errorf("%s metric %q sent as %s, want %s", channel, v, body, want)
+			}
+			if err := c.ReportMetric(context.Background(), body); err != nil {
+				t.Errorf("%s metric %q refused by the stand-in: %v", channel, v, err)
+			}
+		}
+	}
+	var got []string
+	for v := range union {
+		got = append(got, v)
+	}
+	slices.Sort(got)
+	if !slices.Equal(got, sink.Metrics) || !slices.Equal(sink.Metrics, ciotest.Metrics) {
+		t.Errorf("channels' metrics %v, Metrics %v, the stand-in's %v: want one list", got, sink.Metrics, ciotest.Metrics)
 	}
 }
 

@@ -18,9 +18,10 @@ const (
 )
 
 // Metrics are the metric values the stand-in's POST /api/v1/metrics
-// accepts: those the Track API reference lists for email (bounced, clicked,
-// converted, deferred, delivered, dropped, opened, spammed), push being a
-// subset. Anything else is answered 400.
+// accepts: those the Track API reference lists for email and webhooks
+// (bounced, clicked, converted, deferred, delivered, dropped, opened,
+// spammed); its push, in-app, Slack and SMS variants list subsets of them.
+// Anything else is answered 400.
 var Metrics = []string{"bounced", "clicked", "converted", "deferred", "delivered", "dropped", "opened", "spammed"}
 
 // Unsubscribe is one accepted POST /unsubscribe/{delivery_id}.
