@@ -208,3 +208,37 @@ func TestRelayBinarySendsDeliveryCallsWithoutTrackOrAppKeys(t *testing.T) {
 		t.Errorf("%d dead letters", n)
 	}
 }
+
+// TestRelayBinarySendsDeliveryCallsWithoutCDPOrAppKeys: the cio-relay
+// binary with Track credentials and neither a CDP nor an App key (a dry
+// run for CDP calls: the only way it starts without a CDP key) sends
+// unsubscribes to the root of CIO_TRACK_URL's host and metrics under it.
+func TestRelayBinarySendsDeliveryCallsWithoutCDPOrAppKeys(t *testing.T) {
+	e := newEnv(t, ciotest.Options{SiteID: "site-1", TrackKey: "track-key"})
+	env := relayEnv(e.nats.URL(), e.cio.CDPURL(), "", map[string]string{
+		"CIO_TRACK_URL": e.cio.TrackURL(), "CIO_SITE_ID": "site-1", "CIO_TRACK_API_KEY": "track-key",
+		"RELAY_DRY_RUN": "true", "RELAY_DRY_RUN_FILE": filepath.Join(t.TempDir(), "dry-run.ndjson")})
+	delete(env, "CIO_CDP_API_KEY_FILE")
+	p := startRelay(t, "delivery-no-cdp", env)
+	p.waitLog(t, 10*time.Second, "unsubscribes and delivery metrics enabled")
+	e.publishAll(t, []published{
+		{subject: worker.SubjectUnsubscribe, body: []byte(`{"delivery_id":"dry-1"}`)},
+		{subject: worker.SubjectMetric, body: []byte(`{"delivery_id":"dry-2","metric":"clicked","href":"https://x.io/"}`)},
+	})
+	e.waitConsumerSettled(t, "cio-relay-unsubscribe")
+	e.waitConsumerSettled(t, "cio-relay-metric")
+	if u := e.cio.Unsubscribes(); len(u) != 1 || u[0].DeliveryID != "dry-1" || !u[0].Unsubscribe {
+		t.Errorf("unsubscribes %+v", u)
+	}
+	if m := e.cio.Metrics(); len(m) != 1 || m[0].DeliveryID != "dry-2" || m[0].Metric != "clicked" || m[0].Href != "https://x.io/" || m[0].Timestamp == 0 {
+		t.Errorf("metrics %+v", m)
+	}
+	for _, r := range e.cio.Requests() {
+		if r.API == ciotest.APICDP || r.API == ciotest.APIApp {
+			t.Errorf("a request to the %s API (%s) from a relay without its key", r.API, r.Path)
+		}
+	}
+	if _, n := dlqReasons(t, e); n != 0 {
+		t.Errorf("%d dead letters", n)
+	}
+}
