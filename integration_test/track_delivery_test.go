@@ -93,6 +93,7 @@ func TestUnsubscribesAndMetrics(t *testing.T) {
 		{subject: worker.SubjectMetric, body: []byte(`{"delivery_id":"d4","metric":"delivered"}`)},
 		{subject: worker.SubjectMetric, body: []byte(`{"delivery_id":"d5","event":"opened","device_id":"device-token-1","timestamp":1700000001}`)},
 		{subject: worker.SubjectMetric, body: []byte(`{"delivery_id":"d-429","metric":"bounced","reason":"mailbox full","timestamp":1700000002}`)},
+		{subject: worker.SubjectMetric, body: []byte(`{"delivery_id":"d-sms","metric":"delivered","recipient":15551234567}`)},
 	}
 	invalid := []struct {
 		published
@@ -140,8 +141,11 @@ func TestUnsubscribesAndMetrics(t *testing.T) {
 	if m := byDelivery["d-429"]; m.Metric != "bounced" || m.Reason != "mailbox full" {
 		t.Errorf("metric retried after 429 reported as %+v", m)
 	}
-	if len(byDelivery) != 4 {
-		t.Errorf("%d metrics reported, want 4", len(byDelivery))
+	if m := byDelivery["d-sms"]; m.Metric != "delivered" || m.Recipient != "15551234567" || !strings.Contains(string(m.Body), `"recipient":15551234567`) {
+		t.Errorf("SMS metric with a numeric recipient reported as %+v (%s), want the number sent as one", m, m.Body)
+	}
+	if len(byDelivery) != 5 {
+		t.Errorf("%d metrics reported, want 5", len(byDelivery))
 	}
 	for _, r := range e.cio.Requests() {
 		if r.Status == 404 {
@@ -163,11 +167,11 @@ func TestUnsubscribesAndMetrics(t *testing.T) {
 		labels []string
 		want   float64
 	}{
-		{"cio_relay_direct_calls_total", []string{"api", "track", "outcome", "delivered"}, 6},
+		{"cio_relay_direct_calls_total", []string{"api", "track", "outcome", "delivered"}, 7},
 		{"cio_relay_direct_calls_total", []string{"api", "track", "outcome", "rejected"}, 1},
 		{"cio_relay_unsubscribes_total", []string{"action", "unsubscribe"}, 1},
 		{"cio_relay_unsubscribes_total", []string{"action", "resubscribe"}, 1},
-		{"cio_relay_delivery_metrics_total", []string{"shape", "metrics"}, 3},
+		{"cio_relay_delivery_metrics_total", []string{"shape", "metrics"}, 4},
 		{"cio_relay_delivery_metrics_total", []string{"shape", "push_events", "metric", "opened"}, 1},
 		{"cio_relay_retries_total", []string{"reason", "status_429"}, 1},
 		{"cio_relay_retries_total", []string{"reason", "status_5xx"}, 1},

@@ -1,6 +1,7 @@
 package ciotest
 
 import (
+	"bytes"
 	"net/http"
 	"net/url"
 	"slices"
@@ -146,7 +147,17 @@ func (s *Server) metric(req *Request) response {
 	m := MetricReport{Body: req.Body, Time: req.Time}
 	for k, raw := range vals {
 		switch k {
-		case "delivery_id", "metric", "recipient", "reason", "href":
+		case "recipient":
+			// A string, or an integer: the type the reference gives an SMS
+			// recipient (the phone number).
+			if str, ok := stringValue(raw); ok {
+				m.Recipient = str
+			} else if jsonKind(raw) == "number" && len(bytes.Trim(raw, "0123456789")) == 0 {
+				m.Recipient = string(raw)
+			} else {
+				return reject(http.StatusBadRequest, "recipient must be a string or an integer, not %s", jsonKind(raw))
+			}
+		case "delivery_id", "metric", "reason", "href":
 			str, ok := stringValue(raw)
 			if !ok {
 				return reject(http.StatusBadRequest, "%s must be a string, not %s", k, jsonKind(raw))
@@ -156,8 +167,6 @@ func (s *Server) metric(req *Request) response {
 				m.DeliveryID = str
 			case "metric":
 				m.Metric = str
-			case "recipient":
-				m.Recipient = str
 			case "reason":
 				m.Reason = str
 			case "href":

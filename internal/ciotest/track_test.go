@@ -68,8 +68,8 @@ func TestDeliveryEndpoints(t *testing.T) {
 		t.Errorf("unsubscribes %+v", unsubs)
 	}
 	ms := s.Metrics()
-	if len(ms) != 2 || ms[0].Metric != "clicked" || ms[0].Timestamp != 1700000000 || ms[0].Href != "https://x.io" || ms[0].Recipient != "a@x.io" ||
-		ms[1].Metric != "opened" || ms[1].Timestamp != 0 {
+	if len(ms) != 3 || ms[0].Metric != "clicked" || ms[0].Timestamp != 1700000000 || ms[0].Href != "https://x.io" || ms[0].Recipient != "a@x.io" ||
+		ms[1].Metric != "delivered" || ms[1].Recipient != "15551234567" || ms[2].Metric != "opened" || ms[2].Timestamp != 0 {
 		t.Errorf("metrics %+v", ms)
 	}
 }
