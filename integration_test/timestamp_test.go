@@ -7,11 +7,14 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/cio-relay/cio-relay/deadletter"
 	"github.com/cio-relay/cio-relay/event"
 	"github.com/cio-relay/cio-relay/internal/ciotest"
+	"github.com/cio-relay/cio-relay/internal/dlqcli"
 	"github.com/cio-relay/cio-relay/worker"
 )
 
@@ -24,6 +27,9 @@ type stampCase struct {
 	own     bool // carries its own timestamp: delivered byte for byte
 	exact   bool // type and messageId present: only a timestamp may be added
 	omitted bool // fits 32,000 bytes only without the inserted timestamp
+	// replayed: dead-lettered in an outage before the backlog and put back
+	// by dlq replay: it must carry its first publish time, not the replay's.
+	replayed bool
 }
 
 // tsMember is the length of the member the relay inserts,
@@ -37,9 +43,21 @@ const tsMember = len(`"timestamp":"2026-11-29T01:02:03.456Z",`)
 // within 1 s of the clock at publish, so ≥ 3 s before it reached
 // Customer.io), that calls with their own timestamp arrive byte for byte,
 // and that at the 32,000-byte edge a call that fits only without the
-// inserted timestamp is delivered without one and counted.
+// inserted timestamp is delivered without one and counted. Part of the
+// backlog is replays: calls dead-lettered in an outage before it and put
+// back by dlq replay a second later, which must carry the time they were
+// first published, not the replay's.
 func TestBacklogKeepsPublishTime(t *testing.T) {
-	e := newEnv(t, ciotest.Options{})
+	var outage atomic.Bool
+	outage.Store(true)
+	replayIDs := []string{"replayed-0", "replayed-1", "replayed-2"}
+	failing := ciotest.FailCalls(ciotest.Fault{Status: 500}, replayIDs...)
+	e := newEnv(t, ciotest.Options{Fault: func(r *ciotest.Request) *ciotest.Fault {
+		if !outage.Load() {
+			return nil
+		}
+		return failing(r)
+	}})
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	stream, err := e.js.CreateStream(ctx, worker.StreamConfig("CIO"))
@@ -47,8 +65,66 @@ func TestBacklogKeepsPublishTime(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	r := rand.New(rand.NewPCG(10, 3))
+	// The outage: a worker that gives up at once dead-letters the calls to
+	// be replayed, and stops. The consumer keeps its MaxDeliver of 1; the
+	// workers draining the backlog adopt it, and nothing fails for them.
+	first := map[string]time.Time{} // replayed call → its first JetStream publish time
 	var cases []stampCase
+	{
+		opts := fastOptions()
+		opts.MaxDeliver, opts.NoRetry = 1, true
+		_, _, stop := e.launchWorker(t, opts, 0)
+		for _, id := range replayIDs {
+			body := []byte(`{"type":"track","messageId":"` + id + `","userId":"` + id + `","event":"E"}`)
+			ack, err := e.js.Publish(ctx, "cio.track", body)
+			if err != nil {
+				t.Fatal(err)
+			}
+			m, err := stream.GetMsg(ctx, ack.Sequence)
+			if err != nil {
+				t.Fatal(err)
+			}
+			first[id] = m.Time
+			cases = append(cases, stampCase{key: id, subject: "cio.track", body: body, exact: true, replayed: true})
+		}
+		waitDeadLetters(t, e.js, uint64(len(replayIDs)), 20*time.Second)
+		stop()
+	}
+	outage.Store(false)
+	// The outage lasts: the replay is published well after the calls were.
+	time.Sleep(time.Until(latest(first).Add(time.Second)))
+	c, _, err := dlqcli.Parse([]string{"replay"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out, errOut bytes.Buffer
+	if code := c.Run(ctx, dlqcli.Env{JS: e.js, Stdout: &out, Stderr: &errOut}); code != 0 {
+		t.Fatalf("dlq replay → %d\n%s%s", code, out.String(), errOut.String())
+	}
+	replayedAt := map[string]time.Time{} // replayed call → the replay's own publish time
+	info, err := stream.Info(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for seq := info.State.FirstSeq; seq <= info.State.LastSeq; seq++ {
+		m, err := stream.GetMsg(ctx, seq)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if m.Header.Get(deadletter.HeaderReplayOf) == "" {
+			continue
+		}
+		id, ok := event.MessageIDOf(m.Data)
+		if !ok {
+			t.Fatalf("replay at sequence %d has no messageId: %s", seq, m.Data)
+		}
+		replayedAt[id] = m.Time
+	}
+	if len(replayedAt) != len(replayIDs) {
+		t.Fatalf("%d replays in the stream, want %d", len(replayedAt), len(replayIDs))
+	}
+
+	r := rand.New(rand.NewPCG(10, 3))
 	add := func(c stampCase) { cases = append(cases, c) }
 	for i := range 200 {
 		typ := mix(r)
@@ -99,6 +175,9 @@ func TestBacklogKeepsPublishTime(t *testing.T) {
 	}
 	pubs := map[string]stored{}
 	for _, c := range cases {
+		if c.replayed {
+			continue // in the stream already, as its replay
+		}
 		before := time.Now()
 		ack, err := e.js.Publish(ctx, c.subject, c.body)
 		if err != nil {
@@ -134,7 +213,7 @@ func TestBacklogKeepsPublishTime(t *testing.T) {
 		byKey[c.key] = c
 	}
 	seen := map[string]int{}
-	var inserted, own, omitted int
+	var inserted, own, omitted, replayed int
 	var minWait time.Duration = -1
 	for _, d := range e.cio.Delivered() {
 		c, ok := byKey[d.UserID]
@@ -150,6 +229,30 @@ func TestBacklogKeepsPublishTime(t *testing.T) {
 			if !c.exact && (!strings.HasPrefix(string(d.Raw), `{"type":"track","messageId":"CIO-`) ||
 				!strings.HasSuffix(string(d.Raw), ","+string(compact(t, c.body)[1:]))) {
 				t.Errorf("%s: a call with its own timestamp changed: %s", c.key, d.Raw)
+			}
+			continue
+		}
+		if c.replayed {
+			replayed++
+			var f struct {
+				Timestamp string `json:"timestamp"`
+			}
+			if err := json.Unmarshal(d.Raw, &f); err != nil {
+				t.Fatal(err)
+			}
+			want := first[c.key].UTC().Truncate(time.Millisecond).Format("2006-01-02T15:04:05.000Z07:00")
+			if f.Timestamp != want {
+				t.Errorf("%s: replayed with timestamp %q; want its first publish time %s, not the replay's %s",
+					c.key, f.Timestamp, want, replayedAt[c.key].UTC().Format("2006-01-02T15:04:05.000Z07:00"))
+			}
+			if gap := replayedAt[c.key].Sub(first[c.key]); gap < time.Second {
+				t.Errorf("%s: replayed %v after its first publish; the check needs at least 1s", c.key, gap)
+			}
+			if wait := arrived[c.key].Sub(first[c.key]); wait < 4*time.Second {
+				t.Errorf("%s: arrived %v after its first publish, want ≥ 4s (1s outage, 3s backlog)", c.key, wait)
+			}
+			if want := `{"timestamp":"` + want + `",` + string(c.body[1:]); string(d.Raw) != want {
+				t.Errorf("%s: want the call as published with only the timestamp inserted:\n got %.200s\nwant %.200s", c.key, d.Raw, want)
 			}
 			continue
 		}
@@ -209,11 +312,36 @@ func TestBacklogKeepsPublishTime(t *testing.T) {
 	if got != float64(wantOmitted) || omitted != wantOmitted {
 		t.Errorf("cio_relay_timestamp_omitted_total = %v and %d delivered without one, want %d", got, omitted, wantOmitted)
 	}
-	if n := streamMsgs(t, e.js, "CIO_DLQ"); n != 0 {
-		t.Errorf("%d dead letters, want none: a call is never refused for the timestamp the relay adds", n)
+	if replayed != len(replayIDs) {
+		t.Errorf("%d replayed calls delivered, want %d", replayed, len(replayIDs))
 	}
-	t.Logf("%d calls after a backlog of %v: %d stamped with their publish time (shortest wait to arrival %v), %d with their own kept, %d at the limit sent without",
-		len(cases), 3*time.Second, inserted, minWait.Round(time.Millisecond), own, omitted)
+	if n := streamMsgs(t, e.js, "CIO_DLQ"); n != 0 {
+		t.Errorf("%d dead letters left, want none: a call is never refused for the timestamp the relay adds, and the replayed ones were taken out", n)
+	}
+	t.Logf("%d calls after a backlog of %v: %d stamped with their publish time (shortest wait to arrival %v), %d replayed (their replays published %v or more after the calls), %d with their own kept, %d at the limit sent without",
+		len(cases), 3*time.Second, inserted, minWait.Round(time.Millisecond), replayed, minGap(first, replayedAt).Round(time.Millisecond), own, omitted)
+}
+
+// latest is the latest of the times in m.
+func latest(m map[string]time.Time) time.Time {
+	var l time.Time
+	for _, at := range m {
+		if at.After(l) {
+			l = at
+		}
+	}
+	return l
+}
+
+// minGap is the shortest time from first[k] to then[k] over the keys of first.
+func minGap(first, then map[string]time.Time) time.Duration {
+	gap := time.Duration(-1)
+	for k, at := range first {
+		if d := then[k].Sub(at); gap < 0 || d < gap {
+			gap = d
+		}
+	}
+	return gap
 }
 
 // withoutTimestamp removes the timestamp makeCall writes, keeping the call

@@ -93,6 +93,7 @@ func TestUnsubscribesAndMetrics(t *testing.T) {
 		{subject: worker.SubjectMetric, body: []byte(`{"delivery_id":"d4","metric":"delivered"}`)},
 		{subject: worker.SubjectMetric, body: []byte(`{"delivery_id":"d5","event":"opened","device_id":"device-token-1","timestamp":1700000001}`)},
 		{subject: worker.SubjectMetric, body: []byte(`{"delivery_id":"d-429","metric":"bounced","reason":"mailbox full","timestamp":1700000002}`)},
+		{subject: worker.SubjectMetric, body: []byte(`{"delivery_id":"d-sms","metric":"delivered","recipient":15551234567}`)},
 	}
 	invalid := []struct {
 		published
@@ -140,8 +141,11 @@ func TestUnsubscribesAndMetrics(t *testing.T) {
 	if m := byDelivery["d-429"]; m.Metric != "bounced" || m.Reason != "mailbox full" {
 		t.Errorf("metric retried after 429 reported as %+v", m)
 	}
-	if len(byDelivery) != 4 {
-		t.Errorf("%d metrics reported, want 4", len(byDelivery))
+	if m := byDelivery["d-sms"]; m.Metric != "delivered" || m.Recipient != "15551234567" || !strings.Contains(string(m.Body), `"recipient":15551234567`) {
+		t.Errorf("SMS metric with a numeric recipient reported as %+v (%s), want the number sent as one", m, m.Body)
+	}
+	if len(byDelivery) != 5 {
+		t.Errorf("%d metrics reported, want 5", len(byDelivery))
 	}
 	for _, r := range e.cio.Requests() {
 		if r.Status == 404 {
@@ -163,11 +167,11 @@ func TestUnsubscribesAndMetrics(t *testing.T) {
 		labels []string
 		want   float64
 	}{
-		{"cio_relay_direct_calls_total", []string{"api", "track", "outcome", "delivered"}, 6},
+		{"cio_relay_direct_calls_total", []string{"api", "track", "outcome", "delivered"}, 7},
 		{"cio_relay_direct_calls_total", []string{"api", "track", "outcome", "rejected"}, 1},
 		{"cio_relay_unsubscribes_total", []string{"action", "unsubscribe"}, 1},
 		{"cio_relay_unsubscribes_total", []string{"action", "resubscribe"}, 1},
-		{"cio_relay_delivery_metrics_total", []string{"shape", "metrics"}, 3},
+		{"cio_relay_delivery_metrics_total", []string{"shape", "metrics"}, 4},
 		{"cio_relay_delivery_metrics_total", []string{"shape", "push_events", "metric", "opened"}, 1},
 		{"cio_relay_retries_total", []string{"reason", "status_429"}, 1},
 		{"cio_relay_retries_total", []string{"reason", "status_5xx"}, 1},
@@ -203,6 +207,40 @@ func TestRelayBinarySendsDeliveryCallsWithoutTrackOrAppKeys(t *testing.T) {
 	}
 	if m := e.cio.Metrics(); len(m) != 1 || m[0].DeliveryID != "bin-2" || m[0].Metric != "delivered" || m[0].Recipient != "tok" || m[0].Timestamp == 0 {
 		t.Errorf("metrics %+v", m)
+	}
+	if _, n := dlqReasons(t, e); n != 0 {
+		t.Errorf("%d dead letters", n)
+	}
+}
+
+// TestRelayBinarySendsDeliveryCallsWithoutCDPOrAppKeys: the cio-relay
+// binary with Track credentials and neither a CDP nor an App key (a dry
+// run for CDP calls: the only way it starts without a CDP key) sends
+// unsubscribes to the root of CIO_TRACK_URL's host and metrics under it.
+func TestRelayBinarySendsDeliveryCallsWithoutCDPOrAppKeys(t *testing.T) {
+	e := newEnv(t, ciotest.Options{SiteID: "site-1", TrackKey: "track-key"})
+	env := relayEnv(e.nats.URL(), e.cio.CDPURL(), "", map[string]string{
+		"CIO_TRACK_URL": e.cio.TrackURL(), "CIO_SITE_ID": "site-1", "CIO_TRACK_API_KEY": "track-key",
+		"RELAY_DRY_RUN": "true", "RELAY_DRY_RUN_FILE": filepath.Join(t.TempDir(), "dry-run.ndjson")})
+	delete(env, "CIO_CDP_API_KEY_FILE")
+	p := startRelay(t, "delivery-no-cdp", env)
+	p.waitLog(t, 10*time.Second, "unsubscribes and delivery metrics enabled")
+	e.publishAll(t, []published{
+		{subject: worker.SubjectUnsubscribe, body: []byte(`{"delivery_id":"dry-1"}`)},
+		{subject: worker.SubjectMetric, body: []byte(`{"delivery_id":"dry-2","metric":"clicked","href":"https://x.io/"}`)},
+	})
+	e.waitConsumerSettled(t, "cio-relay-unsubscribe")
+	e.waitConsumerSettled(t, "cio-relay-metric")
+	if u := e.cio.Unsubscribes(); len(u) != 1 || u[0].DeliveryID != "dry-1" || !u[0].Unsubscribe {
+		t.Errorf("unsubscribes %+v", u)
+	}
+	if m := e.cio.Metrics(); len(m) != 1 || m[0].DeliveryID != "dry-2" || m[0].Metric != "clicked" || m[0].Href != "https://x.io/" || m[0].Timestamp == 0 {
+		t.Errorf("metrics %+v", m)
+	}
+	for _, r := range e.cio.Requests() {
+		if r.API == ciotest.APICDP || r.API == ciotest.APIApp {
+			t.Errorf("a request to the %s API (%s) from a relay without its key", r.API, r.Path)
+		}
 	}
 	if _, n := dlqReasons(t, e); n != 0 {
 		t.Errorf("%d dead letters", n)

@@ -35,18 +35,26 @@ const (
 // id, so it only refuses what cannot be one.
 const MaxDeliveryIDBytes = 1000
 
-// Metrics are the metric values POST /api/v1/metrics accepts, as found in
-// Customer.io's Track API reference
-// (https://docs.customer.io/integrations/api/track/tag/track-events/metrics/):
-// the email variant lists bounced, clicked, converted, deferred, delivered,
-// dropped, opened and spammed; the push variant (and the deprecated
-// /api/v1/push/events it replaces) opened, converted and delivered.
+// MetricsByChannel are the metric values Customer.io's Track API reference
+// gives each variant of POST /api/v1/metrics (its OpenAPI's request body is
+// one of Email, In-app, Push, Slack, SMS and Webhook;
+// https://docs.customer.io/integrations/api/track/#operation/metrics).
 // Segment's Customer.io destination ("Report Delivery Event",
-// segmentio/action-destinations) offers exactly the same eight. The
-// in-app, SMS, Slack and webhook variants of the request are not rendered
-// in the reference copies available to us, so their enumerations could not
-// be checked; a value outside this set is dead-lettered as invalid_metric
-// rather than sent on a guess, and can be replayed once it is added here.
+// segmentio/action-destinations) offers the eight of email.
+var MetricsByChannel = map[string][]string{
+	"email":   {"bounced", "clicked", "converted", "deferred", "delivered", "dropped", "opened", "spammed"},
+	"in-app":  {"clicked", "converted", "opened"},
+	"push":    {"converted", "delivered", "opened"},
+	"slack":   {"clicked", "converted", "delivered", "opened"},
+	"sms":     {"bounced", "clicked", "delivered", "opened"},
+	"webhook": {"bounced", "clicked", "converted", "deferred", "delivered", "dropped", "opened", "spammed"},
+}
+
+// Metrics are the metric values ParseMetric accepts: every channel's of
+// MetricsByChannel, which are all among email's eight. A body names no
+// channel, so a value is checked against the union, not against its
+// channel's list; anything else is dead-lettered as invalid_metric rather
+// than sent on a guess, and can be replayed once it is added here.
 var Metrics = []string{"bounced", "clicked", "converted", "deferred", "delivered", "dropped", "opened", "spammed"}
 
 // PushEvents are the events of the deprecated POST /api/v1/push/events,
@@ -99,10 +107,13 @@ type Metric struct {
 	Metric     string
 	Timestamp  int64  // unix seconds; 0: not given
 	Recipient  string // a person's email, phone number or device token: never log it
-	Reason     string
-	Href       string
-	Metadata   json.RawMessage // an object, passed through (in-app action name and value)
-	Legacy     bool            // came in the /push/events shape
+	// RecipientIsNumber: Recipient was given as a JSON integer (its digits),
+	// as the reference types an SMS recipient, and is sent as one.
+	RecipientIsNumber bool
+	Reason            string
+	Href              string
+	Metadata          json.RawMessage // an object, passed through (in-app action name and value)
+	Legacy            bool            // came in the /push/events shape
 }
 
 // metricFields are the members of a metrics body; legacyFields those of
@@ -113,8 +124,9 @@ var (
 )
 
 // ParseMetric reads a metric in the shape of POST /api/v1/metrics
-// (delivery_id and metric required; timestamp, recipient, reason, href,
-// metadata optional) or of the deprecated POST /api/v1/push/events
+// (delivery_id and metric required; timestamp, recipient — a string, or a
+// whole number as the reference types an SMS one — reason, href, metadata
+// optional) or of the deprecated POST /api/v1/push/events
 // (delivery_id, event opened|converted|delivered, device_id, timestamp),
 // told apart by "metric" or "event". A legacy body becomes metric = event,
 // recipient = device_id. Unlike a suppression, a member ParseMetric does
@@ -164,10 +176,13 @@ func ParseMetric(body []byte) (Metric, error) {
 			return Metric{}, err
 		}
 	} else {
+		if met.Recipient, met.RecipientIsNumber, err = m.recipient(); err != nil {
+			return Metric{}, err
+		}
 		for _, f := range []struct {
 			name string
 			dst  *string
-		}{{"recipient", &met.Recipient}, {"reason", &met.Reason}, {"href", &met.Href}} {
+		}{{"reason", &met.Reason}, {"href", &met.Href}} {
 			if *f.dst, _, err = m.str(f.name, event.ReasonInvalidField); err != nil {
 				return Metric{}, err
 			}
@@ -196,15 +211,22 @@ func (m Metric) Body(at time.Time) ([]byte, error) {
 	if ts == 0 {
 		ts = at.Unix()
 	}
+	var recipient json.RawMessage
+	switch {
+	case m.RecipientIsNumber:
+		recipient = json.RawMessage(m.Recipient)
+	case m.Recipient != "":
+		recipient, _ = json.Marshal(m.Recipient) // a string always encodes
+	}
 	b := struct {
 		DeliveryID string          `json:"delivery_id"`
 		Metric     string          `json:"metric"`
 		Timestamp  int64           `json:"timestamp"`
-		Recipient  string          `json:"recipient,omitempty"`
+		Recipient  json.RawMessage `json:"recipient,omitempty"`
 		Reason     string          `json:"reason,omitempty"`
 		Href       string          `json:"href,omitempty"`
 		Metadata   json.RawMessage `json:"metadata,omitempty"`
-	}{m.DeliveryID, m.Metric, ts, m.Recipient, m.Reason, m.Href, m.Metadata}
+	}{m.DeliveryID, m.Metric, ts, recipient, m.Reason, m.Href, m.Metadata}
 	out, err := json.Marshal(b)
 	if err != nil {
 		return nil, fmt.Errorf("encoding metric: %w", err)
@@ -313,6 +335,36 @@ func (m fields) str(name string, reason event.Reason) (string, bool, error) {
 		return "", false, &event.InvalidError{Reason: reason, Detail: name + " must be a string"}
 	}
 	return s, true, nil
+}
+
+// recipient returns a metric's recipient: a string, or the digits of a
+// non-negative JSON integer, the type Customer.io's reference gives an SMS
+// recipient (a phone number), with isNumber set. Its value is never put in
+// an error: it is an email address, phone number or device token.
+func (m fields) recipient() (v string, isNumber bool, err error) {
+	raw, ok, err := m.one("recipient")
+	if err != nil || !ok {
+		return "", false, err
+	}
+	if raw[0] != '"' {
+		if !isDigits(raw) {
+			return "", false, invalidField("recipient must be a string, or a whole number for an SMS recipient")
+		}
+		return string(raw), true, nil
+	}
+	v, _, err = m.str("recipient", event.ReasonInvalidField)
+	return v, false, err
+}
+
+// isDigits reports whether raw is one or more decimal digits, a JSON
+// integer without sign, fraction or exponent.
+func isDigits(raw []byte) bool {
+	for _, c := range raw {
+		if c < '0' || c > '9' {
+			return false
+		}
+	}
+	return len(raw) > 0
 }
 
 func (m fields) deliveryID() (string, error) {

@@ -5,12 +5,14 @@ import (
 	"encoding/json"
 	"errors"
 	"net/url"
+	"slices"
 	"strings"
 	"testing"
 	"time"
 	"unicode/utf8"
 
 	"github.com/cio-relay/cio-relay/event"
+	"github.com/cio-relay/cio-relay/internal/ciotest"
 	"github.com/cio-relay/cio-relay/sink"
 )
 
@@ -75,6 +77,8 @@ func TestParseMetric(t *testing.T) {
 			`{"delivery_id":"d1","metric":"clicked","timestamp":1600000000,"metadata":{"action_name":"buy"}}`, ""},
 		{"legacy push event", `{"delivery_id":"d1","event":"opened","device_id":"tok-123","timestamp":1700000000}`,
 			`{"delivery_id":"d1","metric":"opened","timestamp":1700000000,"recipient":"tok-123"}`, ""},
+		{"sms recipient a phone number, as the reference types it", `{"delivery_id":"d1","metric":"delivered","timestamp":1700000000,"recipient":15551234567}`,
+			`{"delivery_id":"d1","metric":"delivered","timestamp":1700000000,"recipient":15551234567}`, ""},
 		{"timestamp as float with no fraction", `{"delivery_id":"d1","metric":"delivered","timestamp":1700000000.0}`,
 			`{"delivery_id":"d1","metric":"delivered","timestamp":1700000000}`, ""},
 
@@ -90,7 +94,10 @@ func TestParseMetric(t *testing.T) {
 		{"legacy event not push", `{"delivery_id":"d1","event":"clicked","device_id":"t"}`, "", sink.ReasonInvalidMetric},
 		{"legacy with a metrics field", `{"delivery_id":"d1","event":"opened","recipient":"t"}`, "", event.ReasonInvalidField},
 		{"unknown member", `{"delivery_id":"d1","metric":"opened","extra":1}`, "", event.ReasonInvalidField},
-		{"recipient not a string", `{"delivery_id":"d1","metric":"opened","recipient":1}`, "", event.ReasonInvalidField},
+		{"recipient a fraction", `{"delivery_id":"d1","metric":"opened","recipient":1.5}`, "", event.ReasonInvalidField},
+		{"recipient negative", `{"delivery_id":"d1","metric":"opened","recipient":-1}`, "", event.ReasonInvalidField},
+		{"recipient an object", `{"delivery_id":"d1","metric":"opened","recipient":{}}`, "", event.ReasonInvalidField},
+		{"legacy device_id a number", `{"delivery_id":"d1","event":"opened","device_id":1}`, "", event.ReasonInvalidField},
 		{"metadata not an object", `{"delivery_id":"d1","metric":"opened","metadata":[1]}`, "", event.ReasonInvalidField},
 		{"repeated metric", `{"delivery_id":"d1","metric":"opened","metric":"clicked"}`, "", event.ReasonInvalidField},
 		{"repeated timestamp", `{"delivery_id":"d1","metric":"opened","timestamp":1,"timestamp":2}`, "", sink.ReasonInvalidTimestamp},
@@ -112,6 +119,46 @@ func TestParseMetric(t *testing.T) {
 				t.Errorf("Body = %s, %v\nwant   %s", body, err, tt.want)
 			}
 		})
+	}
+}
+
+// TestParseMetricEveryChannel: every metric value Customer.io's reference
+// lists for any channel is accepted, sent as given, and accepted by the
+// stand-in; the union is exactly Metrics, the stand-in's list.
+func TestParseMetricEveryChannel(t *testing.T) {
+	s := directServer(t, nil)
+	c, err := sink.NewTrack(sink.TrackOptions{URL: s.TrackURL(), UserAgent: "test", Client: sink.NewHTTPClient(2, 5*time.Second)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	union := map[string]bool{}
+	for channel, values := range sink.MetricsByChannel {
+		for _, v := range values {
+			union[v] = true
+			m, err := sink.ParseMetric([]byte(`{"delivery_id":"d1","metric":"` + v + `","timestamp":1700000000}`))
+			if err != nil {
+				t.Errorf("%s metric %q: %v", channel, v, err)
+				continue
+			}
+			body, err := m.Body(time.Now())
+			if err != nil {
+				t.Fatal(err)
+			}
+			if want := `{"delivery_id":"d1","metric":"` + v + `","timestamp":1700000000}`; string(body) != want {
+				t.Errorf("%s metric %q sent as %s, want %s", channel, v, body, want)
+			}
+			if err := c.ReportMetric(context.Background(), body); err != nil {
+				t.Errorf("%s metric %q refused by the stand-in: %v", channel, v, err)
+			}
+		}
+	}
+	var got []string
+	for v := range union {
+		got = append(got, v)
+	}
+	slices.Sort(got)
+	if !slices.Equal(got, sink.Metrics) || !slices.Equal(sink.Metrics, ciotest.Metrics) {
+		t.Errorf("channels' metrics %v, Metrics %v, the stand-in's %v: want one list", got, sink.Metrics, ciotest.Metrics)
 	}
 }
 

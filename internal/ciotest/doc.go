@@ -62,8 +62,10 @@
 // POST /unsubscribe/{delivery_id} at the host root (not under /api/v1),
 // body {"unsubscribe":bool}, and POST /api/v1/metrics, body delivery_id and
 // metric (one of [Metrics]) required, timestamp (integer unix seconds;
-// 10^10 or more, such as milliseconds, is 400), recipient, reason, href
-// (strings) and metadata (an object) optional, any other member 400. Both
+// 10^10 or more, such as milliseconds, is 400), recipient (a string, or a
+// whole number: the reference types an SMS recipient, the phone number, as
+// an integer), reason, href (strings) and metadata (an object) optional,
+// any other member 400. Both
 // need no Authorization and ignore credentials sent anyway. A delivery id
 // that is not base64 text (standard or URL alphabet, at most 200 bytes) is
 // malformed (400): Customer.io documents 400 for a malformed id without

@@ -1,6 +1,7 @@
 package ciotest
 
 import (
+	"bytes"
 	"net/http"
 	"net/url"
 	"slices"
@@ -18,9 +19,10 @@ const (
 )
 
 // Metrics are the metric values the stand-in's POST /api/v1/metrics
-// accepts: those the Track API reference lists for email (bounced, clicked,
-// converted, deferred, delivered, dropped, opened, spammed), push being a
-// subset. Anything else is answered 400.
+// accepts: those the Track API reference lists for email and webhooks
+// (bounced, clicked, converted, deferred, delivered, dropped, opened,
+// spammed); its push, in-app, Slack and SMS variants list subsets of them.
+// Anything else is answered 400.
 var Metrics = []string{"bounced", "clicked", "converted", "deferred", "delivered", "dropped", "opened", "spammed"}
 
 // Unsubscribe is one accepted POST /unsubscribe/{delivery_id}.
@@ -145,7 +147,17 @@ func (s *Server) metric(req *Request) response {
 	m := MetricReport{Body: req.Body, Time: req.Time}
 	for k, raw := range vals {
 		switch k {
-		case "delivery_id", "metric", "recipient", "reason", "href":
+		case "recipient":
+			// A string, or an integer: the type the reference gives an SMS
+			// recipient (the phone number).
+			if str, ok := stringValue(raw); ok {
+				m.Recipient = str
+			} else if jsonKind(raw) == "number" && len(bytes.Trim(raw, "0123456789")) == 0 {
+				m.Recipient = string(raw)
+			} else {
+				return reject(http.StatusBadRequest, "recipient must be a string or an integer, not %s", jsonKind(raw))
+			}
+		case "delivery_id", "metric", "reason", "href":
 			str, ok := stringValue(raw)
 			if !ok {
 				return reject(http.StatusBadRequest, "%s must be a string, not %s", k, jsonKind(raw))
@@ -155,8 +167,6 @@ func (s *Server) metric(req *Request) response {
 				m.DeliveryID = str
 			case "metric":
 				m.Metric = str
-			case "recipient":
-				m.Recipient = str
 			case "reason":
 				m.Reason = str
 			case "href":

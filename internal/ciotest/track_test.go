@@ -43,6 +43,9 @@ func TestDeliveryEndpoints(t *testing.T) {
 		{"unsubscribe without Content-Type", "POST", root + "/unsubscribe/RPILAgAB", `{"unsubscribe":true}`, noType, 400},
 		{"unsubscribe GET", "GET", root + "/unsubscribe/RPILAgAB", ``, nil, 405},
 		{"metric", "POST", s.TrackURL() + "/metrics", `{"delivery_id":"RPILAgAB","metric":"clicked","timestamp":1700000000,"href":"https://x.io","recipient":"a@x.io"}`, nil, 200},
+		{"sms metric, recipient a number", "POST", s.TrackURL() + "/metrics", `{"delivery_id":"RPILAgAB","metric":"delivered","recipient":15551234567}`, nil, 200},
+		{"recipient a fraction", "POST", s.TrackURL() + "/metrics", `{"delivery_id":"RPILAgAB","metric":"delivered","recipient":1.5}`, nil, 400},
+		{"recipient a boolean", "POST", s.TrackURL() + "/metrics", `{"delivery_id":"RPILAgAB","metric":"delivered","recipient":true}`, nil, 400},
 		{"metric with a wrong key", "POST", s.TrackURL() + "/metrics", `{"delivery_id":"RPILAgAB","metric":"opened"}`, wrongKey, 200},
 		{"metric in milliseconds", "POST", s.TrackURL() + "/metrics", `{"delivery_id":"RPILAgAB","metric":"opened","timestamp":1700000000000}`, nil, 400},
 		{"metric without delivery id", "POST", s.TrackURL() + "/metrics", `{"metric":"opened"}`, nil, 400},
@@ -65,8 +68,8 @@ func TestDeliveryEndpoints(t *testing.T) {
 		t.Errorf("unsubscribes %+v", unsubs)
 	}
 	ms := s.Metrics()
-	if len(ms) != 2 || ms[0].Metric != "clicked" || ms[0].Timestamp != 1700000000 || ms[0].Href != "https://x.io" || ms[0].Recipient != "a@x.io" ||
-		ms[1].Metric != "opened" || ms[1].Timestamp != 0 {
+	if len(ms) != 3 || ms[0].Metric != "clicked" || ms[0].Timestamp != 1700000000 || ms[0].Href != "https://x.io" || ms[0].Recipient != "a@x.io" ||
+		ms[1].Metric != "delivered" || ms[1].Recipient != "15551234567" || ms[2].Metric != "opened" || ms[2].Timestamp != 0 {
 		t.Errorf("metrics %+v", ms)
 	}
 }
