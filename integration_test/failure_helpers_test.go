@@ -322,3 +322,14 @@ func extraCopies(seen map[string]int) int {
 	}
 	return dups
 }
+
+// checkDeliveredOrdered fails the test unless the worker whose metrics reg
+// holds delivered on the ordered path (RELAY_ORDERING): it holds the
+// ordered delivery lease, which only that path takes. A test run both ways
+// proves nothing about the ordered path if the option were lost.
+func checkDeliveredOrdered(t *testing.T, reg *prometheus.Registry) {
+	t.Helper()
+	if got := metricValue(t, reg, "cio_relay_ordered_delivery_lease"); got != 1 {
+		t.Errorf("cio_relay_ordered_delivery_lease = %v, want 1: the worker did not deliver on the ordered path", got)
+	}
+}

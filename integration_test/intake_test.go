@@ -22,26 +22,14 @@ import (
 // its lease: none redelivered, none sent twice.
 func TestBlockedPipelineOutlastingAckWaitRedeliversNothing(t *testing.T) {
 	const ackWait = time.Second
-	t.Run("batch", func(t *testing.T) {
-		var n atomic.Int32
-		e := newEnv(t, ciotest.Options{Fault: func(r *ciotest.Request) *ciotest.Fault {
-			if r.API == ciotest.APICDP && n.Add(1) == 1 {
-				return &ciotest.Fault{Delay: 3500 * time.Millisecond, Slow: true}
-			}
-			return nil
-		}})
-		opts := fastOptions()
-		opts.AckWait, opts.BatchMaxCalls, opts.SendConcurrency = ackWait, 10, 1
-		_, reg := e.runWorker(t, opts, 10*time.Second)
-		msgs, seen := e.deliverTracks(t, 3, "blk", 200, 300, 10*time.Second)
-		dups := extraCopies(seen)
-		redelivered := metricValue(t, reg, "cio_relay_redeliveries_total")
-		t.Logf("200 calls behind a 3.5s request, ack wait %v: %v redelivered, %d delivered twice", ackWait, redelivered, dups)
-		if redelivered != 0 || dups != 0 {
-			t.Errorf("%v messages redelivered and %d calls delivered twice behind a blocked pipeline; want none", redelivered, dups)
+	for _, ordering := range []bool{false, true} {
+		name := "batch"
+		if ordering {
+			// RELAY_ORDERING's default: the lanes and the gate hold calls too.
+			name = "batch ordered"
 		}
-		checkExactlyOnce(t, msgs, seen)
-	})
+		t.Run(name, func(t *testing.T) { testBlockedBatchRedeliversNothing(t, ackWait, ordering) })
+	}
 	t.Run("suppressions", func(t *testing.T) {
 		e := newEnv(t, ciotest.Options{SiteID: "site-1", TrackKey: "track-key", Fault: func(r *ciotest.Request) *ciotest.Fault {
 			if r.API == ciotest.APITrack {
@@ -85,4 +73,30 @@ func TestBlockedPipelineOutlastingAckWaitRedeliversNothing(t *testing.T) {
 			t.Errorf("%d requests for %d suppressions, %v redelivered; want %d and none", requests, n, redelivered, n)
 		}
 	})
+}
+
+// testBlockedBatchRedeliversNothing is the batch half of
+// TestBlockedPipelineOutlastingAckWaitRedeliversNothing.
+func testBlockedBatchRedeliversNothing(t *testing.T, ackWait time.Duration, ordering bool) {
+	var n atomic.Int32
+	e := newEnv(t, ciotest.Options{Fault: func(r *ciotest.Request) *ciotest.Fault {
+		if r.API == ciotest.APICDP && n.Add(1) == 1 {
+			return &ciotest.Fault{Delay: 3500 * time.Millisecond, Slow: true}
+		}
+		return nil
+	}})
+	opts := fastOptions()
+	opts.AckWait, opts.BatchMaxCalls, opts.SendConcurrency, opts.Ordering = ackWait, 10, 1, ordering
+	_, reg := e.runWorker(t, opts, 10*time.Second)
+	msgs, seen := e.deliverTracks(t, 3, "blk", 200, 300, 10*time.Second)
+	dups := extraCopies(seen)
+	redelivered := metricValue(t, reg, "cio_relay_redeliveries_total")
+	t.Logf("200 calls behind a 3.5s request, ack wait %v, ordering %t: %v redelivered, %d delivered twice", ackWait, ordering, redelivered, dups)
+	if redelivered != 0 || dups != 0 {
+		t.Errorf("%v messages redelivered and %d calls delivered twice behind a blocked pipeline; want none", redelivered, dups)
+	}
+	checkExactlyOnce(t, msgs, seen)
+	if ordering {
+		checkDeliveredOrdered(t, reg)
+	}
 }

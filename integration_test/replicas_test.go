@@ -23,7 +23,9 @@ import (
 // longer than the shorter ack wait. Whichever replica starts second must
 // not rewrite the shared consumers' ack wait under the first (whose leases
 // would then come too late): no CDP call and no trigger may reach the
-// stand-in twice.
+// stand-in twice. The second has another RELAY_MAX_ACK_PENDING too: the
+// batch consumer keeps the first's, and the broadcast consumer its ack
+// wait.
 func TestReplicasWithDifferentAckWaitsSendNothingTwice(t *testing.T) {
 	tests := []struct {
 		name          string
@@ -42,14 +44,14 @@ func TestReplicasWithDifferentAckWaitsSendNothingTwice(t *testing.T) {
 				}
 				return nil
 			}})
-			start := func(ackWait time.Duration) {
+			start := func(ackWait time.Duration, maxAckPending int) {
 				app, err := sink.NewApp(sink.AppOptions{URL: e.cio.AppURL(), APIKey: func() string { return "app-key" },
 					UserAgent: "test", Client: sink.NewHTTPClient(2, 10*time.Second)})
 				if err != nil {
 					t.Fatal(err)
 				}
 				opts := fastOptions()
-				opts.AckWait = ackWait
+				opts.AckWait, opts.MaxAckPending = ackWait, maxAckPending
 				opts.App = app
 				opts.BroadcastInterval = trigger10s / speedup
 				opts.BatchMaxCalls = 25
@@ -57,8 +59,8 @@ func TestReplicasWithDifferentAckWaitsSendNothingTwice(t *testing.T) {
 				opts.ShutdownTimeout = 10 * time.Second
 				e.runWorker(t, opts, 10*time.Second)
 			}
-			start(tt.first)
-			start(tt.second)
+			start(tt.first, worker.DefaultMaxAckPending)
+			start(tt.second, worker.DefaultMaxAckPending/4)
 
 			r := rand.New(rand.NewPCG(11, 11))
 			var msgs []published
@@ -111,8 +113,16 @@ func TestReplicasWithDifferentAckWaitsSendNothingTwice(t *testing.T) {
 			if dups != 0 || twice != 0 {
 				t.Errorf("%d duplicate CDP deliveries and %d of %d triggers sent more than once; want none", dups, twice, triggers)
 			}
-			if info.Config.AckWait != tt.first {
-				t.Errorf("consumer ack wait %v after the second replica started; want the first's %v, kept", info.Config.AckWait, tt.first)
+			if info.Config.AckWait != tt.first || info.Config.MaxAckPending != worker.DefaultMaxAckPending {
+				t.Errorf("consumer ack wait %v, max ack pending %d after the second replica started; want the first's %v and %d, kept",
+					info.Config.AckWait, info.Config.MaxAckPending, tt.first, worker.DefaultMaxAckPending)
+			}
+			bc, err := e.js.Consumer(context.Background(), "CIO", "cio-relay-broadcast")
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got := bc.CachedInfo().Config.AckWait; got != tt.first {
+				t.Errorf("broadcast consumer ack wait %v after the second replica started; want the first's %v, kept", got, tt.first)
 			}
 			checkExactlyOnce(t, msgs[:200], seen)
 		})

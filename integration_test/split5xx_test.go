@@ -14,13 +14,15 @@ import (
 // poisonBatch publishes good calls and one poison call, which the stand-in
 // answers with fault whenever a request carries it, and runs a worker that
 // packs all of them into one batch and gives up on a call after three
-// deliveries. It returns the published messages, the poison's id and the
-// worker's metrics.
-func poisonBatch(t *testing.T, good int, fault ciotest.Fault) (*env, []published, string) {
+// deliveries, with per-person ordering or without. It returns the
+// published messages and the poison's id; with ordering, it fails the test
+// unless the worker delivered on the ordered path.
+func poisonBatch(t *testing.T, good int, fault ciotest.Fault, ordering bool) (*env, []published, string) {
 	t.Helper()
 	const poisonID = "poison-000"
 	e := newEnv(t, ciotest.Options{Fault: ciotest.FailCalls(fault, poisonID)})
 	opts := fastOptions()
+	opts.Ordering = ordering
 	// Every delivery of the calls fits one batch; the flush interval
 	// gathers each round of redeliveries into one again.
 	opts.BatchMaxCalls, opts.FlushInterval = good+1, 300*time.Millisecond
@@ -40,7 +42,10 @@ func poisonBatch(t *testing.T, good int, fault ciotest.Fault) (*env, []published
 		msgs = append(msgs, published{subject: typ.Subject(), body: makeCall(r, typ, id, 200+r.IntN(600), true), key: id, valid: id != poisonID})
 	}
 	e.publishAll(t, msgs)
-	e.runWorker(t, opts, 0)
+	_, reg := e.runWorker(t, opts, 0)
+	if ordering {
+		t.Cleanup(func() { checkDeliveredOrdered(t, reg) })
+	}
 	return e, msgs, poisonID
 }
 
@@ -49,10 +54,22 @@ func poisonBatch(t *testing.T, good int, fault ciotest.Fault) (*env, []published
 // the batch as a group, every delivery fails for all 51 and all 51 end as
 // retries_exhausted. After a batch has failed with 5xx on a previous
 // delivery it must be split, so the 50 are delivered exactly once and only
-// the poison call exhausts its deliveries.
+// the poison call exhausts its deliveries. The same holds with per-person
+// ordering (RELAY_ORDERING, on by default), whose lanes split the calls by
+// person and send them through the same deliver.
 func TestOne5xxCallDoesNotSinkItsBatch(t *testing.T) {
+	for _, ordering := range []bool{false, true} {
+		name := "unordered"
+		if ordering {
+			name = "ordered"
+		}
+		t.Run(name, func(t *testing.T) { testOne5xxCallDoesNotSinkItsBatch(t, ordering) })
+	}
+}
+
+func testOne5xxCallDoesNotSinkItsBatch(t *testing.T, ordering bool) {
 	const good = 50
-	e, msgs, poisonID := poisonBatch(t, good, ciotest.Fault{Status: 500, Body: `{"error":"internal"}`})
+	e, msgs, poisonID := poisonBatch(t, good, ciotest.Fault{Status: 500, Body: `{"error":"internal"}`}, ordering)
 
 	waitDeadLetters(t, e.js, 1, 60*time.Second)
 	waitSettled(t, e.js, 60*time.Second)
@@ -88,7 +105,7 @@ func TestOne5xxCallDoesNotSinkItsBatch(t *testing.T) {
 // whatever its delivery count. Each request carries the whole batch.
 func TestRateLimitedCallDoesNotSplit(t *testing.T) {
 	const good = 20
-	e, msgs, _ := poisonBatch(t, good, ciotest.Fault{Status: 429})
+	e, msgs, _ := poisonBatch(t, good, ciotest.Fault{Status: 429}, false)
 
 	waitDeadLetters(t, e.js, uint64(len(msgs)), 60*time.Second)
 	waitSettled(t, e.js, 60*time.Second)

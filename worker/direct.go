@@ -35,6 +35,31 @@ type directConsumer struct {
 	subjects []string
 	ordered  bool // its calls must reach Customer.io in stream order (see orderedMaxAckPending)
 	optional bool // needs no credentials: not created by an operator is not an error (see boundDirectConsumers)
+	triggers bool // broadcast triggers: they wait in a pacer (see intakeCapacity)
+}
+
+// Received ahead of the pipeline, per direct consumer (see intakeCapacity).
+const (
+	directIntake  = 100
+	triggerIntake = 2
+)
+
+// intakeCapacity is how many of dc's messages the intake receives ahead of
+// the pipeline. Direct calls are few and slow, so little. Triggers least:
+// the pacer bounds what they hold by memory, every copy counted
+// (trigger.PacerOptions.MaxPendingBytes), and a trigger received while it
+// is full waits outside that bound, body and all (up to NATS's max_payload
+// each). With 2 (a pull of 1), a full pacer has at most three such
+// triggers beside it: two in the queue and one at the reader, waiting for
+// room. With 100, every one of 38 triggers of 869 KB published beyond a
+// full 64 MB bound was received and held (TestFullPacerHoldsLittleOutsideItsBound).
+// A pull of 1 costs a round trip per trigger: thousands a second, against
+// one request per broadcast per 10 seconds.
+func (dc directConsumer) intakeCapacity() int {
+	if dc.triggers {
+		return triggerIntake
+	}
+	return directIntake
 }
 
 // directConsumers are the consumers of direct calls, one per API that has
@@ -49,7 +74,7 @@ type directConsumer struct {
 func (w *Worker) directConsumers() []directConsumer {
 	var cs []directConsumer
 	if w.opts.App != nil {
-		cs = append(cs, directConsumer{name: w.opts.Consumer + "-broadcast", subjects: []string{SubjectBroadcast}})
+		cs = append(cs, directConsumer{name: w.opts.Consumer + "-broadcast", subjects: []string{SubjectBroadcast}, triggers: true})
 	}
 	return append(cs, w.trackConsumers()...)
 }

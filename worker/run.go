@@ -179,11 +179,11 @@ func (w *Worker) openIntakes(ctx context.Context, cons jetstream.Consumer, idPre
 			return nil, nil, nil, err
 		}
 		// Direct calls are few and slow (one trigger per broadcast per
-		// 10s): receive little ahead. A trigger may wait for its turn for
-		// hours, so each record is allocated on its own and freed once
-		// settled, rather than carved from a block that lives as long as
-		// its longest-waiting member.
-		intakes = append(intakes, newIntake(cons, 100, func(m jetstream.Msg) (*held, bool) {
+		// 10s): receive little ahead (intakeCapacity). A trigger may wait
+		// for its turn for hours, so each record is allocated on its own
+		// and freed once settled, rather than carved from a block that
+		// lives as long as its longest-waiting member.
+		intakes = append(intakes, newIntake(cons, dc.intakeCapacity(), func(m jetstream.Msg) (*held, bool) {
 			return w.hold(m, idPrefix, leases, func() *held { return new(held) })
 		}, w.log))
 		consumers = append(consumers, cons)
