@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/cio-relay/cio-relay/internal/ciotest"
@@ -478,5 +479,53 @@ func TestSentMarksBucketReplicasOnACluster(t *testing.T) {
 	info := streamInfo(t, e.js, "KV_"+worker.SentMarksBucket("CIO"))
 	if info.Config.Replicas != 3 || peers(info.Cluster) != 3 {
 		t.Errorf("bucket %s: %d replicas configured, on %d nodes; want 3 on 3", worker.SentMarksBucket("CIO"), info.Config.Replicas, peers(info.Cluster))
+	}
+}
+
+// TestKVBucketReplicasMismatchIsReported: the key-value buckets cio-relay
+// creates (CIO_SENT, the trigger markers; CIO_PACE, the broadcast turns
+// and the ordered delivery lease) are bound as its streams are: one that
+// exists with another replica count than RELAY_STREAM_REPLICAS keeps its
+// count, and a warning names both, rather than being scaled behind the
+// operator's back (and back again by a replica of the old setting during
+// a rollout).
+func TestKVBucketReplicasMismatchIsReported(t *testing.T) {
+	t.Parallel()
+	e, _ := newClusterEnv(t, ciotest.Options{AppKey: "app-key"})
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	buckets := []jetstream.KeyValueConfig{worker.SentMarksConfig("CIO", 0), worker.TurnsConfig("CIO")}
+	for _, cfg := range buckets {
+		cfg.Replicas = 1 // made by someone before RELAY_STREAM_REPLICAS=3
+		if _, err := e.js.CreateKeyValue(ctx, cfg); err != nil {
+			t.Fatalf("creating bucket %s: %v", cfg.Bucket, err)
+		}
+	}
+	var logs logRecorder
+	opts := fastOptions()
+	opts.StreamReplicas = 3
+	opts.App = appClient(t, e)
+	opts.Ordering = true // binds the delivery lease in CIO_PACE too
+	opts.Logger = logs.logger()
+	w, _ := e.runWorker(t, opts, 0)
+	waitReady(t, w)
+
+	warned := map[string]bool{}
+	for _, rec := range logs.records(t, "RELAY_STREAM_REPLICAS") {
+		if rec["level"] != "WARN" || rec["stream_replicas"] != 1.0 || rec["relay_stream_replicas"] != 3.0 {
+			t.Errorf("warning %v: want level WARN, stream_replicas 1, relay_stream_replicas 3", rec)
+		}
+		name, _ := rec["stream"].(string)
+		warned[name] = true
+	}
+	for _, cfg := range buckets {
+		name := "KV_" + cfg.Bucket
+		if !warned[name] {
+			t.Errorf("no warning of the replica count of bucket %s (warned of %v)", cfg.Bucket, warned)
+		}
+		if info := streamInfo(t, e.js, name); info.Config.Replicas != 1 || peers(info.Cluster) != 1 {
+			t.Errorf("bucket %s now has %d replicas configured, on %d nodes; want the 1 it was created with",
+				cfg.Bucket, info.Config.Replicas, peers(info.Cluster))
+		}
 	}
 }
