@@ -249,10 +249,10 @@ func parseDeliveryLease(v string) (replica string, ttl time.Duration, ok bool) {
 // error, which says what to do.
 func (w *Worker) bindDeliveryLease(ctx context.Context, consumer string) (*deliveryLease, error) {
 	cfg := TurnsConfig(w.opts.Stream)
-	cfg.Replicas = w.opts.StreamReplicas
 	var kv jetstream.KeyValue
 	var err error
 	if w.opts.ManageStreams {
+		cfg.Replicas = w.bucketReplicas(ctx, cfg)
 		kv, err = w.js.CreateOrUpdateKeyValue(ctx, cfg)
 	} else {
 		kv, err = w.js.KeyValue(ctx, cfg.Bucket)
