@@ -78,6 +78,22 @@ func opsOptions() worker.Options {
 	return opts
 }
 
+// bothOrderings runs f as two parallel subtests, with the unordered
+// pipeline and with RELAY_ORDERING=true (config's default: one replica
+// at a time delivers, under the delivery lease in the CIO_PACE bucket).
+func bothOrderings(t *testing.T, f func(t *testing.T, ordering bool)) {
+	for _, ordering := range []bool{false, true} {
+		name := "unordered"
+		if ordering {
+			name = "ordered"
+		}
+		t.Run(name, func(t *testing.T) {
+			t.Parallel()
+			f(t, ordering)
+		})
+	}
+}
+
 // startWorker starts a replica connected to node (failing over to the
 // others) and waits until it is ready.
 func (r *opsRun) startWorker(name string, node int, opts worker.Options) *opsWorker {
@@ -271,13 +287,19 @@ func (r *opsRun) verify(wantDead int) {
 // TestRelayRidesThroughNonLeaderLossAndConsumerStepDown kills a node that
 // leads neither the stream nor the consumer, and that one replica pulls
 // through, restarts it, then steps the consumer leader down twice, while
-// events flow to two replicas.
+// events flow to two replicas, unordered and ordered.
 func TestRelayRidesThroughNonLeaderLossAndConsumerStepDown(t *testing.T) {
 	t.Parallel()
+	bothOrderings(t, testNonLeaderLossAndConsumerStepDown)
+}
+
+func testNonLeaderLossAndConsumerStepDown(t *testing.T, ordering bool) {
 	r := newOpsRun(t, "nl-", ciotest.Options{})
 	const victim = 2
-	r.startWorker("w1", 0, opsOptions())
-	r.startWorker("w2", victim, opsOptions())
+	opts := opsOptions()
+	opts.Ordering = ordering
+	r.startWorker("w1", 0, opts)
+	r.startWorker("w2", victim, opts)
 	r.c.MoveStreamLeader(t, r.e.js, "CIO", 0)
 	r.c.MoveConsumerLeader(t, r.e.js, "CIO", "cio-relay", 1)
 	r.publishPaced(time.Millisecond)
@@ -305,17 +327,24 @@ func TestRelayRidesThroughNonLeaderLossAndConsumerStepDown(t *testing.T) {
 // settings does: each old replica is stopped (its in-flight batches
 // finished or nakked), and a new one with a different send concurrency,
 // batch size and ack wait (the shared consumer keeps its own) starts on
-// another node.
+// another node; unordered and ordered (the delivery lease passing from
+// each stopped replica to another).
 func TestRelayRollingRestartOfThreeReplicas(t *testing.T) {
 	t.Parallel()
+	bothOrderings(t, testRollingRestartOfThreeReplicas)
+}
+
+func testRollingRestartOfThreeReplicas(t *testing.T, ordering bool) {
 	r := newOpsRun(t, "rr-", ciotest.Options{})
 	old := opsOptions()
+	old.Ordering = ordering
 	old.SendConcurrency = 4
 	var olds []*opsWorker
 	for i := range 3 {
 		olds = append(olds, r.startWorker(fmt.Sprintf("old-%d", i), i, old))
 	}
 	next := opsOptions()
+	next.Ordering = ordering
 	next.SendConcurrency = 2
 	next.BatchMaxCalls = 100
 	next.AckWait = 8 * time.Second
