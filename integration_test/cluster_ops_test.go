@@ -380,6 +380,10 @@ const poisonEvery = 20
 // come back, becoming ready again.
 func TestRelayWaitsOutLostQuorum(t *testing.T) {
 	t.Parallel()
+	bothOrderings(t, testWaitsOutLostQuorum)
+}
+
+func testWaitsOutLostQuorum(t *testing.T, ordering bool) {
 	// A slow Customer.io, so that the backlog is still being delivered
 	// when the quorum goes.
 	r := newOpsRun(t, "nq-", ciotest.Options{Fault: func(*ciotest.Request) *ciotest.Fault {
@@ -392,6 +396,7 @@ func TestRelayWaitsOutLostQuorum(t *testing.T) {
 	// counted against a call, it would be dead-lettered with
 	// retries_exhausted.
 	opts.MaxDeliver = 3
+	opts.Ordering = ordering
 	workers := []*opsWorker{r.startWorker("w1", 0, opts), r.startWorker("w2", 2, opts)}
 
 	poison := r.publishAll(poisonEvery)
@@ -439,19 +444,28 @@ func TestRelayWaitsOutLostQuorum(t *testing.T) {
 	if len(seqs) != poison {
 		t.Errorf("%d invalid messages dead-lettered, want %d", len(seqs), poison)
 	}
+	failed := map[string]float64{}
 	for _, ow := range workers {
-		t.Logf("%s: JetStream errors: pull %v, ack %v, publish_dlq %v, info %v", ow.name,
+		t.Logf("%s: JetStream errors: pull %v, ack %v, publish_dlq %v, info %v, kv %v", ow.name,
 			counterValue(t, ow.reg, "cio_relay_jetstream_errors_total", "pull"),
 			counterValue(t, ow.reg, "cio_relay_jetstream_errors_total", "ack"),
 			counterValue(t, ow.reg, "cio_relay_jetstream_errors_total", "publish_dlq"),
-			counterValue(t, ow.reg, "cio_relay_jetstream_errors_total", "info"))
+			counterValue(t, ow.reg, "cio_relay_jetstream_errors_total", "info"),
+			counterValue(t, ow.reg, "cio_relay_jetstream_errors_total", "kv"))
+		for _, op := range []string{"pull", "kv"} {
+			failed[op] += counterValue(t, ow.reg, "cio_relay_jetstream_errors_total", op)
+		}
 	}
 	// Whether a replica held an invalid message when the quorum went
 	// depends on timing (TestDeadLetterPublishFailureNaks makes it
-	// certain); failed pulls it always has.
-	if counterValue(t, workers[0].reg, "cio_relay_jetstream_errors_total", "pull")+
-		counterValue(t, workers[1].reg, "cio_relay_jetstream_errors_total", "pull") == 0 {
+	// certain); failed pulls the unordered replicas always have. Ordered,
+	// the holder stops pulling once it cannot renew the delivery lease,
+	// and both replicas keep trying to take it: failed KV operations.
+	switch {
+	case !ordering && failed["pull"] == 0:
 		t.Errorf("no failed pull counted during the outage")
+	case ordering && failed["kv"] == 0:
+		t.Errorf("no failed delivery-lease KV operation counted during the outage (op=kv)")
 	}
 }
 
