@@ -110,8 +110,16 @@ func TestRelayProcessRidesThroughNodeLossAndLostQuorum(t *testing.T) {
 	if r.e.cio.Stats().CallsAccepted <= stalled {
 		t.Errorf("no call delivered after the quorum came back")
 	}
+	failed := 0.0
 	for _, op := range []string{"pull", "ack", "publish_dlq", "info", "kv"} {
-		v, _ := p.metric(t, fmt.Sprintf(`cio_relay_jetstream_errors_total{op=%q}`, op))
+		v, ok := p.metric(t, fmt.Sprintf(`cio_relay_jetstream_errors_total{op=%q}`, op))
+		if !ok {
+			t.Errorf("/metrics has no cio_relay_jetstream_errors_total{op=%q}", op)
+		}
 		t.Logf("cio_relay_jetstream_errors_total{op=%q} %v", op, v)
+		failed += v
+	}
+	if failed == 0 {
+		t.Errorf("no failed JetStream operation counted through a lost node and a lost quorum")
 	}
 }
