@@ -3,6 +3,7 @@ package integration_test
 import (
 	"context"
 	"fmt"
+	"io"
 	"strings"
 	"sync"
 	"testing"
@@ -531,9 +532,18 @@ func TestSentMarksBucketReplicasOnACluster(t *testing.T) {
 // exists with another replica count than RELAY_STREAM_REPLICAS keeps its
 // count, and a warning names both, rather than being scaled behind the
 // operator's back (and back again by a replica of the old setting during
-// a rollout).
+// a rollout); with RELAY_MANAGE_STREAMS=false too.
 func TestKVBucketReplicasMismatchIsReported(t *testing.T) {
 	t.Parallel()
+	for _, manage := range []bool{true, false} {
+		t.Run(fmt.Sprintf("manage streams %v", manage), func(t *testing.T) {
+			t.Parallel()
+			testKVBucketReplicasMismatch(t, manage)
+		})
+	}
+}
+
+func testKVBucketReplicasMismatch(t *testing.T, manage bool) {
 	e, _ := newClusterEnv(t, ciotest.Options{AppKey: "app-key"})
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
@@ -544,21 +554,50 @@ func TestKVBucketReplicasMismatchIsReported(t *testing.T) {
 			t.Fatalf("creating bucket %s: %v", cfg.Bucket, err)
 		}
 	}
-	var logs logRecorder
 	opts := fastOptions()
-	opts.StreamReplicas = 3
 	opts.App = appClient(t, e)
 	opts.Ordering = true // binds the delivery lease in CIO_PACE too
+	var logs logRecorder
 	opts.Logger = logs.logger()
-	w, _ := e.runWorker(t, opts, 0)
-	waitReady(t, w)
+	if !manage {
+		// The streams and consumers made by a replica that manages them
+		// with one replica, then bound by one that does not, with three.
+		first, _, stop := e.launchWorker(t, opts, 0)
+		waitReady(t, first)
+		stop()
+		logs.mu.Lock()
+		logs.buf.Reset() // its warnings, if any, are not the next one's
+		logs.mu.Unlock()
+		opts.StreamReplicas = 3
+		w, err := worker.New(e.js, sink.NewDryRun(io.Discard), opts) // ManageStreams false
+		if err != nil {
+			t.Fatal(err)
+		}
+		runCtx, stopRun := context.WithCancel(context.Background())
+		done := make(chan error, 1)
+		go func() { done <- w.Run(runCtx) }()
+		t.Cleanup(func() {
+			stopRun()
+			if err := <-done; err != nil {
+				t.Errorf("Run: %v", err)
+			}
+		})
+		waitReady(t, w)
+	} else {
+		opts.StreamReplicas = 3
+		w, _ := e.runWorker(t, opts, 0)
+		waitReady(t, w)
+	}
 
 	warned := map[string]bool{}
 	for _, rec := range logs.records(t, "RELAY_STREAM_REPLICAS") {
+		name, _ := rec["stream"].(string)
+		if !strings.HasPrefix(name, "KV_") {
+			continue // CIO and CIO_DLQ, made with one replica above
+		}
 		if rec["level"] != "WARN" || rec["stream_replicas"] != 1.0 || rec["relay_stream_replicas"] != 3.0 {
 			t.Errorf("warning %v: want level WARN, stream_replicas 1, relay_stream_replicas 3", rec)
 		}
-		name, _ := rec["stream"].(string)
 		warned[name] = true
 	}
 	for _, cfg := range buckets {
