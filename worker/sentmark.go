@@ -111,6 +111,7 @@ func (w *Worker) bindSentMarks(ctx context.Context) (*sentMarks, error) {
 		if err != nil {
 			return nil, fmt.Errorf("looking up key-value bucket %s: %w", cfg.Bucket, err)
 		}
+		w.bucketReplicas(ctx, cfg) // warns of another count, as for the streams
 	}
 	return &sentMarks{kv: kv, prefix: strconv.FormatInt(info.Created.UnixNano(), 36) + "."}, nil
 }

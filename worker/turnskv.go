@@ -141,6 +141,8 @@ func (w *Worker) bindTurns(ctx context.Context) *turns {
 				"so two replicas may send for one broadcast within 10s (answered 429, retried); create it with "+
 				"`nats kv add %s --history 1 --ttl 1h --marker-ttl 1m` (nats-server 2.11 or later), or let cio-relay manage it; "+
 				"it is looked for again every minute", cfg.Bucket, cfg.Bucket), "err", err)
+		} else {
+			w.bucketReplicas(ctx, cfg) // warns of another count, as for the streams
 		}
 		store = s
 	}
