@@ -3,11 +3,13 @@ package integration_test
 import (
 	"context"
 	"fmt"
+	"io"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/cio-relay/cio-relay/internal/ciotest"
@@ -75,6 +77,22 @@ func opsOptions() worker.Options {
 	opts.BatchMaxCalls = 250
 	opts.MaxAckPending = 2000
 	return opts
+}
+
+// bothOrderings runs f as two parallel subtests, with the unordered
+// pipeline and with RELAY_ORDERING=true (config's default: one replica
+// at a time delivers, under the delivery lease in the CIO_PACE bucket).
+func bothOrderings(t *testing.T, f func(t *testing.T, ordering bool)) {
+	for _, ordering := range []bool{false, true} {
+		name := "unordered"
+		if ordering {
+			name = "ordered"
+		}
+		t.Run(name, func(t *testing.T) {
+			t.Parallel()
+			f(t, ordering)
+		})
+	}
 }
 
 // startWorker starts a replica connected to node (failing over to the
@@ -270,13 +288,19 @@ func (r *opsRun) verify(wantDead int) {
 // TestRelayRidesThroughNonLeaderLossAndConsumerStepDown kills a node that
 // leads neither the stream nor the consumer, and that one replica pulls
 // through, restarts it, then steps the consumer leader down twice, while
-// events flow to two replicas.
+// events flow to two replicas, unordered and ordered.
 func TestRelayRidesThroughNonLeaderLossAndConsumerStepDown(t *testing.T) {
 	t.Parallel()
+	bothOrderings(t, testNonLeaderLossAndConsumerStepDown)
+}
+
+func testNonLeaderLossAndConsumerStepDown(t *testing.T, ordering bool) {
 	r := newOpsRun(t, "nl-", ciotest.Options{})
 	const victim = 2
-	r.startWorker("w1", 0, opsOptions())
-	r.startWorker("w2", victim, opsOptions())
+	opts := opsOptions()
+	opts.Ordering = ordering
+	r.startWorker("w1", 0, opts)
+	r.startWorker("w2", victim, opts)
 	r.c.MoveStreamLeader(t, r.e.js, "CIO", 0)
 	r.c.MoveConsumerLeader(t, r.e.js, "CIO", "cio-relay", 1)
 	r.publishPaced(time.Millisecond)
@@ -304,17 +328,24 @@ func TestRelayRidesThroughNonLeaderLossAndConsumerStepDown(t *testing.T) {
 // settings does: each old replica is stopped (its in-flight batches
 // finished or nakked), and a new one with a different send concurrency,
 // batch size and ack wait (the shared consumer keeps its own) starts on
-// another node.
+// another node; unordered and ordered (the delivery lease passing from
+// each stopped replica to another).
 func TestRelayRollingRestartOfThreeReplicas(t *testing.T) {
 	t.Parallel()
+	bothOrderings(t, testRollingRestartOfThreeReplicas)
+}
+
+func testRollingRestartOfThreeReplicas(t *testing.T, ordering bool) {
 	r := newOpsRun(t, "rr-", ciotest.Options{})
 	old := opsOptions()
+	old.Ordering = ordering
 	old.SendConcurrency = 4
 	var olds []*opsWorker
 	for i := range 3 {
 		olds = append(olds, r.startWorker(fmt.Sprintf("old-%d", i), i, old))
 	}
 	next := opsOptions()
+	next.Ordering = ordering
 	next.SendConcurrency = 2
 	next.BatchMaxCalls = 100
 	next.AckWait = 8 * time.Second
@@ -350,6 +381,10 @@ const poisonEvery = 20
 // come back, becoming ready again.
 func TestRelayWaitsOutLostQuorum(t *testing.T) {
 	t.Parallel()
+	bothOrderings(t, testWaitsOutLostQuorum)
+}
+
+func testWaitsOutLostQuorum(t *testing.T, ordering bool) {
 	// A slow Customer.io, so that the backlog is still being delivered
 	// when the quorum goes.
 	r := newOpsRun(t, "nq-", ciotest.Options{Fault: func(*ciotest.Request) *ciotest.Fault {
@@ -362,6 +397,7 @@ func TestRelayWaitsOutLostQuorum(t *testing.T) {
 	// counted against a call, it would be dead-lettered with
 	// retries_exhausted.
 	opts.MaxDeliver = 3
+	opts.Ordering = ordering
 	workers := []*opsWorker{r.startWorker("w1", 0, opts), r.startWorker("w2", 2, opts)}
 
 	poison := r.publishAll(poisonEvery)
@@ -409,19 +445,28 @@ func TestRelayWaitsOutLostQuorum(t *testing.T) {
 	if len(seqs) != poison {
 		t.Errorf("%d invalid messages dead-lettered, want %d", len(seqs), poison)
 	}
+	failed := map[string]float64{}
 	for _, ow := range workers {
-		t.Logf("%s: JetStream errors: pull %v, ack %v, publish_dlq %v, info %v", ow.name,
+		t.Logf("%s: JetStream errors: pull %v, ack %v, publish_dlq %v, info %v, kv %v", ow.name,
 			counterValue(t, ow.reg, "cio_relay_jetstream_errors_total", "pull"),
 			counterValue(t, ow.reg, "cio_relay_jetstream_errors_total", "ack"),
 			counterValue(t, ow.reg, "cio_relay_jetstream_errors_total", "publish_dlq"),
-			counterValue(t, ow.reg, "cio_relay_jetstream_errors_total", "info"))
+			counterValue(t, ow.reg, "cio_relay_jetstream_errors_total", "info"),
+			counterValue(t, ow.reg, "cio_relay_jetstream_errors_total", "kv"))
+		for _, op := range []string{"pull", "kv"} {
+			failed[op] += counterValue(t, ow.reg, "cio_relay_jetstream_errors_total", op)
+		}
 	}
 	// Whether a replica held an invalid message when the quorum went
 	// depends on timing (TestDeadLetterPublishFailureNaks makes it
-	// certain); failed pulls it always has.
-	if counterValue(t, workers[0].reg, "cio_relay_jetstream_errors_total", "pull")+
-		counterValue(t, workers[1].reg, "cio_relay_jetstream_errors_total", "pull") == 0 {
+	// certain); failed pulls the unordered replicas always have. Ordered,
+	// the holder stops pulling once it cannot renew the delivery lease,
+	// and both replicas keep trying to take it: failed KV operations.
+	switch {
+	case !ordering && failed["pull"] == 0:
 		t.Errorf("no failed pull counted during the outage")
+	case ordering && failed["kv"] == 0:
+		t.Errorf("no failed delivery-lease KV operation counted during the outage (op=kv)")
 	}
 }
 
@@ -478,5 +523,91 @@ func TestSentMarksBucketReplicasOnACluster(t *testing.T) {
 	info := streamInfo(t, e.js, "KV_"+worker.SentMarksBucket("CIO"))
 	if info.Config.Replicas != 3 || peers(info.Cluster) != 3 {
 		t.Errorf("bucket %s: %d replicas configured, on %d nodes; want 3 on 3", worker.SentMarksBucket("CIO"), info.Config.Replicas, peers(info.Cluster))
+	}
+}
+
+// TestKVBucketReplicasMismatchIsReported: the key-value buckets cio-relay
+// creates (CIO_SENT, the trigger markers; CIO_PACE, the broadcast turns
+// and the ordered delivery lease) are bound as its streams are: one that
+// exists with another replica count than RELAY_STREAM_REPLICAS keeps its
+// count, and a warning names both, rather than being scaled behind the
+// operator's back (and back again by a replica of the old setting during
+// a rollout); with RELAY_MANAGE_STREAMS=false too.
+func TestKVBucketReplicasMismatchIsReported(t *testing.T) {
+	t.Parallel()
+	for _, manage := range []bool{true, false} {
+		t.Run(fmt.Sprintf("manage streams %v", manage), func(t *testing.T) {
+			t.Parallel()
+			testKVBucketReplicasMismatch(t, manage)
+		})
+	}
+}
+
+func testKVBucketReplicasMismatch(t *testing.T, manage bool) {
+	e, _ := newClusterEnv(t, ciotest.Options{AppKey: "app-key"})
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	buckets := []jetstream.KeyValueConfig{worker.SentMarksConfig("CIO", 0), worker.TurnsConfig("CIO")}
+	for _, cfg := range buckets {
+		cfg.Replicas = 1 // made by someone before RELAY_STREAM_REPLICAS=3
+		if _, err := e.js.CreateKeyValue(ctx, cfg); err != nil {
+			t.Fatalf("creating bucket %s: %v", cfg.Bucket, err)
+		}
+	}
+	opts := fastOptions()
+	opts.App = appClient(t, e)
+	opts.Ordering = true // binds the delivery lease in CIO_PACE too
+	var logs logRecorder
+	opts.Logger = logs.logger()
+	if !manage {
+		// The streams and consumers made by a replica that manages them
+		// with one replica, then bound by one that does not, with three.
+		first, _, stop := e.launchWorker(t, opts, 0)
+		waitReady(t, first)
+		stop()
+		logs.mu.Lock()
+		logs.buf.Reset() // its warnings, if any, are not the next one's
+		logs.mu.Unlock()
+		opts.StreamReplicas = 3
+		w, err := worker.New(e.js, sink.NewDryRun(io.Discard), opts) // ManageStreams false
+		if err != nil {
+			t.Fatal(err)
+		}
+		runCtx, stopRun := context.WithCancel(context.Background())
+		done := make(chan error, 1)
+		go func() { done <- w.Run(runCtx) }()
+		t.Cleanup(func() {
+			stopRun()
+			if err := <-done; err != nil {
+				t.Errorf("Run: %v", err)
+			}
+		})
+		waitReady(t, w)
+	} else {
+		opts.StreamReplicas = 3
+		w, _ := e.runWorker(t, opts, 0)
+		waitReady(t, w)
+	}
+
+	warned := map[string]bool{}
+	for _, rec := range logs.records(t, "RELAY_STREAM_REPLICAS") {
+		name, _ := rec["stream"].(string)
+		if !strings.HasPrefix(name, "KV_") {
+			continue // CIO and CIO_DLQ, made with one replica above
+		}
+		if rec["level"] != "WARN" || rec["stream_replicas"] != 1.0 || rec["relay_stream_replicas"] != 3.0 {
+			t.Errorf("warning %v: want level WARN, stream_replicas 1, relay_stream_replicas 3", rec)
+		}
+		warned[name] = true
+	}
+	for _, cfg := range buckets {
+		name := "KV_" + cfg.Bucket
+		if !warned[name] {
+			t.Errorf("no warning of the replica count of bucket %s (warned of %v)", cfg.Bucket, warned)
+		}
+		if info := streamInfo(t, e.js, name); info.Config.Replicas != 1 || peers(info.Cluster) != 1 {
+			t.Errorf("bucket %s now has %d replicas configured, on %d nodes; want the 1 it was created with",
+				cfg.Bucket, info.Config.Replicas, peers(info.Cluster))
+		}
 	}
 }

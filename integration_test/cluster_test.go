@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"log/slog"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -119,11 +120,25 @@ func TestStreamReplicasOnACluster(t *testing.T) {
 			t.Errorf("stream %s: %d replicas configured, on %d nodes; want 3 on 3", name, info.Config.Replicas, peers(info.Cluster))
 		}
 	}
-	// Consumers set no count of their own and follow their stream.
-	ci := consumerInfo(t, e.js)
-	if ci.Config.Replicas != 0 || peers(ci.Cluster) != 3 {
-		t.Errorf("consumer: %d replicas configured, on %d nodes; want 0 (the stream's) on 3", ci.Config.Replicas, peers(ci.Cluster))
+	// Consumers set no count of their own and follow their stream: the
+	// batch consumer and each direct one.
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	stream, err := e.js.Stream(ctx, "CIO")
+	if err != nil {
+		t.Fatal(err)
 	}
+	var names []string
+	for ci := range stream.ListConsumers(ctx).Info() {
+		names = append(names, ci.Name)
+		if ci.Config.Replicas != 0 || peers(ci.Cluster) != 3 {
+			t.Errorf("consumer %s: %d replicas configured, on %d nodes; want 0 (the stream's) on 3", ci.Name, ci.Config.Replicas, peers(ci.Cluster))
+		}
+	}
+	if len(names) < 2 || !slices.Contains(names, "cio-relay") {
+		t.Errorf("consumers %v: want the batch consumer cio-relay and the direct ones", names)
+	}
+	t.Logf("consumers on CIO, each on 3 nodes: %v", names)
 }
 
 func TestStreamReplicasMismatchIsReported(t *testing.T) {

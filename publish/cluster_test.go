@@ -12,15 +12,15 @@ import (
 	"github.com/cio-relay/cio-relay/internal/natstest"
 )
 
-// TestPublishRidesThroughLeaderElections publishes a steady flow of calls
-// to an R3 stream while its leader is killed (the node the publisher is
+// TestPublishRidesThroughLeaderElections publishes a steady flow of 10,000
+// calls to an R3 stream while its leader is killed (the node the publisher is
 // connected to, so PubAcks in flight are lost with it), restarted, and
 // then stepped down. Every call must be stored exactly once: calls caught
 // in an election are sent again with the same Nats-Msg-Id, and the stream
 // drops the copies of those that were stored before their PubAck was lost.
 func TestPublishRidesThroughLeaderElections(t *testing.T) {
 	t.Parallel()
-	const n = 4000
+	const n = 10000
 	ctx, cancel := context.WithTimeout(t.Context(), 3*time.Minute)
 	defer cancel()
 

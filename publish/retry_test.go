@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"testing"
+	"time"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
@@ -42,5 +43,53 @@ func TestRetryable(t *testing.T) {
 				t.Errorf("Retryable(%v) = %v, want %v", tt.err, got, tt.want)
 			}
 		})
+	}
+}
+
+// TestNoRespondersRetriedUntilStored: a call published while no stream
+// answers on its subject (no responders, or no PubAck within the ack
+// timeout: what a stream between leaders looks like) is sent again, with
+// the same Nats-Msg-Id, until the stream is there, and is then stored
+// once.
+func TestNoRespondersRetriedUntilStored(t *testing.T) {
+	js, _ := newJS(t, "")
+	p, err := New(js, Options{Stream: "CIO", RetryMaxElapsed: time.Minute, AckTimeout: 200 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	id, err := p.Publish(t.Context(), []byte(`{"type":"track","userId":"u","event":"E"}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Retries happen within Wait (the publisher has no goroutine of its
+	// own); one cut short by its context keeps the call to send again.
+	ctx, cancel := context.WithTimeout(t.Context(), 2*time.Second)
+	err = p.Wait(ctx)
+	cancel()
+	if !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("Wait with no stream = %v; want it still retrying at its deadline", err)
+	}
+	if s := p.Stats(); s.Retries < 2 || s.Failed != 0 {
+		t.Fatalf("stats %+v after 2s with no stream; want 2 or more retries, nothing failed", s)
+	}
+	t.Logf("after 2s with no stream: %+v", p.Stats())
+	stream, err := js.CreateStream(t.Context(), jetstream.StreamConfig{
+		Name: "CIO", Subjects: []string{"cio.>"}, Storage: jetstream.FileStorage, Duplicates: 2 * time.Minute,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := p.Wait(t.Context()); err != nil {
+		t.Fatalf("Wait = %v; want the call stored once the stream answers", err)
+	}
+	msgs := stored(t, stream)
+	if len(msgs) != 1 {
+		t.Fatalf("stream holds %d messages; want the one call", len(msgs))
+	}
+	if got := msgs[0].Header.Get(jetstream.MsgIDHeader); got != id {
+		t.Errorf("stored with Nats-Msg-Id %q; want %s", got, id)
+	}
+	if s := p.Stats(); s.Published != 1 || s.Failed != 0 || s.Retries < 2 {
+		t.Errorf("stats %+v; want 1 published after 2 or more retries", s)
 	}
 }

@@ -63,6 +63,16 @@ func (o *ordered) takeLease(ctx context.Context) bool {
 		}
 		ok, err := o.lease.acquire(ctx)
 		switch {
+		case ctx.Err() != nil:
+		case err != nil:
+			o.w.health.failed(opKV, time.Now())
+		case ok:
+			// Written: JetStream answered. "Held by another" is not
+			// counted as an answer: acquire reports it also when the
+			// read or the write that would adopt the key failed.
+			o.w.health.answered()
+		}
+		switch {
 		case ok:
 			o.mu.Lock()
 			select {
@@ -120,6 +130,9 @@ func (o *ordered) keepLease(ctx context.Context) {
 		case <-t.C:
 		}
 		err := o.lease.renew(ctx)
+		if ctx.Err() == nil && !errors.Is(err, errLeaseLost) {
+			o.w.health.observe(opKV, err, time.Now())
+		}
 		switch {
 		case errors.Is(err, errLeaseLost):
 			o.endEpoch(endLeaseLost)
@@ -198,6 +211,9 @@ func (o *ordered) letGo(ctx context.Context) {
 	}
 	o.unpin(ctx)
 	if err := o.lease.release(ctx); err != nil {
+		if ctx.Err() == nil {
+			o.w.health.failed(opKV, time.Now())
+		}
 		o.w.log.Warn("could not release the ordered delivery lease; it expires by itself", "consumer", o.consumerName(), "err", err)
 	}
 	o.w.m.deliveryLease.Set(0)

@@ -249,13 +249,13 @@ func parseDeliveryLease(v string) (replica string, ttl time.Duration, ok bool) {
 // error, which says what to do.
 func (w *Worker) bindDeliveryLease(ctx context.Context, consumer string) (*deliveryLease, error) {
 	cfg := TurnsConfig(w.opts.Stream)
-	cfg.Replicas = w.opts.StreamReplicas
 	var kv jetstream.KeyValue
 	var err error
 	if w.opts.ManageStreams {
+		cfg.Replicas = w.bucketReplicas(ctx, cfg)
 		kv, err = w.js.CreateOrUpdateKeyValue(ctx, cfg)
-	} else {
-		kv, err = w.js.KeyValue(ctx, cfg.Bucket)
+	} else if kv, err = w.js.KeyValue(ctx, cfg.Bucket); err == nil {
+		w.bucketReplicas(ctx, cfg) // warns of another count, as for the streams
 	}
 	if err != nil {
 		return nil, fmt.Errorf("RELAY_ORDERING=true keeps its delivery lease in KV bucket %s, which is not usable (it needs nats-server 2.11 or later): "+

@@ -96,15 +96,8 @@ func (w *Worker) bindSentMarks(ctx context.Context) (*sentMarks, error) {
 	cfg := SentMarksConfig(w.opts.Stream, info.Config.MaxAge)
 	var kv jetstream.KeyValue
 	if w.opts.ManageStreams {
-		// RELAY_STREAM_REPLICAS applies to the bucket as to the streams:
-		// given when it is created, an existing bucket's kept (with a
-		// warning when it differs), as the update would otherwise move
-		// its data between nodes.
-		cfg.Replicas = w.opts.StreamReplicas
-		if existing, err := w.js.Stream(ctx, "KV_"+cfg.Bucket); err == nil {
-			w.checkReplicas(existing.CachedInfo())
-			cfg.Replicas = max(existing.CachedInfo().Config.Replicas, 1)
-		}
+		// RELAY_STREAM_REPLICAS applies to the bucket as to the streams.
+		cfg.Replicas = w.bucketReplicas(ctx, cfg)
 		kv, err = w.js.CreateOrUpdateKeyValue(ctx, cfg)
 		if err != nil {
 			return nil, fmt.Errorf("creating or updating key-value bucket %s for broadcast triggers%s: %w", cfg.Bucket, w.replicasHint(), err)
@@ -118,6 +111,7 @@ func (w *Worker) bindSentMarks(ctx context.Context) (*sentMarks, error) {
 		if err != nil {
 			return nil, fmt.Errorf("looking up key-value bucket %s: %w", cfg.Bucket, err)
 		}
+		w.bucketReplicas(ctx, cfg) // warns of another count, as for the streams
 	}
 	return &sentMarks{kv: kv, prefix: strconv.FormatInt(info.Created.UnixNano(), 36) + "."}, nil
 }

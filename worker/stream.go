@@ -267,6 +267,21 @@ func (w *Worker) replicated(cfg jetstream.StreamConfig) jetstream.StreamConfig {
 	return cfg
 }
 
+// bucketReplicas returns the replica count to create or update the KV
+// bucket cfg with: RELAY_STREAM_REPLICAS for a new bucket, the one it has
+// for a bucket that exists (checkReplicas warns when they differ), as an
+// update with another count would move its data between nodes, and a
+// replica of the old setting during a rollout would move it back. A
+// bucket bound without RELAY_MANAGE_STREAMS is checked with it too, for
+// the warning, as the streams are.
+func (w *Worker) bucketReplicas(ctx context.Context, cfg jetstream.KeyValueConfig) int {
+	if existing, err := w.js.Stream(ctx, "KV_"+cfg.Bucket); err == nil {
+		w.checkReplicas(existing.CachedInfo())
+		return max(existing.CachedInfo().Config.Replicas, 1)
+	}
+	return w.opts.StreamReplicas
+}
+
 // replicasHint explains a failed creation of a replicated stream: a single
 // server, or a cluster smaller than the count, cannot hold it.
 func (w *Worker) replicasHint() string {

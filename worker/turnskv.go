@@ -116,7 +116,6 @@ func (w *Worker) bindTurns(ctx context.Context) *turns {
 		return nil
 	}
 	cfg := TurnsConfig(w.opts.Stream)
-	cfg.Replicas = w.opts.StreamReplicas // kept like the stream it paces
 	w.m.turns.bucket = cfg.Bucket
 	find := func(ctx context.Context) (turnStore, error) {
 		kv, err := w.js.KeyValue(ctx, cfg.Bucket)
@@ -127,6 +126,7 @@ func (w *Worker) bindTurns(ctx context.Context) *turns {
 	}
 	var store turnStore
 	if w.opts.ManageStreams {
+		cfg.Replicas = w.bucketReplicas(ctx, cfg) // kept like the stream it paces
 		kv, err := w.js.CreateOrUpdateKeyValue(ctx, cfg)
 		if err != nil {
 			w.log.Warn("could not create the broadcast pacing bucket (needs nats-server 2.11 or later): each replica paces its own trigger requests",
@@ -141,6 +141,8 @@ func (w *Worker) bindTurns(ctx context.Context) *turns {
 				"so two replicas may send for one broadcast within 10s (answered 429, retried); create it with "+
 				"`nats kv add %s --history 1 --ttl 1h --marker-ttl 1m` (nats-server 2.11 or later), or let cio-relay manage it; "+
 				"it is looked for again every minute", cfg.Bucket, cfg.Bucket), "err", err)
+		} else {
+			w.bucketReplicas(ctx, cfg) // warns of another count, as for the streams
 		}
 		store = s
 	}
