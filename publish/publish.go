@@ -8,6 +8,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -257,9 +258,22 @@ func (p *Publisher) send(c *pending) error {
 	}
 	c.attempts++
 	c.deadline = time.Now().Add(p.opts.AckTimeout)
-	fut, err := p.js.PublishMsgAsync(c.msg, opts...)
+	// A message of its own per attempt: PublishMsgAsync sets headers on the
+	// message it is given, and nats.go may still hold an earlier attempt's,
+	// re-publishing it after "no responders" from a timer of its own.
+	m := &nats.Msg{Subject: c.msg.Subject, Data: c.msg.Data, Header: cloneHeader(c.msg.Header)}
+	fut, err := p.js.PublishMsgAsync(m, opts...)
 	c.fut, c.err = fut, err
 	return err
+}
+
+// cloneHeader copies h, values too.
+func cloneHeader(h nats.Header) nats.Header {
+	c := make(nats.Header, len(h))
+	for k, v := range h {
+		c[k] = slices.Clone(v)
+	}
+	return c
 }
 
 // prepare validates body as the worker will and returns its type, wire
