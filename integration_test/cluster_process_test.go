@@ -72,22 +72,22 @@ func TestRelayProcessRidesThroughNodeLossAndLostQuorum(t *testing.T) {
 	}
 
 	r.publishPaced(time.Millisecond)
-	waitAccepted(opsEvents * 2 / 10)
+	waitAccepted(opsEvents() * 2 / 10)
 	r.c.Node(own).Kill(t)
 	r.logf("killed node %d (the process's server, stream and consumer leader)", own)
 	reconnected := p.waitLog(t, 30*time.Second, "reconnected to NATS")
 	if s, _ := reconnected["server"].(string); strings.Contains(s, r.c.Node(own).URL()[len("nats://"):]) {
 		t.Fatalf("reconnected to %s, the killed node", s)
 	}
-	waitAccepted(opsEvents * 4 / 10)
+	waitAccepted(opsEvents() * 4 / 10)
 	r.c.Node(own).Restart(t)
 	r.logf("restarted node %d", own)
 	if err := <-r.pubDone; err != nil {
 		t.Fatalf("publishing: %v", err)
 	}
 	r.pubDone <- nil // for verify
-	waitAccepted(opsEvents * 5 / 10)
-	if n := r.e.cio.Stats().CallsAccepted; n >= opsEvents*9/10 {
+	waitAccepted(opsEvents() * 5 / 10)
+	if n := r.e.cio.Stats().CallsAccepted; n >= opsEvents()*9/10 {
 		t.Fatalf("%d calls accepted before the quorum goes: too few left to show delivery resuming", n)
 	}
 

@@ -249,7 +249,7 @@ func startClusterWorker(t *testing.T, e *env, c *natstest.Cluster, node int, nam
 // dead-lettered, and both workers must keep running.
 func TestRelayRidesThroughStreamLeaderLoss(t *testing.T) {
 	t.Parallel()
-	const events = 10000
+	events := natstest.ScenarioEvents(10000)
 	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
 	defer cancel()
 
@@ -386,7 +386,7 @@ func TestRelayRidesThroughStreamLeaderLoss(t *testing.T) {
 			t.Errorf("dead letter %d: %s, %s (%d deliveries)", d.Seq, d.Record.Reason, d.Record.Detail, d.Record.Deliveries)
 		}
 	}
-	if n := streamMsgs(t, e.js, "CIO"); n != events {
+	if n := streamMsgs(t, e.js, "CIO"); n != uint64(events) {
 		t.Errorf("stream CIO holds %d messages for %d events", n, events)
 	}
 	for _, w := range workers {

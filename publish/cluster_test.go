@@ -20,7 +20,7 @@ import (
 // drops the copies of those that were stored before their PubAck was lost.
 func TestPublishRidesThroughLeaderElections(t *testing.T) {
 	t.Parallel()
-	const n = 10000
+	n := natstest.ScenarioEvents(10000)
 	ctx, cancel := context.WithTimeout(t.Context(), 3*time.Minute)
 	defer cancel()
 
@@ -82,7 +82,7 @@ func TestPublishRidesThroughLeaderElections(t *testing.T) {
 	}
 	s := p.Stats()
 	t.Logf("stats %+v", s)
-	if s.Published != n || s.Failed != 0 || len(failures) != 0 {
+	if s.Published != int64(n) || s.Failed != 0 || len(failures) != 0 {
 		t.Fatalf("published %d, failed %d (reported %d), want all %d published", s.Published, s.Failed, len(failures), n)
 	}
 	if s.Retries == 0 {
@@ -94,7 +94,7 @@ func TestPublishRidesThroughLeaderElections(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if info.State.Msgs != n {
+	if info.State.Msgs != uint64(n) {
 		t.Errorf("stream holds %d messages, want %d", info.State.Msgs, n)
 	}
 	seen := make(map[string]int, n)

@@ -274,7 +274,7 @@ func TestRunPublishReportsEachFailure(t *testing.T) {
 // calls to an R3 stream on a three-node cluster while the stream's leader
 // is killed and restarted stores every call exactly once and exits 0.
 func TestRunPublishRidesThroughALeaderKill(t *testing.T) {
-	const n = 10000
+	n := natstest.ScenarioEvents(10000)
 	c := natstest.StartCluster(t, 3)
 	_, js := c.Connect(t)
 	stream, err := js.CreateStream(t.Context(), jetstream.StreamConfig{

@@ -15,7 +15,7 @@ import (
 // clusterLetters is how many dead letters TestDLQCommandsOnACluster stores:
 // the 10,000 the issue asks of each cluster scenario, many fetches' worth,
 // so a walk crosses fetch boundaries.
-const clusterLetters = 10000
+func clusterLetters() int { return natstest.ScenarioEvents(10000) }
 
 // TestDLQCommandsOnACluster runs stats, list, show, purge and replay
 // against dead letters in an R3 CIO_DLQ through a connection to a node
@@ -48,7 +48,7 @@ func TestDLQCommandsOnACluster(t *testing.T) {
 	}
 	f := &fixture{js: js, cio: cio, dlq: dlq, now: time.Now().UTC().Truncate(time.Second)}
 	exhausted := 0 // letters purged below, the rest replayed
-	for i := range clusterLetters {
+	for i := range clusterLetters() {
 		d := letters[i%len(letters)]
 		if d.reason == "invalid_json" { // kept by replay: make it one that goes
 			d.reason, d.body = "rejected", `{"userId":"u-3","event":"E"}`
@@ -58,15 +58,15 @@ func TestDLQCommandsOnACluster(t *testing.T) {
 			exhausted++
 		}
 	}
-	replayed := clusterLetters - exhausted
+	replayed := clusterLetters() - exhausted
 
 	code, out, _ := f.run(t, ctx, Env{}, "stats")
-	if code != 0 || !strings.Contains(out, fmt.Sprint(clusterLetters)) {
-		t.Fatalf("stats through node %d: exit %d, output without the total %d", follower, code, clusterLetters)
+	if code != 0 || !strings.Contains(out, fmt.Sprint(clusterLetters())) {
+		t.Fatalf("stats through node %d: exit %d, output without the total %d", follower, code, clusterLetters())
 	}
 	code, out, _ = f.run(t, ctx, Env{}, "list", "--json", "--limit", "0")
-	if got := len(jsonLines[map[string]any](t, out)); code != 0 || got != clusterLetters {
-		t.Fatalf("list through node %d: exit %d, %d letters; want 0 and %d", follower, code, got, clusterLetters)
+	if got := len(jsonLines[map[string]any](t, out)); code != 0 || got != clusterLetters() {
+		t.Fatalf("list through node %d: exit %d, %d letters; want 0 and %d", follower, code, got, clusterLetters())
 	}
 
 	first := dlqSeqs(t, dlq)[0]

@@ -362,3 +362,16 @@ func (c *Cluster) leader(t testing.TB, what string, not int, info func(context.C
 		}
 	}
 }
+
+// ScenarioEvents is how many events a cluster scenario that asks for n
+// runs with: n, or a fifth of it (at least 1,000) in -short mode. CI runs
+// every test twice: at full size against containers, then with -short
+// under the race detector, which looks for data races, not for losses a
+// larger count would show — and at a fifth of the events a scenario still
+// crosses every kill, step-down and outage it is built around.
+func ScenarioEvents(n int) int {
+	if !testing.Short() {
+		return n
+	}
+	return max(n/5, min(n, 1000))
+}

@@ -215,3 +215,16 @@ func TestClusterStepDownMovesLeaders(t *testing.T) {
 		t.Fatalf("fetched %d messages after the step-downs, want 10 (err %v)", got, batch.Error())
 	}
 }
+
+func TestScenarioEvents(t *testing.T) {
+	want := 10000
+	if testing.Short() {
+		want = 2000
+	}
+	if got := natstest.ScenarioEvents(10000); got != want {
+		t.Errorf("natstest.ScenarioEvents(10000) = %d in short mode %v, want %d", got, testing.Short(), want)
+	}
+	if got := natstest.ScenarioEvents(500); got != 500 {
+		t.Errorf("natstest.ScenarioEvents(500) = %d, want 500 (never below 1,000 unless asked for fewer)", got)
+	}
+}
