@@ -427,3 +427,39 @@ func BenchmarkPrepareCorpus(b *testing.B) {
 		}
 	}
 }
+
+// TestWriteTableServerCPU: the table gives nats-server's CPU only where the
+// bench measured it (its own process, pid known); a server it did not start
+// has none (-1), which is not printed as a figure.
+func TestWriteTableServerCPU(t *testing.T) {
+	for _, tt := range []struct {
+		name      string
+		serverCPU float64
+		want      string
+	}{
+		{"measured", 1.5, "nats-server 5.0 vs 5.0"},
+		{"not measured", -1, ""},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			phase := Phase{Events: 300_000, Seconds: 3, EventsPerSec: 100_000, CPUSecondsPerMillion: 6,
+				ServerCPUSeconds: tt.serverCPU, ServerCPUSecondsPerMillion: 5}
+			if tt.serverCPU < 0 {
+				phase.ServerCPUSecondsPerMillion = -1
+			}
+			r := &Result{Events: 300_000, Bare: phase, Worker: phase, Ordered: &phase, BarePinned: &phase,
+				OrderedBatches: &BatchStats{}, NATSExternal: tt.serverCPU < 0}
+			r.evaluate()
+			var b strings.Builder
+			if err := r.WriteTable(&b); err != nil {
+				t.Fatal(err)
+			}
+			out := b.String()
+			if strings.Contains(out, "-1.0") {
+				t.Errorf("the table prints an unmeasured server CPU as -1.0:\n%s", out)
+			}
+			if tt.want != "" && !strings.Contains(out, tt.want) {
+				t.Errorf("the table lacks %q:\n%s", tt.want, out)
+			}
+		})
+	}
+}

@@ -261,10 +261,13 @@ func (r *Result) WriteTable(w io.Writer) error {
 			r.OrderedRatio, thousands(int64(r.Ordered.EventsPerSec)), thousands(int64(r.Worker.EventsPerSec)))
 		writeBatches(&b, "ordered batches:   ", *r.OrderedBatches)
 		if p := r.BarePinned; p != nil && r.Bare.EventsPerSec > 0 {
-			fmt.Fprintf(&b, "pinned bare/bare:   %.2f× (%s events/s; CPU-s per M events: client %.1f vs %.1f, nats-server %.1f vs %.1f): "+
+			server := ""
+			if p.ServerCPUSeconds >= 0 && r.Bare.ServerCPUSeconds >= 0 { // < 0: the bench does not know the server's pid
+				server = fmt.Sprintf(", nats-server %.1f vs %.1f", p.ServerCPUSecondsPerMillion, r.Bare.ServerCPUSecondsPerMillion)
+			}
+			fmt.Fprintf(&b, "pinned bare/bare:   %.2f× (%s events/s; CPU-s per M events: client %.1f vs %.1f%s): "+
 				"what the pinned consumer itself costs, before the relay\n",
-				r.PinnedRatio, thousands(int64(p.EventsPerSec)), p.CPUSecondsPerMillion, r.Bare.CPUSecondsPerMillion,
-				p.ServerCPUSecondsPerMillion, r.Bare.ServerCPUSecondsPerMillion)
+				r.PinnedRatio, thousands(int64(p.EventsPerSec)), p.CPUSecondsPerMillion, r.Bare.CPUSecondsPerMillion, server)
 		}
 	}
 	for _, l := range r.Latency {
