@@ -458,6 +458,18 @@ func testWaitsOutLostQuorum(t *testing.T, ordering bool) {
 		for _, op := range []string{"pull", "kv"} {
 			failed[op] += counterValue(t, ow.reg, "cio_relay_jetstream_errors_total", op)
 		}
+		var timeouts float64
+		for _, op := range []string{"pull", "ack", "publish_dlq", "info", "kv"} {
+			timeouts += counterValue(t, ow.reg, "cio_relay_jetstream_timeouts_total", op)
+		}
+		t.Logf("%s: JetStream timeouts (all ops) %v", ow.name, timeouts)
+		failed["timeouts"] += timeouts
+	}
+	// Without a quorum nothing answers some of what is asked (the consumer
+	// info probe every 5s, pulls without heartbeats): timeouts, counted
+	// apart from the errors JetStream answers with.
+	if failed["timeouts"] == 0 {
+		t.Errorf("no JetStream timeout counted during the outage (cio_relay_jetstream_timeouts_total)")
 	}
 	// Whether a replica held an invalid message when the quorum went
 	// depends on timing (TestDeadLetterPublishFailureNaks makes it

@@ -152,7 +152,7 @@ func (w *triggerRunner) sendTrigger(ctx context.Context, stopping <-chan struct{
 	case errors.As(err, &conflict):
 		return w.sentBefore(ctx, p, b, conflict, requested, now)
 	case errors.As(err, &kvErr):
-		w.health.failed(opKV, now)
+		w.health.failed(opKV, err, now)
 		w.m.direct.WithLabelValues(string(sink.APIApp), "nakked").Inc()
 		w.log.Error("broadcast trigger markers unreachable: not sending blind; nakking for later", "broadcast_id", b.BroadcastID,
 			"triggers", len(b.Items), "err", err)
@@ -173,7 +173,7 @@ func (w *triggerRunner) sendTrigger(ctx context.Context, stopping <-chan struct{
 	switch s.Class {
 	case sink.Delivered:
 		if n := w.marks.sent(ctx, c, triggerID); n > 0 {
-			w.health.failed(opKV, now)
+			w.health.failed(opKV, nil, now)
 			w.log.Warn("broadcast triggered but not all markers recorded it; if their acks are lost too, those triggers are dead-lettered as ambiguous",
 				"broadcast_id", b.BroadcastID, "trigger_id", triggerID, "markers", n)
 		}

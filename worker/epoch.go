@@ -65,7 +65,7 @@ func (o *ordered) takeLease(ctx context.Context) bool {
 		switch {
 		case ctx.Err() != nil:
 		case err != nil:
-			o.w.health.failed(opKV, time.Now())
+			o.w.health.failed(opKV, err, time.Now())
 		case ok:
 			// Written: JetStream answered. "Held by another" is not
 			// counted as an answer: acquire reports it also when the
@@ -212,7 +212,7 @@ func (o *ordered) letGo(ctx context.Context) {
 	o.unpin(ctx)
 	if err := o.lease.release(ctx); err != nil {
 		if ctx.Err() == nil {
-			o.w.health.failed(opKV, time.Now())
+			o.w.health.failed(opKV, err, time.Now())
 		}
 		o.w.log.Warn("could not release the ordered delivery lease; it expires by itself", "consumer", o.consumerName(), "err", err)
 	}

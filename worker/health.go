@@ -1,10 +1,14 @@
 package worker
 
 import (
+	"context"
+	"errors"
 	"fmt"
 	"sync/atomic"
 	"time"
 
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
 )
 
@@ -24,8 +28,9 @@ import (
 // Like trigger.Pacer it has no clock or goroutine of its own: time comes in
 // as an argument, so its rules are table tests.
 type jsHealth struct {
-	since  atomic.Int64 // unix nanoseconds of the first failure since the last answer; 0: answering
-	errors *prometheus.CounterVec
+	since    atomic.Int64 // unix nanoseconds of the first failure since the last answer; 0: answering
+	errors   *prometheus.CounterVec
+	timeouts *prometheus.CounterVec // the failures that got no answer at all (isTimeout)
 }
 
 // The operations whose failures are counted, the op label's values.
@@ -45,15 +50,23 @@ const (
 const unavailableAfter = 15 * time.Second
 
 func newJSHealth(reg prometheus.Registerer) *jsHealth {
-	h := &jsHealth{errors: prometheus.NewCounterVec(prometheus.CounterOpts{
-		Name: "cio_relay_jetstream_errors_total",
-		Help: "JetStream operations that failed (errors and timeouts), by op: pull, ack, publish_dlq, info, kv.",
-	}, []string{"op"})}
+	h := &jsHealth{
+		errors: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "cio_relay_jetstream_errors_total",
+			Help: "JetStream operations that failed (errors and timeouts), by op: pull, ack, publish_dlq, info, kv.",
+		}, []string{"op"}),
+		timeouts: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "cio_relay_jetstream_timeouts_total",
+			Help: "JetStream operations that got no answer (timed out, no responders, a pull without heartbeats), by op; also counted in cio_relay_jetstream_errors_total.",
+		}, []string{"op"}),
+	}
 	for _, op := range []string{opPull, opAck, opPublishDLQ, opInfo, opKV} {
-		h.errors.WithLabelValues(op) // present at 0, so rate() and alerts see the series from the start
+		// Present at 0, so rate() and alerts see the series from the start.
+		h.errors.WithLabelValues(op)
+		h.timeouts.WithLabelValues(op)
 	}
 	if reg != nil {
-		reg.MustRegister(h.errors, prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		reg.MustRegister(h.errors, h.timeouts, prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: "cio_relay_jetstream_unavailable_seconds",
 			Help: "Time since JetStream last answered, counted from the first failure after that answer; 0 while it answers.",
 		}, func() float64 { return h.unavailable(time.Now()).Seconds() }))
@@ -61,13 +74,35 @@ func newJSHealth(reg prometheus.Registerer) *jsHealth {
 	return h
 }
 
-// failed records a failed JetStream operation at now.
-func (h *jsHealth) failed(op string, now time.Time) {
+// failed records a failed JetStream operation at now; err, when known,
+// tells a timeout from an error JetStream answered with.
+func (h *jsHealth) failed(op string, err error, now time.Time) {
 	if h == nil {
 		return
 	}
 	h.errors.WithLabelValues(op).Inc()
+	if isTimeout(err) {
+		h.timeouts.WithLabelValues(op).Inc()
+	}
 	h.since.CompareAndSwap(0, now.UnixNano())
+}
+
+// isTimeout reports whether err is JetStream not answering at all, as
+// opposed to answering with an error (503 "JetStream system temporarily
+// unavailable", say): a request or PubAck that timed out, nobody listening
+// where a stream leader should (no responders; "no response from stream"
+// to a publish), a pull without heartbeats. In a lost quorum both kinds
+// come.
+func isTimeout(err error) bool {
+	for _, target := range []error{
+		context.DeadlineExceeded, nats.ErrTimeout, nats.ErrNoResponders,
+		jetstream.ErrAsyncPublishTimeout, jetstream.ErrNoStreamResponse, jetstream.ErrNoHeartbeat,
+	} {
+		if errors.Is(err, target) {
+			return true
+		}
+	}
+	return false
 }
 
 // answered records that JetStream answered. Cheap enough for every message.
@@ -83,7 +118,7 @@ func (h *jsHealth) answered() {
 // an answer otherwise.
 func (h *jsHealth) observe(op string, err error, now time.Time) {
 	if err != nil {
-		h.failed(op, now)
+		h.failed(op, err, now)
 		return
 	}
 	h.answered()

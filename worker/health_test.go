@@ -1,9 +1,13 @@
 package worker
 
 import (
+	"context"
+	"fmt"
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
 	dto "github.com/prometheus/client_model/go"
 )
@@ -36,7 +40,7 @@ func TestJSHealth(t *testing.T) {
 				if s.failed == "" {
 					h.answered()
 				} else {
-					h.failed(s.failed, t0.Add(s.at))
+					h.failed(s.failed, errTest, t0.Add(s.at))
 				}
 			}
 			now := t0.Add(tt.at)
@@ -54,23 +58,50 @@ func TestJSHealthCountsErrorsByOp(t *testing.T) {
 	h := newJSHealth(prometheus.NewRegistry())
 	h.observe(opPublishDLQ, nil, time.Now())
 	h.observe(opPublishDLQ, errTest, time.Now())
-	h.failed(opPull, time.Now())
-	h.failed(opPull, time.Now())
-	for op, want := range map[string]float64{opPull: 2, opPublishDLQ: 1, opAck: 0, opInfo: 0, opKV: 0} {
-		var m dto.Metric
-		if err := h.errors.WithLabelValues(op).Write(&m); err != nil {
-			t.Fatal(err)
+	h.observe(opPublishDLQ, fmt.Errorf("dead letter: %w", jetstream.ErrAsyncPublishTimeout), time.Now())
+	h.failed(opPull, jetstream.ErrNoHeartbeat, time.Now())
+	h.failed(opPull, errTest, time.Now())
+	h.failed(opKV, fmt.Errorf("lease: %w", context.DeadlineExceeded), time.Now())
+	h.failed(opInfo, nats.ErrTimeout, time.Now())
+	h.failed(opAck, nil, time.Now()) // the cause unknown: an error, not a timeout
+	// What a lost quorum gave (TestRelayWaitsOutLostQuorum): no answer...
+	h.failed(opPull, nats.ErrNoResponders, time.Now())
+	h.failed(opKV, fmt.Errorf("taking the lease: %w", jetstream.ErrNoStreamResponse), time.Now())
+	// ...and an answer that is an error.
+	h.failed(opInfo, &jetstream.APIError{Code: 503, ErrorCode: 10008, Description: "JetStream system temporarily unavailable"}, time.Now())
+	tests := []struct {
+		op               string
+		errors, timeouts float64
+	}{
+		{opPull, 3, 2},
+		{opPublishDLQ, 2, 1},
+		{opKV, 2, 2},
+		{opInfo, 2, 1},
+		{opAck, 1, 0},
+	}
+	for _, tt := range tests {
+		if got := counterValue(t, h.errors, tt.op); got != tt.errors {
+			t.Errorf("errors{op=%q} = %v, want %v", tt.op, got, tt.errors)
 		}
-		if got := m.GetCounter().GetValue(); got != want {
-			t.Errorf("errors{op=%q} = %v, want %v", op, got, want)
+		if got := counterValue(t, h.timeouts, tt.op); got != tt.timeouts {
+			t.Errorf("timeouts{op=%q} = %v, want %v", tt.op, got, tt.timeouts)
 		}
 	}
 	var nilHealth *jsHealth // an intake under test has none
-	nilHealth.failed(opPull, time.Now())
+	nilHealth.failed(opPull, errTest, time.Now())
 	nilHealth.answered()
 	if ok, _ := nilHealth.ready(time.Now()); !ok {
 		t.Error("a nil jsHealth reports not ready")
 	}
+}
+
+func counterValue(t *testing.T, c *prometheus.CounterVec, op string) float64 {
+	t.Helper()
+	var m dto.Metric
+	if err := c.WithLabelValues(op).Write(&m); err != nil {
+		t.Fatal(err)
+	}
+	return m.GetCounter().GetValue()
 }
 
 var errTest = testError("JetStream timeout")

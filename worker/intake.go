@@ -247,7 +247,7 @@ func (in *intake) run(ctx context.Context) error {
 // ends and the process restarts and binds again instead of idling as ready.
 func (in *intake) failed(ctx context.Context, err error) error {
 	if ctx.Err() == nil {
-		in.health.failed(opPull, time.Now())
+		in.health.failed(opPull, err, time.Now())
 	}
 	if errors.Is(err, jetstream.ErrConsumerDeleted) {
 		return fmt.Errorf("pulling from consumer %s: %w", in.name, err)

@@ -134,7 +134,7 @@ func (w *settler) nakNow(calls []*held) {
 // de-duplicates it by messageId.
 func (w *settler) settle(h *held, what string, err error) {
 	if err != nil {
-		w.health.failed(opAck, time.Now())
+		w.health.failed(opAck, err, time.Now())
 		w.m.acksFailed.Inc()
 		w.log.Error(what+" failed; the message will be redelivered", "stream_seq", h.seq, "err", err)
 	}

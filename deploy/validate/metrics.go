@@ -27,6 +27,7 @@ var metrics = map[string]string{
 	"cio_relay_batches_in_flight":             "gauge",
 	"cio_relay_acks_failed_total":             "counter",
 	"cio_relay_jetstream_errors_total":        "counter",
+	"cio_relay_jetstream_timeouts_total":      "counter",
 	"cio_relay_jetstream_unavailable_seconds": "gauge",
 	"cio_relay_auth_paused":                   "gauge",
 	"cio_relay_consumer_pending":              "gauge",
