@@ -386,13 +386,9 @@ func findByID(items []json.RawMessage, id int64) (json.RawMessage, bool) {
 // "" on the last page. extra, when set, adds members computed from the
 // page (membership's "ids").
 func answerPage(member string, items []json.RawMessage, q url.Values, def, maxLimit int, extra func([]json.RawMessage) string) response {
-	limit := def
-	if v := q.Get("limit"); v != "" {
-		n, err := strconv.Atoi(v)
-		if err != nil || n < 1 || n > maxLimit {
-			return readError(http.StatusBadRequest, "limit must be from 1 to %d, got %q", maxLimit, v)
-		}
-		limit = n
+	limit, bad := pageLimit(q, def, maxLimit)
+	if bad != nil {
+		return *bad
 	}
 	offset := 0
 	if v := q.Get("start"); v != "" {
@@ -416,16 +412,27 @@ func answerPage(member string, items []json.RawMessage, q url.Values, def, maxLi
 	return accepted(body + `,"next":` + string(nb) + "}")
 }
 
+// pageLimit reads a page's limit from q: def when absent, else 1 to
+// maxLimit, or the 400 Customer.io answers.
+func pageLimit(q url.Values, def, maxLimit int) (int, *response) {
+	v := q.Get("limit")
+	if v == "" {
+		return def, nil
+	}
+	n, err := strconv.Atoi(v)
+	if err != nil || n < 1 || n > maxLimit {
+		r := readError(http.StatusBadRequest, "limit must be from 1 to %d, got %q", maxLimit, v)
+		return 0, &r
+	}
+	return n, nil
+}
+
 // answerOffsetPage is answerPage with an integer offset as the cursor:
 // next is the offset of the following page, 0 on the last one.
 func answerOffsetPage(member string, items []json.RawMessage, q url.Values, def, maxLimit int) response {
-	limit := def
-	if v := q.Get("limit"); v != "" {
-		n, err := strconv.Atoi(v)
-		if err != nil || n < 1 || n > maxLimit {
-			return readError(http.StatusBadRequest, "limit must be from 1 to %d, got %q", maxLimit, v)
-		}
-		limit = n
+	limit, bad := pageLimit(q, def, maxLimit)
+	if bad != nil {
+		return *bad
 	}
 	offset := 0
 	if v := q.Get("start"); v != "" {
